@@ -1,0 +1,3 @@
+"""mqtt-tasks: distributed tasks over MQTT."""
+
+__version__ = "0.1.0"

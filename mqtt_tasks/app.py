@@ -1,0 +1,310 @@
+"""TaskApp, the ``@app.task`` decorator, and task handles (the producer side).
+
+``app.task`` registers a function under a name and a queue. ``fn.submit(*args, **kwargs)``
+publishes a task and returns a ``TaskHandle`` at once; nothing waits on the network unless
+the caller asks for the result (``handle.result(timeout)`` or ``await handle``).
+
+Results come back on the producer's own reply topic ``P/replies/{client_id}`` (and, over
+MQTT 5, as a Response Topic with Correlation Data). The network thread only decodes the
+reply and resolves the waiting future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .config import Settings
+from .errors import (
+    ConfigError,
+    DecodeError,
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskDeadError,
+    TaskExpiredError,
+    TaskFailedError,
+)
+from .protocol import codec
+from .protocol.messages import CANCELLED, DEAD, EXPIRED, SUCCEEDED, TASK_NAME_PATTERN, StatusEvent
+from .protocol.topics import DEFAULT_QUEUE, Topics, check_name, is_valid_id
+from .transport import Connection, Message
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+_TASK_NAME_RE = re.compile(TASK_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task options: set at registration, overridable per submission."""
+
+    queue: str = DEFAULT_QUEUE
+    timeout: float | None = None
+    max_attempts: int | None = None
+    expires: float | None = None  # seconds after submission
+
+
+@dataclass
+class TaskDef(Generic[R]):
+    """A registered task. Calling it runs the function locally; ``submit`` runs it remotely."""
+
+    app: TaskApp
+    fn: Callable[..., R]
+    name: str
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Publish the task with these arguments; return its handle at once."""
+        return self.app.send(self.name, args, kwargs, options=self.options)
+
+    def submit_with(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        expires: float | None = None,
+    ) -> TaskHandle:
+        """Submit with per-submission options overriding the registration's."""
+        opts = TaskOptions(
+            queue=queue or self.options.queue,
+            timeout=timeout if timeout is not None else self.options.timeout,
+            max_attempts=max_attempts if max_attempts is not None else self.options.max_attempts,
+            expires=expires if expires is not None else self.options.expires,
+        )
+        return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id)
+
+
+class TaskHandle:
+    """The future result of one submitted task."""
+
+    __slots__ = ("id", "name", "_app", "_future")
+
+    def __init__(self, app: TaskApp, task_id: str, name: str, future: concurrent.futures.Future[StatusEvent]):
+        self.id = task_id
+        self.name = name
+        self._app = app
+        self._future = future
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.name} id={self.id} done={self.done()}>"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def status(self, timeout: float | None = None) -> StatusEvent:
+        """The final status event (blocks up to ``timeout``)."""
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ResultTimeoutError(f"no result for task {self.id} within {timeout}s", task_id=self.id) from None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's return value, or the error it ended with, raised."""
+        return outcome(self.status(timeout))
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Async ``result``: waits without blocking the event loop."""
+        try:
+            event = await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
+        except asyncio.TimeoutError:
+            raise ResultTimeoutError(f"no result for task {self.id} within {timeout}s", task_id=self.id) from None
+        return outcome(event)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.wait().__await__()
+
+
+def outcome(event: StatusEvent) -> Any:
+    """Turn a final status event into the value, or raise the matching error."""
+    if event.state == SUCCEEDED:
+        return event.result
+    if event.state == CANCELLED:
+        raise TaskCancelledError(f"task {event.id} was cancelled: {event.reason or ''}".strip(), task_id=event.id)
+    if event.state == EXPIRED:
+        raise TaskExpiredError(f"task {event.id} expired before it started", task_id=event.id)
+    err = event.error
+    etype = err.type if err else "Error"
+    emsg = err.message if err else (event.reason or event.state)
+    tb = err.traceback if err else None
+    cls = TaskDeadError if event.state == DEAD else TaskFailedError
+    raise cls(event.id, etype, emsg, tb, attempt=event.attempt, status=event.model_dump(exclude_none=True))
+
+
+class TaskApp:
+    """Registry of tasks and the producer's connection.
+
+    ``TaskApp(broker="mqtt://host:1883", prefix="mqtt-tasks")``; every argument is optional and
+    the broker defaults to ``$MQTT_TASKS_BROKER``, then mqtt://127.0.0.1:1883.
+    """
+
+    def __init__(
+        self,
+        broker: str | None = None,
+        prefix: str | None = None,
+        *,
+        settings: Settings | None = None,
+        client_id: str | None = None,
+        default_queue: str = DEFAULT_QUEUE,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(broker, prefix=prefix)
+        elif prefix is not None:
+            settings = settings.with_(prefix=prefix)
+        self.settings = settings
+        self.topics = Topics(settings.prefix)
+        self.default_queue = check_name("queue", default_queue)
+        self.registry: dict[str, TaskDef[Any]] = {}
+        self.client_id = client_id or f"mqtt-tasks-p-{uuid.uuid4().hex[:12]}"
+        self.reply_topic = self.topics.replies(self.client_id)
+        self._conn: Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._pending: dict[str, concurrent.futures.Future[StatusEvent]] = {}
+        self._pending_lock = threading.Lock()
+
+    # -- registration ----------------------------------------------------------------
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        expires: float | None = None,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., queue=...)``."""
+        def register(func: Callable[..., R]) -> TaskDef[R]:
+            task_name = name or func.__name__
+            if not _TASK_NAME_RE.match(task_name):
+                raise ConfigError(f"invalid task name {task_name!r}")
+            if task_name in self.registry:
+                raise ConfigError(f"a task named {task_name!r} is already registered")
+            opts = TaskOptions(queue=check_name("queue", queue or self.default_queue), timeout=timeout,
+                               max_attempts=max_attempts, expires=expires)
+            tdef: TaskDef[R] = TaskDef(self, func, task_name, opts)
+            self.registry[task_name] = tdef
+            return tdef
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of the registered tasks (``default`` when none)."""
+        return sorted({t.options.queue for t in self.registry.values()}) or [self.default_queue]
+
+    # -- producing ---------------------------------------------------------------------
+    def send(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        options: TaskOptions | None = None,
+        task_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> TaskHandle:
+        """Publish a task by name (it need not be registered here) and return its handle."""
+        if options is None:
+            registered = self.registry.get(name)
+            options = registered.options if registered else TaskOptions(queue=self.default_queue)
+        opts = options
+        task_id = task_id or uuid.uuid4().hex
+        if not is_valid_id(task_id):
+            raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
+        body: dict[str, Any] = {"id": task_id, "task": name, "args": list(args), "kwargs": kwargs or {},
+                                "attempt": 1, "reply_to": self.reply_topic}
+        if opts.timeout is not None:
+            body["timeout"] = opts.timeout
+        if opts.max_attempts is not None:
+            body["max_attempts"] = opts.max_attempts
+        if opts.expires is not None:
+            body["expires_at"] = time.time() + opts.expires
+        if extra:
+            body = {**extra, **body}
+        payload = codec.encode(body)
+        conn = self.connection()
+        future: concurrent.futures.Future[StatusEvent] = concurrent.futures.Future()
+        with self._pending_lock:
+            self._pending[task_id] = future
+        try:
+            conn.publish(self.topics.tasks(opts.queue), payload, response_topic=self.reply_topic,
+                         correlation_data=task_id.encode(),
+                         expiry=int(opts.expires) + 1 if opts.expires else None)
+        except Exception:
+            with self._pending_lock:
+                self._pending.pop(task_id, None)
+            raise
+        return TaskHandle(self, task_id, name, future)
+
+    def submit(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle:
+        """``app.submit("add", 2, 3)``: submit by name, with positional and keyword arguments."""
+        return self.send(name, args, kwargs)
+
+    # -- connection --------------------------------------------------------------------
+    def connection(self) -> Connection:
+        """The producer's connection, made on first use."""
+        conn = self._conn
+        if conn is not None:
+            return conn
+        with self._conn_lock:
+            if self._conn is None:
+                conn = Connection(self.settings, self.client_id, on_message=self._on_reply)
+                conn.subscribe(self.reply_topic)
+                conn.connect()
+                self._conn = conn
+            return self._conn
+
+    def connect(self) -> TaskApp:
+        self.connection()
+        return self
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every task published so far is acknowledged by the broker."""
+        return self._conn.flush(timeout) if self._conn is not None else True
+
+    def close(self) -> None:
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> TaskApp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- replies (network thread: decode and resolve, nothing else) ----------------------
+    def _on_reply(self, message: Message) -> None:
+        try:
+            event = codec.decode_status(message.payload, topic=message.topic,
+                                        max_payload=self.settings.max_payload)
+        except DecodeError as exc:
+            log.warning("undecodable reply on %s: %s", message.topic, exc)
+            return
+        with self._pending_lock:
+            future = self._pending.pop(event.id, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+

@@ -1,0 +1,132 @@
+"""Every exception mqtt-tasks raises, in one tree.
+
+::
+
+    MqttTasksError
+    ├── ConfigError                 bad settings or broker URL
+    ├── TransportError              the broker could not be reached or talked to
+    │   ├── ConnectError            connect refused, unreachable, bad credentials, TLS
+    │   └── NotConnectedError       an operation that needs a live connection had none
+    ├── ProtocolError               a message does not follow the wire contract
+    │   ├── DecodeError             bytes that are not a valid message (carries the payload)
+    │   └── PayloadTooLargeError    over the payload cap, refused before publishing
+    ├── TaskError                   about one task (carries ``task_id``)
+    │   ├── TaskFailedError         the task ran and raised (remote type, message, traceback)
+    │   ├── TaskDeadError           the coordinator gave up: attempts exhausted
+    │   ├── TaskCancelledError      the task was cancelled
+    │   ├── TaskExpiredError        the task expired before it was started
+    │   └── ResultTimeoutError      no final status within the caller's timeout
+    ├── TaskTimeLimitExceeded       raised inside a task body that outlived its ``timeout``
+    └── UnknownTaskError            a task name that no function is registered under
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MqttTasksError(Exception):
+    """Root of every exception raised by mqtt-tasks."""
+
+
+class ConfigError(MqttTasksError, ValueError):
+    """Invalid settings: a malformed broker URL, an impossible option."""
+
+
+class TransportError(MqttTasksError):
+    """The broker could not be reached or talked to."""
+
+
+class ConnectError(TransportError):
+    """Connecting to the broker failed (refused, unreachable, bad credentials, TLS)."""
+
+    def __init__(self, message: str, *, url: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
+
+
+class NotConnectedError(TransportError):
+    """An operation needed a live connection and there was none."""
+
+
+class ProtocolError(MqttTasksError):
+    """A message does not follow the wire contract."""
+
+
+class DecodeError(ProtocolError):
+    """Bytes that are not a valid message. Carries the raw payload and the reason."""
+
+    def __init__(self, reason: str, *, payload: bytes = b"", topic: str = "", task_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.payload = payload
+        self.topic = topic
+        self.task_id = task_id
+
+
+class PayloadTooLargeError(ProtocolError):
+    """A payload over the configured cap; refused before it reaches the broker."""
+
+    def __init__(self, size: int, limit: int, *, topic: str = "") -> None:
+        super().__init__(f"payload of {size} bytes exceeds the {limit}-byte cap (topic {topic!r})")
+        self.size = size
+        self.limit = limit
+        self.topic = topic
+
+
+class TaskError(MqttTasksError):
+    """Something about one task. ``task_id`` names it."""
+
+    def __init__(self, message: str, *, task_id: str = "") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """The task ran and raised. Carries the remote exception's type, message and traceback."""
+
+    def __init__(
+        self,
+        task_id: str,
+        error_type: str,
+        error_message: str,
+        traceback: str | None = None,
+        *,
+        attempt: int = 1,
+        status: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"task {task_id} failed: {error_type}: {error_message}", task_id=task_id)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = traceback
+        self.attempt = attempt
+        self.status = status or {}
+
+
+class TaskDeadError(TaskFailedError):
+    """The coordinator gave up on the task: its attempts are exhausted."""
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled before it finished."""
+
+
+class TaskExpiredError(TaskError):
+    """The task expired before any worker started it."""
+
+
+class ResultTimeoutError(TaskError, TimeoutError):
+    """No final status arrived within the caller's timeout."""
+
+
+class TaskTimeLimitExceeded(MqttTasksError):  # noqa: N818 - the name users see in tracebacks
+    """Raised inside a task body that ran past its ``timeout``."""
+
+
+class UnknownTaskError(MqttTasksError, LookupError):
+    """No function is registered under this task name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no task registered under the name {name!r}")
+        self.name = name

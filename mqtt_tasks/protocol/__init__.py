@@ -1,0 +1,1 @@
+"""The wire contract: pure models, topics and codec. No sockets, threads or clocks."""

@@ -1,0 +1,131 @@
+"""Bytes <-> messages. Every decode failure becomes one error type, ``DecodeError``.
+
+JSON only: nothing in a payload can name a Python object, import a module or reach pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import DecodeError, PayloadTooLargeError
+from .messages import ErrorReport, StatusEvent, Task, WorkerState
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+"""The library's payload cap (bytes): below Mosquitto's ``max_packet_size`` in the shipped
+mosquitto.conf (1 MiB) and amqtt's WebSocket cap, so the broker never drops our messages."""
+
+M = TypeVar("M", bound=BaseModel)
+
+_ID_IN_JSON = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9_.:\-]{1,128})"')
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode(obj: dict[str, Any] | BaseModel) -> bytes:
+    """Compact UTF-8 JSON. ``None`` fields of models are left out."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump_json(exclude_none=True).encode()
+    try:
+        return _DUMPS(obj).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not JSON-serialisable: {exc}") from exc
+
+
+def check_size(payload: bytes, limit: int, topic: str = "") -> bytes:
+    if len(payload) > limit:
+        raise PayloadTooLargeError(len(payload), limit, topic=topic)
+    return payload
+
+
+def decode(model: type[M], payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> M:
+    """Decode and validate one message; raise ``DecodeError`` with a one-line reason."""
+    if len(payload) > max_payload:
+        raise DecodeError(
+            f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
+            payload=payload, topic=topic, task_id=guess_id(payload),
+        )
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise DecodeError(_describe(exc), payload=payload, topic=topic, task_id=guess_id(payload)) from exc
+
+
+def decode_task(payload: bytes, *, topic: str = "", queue: str | None = None,
+                max_payload: int = DEFAULT_MAX_PAYLOAD) -> Task:
+    task = decode(Task, payload, topic=topic, max_payload=max_payload)
+    if task.queue is None and queue is not None:
+        task.queue = queue
+    return task
+
+
+def decode_status(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> StatusEvent:
+    return decode(StatusEvent, payload, topic=topic, max_payload=max_payload)
+
+
+def decode_worker_state(payload: bytes, *, topic: str = "",
+                        max_payload: int = DEFAULT_MAX_PAYLOAD) -> WorkerState:
+    return decode(WorkerState, payload, topic=topic, max_payload=max_payload)
+
+
+def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[str, Any]:
+    """A JSON object of any shape (control and query messages)."""
+    if len(payload) > max_payload:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
+                          payload=payload, topic=topic)
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"not valid UTF-8 JSON: {exc}", payload=payload, topic=topic) from exc
+    if not isinstance(value, dict):
+        raise DecodeError(f"expected a JSON object, got {type(value).__name__}", payload=payload, topic=topic)
+    return value
+
+
+def guess_id(payload: bytes) -> str | None:
+    """The task id of a payload that failed to decode, where one can be read safely."""
+    match = _ID_IN_JSON.search(payload[:4096])
+    return match.group(1).decode() if match else None
+
+
+def excerpt(payload: bytes, limit: int = 512) -> str:
+    """A printable, truncated view of a rejected payload for an error report."""
+    text = payload[:limit].decode("utf-8", errors="replace")
+    return text + ("..." if len(payload) > limit else "")
+
+
+def error_report(*, component: str, reason: str, ts: float, topic: str | None = None,
+                 payload: bytes | None = None, source: str | None = None,
+                 task_id: str | None = None) -> ErrorReport:
+    return ErrorReport(
+        component=component, source=source, topic=topic, reason=reason, id=task_id, ts=ts,
+        payload=excerpt(payload) if payload is not None else None,
+        size=len(payload) if payload is not None else None,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    """One readable line out of a pydantic ValidationError."""
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "message"
+        kind = err.get("type", "")
+        if kind == "json_invalid":
+            parts.append(f"not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+        elif kind == "model_type" or (kind.endswith("_type") and not err.get("loc")):
+            parts.append("expected a JSON object")
+        elif kind == "missing":
+            parts.append(f"missing required field '{loc}'")
+        else:
+            parts.append(f"field '{loc}': {err.get('msg', kind)}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD", "StatusEvent", "Task", "WorkerState", "check_size", "decode",
+    "decode_json_object", "decode_status", "decode_task", "decode_worker_state", "encode",
+    "error_report", "excerpt", "guess_id",
+]

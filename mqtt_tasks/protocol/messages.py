@@ -1,0 +1,131 @@
+"""Pydantic models of the wire contract (v1). Pure: no sockets, threads or clocks.
+
+Unknown fields are kept (``extra="allow"``) so that a producer's own fields survive a
+re-dispatch by the coordinator, and a v1 consumer ignores what it does not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .topics import ID_PATTERN
+
+TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$"
+
+# Status states. Terminal states end a task; the others describe progress.
+STARTED = "started"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+DEFERRED = "deferred"
+RETRYING = "retrying"
+PROGRESS = "progress"
+QUEUED = "queued"
+DUPLICATE = "duplicate"
+
+TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
+"""States that end a task for good. ``failed`` ends an *attempt*; it is final for the task
+only when no retry follows (see ``StatusEvent.final``)."""
+
+StatusState = Literal[
+    "queued", "started", "progress", "succeeded", "failed", "retrying", "deferred",
+    "dead", "cancelled", "expired", "duplicate",
+]
+
+WorkerStateName = Literal["online", "draining", "offline"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+
+
+class Task(_Message):
+    """A task as published on ``P/tasks/{queue}``."""
+
+    id: str = Field(pattern=ID_PATTERN, description="1-128 characters of A-Z a-z 0-9 _ . : -; unique per task")
+    task: str = Field(pattern=TASK_NAME_PATTERN, description="the registered task name, e.g. images.resize")
+    args: list[Any] = Field(default_factory=list, description="positional arguments")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
+    attempt: int = Field(default=1, ge=1, description="1 when first published; set by the coordinator on re-dispatch")
+    max_attempts: int | None = Field(default=None, ge=1, le=1000,
+                                     description="attempts before the task is dead; default: the task's registration, else 3")
+    timeout: float | None = Field(default=None, gt=0, description="seconds one attempt may run; default: the task's registration")
+    reply_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                 description="topic that receives the final status event")
+    correlation: str | None = Field(default=None, max_length=1024,
+                                    description="echoed in the final status event (MQTT 3.1.1 stand-in for Correlation Data)")
+    expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
+    queue: str | None = Field(default=None, pattern=ID_PATTERN,
+                              description="the queue; taken from the topic when absent")
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_a_topic(cls, value: str | None) -> str | None:
+        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
+            raise ValueError("reply_to must be a plain topic name (no wildcards, not $...)")
+        return value
+
+
+class ErrorInfo(_Message):
+    type: str = Field(description="the exception's class name")
+    message: str = Field(description="the exception's message")
+    traceback: str | None = Field(default=None, description="the formatted traceback, where there is one")
+
+
+class StatusEvent(_Message):
+    """An event on ``P/status/{task_id}`` (and, when final, on the task's reply topic)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    state: StatusState
+    attempt: int = Field(default=1, ge=1)
+    ts: float = Field(description="seconds since the epoch")
+    worker: str | None = None
+    task: str | None = Field(default=None, description="the task name")
+    queue: str | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    progress: Any = None
+    final: bool | None = Field(default=None, description="true on the last event of the task")
+    reason: str | None = Field(default=None, description="why: dead, expired, cancelled, retrying, deferred")
+    correlation: str | None = None
+    body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")
+
+
+class HeldTask(_Message):
+    id: str = Field(pattern=ID_PATTERN)
+    attempt: int = Field(default=1, ge=1)
+    started: float | None = None
+
+
+class WorkerState(_Message):
+    """Retained on ``P/workers/{worker_id}``: the heartbeat, and the Last Will ``offline``."""
+
+    worker: str
+    state: WorkerStateName
+    queues: list[str] = Field(default_factory=list)
+    concurrency: int = 0
+    tasks: list[HeldTask] = Field(default_factory=list)
+    ts: float
+    heartbeat_s: float = 0
+    free: int | None = Field(default=None, description="free slots at the time of the heartbeat")
+    group: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    version: str | None = None
+
+
+class ErrorReport(_Message):
+    """Published on ``P/errors`` by any component that rejects input."""
+
+    component: str = Field(description="worker, coordinator, producer")
+    source: str | None = Field(default=None, description="worker or client id of the reporter")
+    topic: str | None = Field(default=None, description="where the input arrived")
+    reason: str
+    id: str | None = Field(default=None, description="the task id, where one could be read")
+    payload: str | None = Field(default=None, description="the rejected payload, truncated, as text")
+    size: int | None = None
+    ts: float

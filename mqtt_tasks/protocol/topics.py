@@ -1,0 +1,124 @@
+"""Topic names of the wire contract: build them, parse them, validate ids.
+
+Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
+
+    P/tasks/{queue}          tasks; workers take them as $share/{group}/P/tasks/{queue}
+    P/status/{task_id}       status events
+    P/workers/{worker_id}    retained worker state (heartbeat, Last Will ``offline``)
+    P/dead/{queue}           dead letters
+    P/errors                 reports of rejected input
+    P/inbox/{worker_id}      (extension) tasks the coordinator hands to one worker
+    P/control/{worker_id}    (extension) commands to one worker, e.g. stop a stale attempt
+    P/coordinator            (extension) retained coordinator presence
+    P/rpc/coordinator        (extension) queries to the coordinator
+    P/replies/{client_id}    (extension) the default reply topic of a producer
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_PREFIX = "mqtt-tasks"
+DEFAULT_QUEUE = "default"
+DEFAULT_GROUP = "workers"
+
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
+# Queue, worker and group names are single topic levels of the same alphabet.
+_NAME_RE = _ID_RE
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]+(/[A-Za-z0-9_.:\-]+)*$")
+
+
+def is_valid_id(value: str) -> bool:
+    """A task id: 1-128 characters of ``A-Z a-z 0-9 _ . : -`` (always topic-safe)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def check_name(kind: str, value: str) -> str:
+    """Validate a queue, worker or group name; raise ValueError with a clear reason."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"invalid {kind} {value!r}: use 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def check_prefix(value: str) -> str:
+    if not isinstance(value, str) or not _PREFIX_RE.match(value) or value.startswith("$"):
+        raise ValueError(
+            f"invalid topic prefix {value!r}: topic levels of A-Z a-z 0-9 _ . : - separated by '/'"
+        )
+    return value
+
+
+class Topics:
+    """All topics for one prefix. Cheap to build; attributes are plain strings."""
+
+    __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
+                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = check_prefix(prefix)
+        self.tasks_root = f"{prefix}/tasks/"
+        self.status_root = f"{prefix}/status/"
+        self.workers_root = f"{prefix}/workers/"
+        self.dead_root = f"{prefix}/dead/"
+        self.errors = f"{prefix}/errors"
+        self.inbox_root = f"{prefix}/inbox/"
+        self.control_root = f"{prefix}/control/"
+        self.coordinator = f"{prefix}/coordinator"
+        self.rpc = f"{prefix}/rpc/coordinator"
+        self.replies_root = f"{prefix}/replies/"
+
+    # -- builders -------------------------------------------------------------
+    def tasks(self, queue: str) -> str:
+        return self.tasks_root + queue
+
+    def shared_tasks(self, group: str, queue: str) -> str:
+        return f"$share/{group}/{self.tasks_root}{queue}"
+
+    def status(self, task_id: str) -> str:
+        return self.status_root + task_id
+
+    def worker(self, worker_id: str) -> str:
+        return self.workers_root + worker_id
+
+    def dead(self, queue: str) -> str:
+        return self.dead_root + queue
+
+    def inbox(self, worker_id: str) -> str:
+        return self.inbox_root + worker_id
+
+    def control(self, worker_id: str) -> str:
+        return self.control_root + worker_id
+
+    def replies(self, client_id: str) -> str:
+        return self.replies_root + client_id
+
+    # -- wildcard filters -------------------------------------------------------
+    @property
+    def all_tasks(self) -> str:
+        return self.tasks_root + "+"
+
+    @property
+    def all_status(self) -> str:
+        return self.status_root + "+"
+
+    @property
+    def all_workers(self) -> str:
+        return self.workers_root + "+"
+
+    # -- parsers: return the last level, or None when the topic is not of that kind --
+    def queue_of(self, topic: str) -> str | None:
+        return _tail(topic, self.tasks_root)
+
+    def task_id_of_status(self, topic: str) -> str | None:
+        return _tail(topic, self.status_root)
+
+    def worker_of(self, topic: str) -> str | None:
+        return _tail(topic, self.workers_root)
+
+
+def _tail(topic: str, root: str) -> str | None:
+    if not topic.startswith(root):
+        return None
+    rest = topic[len(root):]
+    return rest if rest and "/" not in rest else None

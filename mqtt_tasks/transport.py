@@ -1,0 +1,393 @@
+"""The only module that imports paho: connect, publish, subscribe, acknowledge.
+
+A ``Connection`` owns one paho client and its network thread. Callbacks on that thread only
+hand off: incoming messages go to the owner's ``on_message`` (which must just enqueue), acks
+of our publishes resolve the outstanding set that ``flush`` waits on. Every paho failure is
+translated here into an exception of ``mqtt_tasks.errors``.
+
+Facts this module is built on (../shared/BROKER-FACTS.md): subscriptions are not restored by
+paho after a reconnect, so they are re-sent on every connect; an exception in a callback kills
+the network thread, so every callback is wrapped; message ids restart after a reconnect, so an
+ack from an older connection is dropped; Nagle's algorithm costs ~40 ms a round trip, so
+TCP_NODELAY is set after every connect; amqtt refuses MQTT 5 CONNECTs, so ``protocol="auto"``
+falls back to 3.1.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import Settings
+from .errors import ConnectError, PayloadTooLargeError, TransportError
+
+log = logging.getLogger(__name__)
+
+_UNSUPPORTED_PROTOCOL = {1, 132}  # 3.1.1 CONNACK code 1 / MQTT 5 reason 0x84
+_BAD_AUTH = {4, 5, 134, 135, 140}
+
+
+@dataclass(slots=True)
+class Message:
+    """An incoming message, free of paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    generation: int
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    expiry: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+class Connection:
+    """One MQTT connection with remembered subscriptions and tracked publishes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str,
+        *,
+        on_message: Callable[[Message], None] | None = None,
+        manual_ack: bool = False,
+        session_expiry: int = 0,
+        will: Will | None = None,
+        receive_maximum: int | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
+        max_inflight: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._on_message_cb = on_message
+        self._manual_ack = manual_ack
+        self._session_expiry = session_expiry
+        self._will = will
+        self._receive_maximum = receive_maximum
+        self._on_connect_cb = on_connect
+        self._on_disconnect_cb = on_disconnect
+        self._max_inflight = max_inflight
+
+        self._subscriptions: dict[str, int] = {}
+        self._pending_subs: set[int] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding: set[int] = set()
+        self._early_acks: set[int] = set()
+        self._generation = 0
+        self._connack = threading.Event()
+        self._connack_code: int | None = None
+        self._connack_reason = ""
+        self._ready = threading.Event()
+        self._closed = False
+        self.is_mqtt5 = settings.protocol != "3.1.1"
+        self._client = self._make_client()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def connect(self, timeout: float | None = None) -> Connection:
+        """Connect, wait for CONNACK and for every remembered subscription to be granted."""
+        timeout = self.settings.connect_timeout if timeout is None else timeout
+        code = self._connect_once(timeout)
+        if code in _UNSUPPORTED_PROTOCOL and self.settings.protocol == "auto" and self.is_mqtt5:
+            log.info("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.display_url)
+            self._stop_loop()
+            self.is_mqtt5 = False
+            self._client = self._make_client()
+            code = self._connect_once(timeout)
+        if code != 0:
+            self._stop_loop()
+            self._raise_connack(code)
+        if not self._ready.wait(timeout):
+            raise ConnectError(f"subscriptions not granted by {self.settings.display_url} within {timeout}s",
+                               url=self.settings.display_url, reason="suback timeout")
+        return self
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Wait for outstanding publishes (bounded), disconnect cleanly, stop the thread."""
+        if self._closed:
+            return
+        if self.connected:
+            self.flush(flush_timeout)
+        self._closed = True
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError) as exc:
+            log.debug("disconnect of %s failed: %s", self.client_id, exc)
+        self._stop_loop()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, so the broker sends the Last Will (tests, crash paths)."""
+        self._closed = True
+        sock = self._client.socket()
+        self._client.loop_stop()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                log.debug("socket of %s already closed", self.client_id)
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    @property
+    def generation(self) -> int:
+        """Incremented on every successful connect."""
+        return self._generation
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # -- subscriptions ----------------------------------------------------------------
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Remember the subscription; send it now if connected, and on every reconnect."""
+        with self._lock:
+            self._subscriptions[topic_filter] = qos
+        if self.connected:
+            self._send_subscriptions([(topic_filter, qos)])
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subscriptions.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    # -- publishing -------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        expiry: int | None = None,
+    ) -> int:
+        """Queue a publish and return at once. QoS 1 publishes are tracked until PUBACK."""
+        if len(payload) > self.settings.max_payload:
+            raise PayloadTooLargeError(len(payload), self.settings.max_payload, topic=topic)
+        props = None
+        if self.is_mqtt5 and (response_topic or correlation_data is not None or expiry):
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+            if expiry:
+                props.MessageExpiryInterval = int(expiry)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        with self._lock:
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+            elif qos > 0:
+                self._outstanding.add(info.mid)
+        return info.mid
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every QoS 1 publish so far is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._outstanding:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a QoS 1 message taken with ``manual_ack``; acks from an older connection are dropped."""
+        if not self._manual_ack or message.qos == 0:
+            return
+        if message.generation != self._generation:
+            log.debug("dropping ack of mid %s from connection %s", message.mid, message.generation)
+            return
+        self._client.ack(message.mid, message.qos)
+
+    # -- internals --------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        protocol = paho.MQTTv5 if self.is_mqtt5 else paho.MQTTv311
+        kwargs: dict[str, Any] = {}
+        if not self.is_mqtt5:
+            kwargs["clean_session"] = self._session_expiry == 0
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
+                             transport=s.transport, manual_ack=self._manual_ack, **kwargs)
+        if s.transport == "websockets":
+            client.ws_set_options(path=s.ws_path)
+        if s.tls is not None:
+            client.tls_set_context(s.tls.context())
+            if s.tls.insecure:
+                client.tls_insecure_set(True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain)
+        client.max_inflight_messages_set(self._max_inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._guard(self._handle_connect)
+        client.on_disconnect = self._guard(self._handle_disconnect)
+        client.on_message = self._guard(self._handle_message)
+        client.on_publish = self._guard(self._handle_publish)
+        client.on_subscribe = self._guard(self._handle_subscribe)
+        return client
+
+    def _connect_once(self, timeout: float) -> int:
+        self._connack.clear()
+        self._connack_code = None
+        props = None
+        kwargs: dict[str, Any] = {}
+        if self.is_mqtt5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry
+            if self._receive_maximum:
+                props.ReceiveMaximum = self._receive_maximum
+            kwargs = {"clean_start": self._session_expiry == 0, "properties": props}
+        s = self.settings
+        try:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(f"cannot reach the MQTT broker at {s.display_url}: {exc}",
+                               url=s.display_url, reason=str(exc)) from exc
+        self._client.loop_start()
+        self._set_thread_name()
+        if not self._connack.wait(timeout):
+            self._stop_loop()
+            raise ConnectError(f"no CONNACK from {s.display_url} within {timeout}s",
+                               url=s.display_url, reason="connack timeout")
+        return self._connack_code or 0
+
+    def _raise_connack(self, code: int) -> None:
+        url = self.settings.display_url
+        if code in _BAD_AUTH:
+            raise ConnectError(f"the broker at {url} refused the credentials ({self._connack_reason})",
+                               url=url, reason=self._connack_reason)
+        raise ConnectError(f"the broker at {url} refused the connection: {self._connack_reason}",
+                           url=url, reason=self._connack_reason)
+
+    def _set_thread_name(self) -> None:
+        thread = getattr(self._client, "_thread", None)
+        if thread is not None:
+            thread.name = f"mqtt-net-{self.client_id}"
+
+    def _stop_loop(self) -> None:
+        try:
+            self._client.loop_stop()
+        except RuntimeError as exc:  # called from the network thread itself
+            log.debug("loop_stop: %s", exc)
+
+    def _send_subscriptions(self, subs: list[tuple[str, int]]) -> None:
+        if not subs:
+            self._ready.set()
+            return
+        rc, mid = self._client.subscribe(subs)
+        if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+            with self._lock:
+                self._pending_subs.add(mid)
+
+    def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """An exception in a paho callback kills its thread: log it and carry on instead."""
+        def wrapper(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("error in MQTT callback %s of %s", fn.__name__, self.client_id)
+        return wrapper
+
+    def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        code = int(getattr(rc, "value", rc))
+        self._connack_code = code
+        self._connack_reason = str(rc)
+        if code != 0:
+            log.warning("%s: connection refused by %s: %s", self.client_id, self.settings.display_url, rc)
+            self._connack.set()
+            return
+        self._set_nodelay()
+        with self._lock:
+            self._generation += 1
+            first = self._generation == 1
+            self._pending_subs.clear()
+            subs = list(self._subscriptions.items())
+        self._ready.clear()
+        self._send_subscriptions(subs)
+        log.info("%s connected to %s (MQTT %s)", self.client_id, self.settings.display_url,
+                 "5" if self.is_mqtt5 else "3.1.1")
+        self._connack.set()
+        if self._on_connect_cb is not None:
+            self._on_connect_cb(first)
+
+    def _set_nodelay(self) -> None:
+        sock = self._client.socket()
+        try:
+            raw = getattr(sock, "_socket", sock)  # the WebSocket wrapper keeps the socket inside
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError) as exc:
+            log.debug("TCP_NODELAY not set: %s", exc)
+
+    def _handle_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._ready.clear()
+        if not self._closed:
+            log.warning("%s lost its connection to %s (%s); reconnecting", self.client_id,
+                        self.settings.display_url, rc)
+        if self._on_disconnect_cb is not None:
+            self._on_disconnect_cb(str(rc))
+
+    def _handle_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        for code in codes:
+            if int(getattr(code, "value", code)) >= 0x80:
+                log.error("%s: subscription refused by the broker: %s", self.client_id, code)
+        with self._lock:
+            self._pending_subs.discard(mid)
+            done = not self._pending_subs
+        if done:
+            self._ready.set()
+
+    def _handle_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        code = int(getattr(rc, "value", rc) or 0)
+        if code >= 0x80:
+            log.error("%s: broker rejected publish mid %s: %s", self.client_id, mid, rc)
+        with self._idle:
+            if mid in self._outstanding:
+                self._outstanding.discard(mid)
+                if not self._outstanding:
+                    self._idle.notify_all()
+            else:
+                self._early_acks.add(mid)
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._on_message_cb is None:
+            return
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
+        self._on_message_cb(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), msg.mid,
+                                    self._generation, response_topic, correlation, expiry))

@@ -1,0 +1,428 @@
+"""The worker: receive -> start or defer -> run on a bounded pool -> report.
+
+Threads, each with one job (none of them runs two roles):
+
+- ``mqtt-net-*`` (paho): copies each incoming message into the dispatcher's queue.
+- ``mqtt-worker-dispatch``: decodes, validates, and decides every message's outcome; the only
+  thread that counts free slots. A task starts when a slot is free; otherwise it is handed to
+  the coordinator (``deferred``) when one is online, or kept unacknowledged until a slot frees
+  (MQTT 5 Receive Maximum then stops the broker from sending more).
+- ``mqtt-task-thread-*`` / ``mqtt-task-loop``: run task bodies and publish their results.
+- ``mqtt-worker-heartbeat``: publishes the retained worker state every ``heartbeat_s``.
+
+Shutdown order (``stop``): stop taking tasks (unsubscribe), hand back what has not started,
+finish running tasks within the grace period while still heartbeating, publish ``offline``,
+disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .app import TaskApp, TaskDef
+from .config import Settings
+from .errors import DecodeError, PayloadTooLargeError, UnknownTaskError
+from .execution import Executor, Outcome, Run
+from .protocol import codec
+from .protocol.messages import DEFERRED, EXPIRED, FAILED, STARTED, SUCCEEDED, Task
+from .protocol.topics import DEFAULT_GROUP, check_name
+from .transport import Connection, Message, Will
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(slots=True)
+class Held:
+    """A task this worker has started and not yet reported."""
+
+    task: Task
+    message: Message
+    started: float
+    run: Run | None = None
+
+
+class Worker:
+    """Takes tasks for ``app``'s queues and runs them with bounded concurrency."""
+
+    def __init__(
+        self,
+        app: TaskApp,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        group: str = DEFAULT_GROUP,
+        settings: Settings | None = None,
+        heartbeat_s: float | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.topics = app.topics
+        self.queues = [check_name("queue", q) for q in (queues or app.queues)]
+        self.concurrency = max(1, concurrency or min(32, (os.cpu_count() or 1) * 4))
+        self.worker_id = check_name("worker id", worker_id or default_worker_id())
+        self.group = check_name("share group", group)
+        self.heartbeat_s = heartbeat_s or self.settings.heartbeat_s
+        self.grace = grace
+
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._held: dict[str, Held] = {}
+        self._held_lock = threading.Condition()
+        self._waiting: deque[tuple[Message, Task]] = deque()
+        self._free = self.concurrency
+        self._coordinator_online = False
+        self._draining = False
+        self._stopped = threading.Event()
+        self._started = False
+        self._beat_now = threading.Event()
+        self._executor = Executor(self.concurrency)
+        self._conn = Connection(
+            self.settings, self.worker_id, on_message=self._enqueue, manual_ack=True,
+            will=Will(self.topics.worker(self.worker_id), self._state_payload("offline")),
+            receive_maximum=max(2 * self.concurrency, 8),
+            on_connect=lambda first: self._beat_now.set(),
+        )
+        self._threads: list[threading.Thread] = []
+        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "deferred": 0, "rejected": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> Worker:
+        """Connect, subscribe and start the threads; returns when ready to take tasks."""
+        for q in self.queues:
+            self._conn.subscribe(self.topics.shared_tasks(self.group, q))
+        self._conn.subscribe(self.topics.inbox(self.worker_id))
+        self._conn.subscribe(self.topics.control(self.worker_id))
+        self._conn.subscribe(self.topics.coordinator)
+        self._spawn("mqtt-worker-dispatch", self._dispatch_loop)
+        self._spawn("mqtt-worker-heartbeat", self._heartbeat_loop)
+        self._conn.connect()
+        self._started = True
+        log.info("worker %s ready: queues %s, concurrency %d, group %s", self.worker_id,
+                 ",".join(self.queues), self.concurrency, self.group)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: take no more, hand back what has not started, finish what runs."""
+        if self._stopped.is_set():
+            return
+        grace = self.grace if grace is None else grace
+        done = threading.Event()
+        self._events.put(("drain", done))
+        done.wait(5.0)
+        self._beat_now.set()
+        unfinished = self._wait_idle(grace)
+        if unfinished:
+            log.warning("worker %s: %d task(s) still running after %.1fs grace: %s", self.worker_id,
+                        len(unfinished), grace, ", ".join(unfinished))
+        self._stopped.set()
+        self._events.put(("stop", None))
+        self._beat_now.set()
+        for thread in self._threads:
+            thread.join(5.0)
+        self._publish_state("offline")
+        self._conn.close()
+        self._executor.shutdown(wait=False)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run(self) -> None:
+        """Start and block until ``stop`` is called (from a signal handler or another thread)."""
+        if not self._started:
+            self.start()
+        self._stopped.wait()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def held(self) -> list[str]:
+        with self._held_lock:
+            return list(self._held)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _wait_idle(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        with self._held_lock:
+            while self._held and (left := deadline - time.monotonic()) > 0:
+                self._held_lock.wait(left)
+            return list(self._held)
+
+    # -- network thread: hand off only -------------------------------------------------
+    def _enqueue(self, message: Message) -> None:
+        self._events.put(("msg", message))
+
+    # -- dispatcher thread -------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        handlers = {"msg": self._on_message, "release": self._on_release, "drain": self._on_drain}
+        while True:
+            kind, value = self._events.get()
+            if kind == "stop":
+                return
+            try:
+                handlers[kind](value)
+            except Exception:
+                log.exception("worker %s: dispatcher error on %s event", self.worker_id, kind)
+
+    def _on_message(self, message: Message) -> None:
+        topic = message.topic
+        if topic == self.topics.coordinator:
+            self._on_presence(message)
+        elif topic.startswith(self.topics.control_root):
+            self._on_control(message)
+        else:
+            self._on_task_message(message)
+
+    def _on_task_message(self, message: Message) -> None:
+        task = self._decode_task(message)
+        if task is None:
+            self._conn.ack(message)
+            return
+        if self._reject_early(task, message):
+            self._conn.ack(message)
+        elif self._draining:
+            self._hand_back(task, message)
+        elif self._free > 0:
+            self._start(task, message)
+        elif self._coordinator_online:
+            self._defer(task, message)
+        else:
+            self._waiting.append((message, task))  # unacked: flow control holds the rest back
+
+    def _decode_task(self, message: Message) -> Task | None:
+        queue_name = self.topics.queue_of(message.topic)
+        try:
+            return codec.decode_task(message.payload, topic=message.topic, queue=queue_name,
+                                     max_payload=self.settings.max_payload)
+        except DecodeError as exc:
+            self.stats["rejected"] += 1
+            log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, exc.reason)
+            self._report_error(exc.reason, message.topic, message.payload, exc.task_id)
+            return None
+
+    def _reject_early(self, task: Task, message: Message) -> bool:
+        """Expired, duplicate and unknown tasks end here, without taking a slot."""
+        running = self._held.get(task.id)
+        if running is not None and running.task.attempt == task.attempt:
+            log.info("worker %s: task %s attempt %d delivered again; already running", self.worker_id,
+                     task.id, task.attempt)
+            return True
+        if task.expires_at is not None and task.expires_at < time.time():
+            self._finish(task, message, EXPIRED, {"reason": "expired before it was started"}, final=True)
+            return True
+        if task.task not in self.app.registry:
+            err = UnknownTaskError(task.task)
+            outcome = Outcome(False, None, type(err).__name__, str(err))
+            self._report_outcome(task, message, outcome)
+            return True
+        return False
+
+    def _start(self, task: Task, message: Message) -> None:
+        tdef: TaskDef[Any] = self.app.registry[task.task]
+        self._free -= 1
+        held = Held(task, message, time.time())
+        with self._held_lock:
+            self._held[task.id] = held
+        self.stats["started"] += 1
+        self._publish_status(task, STARTED, {})
+        self._conn.ack(message)
+        log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
+        timeout = task.timeout if task.timeout is not None else tdef.options.timeout
+        held.run = self._executor.submit(
+            tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
+            on_report=lambda outcome: self._report_outcome(task, message, outcome),
+            on_release=lambda: self._events.put(("release", task)),
+        )
+
+    def _on_release(self, task: Task) -> None:
+        self._free += 1
+        if self._waiting and not self._draining:
+            message, waiting = self._waiting.popleft()
+            self._start(waiting, message)
+
+    def _defer(self, task: Task, message: Message) -> None:
+        self.stats["deferred"] += 1
+        self._publish_status(task, DEFERRED, {"reason": "no free slot", "body": task.model_dump(exclude_none=True)})
+        self._conn.ack(message)
+
+    def _hand_back(self, task: Task, message: Message) -> None:
+        """While draining: give a task that has not started to the coordinator or the queue."""
+        if self._coordinator_online:
+            self._defer(task, message)
+            return
+        self._conn.publish(self.topics.tasks(task.queue or "default"), codec.encode(task))
+        self._conn.ack(message)
+
+    def _on_drain(self, done: threading.Event) -> None:
+        self._draining = True
+        for q in self.queues:
+            self._conn.unsubscribe(self.topics.shared_tasks(self.group, q))
+        while self._waiting:
+            message, task = self._waiting.popleft()
+            self._hand_back(task, message)
+        done.set()
+
+    def _on_presence(self, message: Message) -> None:
+        try:
+            state = codec.decode_json_object(message.payload, topic=message.topic).get("state")
+        except DecodeError:
+            state = None  # an empty retained message clears the presence
+        online = state == "online"
+        if online != self._coordinator_online:
+            log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
+        self._coordinator_online = online
+        while online and self._waiting:
+            message_w, task = self._waiting.popleft()
+            self._defer(task, message_w)
+
+    def _on_control(self, message: Message) -> None:
+        try:
+            command = codec.decode_json_object(message.payload, topic=message.topic,
+                                               max_payload=self.settings.max_payload)
+        except DecodeError as exc:
+            self._report_error(exc.reason, message.topic, message.payload, None)
+            return
+        if command.get("op") == "cancel":
+            self._cancel(str(command.get("id", "")), command.get("attempt"), str(command.get("reason", "")))
+        else:
+            self._report_error(f"unknown control op {command.get('op')!r}", message.topic, message.payload, None)
+
+    def _cancel(self, task_id: str, attempt: Any, reason: str) -> None:
+        with self._held_lock:
+            held = self._held.get(task_id)
+        if held is None or held.run is None:
+            return
+        if attempt is not None and attempt != held.task.attempt:
+            return
+        log.warning("worker %s: stopping task %s attempt %d: %s", self.worker_id, task_id,
+                    held.task.attempt, reason)
+        self._executor.cancel(held.run, reason or "cancelled by the coordinator")
+
+    # -- reporting (task threads and dispatcher) --------------------------------------------
+    def _report_outcome(self, task: Task, message: Message, outcome: Outcome) -> None:
+        if outcome.ok:
+            self.stats["succeeded"] += 1
+            extra = {"result": outcome.value}
+            state = SUCCEEDED
+        else:
+            self.stats["failed"] += 1
+            extra = {"error": outcome.error(), "max_attempts": self._max_attempts(task)}
+            state = FAILED
+            log.info("worker %s: task %s %s attempt %d failed: %s: %s", self.worker_id, task.task, task.id,
+                     task.attempt, outcome.error_type, outcome.error_message)
+        final = state == SUCCEEDED or task.attempt >= self._max_attempts(task) or not self._coordinator_online
+        if outcome.cancelled:
+            final = False  # a superseded attempt: the coordinator owns the task's fate
+        self._finish(task, message, state, extra, final=final)
+
+    def _finish(self, task: Task, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
+        with self._held_lock:
+            held = self._held.get(task.id)
+            if held is not None and held.task.attempt == task.attempt:
+                del self._held[task.id]
+                self._held_lock.notify_all()
+        payload = self._publish_status(task, state, {**extra, "final": final or None})
+        if final and payload is not None:
+            self._reply(task, message, payload)
+
+    def _max_attempts(self, task: Task) -> int:
+        tdef = self.app.registry.get(task.task)
+        return task.max_attempts or (tdef.options.max_attempts if tdef else None) or DEFAULT_MAX_ATTEMPTS
+
+    def _publish_status(self, task: Task, state: str, extra: dict[str, Any]) -> bytes | None:
+        event: dict[str, Any] = {"id": task.id, "state": state, "attempt": task.attempt,
+                                 "worker": self.worker_id, "ts": time.time(), "task": task.task,
+                                 "queue": task.queue}
+        if task.correlation is not None:
+            event["correlation"] = task.correlation
+        event.update((k, v) for k, v in extra.items() if v is not None)
+        if state == SUCCEEDED and "result" not in event:
+            event["result"] = None
+        payload = self._encode_event(event)
+        try:
+            self._conn.publish(self.topics.status(task.id), payload)
+        except PayloadTooLargeError as exc:
+            return self._publish_too_large(task, exc)
+        return payload
+
+    def _encode_event(self, event: dict[str, Any]) -> bytes:
+        try:
+            return codec.encode(event)
+        except ValueError as exc:  # a result that is not JSON: the attempt fails instead
+            event.pop("result", None)
+            event.update(state=FAILED, error={"type": "TypeError", "message": f"result {exc}"})
+            return codec.encode(event)
+
+    def _publish_too_large(self, task: Task, exc: PayloadTooLargeError) -> bytes:
+        event = {"id": task.id, "state": FAILED, "attempt": task.attempt, "worker": self.worker_id,
+                 "ts": time.time(), "task": task.task, "queue": task.queue, "final": True,
+                 "error": {"type": "PayloadTooLargeError", "message": str(exc)}}
+        payload = codec.encode(event)
+        self._conn.publish(self.topics.status(task.id), payload)
+        return payload
+
+    def _reply(self, task: Task, message: Message, payload: bytes) -> None:
+        targets = {t for t in (task.reply_to, message.response_topic) if t}
+        for topic in targets:
+            correlation = message.correlation_data if topic == message.response_topic else None
+            try:
+                self._conn.publish(topic, payload, correlation_data=correlation)
+            except (ValueError, PayloadTooLargeError) as exc:
+                self._report_error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
+
+    def _report_error(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
+        report = codec.error_report(component="worker", source=self.worker_id, reason=reason, ts=time.time(),
+                                    topic=topic, payload=payload, task_id=task_id)
+        self._conn.publish(self.topics.errors, codec.encode(report))
+
+    # -- heartbeat ---------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._stopped.is_set():
+            self._beat_now.wait(self.heartbeat_s)
+            self._beat_now.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self._publish_state("draining" if self._draining else "online")
+            except Exception:
+                log.exception("worker %s: heartbeat failed", self.worker_id)
+
+    def _publish_state(self, state: str) -> None:
+        self._conn.publish(self.topics.worker(self.worker_id), self._state_payload(state), retain=True)
+
+    def _state_payload(self, state: str) -> bytes:
+        with self._held_lock:
+            held = [{"id": h.task.id, "attempt": h.task.attempt, "started": h.started}
+                    for h in self._held.values()] if state != "offline" else []
+        return codec.encode({
+            "worker": self.worker_id, "state": state, "queues": self.queues,
+            "concurrency": self.concurrency, "tasks": held, "ts": time.time(),
+            "heartbeat_s": self.heartbeat_s, "free": max(self._free, 0) if state == "online" else 0,
+            "group": self.group, "pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
+        })
+
+
+def default_worker_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
