@@ -1,3 +1,61 @@
-"""mqtt-tasks: distributed tasks over MQTT."""
+"""mqtt-tasks: distributed tasks over MQTT.
+
+Users import from here; everything else is internal layout. The embedded broker
+(``mqtt_tasks.broker``, extra ``mqtt-tasks[broker]``) is imported lazily and not re-exported.
+"""
 
 __version__ = "0.1.0"
+
+from .app import TaskApp, TaskDef, TaskHandle, TaskOptions  # noqa: E402
+from .config import Settings, TLSSettings  # noqa: E402
+from .errors import (  # noqa: E402
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    MqttTasksError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    ProtocolError,
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskDeadError,
+    TaskError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskTimeLimitExceeded,
+    TransportError,
+    UnknownTaskError,
+)
+from .protocol.messages import ErrorReport, StatusEvent, Task, WorkerState  # noqa: E402
+from .worker import Worker  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "DecodeError",
+    "ErrorReport",
+    "MqttTasksError",
+    "NotConnectedError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "ResultTimeoutError",
+    "Settings",
+    "StatusEvent",
+    "TLSSettings",
+    "Task",
+    "TaskApp",
+    "TaskCancelledError",
+    "TaskDeadError",
+    "TaskDef",
+    "TaskError",
+    "TaskExpiredError",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskOptions",
+    "TaskTimeLimitExceeded",
+    "TransportError",
+    "UnknownTaskError",
+    "Worker",
+    "WorkerState",
+    "__version__",
+]

@@ -1,9 +1,10 @@
 """Real brokers for the test suite.
 
 `MosquittoProcess` runs a private Mosquitto built from the repository's shipped
-`mosquitto.conf`: only the listener port (a free one, bound to 127.0.0.1) and the file paths
-(persistence, pid, log: all inside a per-test directory) change, so the tests exercise the
-configuration users deploy. The system broker on port 1883 is never touched.
+`mosquitto.conf`: only the listener port (a free one, bound to 127.0.0.1), the file paths
+(persistence, pid, log: all inside a per-test directory) and, under root, the user change, so
+the tests exercise the configuration users deploy. The system broker on port 1883 is never
+touched.
 
 `wait_until` is the one polling helper: tests wait on events or on it, never on a bare sleep.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "MosquittoError",
     "MosquittoProcess",
     "build_config",
+    "count_listeners",
     "find_mosquitto",
     "free_port",
     "wait_until",
@@ -43,14 +45,12 @@ LOOPBACK = "127.0.0.1"
 _EXTRA_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin")
 # Shipped directives that name ports, system paths or the system user: the helper drops them and
 # supplies its own (listeners are rewritten in place instead).
-_DROPPED = frozenset({"bind_address", "include_dir", "log_dest", "persistence_location",
-                      "pid_file", "user"})
+_DROPPED = frozenset({"bind_address", "include_dir", "log_dest", "persistence_location", "pid_file", "user"})
 _LISTENER_KEYS = frozenset({"listener", "port"})
-# Directives a config may repeat: extra lines with these keys are appended, never substituted.
 # Logged (at level "information") once every listener is bound.
 _RUNNING_LINE = re.compile(rb"mosquitto version \S+ running")
-_REPEATABLE = frozenset({"address", "connection", "listener", "log_type", "plugin", "protocol",
-                         "topic"})
+# Directives a config may repeat: extra lines with these keys are appended, never substituted.
+_REPEATABLE = frozenset({"address", "connection", "listener", "log_type", "plugin", "protocol", "topic"})
 
 
 class MosquittoError(RuntimeError):
@@ -302,9 +302,7 @@ class MosquittoProcess:
 
     def _assign_ports(self) -> None:
         self.ports = [free_port() for _ in range(count_listeners(self._source))]
-        text = build_config(
-            self._source, ports=self.ports, workdir=self.workdir, extra_conf=self.extra_conf
-        )
+        text = build_config(self._source, ports=self.ports, workdir=self.workdir, extra_conf=self.extra_conf)
         self.conf_path.write_text(text, encoding="utf-8")
 
     def _spawn_and_wait(self) -> str | None:
@@ -345,7 +343,7 @@ class MosquittoProcess:
                 return None
             time.sleep(0.01)
         self.kill()
-        return f"did not accept connections on port {self.port} within {START_TIMEOUT_S} s"
+        return f"did not log 'running' and accept connections on port {self.port} within {START_TIMEOUT_S} s"
 
     def _log_since_spawn(self) -> bytes:
         try:
@@ -378,6 +376,5 @@ class MosquittoProcess:
             proc.kill()
             proc.wait()
             raise MosquittoError(
-                f"mosquitto ignored {sig.name} for {STOP_TIMEOUT_S} s and was killed\n"
-                f"{self.log_text()[-3000:]}"
+                f"mosquitto ignored {sig.name} for {STOP_TIMEOUT_S} s and was killed\n{self.log_text()[-3000:]}"
             ) from None

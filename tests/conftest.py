@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import uuid4
@@ -31,9 +32,7 @@ REQUIRE_MOSQUITTO_ENV = "MQTT_TASKS_REQUIRE_MOSQUITTO"
 class MosquittoFactory(Protocol):
     """The type of the `mosquitto_factory` fixture, for annotations in tests."""
 
-    def __call__(
-        self, extra_conf: Iterable[str] = (), *, start: bool = True
-    ) -> MosquittoProcess: ...
+    def __call__(self, extra_conf: Iterable[str] = (), *, start: bool = True) -> MosquittoProcess: ...
 
 
 def _mosquitto_executable() -> str:
@@ -54,17 +53,17 @@ def _mosquitto_executable() -> str:
 def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
     """Make Mosquitto processes (each with its own port and directory); all stop at teardown."""
     executable = _mosquitto_executable()
-    made: list[MosquittoProcess] = []
+    with ExitStack() as stops:  # stops every broker, even if stopping one of them fails
+        count = 0
 
-    def make(extra_conf: Iterable[str] = (), *, start: bool = True) -> MosquittoProcess:
-        workdir = tmp_path / f"mosquitto-{len(made)}"
-        broker = MosquittoProcess(workdir, extra_conf=extra_conf, executable=executable)
-        made.append(broker)
-        return broker.start() if start else broker
+        def make(extra_conf: Iterable[str] = (), *, start: bool = True) -> MosquittoProcess:
+            nonlocal count
+            count += 1
+            broker = MosquittoProcess(tmp_path / f"mosquitto-{count}", extra_conf=extra_conf, executable=executable)
+            stops.callback(broker.stop)
+            return broker.start() if start else broker
 
-    yield make
-    for broker in made:
-        broker.stop()
+        yield make
 
 
 @pytest.fixture
@@ -100,7 +99,7 @@ def broker(broker_kind: str, request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def broker_url(broker: Any) -> str:
-    """"mqtt://127.0.0.1:PORT" of a fresh broker; the test runs once per broker kind."""
+    """The URL ("mqtt://127.0.0.1:PORT") of a fresh broker; the test runs once per broker kind."""
     url: str = broker.url
     return url
 
@@ -109,4 +108,3 @@ def broker_url(broker: Any) -> str:
 def prefix() -> str:
     """A topic prefix unique to this test: one valid topic level (no / + # $)."""
     return f"t{uuid4().hex[:10]}"
-

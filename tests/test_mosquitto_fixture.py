@@ -38,18 +38,14 @@ PROTOCOLS = {"mqtt311": mqtt.MQTTv311, "mqtt5": mqtt.MQTTv5}
 class Peer:
     """A paho client whose callbacks only record events; the test thread waits on them."""
 
-    def __init__(
-        self, port: int, client_id: str, *, protocol: MQTTProtocolVersion, persistent: bool
-    ) -> None:
+    def __init__(self, port: int, client_id: str, *, protocol: MQTTProtocolVersion, persistent: bool) -> None:
         self.port = port
         self.protocol = protocol
         self.persistent = persistent
         kwargs: dict[str, Any] = {}
         if protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = not persistent
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs
-        )
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
@@ -77,9 +73,7 @@ class Peer:
         if self.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 300 if self.persistent else 0
-            self.client.connect(
-                "127.0.0.1", self.port, clean_start=not self.persistent, properties=props
-            )
+            self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent, properties=props)
         else:
             self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
@@ -119,9 +113,7 @@ def peer(
         connected.disconnect()
 
 
-def publish_all(
-    broker: MosquittoProcess, client_id: str, topic: str, payloads: list[bytes]
-) -> None:
+def publish_all(broker: MosquittoProcess, client_id: str, topic: str, payloads: list[bytes]) -> None:
     """Publish at QoS 1 and return once the broker has acknowledged every message."""
     with peer(broker, client_id) as publisher:
         infos = [publisher.publish(topic, payload) for payload in payloads]
@@ -143,9 +135,7 @@ def drain_until(subscriber: Peer, sentinel: bytes) -> list[bytes]:
 # -- the broker runs the shipped config ----------------------------------------------------
 
 
-def test_started_broker_accepts_connections_and_routes_a_message(
-    mosquitto: MosquittoProcess, prefix: str
-) -> None:
+def test_started_broker_accepts_connections_and_routes_a_message(mosquitto: MosquittoProcess, prefix: str) -> None:
     assert mosquitto.running
     assert mosquitto.url == f"mqtt://127.0.0.1:{mosquitto.port}"
     assert mosquitto.port != 1883
@@ -170,8 +160,10 @@ def test_generated_config_is_the_shipped_one_with_port_and_paths_moved(
     assert not [line for line in settings if "/var/" in line or "/run/" in line]
     # Nothing else was dropped: every shipped setting is still there, in order.
     shipped = [
-        line for line in SHIPPED_CONF.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
+        line
+        for line in SHIPPED_CONF.read_text().splitlines()
+        if line.strip()
+        and not line.startswith("#")
         and line.split()[0] not in {"listener", "persistence_location", "log_dest"}
     ]
     assert [line for line in settings if line in shipped] == shipped

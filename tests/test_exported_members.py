@@ -1,0 +1,20 @@
+"""The public API is curated: __all__ is sorted, complete, and every name resolves."""
+
+import mqtt_tasks
+
+
+def test_all_is_sorted_and_unique() -> None:
+    names = [n for n in mqtt_tasks.__all__ if n != "__version__"]
+    assert names == sorted(names)
+    assert len(set(mqtt_tasks.__all__)) == len(mqtt_tasks.__all__)
+
+
+def test_every_public_name_is_exported() -> None:
+    public = {name for name in vars(mqtt_tasks) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(mqtt_tasks, name)).__name__ == "module"}
+    assert public - modules == set(mqtt_tasks.__all__) - {"__version__"}
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in mqtt_tasks.__all__:
+        assert getattr(mqtt_tasks, name) is not None
