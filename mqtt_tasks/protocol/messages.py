@@ -90,6 +90,7 @@ class StatusEvent(_Message):
     error: ErrorInfo | None = None
     progress: Any = None
     final: bool | None = Field(default=None, description="true on the last event of the task")
+    max_attempts: int | None = Field(default=None, description="on failed: the attempt limit the worker applied")
     reason: str | None = Field(default=None, description="why: dead, expired, cancelled, retrying, deferred")
     correlation: str | None = None
     body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")

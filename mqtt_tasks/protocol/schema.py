@@ -1,0 +1,20 @@
+"""JSON Schema of the wire messages, generated from the models (``mqtt-tasks schema``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .messages import ErrorReport, StatusEvent, Task, WorkerState
+
+MODELS = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error."""
+    schemas = {}
+    for kind, model in MODELS.items():
+        schema = model.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"mqtt-tasks/v1/{kind}.json"
+        schemas[kind] = schema
+    return schemas

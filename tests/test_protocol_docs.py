@@ -1,0 +1,48 @@
+"""docs/protocol.md and the models agree: every documented field exists and vice versa."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mqtt_tasks.protocol.messages import ErrorReport, StatusEvent, Task, WorkerState
+from mqtt_tasks.protocol.schema import json_schemas
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def documented_fields(section: str) -> set[str]:
+    """Field names in the first column of the first table under '## {section}'."""
+    text = DOC.read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for line in body.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first_cell = line.split("|")[1]
+        names.update(re.findall(r"`([a-z_]+)`", first_cell))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("section", "model"),
+    [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport)],
+)
+def test_documented_fields_match_the_model(section: str, model: type) -> None:
+    assert documented_fields(section) == set(model.model_fields)
+
+
+def test_required_task_fields_are_the_contracts() -> None:
+    schema = json_schemas()["task"]
+    assert sorted(schema["required"]) == ["id", "task"]
+    assert schema["properties"]["id"]["pattern"] == r"^[A-Za-z0-9_.:\-]{1,128}$"
+
+
+def test_every_schema_is_a_json_object_schema() -> None:
+    schemas = json_schemas()
+    assert set(schemas) == {"task", "status", "worker", "error"}
+    for schema in schemas.values():
+        assert schema["type"] == "object"
+        assert schema["$schema"].endswith("2020-12/schema")
