@@ -19,6 +19,7 @@ the root logger is left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -122,9 +123,7 @@ class _SharedSubscriptionBroker(Broker):
             for session, sub_qos in targets:
                 await self._deliver(broadcast, session, sub_qos, running_tasks)
 
-    def _next_member(
-        self, shared_filter: str, members: list[tuple[Session, int]]
-    ) -> list[tuple[Session, int]]:
+    def _next_member(self, shared_filter: str, members: list[tuple[Session, int]]) -> list[tuple[Session, int]]:
         """The connected member whose turn it is, as a list of zero or one."""
         connected = [member for member in members if member[0].transitions.state == "connected"]
         if not connected:
@@ -165,9 +164,7 @@ class EmbeddedBroker:
     interface only on a trusted network.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, websocket_port: int | None = None
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, websocket_port: int | None = None) -> None:
         self._host = host
         self._requested_port = port
         self._requested_websocket_port = websocket_port
@@ -214,14 +211,14 @@ class EmbeddedBroker:
                 raise RuntimeError("the embedded broker is already running")
             _quiet_noisy_loggers()
             ready: Future[None] = Future()
-            thread = threading.Thread(
-                target=self._run, args=(ready,), name="mqtt-tasks-broker", daemon=True
-            )
+            thread = threading.Thread(target=self._run, args=(ready,), name="mqtt-tasks-broker", daemon=True)
             thread.start()
             try:
                 ready.result(timeout=_START_TIMEOUT)
             except Exception as exc:
+                self._request_stop()  # in case it is only slow
                 thread.join(_STOP_TIMEOUT)
+                self._loop = self._stop_requested = None
                 raise _start_error(self._host, self._requested_port, exc) from exc
             self._thread = thread
         logger.info("embedded MQTT broker listening on %s", self.url)
@@ -230,16 +227,22 @@ class EmbeddedBroker:
     def stop(self) -> None:
         """Shut the broker down and wait for its thread. Does nothing if it is not running."""
         with self._lock:
-            thread, loop, stop_requested = self._thread, self._loop, self._stop_requested
-            if thread is None or loop is None or stop_requested is None:
+            thread = self._thread
+            if thread is None:
                 return
-            loop.call_soon_threadsafe(stop_requested.set)
+            self._request_stop()
             thread.join(_STOP_TIMEOUT)
             if thread.is_alive():
                 logger.warning("embedded MQTT broker did not stop within %.0f s", _STOP_TIMEOUT)
             self._thread = self._loop = self._stop_requested = None
             self._port = self._websocket_port = None
         logger.info("embedded MQTT broker stopped")
+
+    def _request_stop(self) -> None:
+        loop, stop_requested = self._loop, self._stop_requested
+        if loop is not None and stop_requested is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(stop_requested.set)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -328,9 +331,7 @@ def _listening_port(broker: Broker, listener: str) -> int:
 
 async def _connected_client_ids(broker: Broker) -> set[str]:
     return {
-        client_id
-        for client_id, (session, _) in broker.sessions.items()
-        if session.transitions.state == "connected"
+        client_id for client_id, (session, _) in broker.sessions.items() if session.transitions.state == "connected"
     }
 
 

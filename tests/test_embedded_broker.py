@@ -92,15 +92,11 @@ class Client:
         self._paho.disconnect()
         self._paho.loop_stop()
 
-    def _on_connect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if not reason_code.is_failure:
             self._connected.set()
 
-    def _on_subscribe(
-        self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
-    ) -> None:
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         with _activity:
             self._subacks[mid] = [code.value for code in reason_codes]
             _activity.notify_all()
@@ -115,23 +111,17 @@ Connect = Callable[[str], Client]
 
 
 @pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
-        yield running
+def topic(prefix: str) -> str:
+    return f"test/{prefix}"
 
 
 @pytest.fixture
-def topic() -> str:
-    return f"test/{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def connect(broker: EmbeddedBroker) -> Iterator[Connect]:
+def connect(amqtt_broker: EmbeddedBroker) -> Iterator[Connect]:
     """Factory: a connected client on the test's broker; all are closed afterwards."""
     clients: list[Client] = []
 
     def make(name: str) -> Client:
-        client = Client(broker.port, f"{name}-{uuid.uuid4().hex[:8]}")
+        client = Client(amqtt_broker.port, f"{name}-{uuid.uuid4().hex[:8]}")
         clients.append(client)
         return client
 
@@ -255,21 +245,19 @@ def test_amqtt_logging_is_quieted_unless_the_application_chose_a_level() -> None
 
 
 def test_mqtt5_connect_is_refused_with_unsupported_protocol_version(
-    broker: EmbeddedBroker,
+    amqtt_broker: EmbeddedBroker,
 ) -> None:
     """Pins what the transport's fallback to 3.1.1 relies on."""
     codes: list[object] = []
     refused = threading.Event()
 
-    def on_connect(
-        client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
+    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         codes.append(reason_code)
         refused.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=mqtt.MQTTv5)
     client.on_connect = on_connect
-    client.connect("127.0.0.1", broker.port)
+    client.connect("127.0.0.1", amqtt_broker.port)
     client.loop_start()
     try:
         assert refused.wait(TIMEOUT)
@@ -290,13 +278,8 @@ def test_missing_amqtt_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_run_broker_serves_until_sigterm(topic: str) -> None:
-    code = (
-        "from mqtt_tasks.broker import run_broker\n"
-        "run_broker(port=0, ready=lambda b: print(b.port, flush=True))\n"
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
-    ) as process:
+    code = "from mqtt_tasks.broker import run_broker\nrun_broker(port=0, ready=lambda b: print(b.port, flush=True))\n"
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
             port = int(process.stdout.readline())  # "" (so a ValueError) if it died
@@ -333,9 +316,7 @@ def test_malformed_shared_filters_are_refused(connect: Connect, topic: str) -> N
 
 
 @pytest.mark.parametrize("size", [2, 3])
-def test_group_members_share_the_messages_round_robin(
-    connect: Connect, topic: str, size: int
-) -> None:
+def test_group_members_share_the_messages_round_robin(connect: Connect, topic: str, size: int) -> None:
     members = [connect(f"member{n}") for n in range(size)]
     for member in members:
         member.subscribe(f"$share/workers/{topic}")
@@ -438,7 +419,7 @@ def test_retained_message_goes_to_normal_but_not_shared_subscribers(
 
 
 def test_disconnected_member_stops_receiving(
-    broker: EmbeddedBroker,
+    amqtt_broker: EmbeddedBroker,
     connect: Connect,
     topic: str,
 ) -> None:
@@ -451,7 +432,7 @@ def test_disconnected_member_stops_receiving(
     assert len(leaving.payloads(topic)) == len(staying.payloads(topic)) == 5
 
     leaving.close()
-    assert wait_until(lambda: leaving.client_id not in broker.connected_client_ids())
+    assert wait_until(lambda: leaving.client_id not in amqtt_broker.connected_client_ids())
     later = [f"later-{n}".encode() for n in range(10)]
     publisher.publish(topic, *later)
     settle(publisher, [staying], topic)
@@ -460,7 +441,7 @@ def test_disconnected_member_stops_receiving(
 
 
 def test_messages_with_no_member_connected_are_dropped_and_later_ones_flow(
-    broker: EmbeddedBroker,
+    amqtt_broker: EmbeddedBroker,
     connect: Connect,
     topic: str,
     caplog: pytest.LogCaptureFixture,
@@ -468,7 +449,7 @@ def test_messages_with_no_member_connected_are_dropped_and_later_ones_flow(
     first = connect("first")
     first.subscribe(f"$share/g/{topic}")
     first.close()
-    assert wait_until(lambda: first.client_id not in broker.connected_client_ids())
+    assert wait_until(lambda: first.client_id not in amqtt_broker.connected_client_ids())
     publisher = connect("publisher")
     publisher.publish(topic, b"dropped-1", b"dropped-2")
 
