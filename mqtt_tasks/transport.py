@@ -107,6 +107,10 @@ class Connection:
     def connect(self, timeout: float | None = None) -> Connection:
         """Connect, wait for CONNACK and for every remembered subscription to be granted."""
         timeout = self.settings.connect_timeout if timeout is None else timeout
+        if self.settings.protocol == "auto" and self.is_mqtt5 and self._probe_refuses_mqtt5(timeout):
+            log.info("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.display_url)
+            self.is_mqtt5 = False
+            self._client = self._make_client()
         code = self._connect_once(timeout)
         if code in _UNSUPPORTED_PROTOCOL and self.settings.protocol == "auto" and self.is_mqtt5:
             log.info("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.display_url)
@@ -138,7 +142,7 @@ class Connection:
     def abort(self) -> None:
         """Drop the connection without DISCONNECT, so the broker sends the Last Will (tests, crash paths)."""
         self._closed = True
-        sock = self._client.socket()
+        sock: Any = self._client.socket()
         self._client.loop_stop()
         if sock is not None:
             try:
@@ -240,14 +244,7 @@ class Connection:
             kwargs["clean_session"] = self._session_expiry == 0
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
                              transport=s.transport, manual_ack=self._manual_ack, **kwargs)
-        if s.transport == "websockets":
-            client.ws_set_options(path=s.ws_path)
-        if s.tls is not None:
-            client.tls_set_context(s.tls.context())
-            if s.tls.insecure:
-                client.tls_insecure_set(True)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
+        self._configure(client)
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain)
         client.max_inflight_messages_set(self._max_inflight)
@@ -259,6 +256,50 @@ class Connection:
         client.on_publish = self._guard(self._handle_publish)
         client.on_subscribe = self._guard(self._handle_subscribe)
         return client
+
+    def _probe_refuses_mqtt5(self, timeout: float) -> bool:
+        """Ask with a bare MQTT 5 CONNECT whether the broker speaks MQTT 5.
+
+        amqtt (3.1.1 only) answers a CONNECT without properties with "unsupported protocol
+        version", but cannot parse one that carries properties (session expiry, receive maximum):
+        it waits for bytes that never come and no CONNACK arrives. So the real CONNECT, with its
+        properties and Last Will, is sent only once the broker has accepted a bare one.
+        """
+        answered = threading.Event()
+        codes: list[int] = []
+
+        def on_connect(client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            codes.append(int(getattr(rc, "value", rc)))
+            answered.set()
+
+        probe = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5,
+                            transport=self.settings.transport, reconnect_on_failure=False)
+        self._configure(probe)
+        probe.on_connect = on_connect
+        s = self.settings
+        try:
+            probe.connect(s.host, s.port, keepalive=s.keepalive)
+        except (OSError, ValueError):
+            return False  # the real connect reports the failure
+        probe.loop_start()
+        try:
+            answered.wait(timeout)
+        finally:
+            probe.disconnect()
+            probe.loop_stop()
+        return bool(codes) and codes[0] in _UNSUPPORTED_PROTOCOL
+
+    def _configure(self, client: paho.Client) -> None:
+        """WebSocket path, TLS and credentials: what every client of these settings needs."""
+        s = self.settings
+        if s.transport == "websockets":
+            client.ws_set_options(path=s.ws_path)
+        if s.tls is not None:
+            client.tls_set_context(s.tls.context())
+            if s.tls.insecure:
+                client.tls_insecure_set(True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
 
     def _connect_once(self, timeout: float) -> int:
         self._connack.clear()
@@ -345,7 +386,7 @@ class Connection:
             self._on_connect_cb(first)
 
     def _set_nodelay(self) -> None:
-        sock = self._client.socket()
+        sock: Any = self._client.socket()
         try:
             raw = getattr(sock, "_socket", sock)  # the WebSocket wrapper keeps the socket inside
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -389,5 +430,5 @@ class Connection:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
-        self._on_message_cb(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), msg.mid,
+        self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
                                     self._generation, response_topic, correlation, expiry))

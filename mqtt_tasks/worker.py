@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +176,9 @@ class Worker:
 
     # -- dispatcher thread -------------------------------------------------------------
     def _dispatch_loop(self) -> None:
-        handlers = {"msg": self._on_message, "release": self._on_release, "drain": self._on_drain}
+        handlers: dict[str, Callable[[Any], None]] = {
+            "msg": self._on_message, "release": self._on_release, "drain": self._on_drain,
+        }
         while True:
             kind, value = self._events.get()
             if kind == "stop":

@@ -51,13 +51,15 @@ class Task(_Message):
     args: list[Any] = Field(default_factory=list, description="positional arguments")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
     attempt: int = Field(default=1, ge=1, description="1 when first published; set by the coordinator on re-dispatch")
-    max_attempts: int | None = Field(default=None, ge=1, le=1000,
-                                     description="attempts before the task is dead; default: the task's registration, else 3")
-    timeout: float | None = Field(default=None, gt=0, description="seconds one attempt may run; default: the task's registration")
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=1000, description="attempts before the task is dead; default: the registration's, else 3"
+    )
+    timeout: float | None = Field(default=None, gt=0, description="seconds one attempt may run")
     reply_to: str | None = Field(default=None, min_length=1, max_length=512,
                                  description="topic that receives the final status event")
-    correlation: str | None = Field(default=None, max_length=1024,
-                                    description="echoed in the final status event (MQTT 3.1.1 stand-in for Correlation Data)")
+    correlation: str | None = Field(
+        default=None, max_length=1024, description="echoed in status events (MQTT 3.1.1 stand-in for Correlation Data)"
+    )
     expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
     queue: str | None = Field(default=None, pattern=ID_PATTERN,
                               description="the queue; taken from the topic when absent")

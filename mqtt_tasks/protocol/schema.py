@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from .messages import ErrorReport, StatusEvent, Task, WorkerState
 
-MODELS = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport}
+MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
