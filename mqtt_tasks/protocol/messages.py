@@ -40,7 +40,7 @@ WorkerStateName = Literal["online", "draining", "offline"]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class Task(_Message):
