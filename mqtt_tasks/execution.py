@@ -239,7 +239,10 @@ class Executor:
                 def serve() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
-                    loop.run_forever()
+                    try:
+                        loop.run_forever()
+                    finally:
+                        loop.close()
 
                 self._loop_thread = threading.Thread(target=serve, name=f"{self._name}-loop", daemon=True)
                 self._loop_thread.start()

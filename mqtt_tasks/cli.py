@@ -1,0 +1,522 @@
+"""The command-line tools: ``mqtt-worker`` and ``mqtt-tasks``. The only place that configures logging.
+
+Each command parses its options, builds ``Settings``, calls one library function and returns a
+named exit code. Errors are one line on stderr, never a traceback: ``MqttTasksError`` maps to
+a code (``exit_code_for``); click usage errors keep click's exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .app import TaskApp, TaskOptions
+from .config import ENV_BROKER, Settings
+from .errors import (
+    ConfigError,
+    DecodeError,
+    MqttTasksError,
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TransportError,
+)
+from .protocol import codec
+from .protocol.messages import TASK_NAME_PATTERN, WorkerState
+from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
+from .transport import Connection, Message
+
+log = logging.getLogger(__name__)
+
+RET_OK = 0
+RET_ERROR = 1  # any other MqttTasksError
+RET_USAGE = 2  # bad option, bad JSON, bad MODULE:ATTR, bad settings (click's own code)
+RET_CONNECT = 3  # the broker could not be reached
+RET_TASK_FAILED = 4  # submit --wait: the task failed, died, was cancelled or expired
+RET_TIMEOUT = 5  # submit --wait: no result in time
+RET_SUPERVISOR = 6  # --processes: the workers could not be kept running
+RET_MISSING_EXTRA = 7  # an optional dependency is not installed
+RET_NOT_FOUND = 8  # status: the coordinator has no record of the task
+RET_INTERRUPTED = 130
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+WORKERS_QUIET_S = 0.4  # `workers`: stop listening once retained states stop arriving this long
+
+
+class CLIError(click.ClickException):
+    """A one-line error with its own exit code."""
+
+    def __init__(self, message: str, code: int = RET_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def exit_code_for(exc: MqttTasksError) -> int:
+    if isinstance(exc, ConfigError):
+        return RET_USAGE
+    if isinstance(exc, TransportError):
+        return RET_CONNECT
+    if isinstance(exc, ResultTimeoutError):
+        return RET_TIMEOUT
+    if isinstance(exc, TaskFailedError | TaskCancelledError | TaskExpiredError):
+        return RET_TASK_FAILED
+    if isinstance(exc, LookupError):
+        return RET_NOT_FOUND
+    return RET_ERROR
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+class _OneLineErrors:
+    """Mixin for the top-level command: every error is one line on stderr and a named exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        if not extra.pop("standalone_mode", True):
+            return super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[misc]
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[misc]
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint, exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", RET_INTERRUPTED)
+        except MqttTasksError as exc:
+            _fail(str(exc), exit_code_for(exc))
+        sys.exit(rv if isinstance(rv, int) else RET_OK)
+
+
+class _Command(_OneLineErrors, click.Command):  # type: ignore[misc]
+    pass
+
+
+class _Group(_OneLineErrors, click.Group):  # type: ignore[misc]
+    pass
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+# -- shared options ------------------------------------------------------------------------
+def _name_callback(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            if isinstance(value, tuple):
+                return tuple(check_name(kind, v) for v in value)
+            return value if value is None else check_name(kind, value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return check
+
+
+def broker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--prefix", help="Topic prefix [default: mqtt-tasks].")(fn)
+    return click.option("--broker", metavar="URL",
+                        help=f"mqtt://, mqtts://, ws:// or wss:// URL [default: ${ENV_BROKER}, "
+                             "else mqtt://127.0.0.1:1883].")(fn)
+
+
+def load_app(ref: str) -> TaskApp:
+    """Import ``MODULE:ATTR`` (the working directory first on sys.path, as ``python -m`` does)."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise CLIError(f"expected MODULE:ATTR (e.g. tasks:app), got {ref!r}", RET_USAGE)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CLIError(f"cannot import {module_name!r}: no module named {exc.name!r} "
+                           f"(run from the directory that contains it, or set PYTHONPATH)", RET_USAGE) from None
+        raise CLIError(f"error while importing {module_name!r}: {exc}", RET_USAGE) from None
+    except Exception as exc:
+        log.debug("importing %s failed", module_name, exc_info=True)
+        raise CLIError(f"error while importing {module_name!r}: {type(exc).__name__}: {exc}", RET_USAGE) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}", RET_USAGE)
+        obj = getattr(obj, part)
+    if not isinstance(obj, TaskApp):
+        raise CLIError(f"{ref} is a {type(obj).__name__}, not a TaskApp", RET_USAGE)
+    return obj
+
+
+# -- mqtt-worker ---------------------------------------------------------------------------
+@click.command("worker", cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("app_ref", metavar="MODULE:ATTR")
+@broker_options
+@click.option("--queue", "-q", "queues", multiple=True, callback=_name_callback("queue"),
+              help="Queue to take tasks from (repeatable) [default: the app's queues].")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Tasks run at once [default: 4 x CPUs, max 32].")
+@click.option("--worker-id", callback=_name_callback("worker id"), help="[default: HOST-PID-RANDOM]")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True, callback=_name_callback("share group"),
+              help="Shared-subscription group.")
+@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), help="Heartbeat seconds [default: 2].")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running tasks get to finish on SIGTERM.")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes to run under one supervisor.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
+@click.version_option(__version__, "--version")
+def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
+                   concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
+                   grace: float, processes: int, log_level: str) -> None:
+    """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
+    from .supervisor import serve
+    from .worker import Worker
+
+    configure_logging(log_level)
+    app = load_app(app_ref)
+    settings = worker_settings(app, broker, prefix, heartbeat)
+    if processes > 1:
+        Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
+        _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
+                   prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level)
+        return
+    worker = Worker(app, settings=settings, queues=list(queues) or None, concurrency=concurrency,
+                    worker_id=worker_id, group=group, heartbeat_s=heartbeat, grace=grace)
+
+    def ready(w: Worker) -> None:
+        click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, queues "
+                   f"{','.join(w.queues)}, concurrency {w.concurrency}, group {w.group}", nl=True)
+        sys.stdout.flush()
+
+    serve(worker, on_ready=ready)
+
+
+def worker_settings(app: TaskApp, broker: str | None, prefix: str | None, heartbeat: float | None) -> Settings:
+    """--broker, else $MQTT_TASKS_BROKER, else the app's own settings; then --prefix, --heartbeat."""
+    overrides = {"prefix": prefix, "heartbeat_s": heartbeat}
+    if broker or os.environ.get(ENV_BROKER):
+        return Settings.from_env(broker, **overrides)
+    return app.settings.with_(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _supervise(app_ref: str, broker: str | None, worker_id: str | None, processes: int, grace: float,
+               **options: Any) -> None:
+    from .supervisor import Supervisor
+    from .worker import default_worker_id
+
+    base = worker_id or default_worker_id()
+    ids = [f"{base}-{i}" for i in range(processes)]
+
+    def command(index: int, child_id: str) -> list[str]:
+        argv = [sys.executable, "-m", "mqtt_tasks", "worker", app_ref, "--processes", "1",
+                "--worker-id", child_id, "--grace", str(grace)]
+        for queue in options["queues"]:
+            argv += ["--queue", queue]
+        for name, value in options.items():
+            if name != "queues" and value is not None:
+                argv += [f"--{name.replace('_', '-')}", str(value)]
+        return argv
+
+    env = {ENV_BROKER: broker} if broker else {}  # the URL may hold a password: keep it out of argv
+    supervisor = Supervisor(command, ids, env=env, stop_timeout=grace + 15.0)
+    click.echo(f"mqtt-worker supervisor (pid {os.getpid()}): {processes} worker processes {', '.join(ids)}")
+    sys.stdout.flush()
+    failure = supervisor.run()
+    if failure:
+        raise CLIError(f"supervisor: {failure}", RET_SUPERVISOR)
+
+
+def worker_main() -> None:
+    """Console script ``mqtt-worker``."""
+    worker_command.main(prog_name="mqtt-worker")
+
+
+# -- mqtt-tasks ----------------------------------------------------------------------------
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version")
+def cli() -> None:
+    """mqtt-tasks: distributed tasks over MQTT."""
+
+
+cli.add_command(worker_command, "worker")
+
+
+def parse_arg(text: str) -> Any:
+    """A positional task argument: JSON where it parses (2, 2.5, true, null, [1], {"a":1}), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CLIError(f"--kwargs is not valid JSON: {exc}", RET_USAGE) from None
+    if not isinstance(value, dict):
+        raise CLIError(f"--kwargs must be a JSON object, got {type(value).__name__}", RET_USAGE)
+    return value
+
+
+def _check_task_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    import re
+
+    if not re.match(TASK_NAME_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not a valid task name")
+    return value
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("task", callback=_check_task_name)
+@click.argument("args", nargs=-1)
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments as a JSON object: \'{"b": 3}\'.')
+@click.option("--queue", "-q", default=DEFAULT_QUEUE, show_default=True, callback=_name_callback("queue"))
+@click.option("--wait", "-w", is_flag=True, help="Wait for the result and print it as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds to wait for the broker's ack, or with --wait for the result.")
+@broker_options
+def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str, wait: bool, timeout: float,
+           broker: str | None, prefix: str | None) -> None:
+    """Submit TASK with ARGS (each parsed as JSON where valid, else a string); print its id or, with --wait,
+    its result. Put negative numbers after --: submit add -- -1 2."""
+    kwargs = _parse_kwargs(kwargs_json)
+    settings = Settings.from_env(broker, prefix=prefix)
+    with TaskApp(settings=settings) as app:
+        handle = app.send(task, [parse_arg(a) for a in args], kwargs, options=TaskOptions(queue=queue))
+        if not wait:
+            if not app.flush(timeout):
+                raise CLIError(f"the broker did not acknowledge task {handle.id} within {timeout}s", RET_CONNECT)
+            click.echo(handle.id)
+            return
+        result = handle.result(timeout)
+    click.echo(json.dumps(result))
+
+
+# -- mqtt-tasks workers --------------------------------------------------------------------
+def fetch_worker_states(settings: Settings, *, quiet: float = WORKERS_QUIET_S, limit: float = 5.0) -> list[WorkerState]:
+    """The retained states on ``P/workers/+``: listen until none arrived for ``quiet`` seconds."""
+    messages: list[Message] = []
+    arrived = threading.Event()
+
+    def on_message(message: Message) -> None:
+        messages.append(message)
+        arrived.set()
+
+    conn = Connection(settings, f"mqtt-tasks-cli-{uuid.uuid4().hex[:8]}", on_message=on_message)
+    conn.subscribe(Topics(settings.prefix).all_workers)
+    conn.connect()  # returns once the SUBACK is in: retained messages follow at once
+    try:
+        deadline = time.monotonic() + limit
+        while arrived.wait(quiet) and time.monotonic() < deadline:
+            arrived.clear()
+    finally:
+        conn.close()
+    states: dict[str, WorkerState] = {}
+    for message in list(messages):
+        if not message.payload:
+            continue  # a cleared retained state
+        try:
+            state = codec.decode_worker_state(message.payload, topic=message.topic,
+                                              max_payload=settings.max_payload)
+        except DecodeError as exc:
+            log.warning("ignoring an undecodable worker state on %s: %s", message.topic, exc.reason)
+            continue
+        states[state.worker] = state
+    return [states[k] for k in sorted(states)]
+
+
+def _age(ts: float, now: float) -> str:
+    seconds = max(0.0, now - ts)
+    if seconds < 120:
+        return f"{seconds:.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def worker_rows(states: list[WorkerState], now: float) -> list[tuple[str, ...]]:
+    return [(s.worker, s.state, ",".join(s.queues), str(s.concurrency), str(len(s.tasks)),
+             "-" if s.free is None else str(s.free), _age(s.ts, now)) for s in states]
+
+
+WORKER_COLUMNS = ("worker", "state", "queues", "concurrency", "held", "free", "last seen")
+
+
+def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table, or aligned plain text where rich is not installed."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+        for line in (columns, *rows):
+            click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--json", "as_json", is_flag=True, help="Print the states as a JSON array.")
+def workers(broker: str | None, prefix: str | None, as_json: bool) -> None:
+    """List the workers from their retained heartbeats."""
+    settings = Settings.from_env(broker, prefix=prefix)
+    states = fetch_worker_states(settings)
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json", exclude_none=True) for s in states], indent=2))
+    elif not states:
+        click.echo(f"no workers have reported on {settings.prefix}/workers/+ at {settings.display_url}")
+    else:
+        print_table(f"workers on {settings.display_url}", WORKER_COLUMNS, worker_rows(states, time.time()))
+
+
+# -- mqtt-tasks broker ---------------------------------------------------------------------
+@cli.command("broker", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=1883, show_default=True)
+def broker_command(host: str, port: int) -> None:
+    """Run the embedded MQTT broker (amqtt with shared subscriptions) until Ctrl-C."""
+    configure_logging("warning")
+    try:
+        from .broker import run_broker
+    except ImportError:
+        raise CLIError("the embedded broker needs amqtt: pip install 'mqtt-tasks[broker]'", RET_MISSING_EXTRA) from None
+
+    def ready(broker: Any) -> None:
+        click.echo(f"mqtt-tasks broker listening on {broker.url} (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    try:
+        run_broker(host, port, ready=ready)
+    except OSError as exc:
+        raise CLIError(str(exc), RET_ERROR) from None
+
+
+# -- mqtt-tasks demo -----------------------------------------------------------------------
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workers", "worker_count", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--tasks", "task_count", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--coordinator/--no-coordinator", default=False, show_default=True,
+              help="Also run a coordinator (in memory) next to the workers.")
+def demo(worker_count: int, task_count: int, coordinator: bool) -> None:
+    """Start an embedded broker and a few workers, run example tasks, print the figures."""
+    configure_logging("warning")
+    try:
+        from rich.console import Console
+
+        from .demo import progress_bar, render_result, run_demo
+    except ImportError as exc:
+        raise CLIError(f"the demo needs amqtt and rich ({exc.name} is missing): "
+                       "pip install 'mqtt-tasks[demo]'", RET_MISSING_EXTRA) from None
+    console = Console()
+    services = [_demo_coordinator] if coordinator else []
+    extra = " and a coordinator" if coordinator else ""
+    console.print(f"[bold]mqtt-tasks demo[/]: embedded broker, {worker_count} workers{extra}, {task_count} tasks")
+    with progress_bar(console, task_count) as on_progress:
+        result = run_demo(workers=worker_count, tasks=task_count, on_progress=on_progress, services=services)
+    render_result(console, result)
+    if result.missing:
+        raise CLIError(f"{result.missing} task(s) got no result", RET_ERROR)
+
+
+def _demo_coordinator(settings: Settings) -> Any:
+    from .coordinator import Coordinator
+
+    return Coordinator(settings)  # in memory: the demo's record lives as long as the demo
+
+
+# -- mqtt-tasks coordinator / status / tasks ---------------------------------------------------
+@cli.command("coordinator", context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--db", default="mqtt-tasks.db", show_default=True, help="The SQLite file of the durable record.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
+def coordinator_command(broker: str | None, prefix: str | None, db: str, log_level: str) -> None:
+    """Run the coordinator (leases, retries, backlog, dead letters) until SIGTERM or Ctrl-C."""
+    from .coordinator import run_coordinator
+    from .supervisor import SignalLatch
+
+    configure_logging(log_level)
+    settings = Settings.from_env(broker, prefix=prefix)
+    ready = threading.Event()
+
+    def announce() -> None:
+        if ready.wait():
+            click.echo(f"mqtt-tasks coordinator ready on {settings.display_url}, prefix {settings.prefix}, db {db}")
+            sys.stdout.flush()
+
+    threading.Thread(target=announce, name="mqtt-tasks-cli-ready", daemon=True).start()
+    with SignalLatch() as latch:
+        run_coordinator(settings, db, stop_event=latch.event, ready=ready)
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("task_id")
+@broker_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def status(task_id: str, broker: str | None, prefix: str | None, timeout: float) -> None:
+    """Print the coordinator's record of TASK_ID (state, attempts, history, result) as JSON."""
+    from .coordinator import query_status
+
+    record = query_status(Settings.from_env(broker, prefix=prefix), task_id, timeout=timeout)
+    click.echo(json.dumps(record, indent=2, default=str))
+
+
+TASK_COLUMNS = ("id", "task", "state", "attempt", "worker", "updated")
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--state", help="Only tasks in this state (backlog, started, succeeded, dead, ...).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as a JSON array.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int, as_json: bool,
+          timeout: float) -> None:
+    """List the tasks the coordinator knows, most recently updated first."""
+    from .coordinator import query_tasks
+
+    settings = Settings.from_env(broker, prefix=prefix)
+    records = query_tasks(settings, state=state, limit=limit, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(records, indent=2, default=str))
+        return
+    now = time.time()
+    rows: list[tuple[str, ...]] = [
+        (str(r["id"]), str(r.get("task") or ""), str(r["state"]), str(r.get("attempt") or ""),
+         str(r.get("worker") or ""), _age(float(r.get("updated") or now), now))
+        for r in records
+    ]
+    print_table(f"tasks on {settings.display_url}", TASK_COLUMNS, rows)
+
+
+def main() -> None:
+    """Console script ``mqtt-tasks``."""
+    cli.main(prog_name="mqtt-tasks")

@@ -1,0 +1,238 @@
+"""Running workers in the foreground: one in this process, or N child processes.
+
+``serve(worker)`` starts one ``Worker``, blocks until SIGTERM or SIGINT, then stops it
+gracefully (running tasks finish within the worker's grace period). A second signal during
+that drain exits at once; the broker then publishes the worker's Last Will (``offline``).
+
+``Supervisor`` keeps N worker processes running (``mqtt-worker --processes N``). Each child is
+its own MQTT client in the same share group, started with ``start_new_session`` so that a
+Ctrl-C in the terminal reaches only the supervisor, which forwards SIGTERM to every child and
+waits for them to drain. A child that exits on its own is restarted after a backoff;
+``RestartPolicy`` (pure, tested with a fake clock) decides when to give up. A child that exits
+with ``EXIT_USAGE`` (bad module, bad option) is never restarted: restarting cannot fix it.
+
+Children watch ``MQTT_TASKS_SUPERVISOR_PID``: when the supervisor disappears (``kill -9``),
+they drain and exit instead of running on as orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+ENV_SUPERVISOR_PID = "MQTT_TASKS_SUPERVISOR_PID"
+EXIT_USAGE = 2  # a child exiting with this code is misconfigured: never restarted
+EXIT_FORCED = 130  # a second signal during a graceful stop
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_POLL_S = 0.1
+
+
+# -- one worker, in the foreground ---------------------------------------------------------
+class SignalLatch:
+    """SIGTERM/SIGINT set ``event``; a second one exits at once with ``EXIT_FORCED``."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signame = ""
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> SignalLatch:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            log.warning("second %s: exiting without waiting for running tasks", signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        self.signame = signal.Signals(signum).name
+        self.event.set()
+
+
+def _parent_gone(parent_pid: int | None) -> bool:
+    return parent_pid is not None and os.getppid() != parent_pid
+
+
+def serve(worker: Worker, *, on_ready: Callable[[Worker], None] | None = None) -> None:
+    """Start ``worker``, block until SIGTERM/SIGINT (or the supervisor's death), stop it gracefully.
+
+    Call from the main thread. Raises what ``Worker.start`` raises (``ConnectError``, ...).
+    """
+    parent = os.environ.get(ENV_SUPERVISOR_PID)
+    parent_pid = int(parent) if parent and parent.isdigit() else None
+    with SignalLatch() as latch:
+        worker.start()
+        if on_ready is not None:
+            on_ready(worker)
+        while not latch.event.wait(1.0 if parent_pid else 60.0):
+            if _parent_gone(parent_pid):
+                log.warning("worker %s: supervisor %s is gone; stopping", worker.worker_id, parent_pid)
+                break
+        log.info("worker %s: %s, stopping (grace %.1fs)", worker.worker_id, latch.signame or "orphaned",
+                 worker.grace)
+        worker.stop()
+
+
+# -- restart policy (pure) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a crashed child after ``base_delay * 2**(n-1)`` seconds (capped), where n is its
+    number of crashes within ``window_s``; give up once that number reaches ``max_crashes``."""
+
+    max_crashes: int = 5
+    window_s: float = 60.0
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+
+    def recent(self, crashes: Sequence[float], now: float) -> list[float]:
+        return [t for t in crashes if now - t <= self.window_s]
+
+    def delay(self, crashes: Sequence[float], now: float) -> float | None:
+        """Seconds to wait before restarting, or None to give up."""
+        count = len(self.recent(crashes, now))
+        if count >= self.max_crashes:
+            return None
+        return min(self.max_delay, self.base_delay * 2 ** max(count - 1, 0))
+
+
+# -- N children ----------------------------------------------------------------------------
+@dataclass
+class Child:
+    """One slot of the supervisor: the process filling it now, and its crash history."""
+
+    index: int
+    worker_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Keeps ``count`` worker processes running. ``command(index, worker_id)`` builds a child's argv."""
+
+    def __init__(
+        self,
+        command: Callable[[int, str], list[str]],
+        worker_ids: Sequence[str],
+        *,
+        policy: RestartPolicy | None = None,
+        env: Mapping[str, str] | None = None,
+        stop_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.command = command
+        self.children = [Child(i, wid) for i, wid in enumerate(worker_ids)]
+        self.policy = policy or RestartPolicy()
+        self.env = dict(env or {})
+        self.stop_timeout = stop_timeout
+        self.clock = clock
+        self.failure: str | None = None
+
+    def start(self) -> Supervisor:
+        for child in self.children:
+            self._spawn(child)
+        return self
+
+    def _spawn(self, child: Child) -> None:
+        env = {**os.environ, **self.env, ENV_SUPERVISOR_PID: str(os.getpid())}
+        child.proc = subprocess.Popen(self.command(child.index, child.worker_id), env=env,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        child.restart_at = None
+        log.info("supervisor: started worker %s (pid %d)", child.worker_id, child.proc.pid)
+
+    def check(self) -> str | None:
+        """One step: reap exited children and restart those that are due.
+
+        Returns None while all is well, else why the supervisor gives up.
+        """
+        now = self.clock()
+        for child in self.children:
+            if child.proc is not None and (code := child.proc.poll()) is not None:
+                child.proc = None
+                reason = self._on_exit(child, code, now)
+                if reason:
+                    return reason
+            if child.proc is None and child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self._spawn(child)
+        return None
+
+    def _on_exit(self, child: Child, code: int, now: float) -> str | None:
+        how = describe_exit(code)
+        if code == EXIT_USAGE:
+            return f"worker {child.worker_id} {how} (a usage or configuration error); not restarting it"
+        child.crashes = [*self.policy.recent(child.crashes, now), now]
+        delay = self.policy.delay(child.crashes, now)
+        if delay is None:
+            return (f"worker {child.worker_id} {how}; it crashed {len(child.crashes)} times within "
+                    f"{self.policy.window_s:.0f}s, giving up")
+        log.warning("supervisor: worker %s %s; restarting it in %.1fs", child.worker_id, how, delay)
+        child.restart_at = now + delay
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Forward ``sig`` to every child, wait for them (bounded), kill what is left."""
+        procs = [c.proc for c in self.children if c.proc is not None]
+        for proc in procs:
+            _send(proc, sig)
+        deadline = time.monotonic() + self.stop_timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("supervisor: worker pid %d did not stop within %.0fs; killing it",
+                            proc.pid, self.stop_timeout)
+                proc.kill()
+                proc.wait()
+        for child in self.children:
+            child.proc = None
+            child.restart_at = None
+
+    def run(self) -> str | None:
+        """Start the children and keep them running until SIGTERM/SIGINT.
+
+        Returns None after a clean stop, else why it gave up (the other children are stopped
+        gracefully first). Call from the main thread.
+        """
+        with SignalLatch() as latch:
+            self.start()
+            while not latch.event.wait(_POLL_S):
+                self.failure = self.check()
+                if self.failure:
+                    log.error("supervisor: %s", self.failure)
+                    break
+            else:
+                log.info("supervisor: %s, stopping %d worker(s)", latch.signame, len(self.children))
+            self.stop()
+        return self.failure
+
+
+def _send(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        log.debug("worker pid %d already gone", proc.pid)

@@ -1,0 +1,116 @@
+"""The supervisor: its restart policy with a fake clock, and `--processes N` as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from mqtt_tasks import TaskApp
+from mqtt_tasks.cli import RET_CONNECT, RET_USAGE
+from mqtt_tasks.supervisor import RestartPolicy, Supervisor, describe_exit
+from tests.brokers import free_port, wait_until
+from tests.test_cli import Monitor, Proc, worker_argv
+
+
+# -- the policy (pure) ---------------------------------------------------------------------
+def test_backoff_doubles_per_recent_crash_and_is_capped() -> None:
+    policy = RestartPolicy(max_crashes=10, window_s=60, base_delay=0.5, max_delay=3)
+    assert policy.delay([100.0], now=100.0) == 0.5
+    assert policy.delay([99.0, 100.0], now=100.0) == 1.0
+    assert policy.delay([98.0, 99.0, 100.0], now=100.0) == 2.0
+    assert policy.delay([96.0, 97.0, 98.0, 99.0, 100.0], now=100.0) == 3.0
+
+
+def test_gives_up_after_max_crashes_within_the_window_only() -> None:
+    policy = RestartPolicy(max_crashes=3, window_s=10)
+    assert policy.delay([1.0, 2.0, 3.0], now=3.0) is None
+    assert policy.delay([1.0, 2.0, 30.0], now=30.0) == policy.base_delay  # old crashes are forgiven
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(3) == "exited with code 3"
+
+
+# -- the supervisor with stand-in children ------------------------------------------------------
+def _exits_with(code: int) -> Any:
+    return lambda index, worker_id: [sys.executable, "-c", f"import sys; sys.exit({code})"]
+
+
+def test_a_child_that_keeps_crashing_makes_it_give_up() -> None:
+    policy = RestartPolicy(max_crashes=3, window_s=60, base_delay=0.01, max_delay=0.02)
+    supervisor = Supervisor(_exits_with(1), ["a", "b"], policy=policy).start()
+    try:
+        reason = wait_until(supervisor.check, timeout=15)
+    finally:
+        supervisor.stop()
+    assert "crashed 3 times" in reason
+    assert sum(c.restarts for c in supervisor.children) >= 2
+
+
+def test_a_usage_error_is_never_restarted() -> None:
+    supervisor = Supervisor(_exits_with(RET_USAGE), ["a"]).start()
+    try:
+        reason = wait_until(supervisor.check, timeout=15)
+    finally:
+        supervisor.stop()
+    assert "not restarting" in reason
+    assert supervisor.children[0].restarts == 0
+
+
+# -- mqtt-worker --processes N -------------------------------------------------------------------
+def _online(monitor: Monitor, worker_id: str, not_pid: int | None = None) -> Any:
+    state = monitor.state(worker_id)
+    return state is not None and state.state == "online" and state.pid != not_pid and state
+
+
+def test_processes_share_the_queue_and_a_killed_child_is_restarted(mosquitto: Any, prefix: str) -> None:
+    base = f"p-{prefix}"
+    ids = [f"{base}-0", f"{base}-1"]
+    with Monitor(mosquitto.url, prefix) as monitor, TaskApp(mosquitto.url, prefix=prefix) as app:
+        proc = Proc(worker_argv("examples.tasks:app", "--broker", mosquitto.url, "--prefix", prefix,
+                                "--worker-id", base, "--processes", "2", "--log-level", "warning"))
+        try:
+            proc.wait_line("supervisor")
+            first = {wid: wait_until(lambda wid=wid: _online(monitor, wid), timeout=15) for wid in ids}
+            assert len({s.pid for s in first.values()} | {proc.popen.pid}) == 3  # two children, not itself
+            handles = [app.submit("add", i, 1) for i in range(20)]
+            assert [h.result(timeout=10) for h in handles] == [i + 1 for i in range(20)]
+            assert {h.status().worker for h in handles} == set(ids)  # both children took tasks
+
+            os.kill(first[ids[0]].pid, signal.SIGKILL)
+            restarted = wait_until(lambda: _online(monitor, ids[0], not_pid=first[ids[0]].pid), timeout=15,
+                                   message="the killed child was not restarted")
+            assert restarted.pid != first[ids[0]].pid
+            assert app.submit("add", 40, 2).result(timeout=10) == 42
+
+            code, stderr = proc.stop(signal.SIGTERM)
+            assert code == 0, stderr
+            assert "killed by SIGKILL; restarting" in stderr
+            for wid in ids:
+                wait_until(lambda wid=wid: (s := monitor.state(wid)) is not None and s.state == "offline")
+        finally:
+            if proc.popen.poll() is None:
+                proc.stop(signal.SIGKILL)
+
+
+def test_processes_with_a_bad_module_fail_before_spawning(prefix: str) -> None:
+    proc = Proc(worker_argv("no_such_module_xyz:app", "--processes", "2"))
+    code = proc.popen.wait(30)
+    _, stderr = proc.stop()
+    assert code == RET_USAGE
+    assert stderr.strip().splitlines() == [
+        "Error: cannot import 'no_such_module_xyz': no module named 'no_such_module_xyz' "
+        "(run from the directory that contains it, or set PYTHONPATH)"]
+
+
+def test_processes_with_an_unreachable_broker_fail_fast() -> None:
+    proc = Proc(worker_argv("examples.tasks:app", "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                            "--processes", "2", "--log-level", "error"))
+    code = proc.popen.wait(30)
+    _, stderr = proc.stop()
+    assert code == RET_CONNECT, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "cannot reach the MQTT broker" in stderr
+    assert proc.stdout == []  # no supervisor, no children
