@@ -517,6 +517,16 @@ def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int,
     print_table(f"tasks on {settings.display_url}", TASK_COLUMNS, rows)
 
 
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("kind", required=False, type=click.Choice(["task", "status", "worker", "error"]))
+def schema(kind: str | None) -> None:
+    """Print the JSON Schema of the wire messages (all of them, or one KIND)."""
+    from .protocol.schema import json_schemas
+
+    schemas = json_schemas()
+    click.echo(json.dumps(schemas[kind] if kind else schemas, indent=2, sort_keys=True))
+
+
 def main() -> None:
     """Console script ``mqtt-tasks``."""
     cli.main(prog_name="mqtt-tasks")

@@ -46,3 +46,19 @@ def test_every_schema_is_a_json_object_schema() -> None:
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")
+
+
+def test_schema_command_prints_the_generated_schemas() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mqtt_tasks.cli import cli
+
+    result = CliRunner().invoke(cli, ["schema"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == json.loads(json.dumps(json_schemas()))
+    one = CliRunner().invoke(cli, ["schema", "task"])
+    assert json.loads(one.output)["required"] == ["id", "task"]
+    bad = CliRunner().invoke(cli, ["schema", "nope"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
