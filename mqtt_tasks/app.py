@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from . import signing
 from .config import Settings
 from .errors import (
     ConfigError,
@@ -125,8 +126,10 @@ class TaskHandle:
 
     async def wait(self, timeout: float | None = None) -> Any:
         """Async ``result``: waits without blocking the event loop."""
+        # shield: a timed-out or cancelled wait must not cancel the handle's own future, or the
+        # result arriving later would be dropped and every later wait would raise CancelledError
         try:
-            event = await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
+            event = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._future)), timeout)
         except asyncio.TimeoutError:
             raise ResultTimeoutError(f"no result for task {self.id} within {timeout}s", task_id=self.id) from None
         return outcome(event)
@@ -242,6 +245,8 @@ class TaskApp:
             body["expires_at"] = time.time() + opts.expires
         if extra:
             body = {**extra, **body}
+        if self.settings.signing_key is not None:
+            body = signing.sign(body, self.settings.signing_key)
         payload = codec.encode(body)
         conn = self.connection()
         future: concurrent.futures.Future[StatusEvent] = concurrent.futures.Future()
@@ -303,8 +308,32 @@ class TaskApp:
         except DecodeError as exc:
             log.warning("undecodable reply on %s: %s", message.topic, exc)
             return
+        if message.topic.startswith(self.topics.status_root) and not event.final:
+            return  # a handle following P/status/{id} (``handle``) waits for the final event only
         with self._pending_lock:
             future = self._pending.pop(event.id, None)
         if future is not None and not future.done():
             future.set_result(event)
+
+    def handle(self, task_id: str, name: str = "") -> TaskHandle:
+        """A handle for a task submitted earlier, possibly by another process.
+
+        Follows ``P/status/{task_id}`` for the final event and asks the coordinator (``P/rpc/coordinator``)
+        for it, in case the task finished before this call: ``result()`` works either way while a
+        coordinator runs.
+        """
+        if not is_valid_id(task_id):
+            raise ConfigError(f"invalid task id {task_id!r}")
+        conn = self.connection()
+        future: concurrent.futures.Future[StatusEvent] = concurrent.futures.Future()
+        with self._pending_lock:
+            existing = self._pending.get(task_id)
+            if existing is not None:
+                return TaskHandle(self, task_id, name, existing)
+            self._pending[task_id] = future
+        status_topic = self.topics.status(task_id)
+        conn.subscribe(status_topic)
+        future.add_done_callback(lambda _f: conn.unsubscribe(status_topic))
+        conn.publish(self.topics.rpc, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
+        return TaskHandle(self, task_id, name, future)
 

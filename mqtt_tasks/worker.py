@@ -36,12 +36,18 @@ from .errors import DecodeError, PayloadTooLargeError, UnknownTaskError
 from .execution import Executor, Outcome, Run
 from .protocol import codec
 from .protocol.messages import DEFERRED, EXPIRED, FAILED, STARTED, SUCCEEDED, Task
-from .protocol.topics import DEFAULT_GROUP, check_name
+from .protocol.topics import DEFAULT_GROUP, Topics, check_name
+from .signing import SignatureError, verify_payload
 from .transport import Connection, Message, Will
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_QUEUED_QOS0 = 1000
+"""QoS 0 messages waiting for the dispatcher; more are dropped (counted in ``stats["dropped"]``).
+QoS 1 messages are never dropped here: the broker's in-flight window bounds them (MQTT 5 Receive
+Maximum, else Mosquitto's ``max_inflight_messages``), because they are acknowledged only after the
+dispatcher has decided them."""
 
 
 @dataclass(slots=True)
@@ -71,7 +77,7 @@ class Worker:
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
-        self.topics = app.topics
+        self.topics = Topics(self.settings.prefix)  # settings may override the app's prefix
         self.queues = [check_name("queue", q) for q in (queues or app.queues)]
         self.concurrency = max(1, concurrency or min(32, (os.cpu_count() or 1) * 4))
         self.worker_id = check_name("worker id", worker_id or default_worker_id())
@@ -80,6 +86,7 @@ class Worker:
         self.grace = grace
 
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._qos0_room = threading.BoundedSemaphore(MAX_QUEUED_QOS0)
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
         self._waiting: deque[tuple[Message, Task]] = deque()
@@ -97,7 +104,8 @@ class Worker:
             on_connect=lambda first: self._beat_now.set(),
         )
         self._threads: list[threading.Thread] = []
-        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "deferred": 0, "rejected": 0}
+        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "deferred": 0, "rejected": 0,
+                      "dropped": 0}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Worker:
@@ -172,6 +180,9 @@ class Worker:
 
     # -- network thread: hand off only -------------------------------------------------
     def _enqueue(self, message: Message) -> None:
+        if message.qos == 0 and not self._qos0_room.acquire(blocking=False):
+            self.stats["dropped"] += 1  # QoS 0 is best effort; never block the network thread
+            return
         self._events.put(("msg", message))
 
     # -- dispatcher thread -------------------------------------------------------------
@@ -180,20 +191,30 @@ class Worker:
             "msg": self._on_message, "release": self._on_release, "drain": self._on_drain,
         }
         while True:
-            kind, value = self._events.get()
+            try:
+                kind, value = self._events.get(timeout=self._until_next_expiry())
+            except queue.Empty:
+                kind, value = "expire", None
             if kind == "stop":
                 return
             try:
-                handlers[kind](value)
+                if kind == "expire":
+                    self._expire_waiting()
+                else:
+                    handlers[kind](value)
             except Exception:
                 log.exception("worker %s: dispatcher error on %s event", self.worker_id, kind)
 
     def _on_message(self, message: Message) -> None:
+        if message.qos == 0:
+            self._qos0_room.release()
         topic = message.topic
         if topic == self.topics.coordinator:
             self._on_presence(message)
+            self._conn.ack(message)  # unacked, it would hold a Receive Maximum slot for good
         elif topic.startswith(self.topics.control_root):
             self._on_control(message)
+            self._conn.ack(message)
         else:
             self._on_task_message(message)
 
@@ -202,6 +223,7 @@ class Worker:
         if task is None:
             self._conn.ack(message)
             return
+        _apply_message_expiry(task, message)
         if self._reject_early(task, message):
             self._conn.ack(message)
         elif self._draining:
@@ -216,12 +238,16 @@ class Worker:
     def _decode_task(self, message: Message) -> Task | None:
         queue_name = self.topics.queue_of(message.topic)
         try:
-            return codec.decode_task(message.payload, topic=message.topic, queue=queue_name,
+            task = codec.decode_task(message.payload, topic=message.topic, queue=queue_name,
                                      max_payload=self.settings.max_payload)
-        except DecodeError as exc:
+            if self.settings.signing_key is not None:
+                verify_payload(message.payload, self.settings.signing_key)
+            return task
+        except (DecodeError, SignatureError) as exc:
+            reason = exc.reason if isinstance(exc, DecodeError) else str(exc)
             self.stats["rejected"] += 1
-            log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, exc.reason)
-            self._report_error(exc.reason, message.topic, message.payload, exc.task_id)
+            log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, reason)
+            self._report_error(reason, message.topic, message.payload, codec.guess_id(message.payload))
             return None
 
     def _reject_early(self, task: Task, message: Message) -> bool:
@@ -260,9 +286,25 @@ class Worker:
 
     def _on_release(self, task: Task) -> None:
         self._free += 1
+        self._expire_waiting()
         if self._waiting and not self._draining:
             message, waiting = self._waiting.popleft()
             self._start(waiting, message)
+
+    def _until_next_expiry(self) -> float | None:
+        """Seconds until the first waiting task expires (the dispatcher's wake-up), or None."""
+        deadlines = [t.expires_at for _, t in self._waiting if t.expires_at is not None]
+        return max(0.0, min(deadlines) - time.time()) if deadlines else None
+
+    def _expire_waiting(self) -> None:
+        """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
+        now = time.time()
+        expired = [(m, t) for m, t in self._waiting if t.expires_at is not None and t.expires_at <= now]
+        if expired:
+            self._waiting = deque((m, t) for m, t in self._waiting if t.expires_at is None or t.expires_at > now)
+        for message, task in expired:
+            self._finish(task, message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
+            self._conn.ack(message)
 
     def _defer(self, task: Task, message: Message) -> None:
         self.stats["deferred"] += 1
@@ -334,20 +376,23 @@ class Worker:
             state = FAILED
             log.info("worker %s: task %s %s attempt %d failed: %s: %s", self.worker_id, task.task, task.id,
                      task.attempt, outcome.error_type, outcome.error_message)
-        final = state == SUCCEEDED or task.attempt >= self._max_attempts(task) or not self._coordinator_online
+        # With a coordinator online it owns a failure's fate (retry, or `dead` to the reply topic).
+        final = state == SUCCEEDED or not self._coordinator_online
         if outcome.cancelled:
             final = False  # a superseded attempt: the coordinator owns the task's fate
         self._finish(task, message, state, extra, final=final)
 
     def _finish(self, task: Task, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
+        # Publish first, forget second: stop() closes the connection once nothing is held, so a
+        # task forgotten before its result is queued for sending would lose that result.
+        payload = self._publish_status(task, state, {**extra, "final": final or None})
+        if final and payload is not None:
+            self._reply(task, message, payload)
         with self._held_lock:
             held = self._held.get(task.id)
             if held is not None and held.task.attempt == task.attempt:
                 del self._held[task.id]
                 self._held_lock.notify_all()
-        payload = self._publish_status(task, state, {**extra, "final": final or None})
-        if final and payload is not None:
-            self._reply(task, message, payload)
 
     def _max_attempts(self, task: Task) -> int:
         tdef = self.app.registry.get(task.task)
@@ -388,6 +433,10 @@ class Worker:
     def _reply(self, task: Task, message: Message, payload: bytes) -> None:
         targets = {t for t in (task.reply_to, message.response_topic) if t}
         for topic in targets:
+            if topic.startswith(self.topics.prefix + "/") and not topic.startswith(self.topics.replies_root):
+                # A reply there would be read as a task, heartbeat or dead letter (docs/security.md).
+                self._report_error(f"refusing to reply on protocol topic {topic!r}", topic, None, task.id)
+                continue
             correlation = message.correlation_data if topic == message.response_topic else None
             try:
                 self._conn.publish(topic, payload, correlation_data=correlation)
@@ -424,6 +473,17 @@ class Worker:
             "heartbeat_s": self.heartbeat_s, "free": max(self._free, 0) if state == "online" else 0,
             "group": self.group, "pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
         })
+
+
+def _apply_message_expiry(task: Task, message: Message) -> None:
+    """An MQTT 5 Message Expiry Interval (the time left, as the broker delivered it) becomes
+    ``expires_at``, so a task that expires while it waits in this worker, or in the coordinator's
+    backlog after a deferral, still ends ``expired`` instead of vanishing."""
+    if message.expiry is None:
+        return
+    deadline = time.time() + message.expiry
+    if task.expires_at is None or deadline < task.expires_at:
+        task.expires_at = deadline
 
 
 def default_worker_id() -> str:

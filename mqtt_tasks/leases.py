@@ -1,0 +1,370 @@
+"""The lease, retry and dispatch policy, as pure functions of (record, event, now).
+
+No sockets, threads or clocks: every function takes ``now`` (epoch seconds, because records
+outlive the process) and, where randomness is needed, an ``rng``. Each event function updates
+the record it is given and returns the *effects* the coordinator must carry out:
+
+- ``Cancel``: tell a worker to stop a stale attempt (``P/control/{worker}``).
+- ``Announce``: publish a coordinator status event (``retrying``, ``dead``, ``expired``); final
+  ones also go to the task's reply topic, ``dead`` ones also to ``P/dead/{queue}``.
+- ``Enqueue``: the record entered the backlog; hand it to a worker with a free slot.
+
+Attempts are fencing tokens: every re-dispatch after a possible loss gets ``attempt + 1``, and
+only events of the current attempt move a live task. ``failures`` counts attempts that failed
+or died with their worker; the task is dead when ``failures`` reaches ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .store.base import (
+    BACKLOG,
+    DEAD,
+    DISPATCHED,
+    EXPIRED,
+    QUEUED,
+    RETRYING,
+    STARTED,
+    SUCCEEDED,
+    TaskRecord,
+)
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """The knobs. Defaults suit production; tests shrink heartbeats, not the rules."""
+
+    lease_heartbeats: float = 4.0       # a lease lasts this many of the worker's heartbeat intervals ...
+    lease_slack: float = 1.0            # ... plus this many seconds
+    default_heartbeat_s: float = 2.0    # when an event does not say
+    dispatch_timeout: float = 10.0      # seen or dispatched, but nobody accounted for it: presumed lost
+    timeout_grace: float = 5.0          # a started task past timeout + grace is presumed stuck
+    reconnect_grace: float = 5.0        # after the coordinator (re)connects, leases get this much extra
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class Cancel:
+    worker: str
+    task_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    state: str
+    reason: str
+    final: bool = False
+    reply: bool = False
+    dead_letter: bool = False
+    next_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    task_id: str
+
+
+Effect = Cancel | Announce | Enqueue
+Rng = Callable[[], float]
+
+
+# -- small rules ---------------------------------------------------------------------------
+def lease_s(policy: LeasePolicy, heartbeat_s: float | None) -> float:
+    hb = heartbeat_s if heartbeat_s and heartbeat_s > 0 else policy.default_heartbeat_s
+    return policy.lease_heartbeats * hb + policy.lease_slack
+
+
+def backoff(policy: LeasePolicy, failures: int, rng: Rng) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped."""
+    ceiling = min(policy.backoff_cap, policy.backoff_base * (2 ** max(failures - 1, 0)))
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+def max_attempts(policy: LeasePolicy, record: TaskRecord) -> int:
+    return record.max_attempts or policy.default_max_attempts
+
+
+def _is_winner(record: TaskRecord, attempt: int, worker: str | None) -> bool:
+    w = record.winner or {}
+    return w.get("attempt") == attempt and w.get("worker") == worker
+
+
+# -- task and status events -------------------------------------------------------------------
+def new_record(task_id: str, now: float, body: Mapping[str, Any] | None = None, **known: Any) -> TaskRecord:
+    record = TaskRecord(id=task_id, created=now, updated=now)
+    if body is not None:
+        adopt_body(record, body)
+    for key, value in known.items():
+        if value is not None and getattr(record, key, None) in (None, "default"):
+            setattr(record, key, value)
+    return record
+
+
+def adopt_body(record: TaskRecord, body: Mapping[str, Any]) -> None:
+    record.body = dict(body)
+    record.task = body.get("task") or record.task
+    record.queue = body.get("queue") or record.queue
+    record.max_attempts = body.get("max_attempts") or record.max_attempts
+    record.timeout = body.get("timeout") or record.timeout
+    record.expires_at = body.get("expires_at") or record.expires_at
+    record.reply_to = body.get("reply_to") or record.reply_to
+    record.correlation = body.get("correlation") or record.correlation
+
+
+def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: LeasePolicy) -> list[Effect]:
+    """A task message on ``P/tasks/{queue}``: a new task, or an echo / redelivery of a known one."""
+    attempt = int(body.get("attempt") or 1)
+    if record.body is None:
+        adopt_body(record, body)
+    if record.terminal or attempt < record.attempt:
+        return []
+    if attempt == record.attempt and record.state != QUEUED:
+        return []  # a redelivery or an echo: the record already knows more
+    record.attempt = attempt
+    record.state = QUEUED
+    record.deadline = now + policy.dispatch_timeout
+    record.updated = now
+    return []
+
+
+def on_started(record: TaskRecord, attempt: int, worker: str, heartbeat_s: float | None, now: float,
+               policy: LeasePolicy) -> list[Effect]:
+    """A worker started an attempt, or lists it in a heartbeat: the lease starts or is renewed."""
+    if record.terminal:
+        if _is_winner(record, attempt, worker):
+            return []
+        return [Cancel(worker, record.id, attempt, f"task already {record.state}")]
+    if attempt < record.attempt:
+        return [Cancel(worker, record.id, attempt, f"superseded by attempt {record.attempt}")]
+    fresh = record.state != STARTED or record.worker != worker or attempt != record.attempt
+    record.attempt = attempt
+    record.state = STARTED
+    record.worker = worker
+    record.deadline = now + lease_s(policy, heartbeat_s)
+    if fresh:
+        record.started_at = now
+        record.run_deadline = now + record.timeout + policy.timeout_grace if record.timeout else None
+        record.note(attempt=attempt, worker=worker, event="started", ts=now)
+        record.updated = now
+    return []
+
+
+def on_succeeded(record: TaskRecord, attempt: int, worker: str | None, result: Any, now: float) -> list[Effect]:
+    """The first terminal result wins, from any attempt; later ones are duplicates."""
+    if record.terminal:
+        if not _is_winner(record, attempt, worker):
+            record.duplicates += 1
+            record.note(attempt=attempt, worker=worker, event="duplicate", ts=now)
+            record.updated = now
+        return []
+    effects: list[Effect] = []
+    if record.state == STARTED and record.worker and (record.worker, record.attempt) != (worker, attempt):
+        effects.append(Cancel(record.worker, record.id, record.attempt, f"attempt {attempt} succeeded"))
+    record.state = SUCCEEDED
+    record.result = result
+    record.winner = {"attempt": attempt, "worker": worker}
+    record.worker = worker
+    record.deadline = record.run_deadline = None
+    record.note(attempt=attempt, worker=worker, event="succeeded", ts=now)
+    record.updated = now
+    return effects
+
+
+def on_failed(record: TaskRecord, attempt: int, worker: str | None, error: dict[str, Any] | None,
+              final: bool, attempts_allowed: int | None, now: float, policy: LeasePolicy,
+              rng: Rng) -> list[Effect]:
+    """A failed attempt: retry after a backoff, or bury the task."""
+    if attempts_allowed:
+        record.max_attempts = record.max_attempts or attempts_allowed
+    if record.terminal or attempt < record.attempt:
+        if not record.terminal or not _is_winner(record, attempt, worker):
+            record.note(attempt=attempt, worker=worker, event="failed-stale", ts=now)
+            record.updated = now
+        return []
+    if any(h.get("event") == "failed" and h.get("attempt") == attempt for h in record.history):
+        return []  # a redelivered event
+    record.attempt = attempt
+    record.failures += 1
+    record.error = error
+    record.worker = worker
+    record.note(attempt=attempt, worker=worker, event="failed", ts=now,
+                error=f"{(error or {}).get('type')}: {(error or {}).get('message')}")
+    record.updated = now
+    message = (error or {}).get("message") or "failed"
+    if final:  # the worker saw no coordinator and already replied: the task ends here
+        return _finish(record, DEAD, f"failed with no coordinator to retry it: {message}", now, reply=False)
+    if record.failures >= max_attempts(policy, record):
+        return _finish(record, DEAD, f"attempts exhausted ({record.failures}): {message}", now)
+    delay = backoff(policy, record.failures, rng)
+    record.state = RETRYING
+    record.deadline = now + delay
+    record.run_deadline = None
+    return [Announce(RETRYING, f"attempt {attempt} failed: {message}", next_at=record.deadline)]
+
+
+def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
+                now: float) -> list[Effect]:
+    """A worker had no free slot and handed the task over: it joins the backlog."""
+    if body is not None and record.body is None:
+        adopt_body(record, body)
+    if record.terminal or attempt < record.attempt:
+        return []
+    if record.state == STARTED and attempt == record.attempt:
+        return []  # it runs elsewhere already
+    if record.state == BACKLOG and attempt == record.attempt:
+        return []
+    record.attempt = attempt
+    return _to_backlog(record, now, event="deferred", worker=worker)
+
+
+def on_worker_event_final(record: TaskRecord, state: str, attempt: int, worker: str | None,
+                          reason: str | None, now: float) -> list[Effect]:
+    """A worker ended the task itself (``expired`` before it started)."""
+    if record.terminal or attempt < record.attempt:
+        return []
+    record.state = state
+    record.reason = reason
+    record.winner = {"attempt": attempt, "worker": worker}
+    record.deadline = record.run_deadline = None
+    record.note(attempt=attempt, worker=worker, event=state, ts=now)
+    record.updated = now
+    return []
+
+
+def on_dispatched(record: TaskRecord, worker: str, now: float, policy: LeasePolicy) -> None:
+    """The coordinator sent the backlog record to ``worker``'s inbox."""
+    record.state = DISPATCHED
+    record.worker = worker
+    record.deadline = now + policy.dispatch_timeout
+    record.updated = now
+
+
+def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePolicy) -> list[Effect]:
+    """The worker holding the record went offline (Last Will or clean stop)."""
+    if record.terminal or record.worker != worker or record.state not in (STARTED, DISPATCHED):
+        return []
+    if record.state == DISPATCHED:
+        # Its `started` may not have left a worker that a poison task killed at once: count it, so
+        # such a task still ends dead instead of killing every worker in turn.
+        return _redispatch(record, now, f"worker {worker} went offline with the task dispatched to it",
+                           failed=True, policy=policy)
+    return _redispatch(record, now, f"worker {worker} went offline while running it", failed=True, policy=policy)
+
+
+def on_timer(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """Whatever is due for a live record at ``now``: expiry, lost dispatch, lease end, retry."""
+    if record.terminal:
+        return []
+    if record.state != STARTED and record.expires_at is not None and record.expires_at <= now:
+        return _finish(record, EXPIRED, "expired before it was started", now)
+    if record.state == STARTED and record.run_deadline is not None and record.run_deadline <= now:
+        effects: list[Effect] = [Cancel(record.worker, record.id, record.attempt, "time limit exceeded")] \
+            if record.worker else []
+        return effects + _redispatch(record, now, f"still running past its timeout of {record.timeout}s",
+                                     failed=True, policy=policy)
+    if record.deadline is None or record.deadline > now:
+        return []
+    if record.state == STARTED:
+        return _redispatch(record, now, f"lease of worker {record.worker} expired (no heartbeat)",
+                           failed=True, policy=policy)
+    if record.state in (QUEUED, DISPATCHED):
+        return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
+                           failed=False, policy=policy)
+    if record.state == RETRYING:
+        record.attempt += 1
+        return _to_backlog(record, now, event="retry")
+    return []
+
+
+def extend(record: TaskRecord, now: float, seconds: float) -> None:
+    """Push a live record's timer to at least ``now + seconds`` (after a restart or reconnect)."""
+    if record.state in (QUEUED, DISPATCHED, STARTED) and record.deadline is not None:
+        record.deadline = max(record.deadline, now + seconds)
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+@dataclass
+class WorkerView:
+    """What the coordinator believes about one worker."""
+
+    worker: str
+    state: str = "online"
+    queues: tuple[str, ...] = ()
+    free: int = 0
+    concurrency: int = 0
+    heartbeat_s: float = 0.0
+    last_seen: float = 0.0
+    duration: float = 0.0  # moving average of its task run times (0: not known yet)
+
+
+def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,
+                backlog: int = 1) -> WorkerView | None:
+    """The live worker serving ``queue`` with the most free slots, or None.
+
+    Earliest finish: a worker whose tasks take longer than the whole fleet needs to drain the
+    ``backlog`` (plus one of the fastest worker's tasks) is skipped, so the last tasks of a batch
+    wait a moment for a fast worker instead of starting on a slow one.
+    """
+    live = [w for w in workers if w.state == "online" and queue in w.queues
+            and now - w.last_seen <= lease_s(policy, w.heartbeat_s)]
+    timed = [w for w in live if w.duration > 0]
+    horizon = float("inf")
+    if timed:
+        rate = sum(max(w.concurrency, 1) / w.duration for w in timed)
+        horizon = backlog / rate + min(w.duration for w in timed)
+    best: WorkerView | None = None
+    for w in live:
+        if w.free <= 0 or w.duration > horizon:
+            continue
+        if best is None or (w.free, -w.duration) > (best.free, -best.duration):
+            best = w
+    return best
+
+
+def observe_duration(view: WorkerView, seconds: float, weight: float = 0.2) -> None:
+    """Fold one task's run time into the worker's moving average."""
+    view.duration = seconds if view.duration <= 0 else (1 - weight) * view.duration + weight * seconds
+
+
+# -- internals --------------------------------------------------------------------------------
+def _redispatch(record: TaskRecord, now: float, reason: str, *, failed: bool, policy: LeasePolicy) -> list[Effect]:
+    record.note(attempt=record.attempt, worker=record.worker, event="lost", reason=reason, ts=now)
+    if failed:
+        record.failures += 1
+        if record.failures >= max_attempts(policy, record):
+            return _finish(record, DEAD, f"attempts exhausted ({record.failures}); last: {reason}", now)
+    if record.body is None:
+        return _finish(record, DEAD, f"cannot dispatch again, the task itself was never seen; {reason}", now)
+    record.attempt += 1
+    record.reason = reason
+    return _to_backlog(record, now, event="requeued")
+
+
+def _to_backlog(record: TaskRecord, now: float, *, event: str, worker: str | None = None) -> list[Effect]:
+    if record.body is None:
+        return _finish(record, DEAD, "cannot dispatch, the task itself was never seen", now)
+    record.state = BACKLOG
+    record.worker = None
+    record.deadline = record.run_deadline = None
+    record.note(attempt=record.attempt, worker=worker, event=event, ts=now)
+    record.updated = now
+    return [Enqueue(record.id)]
+
+
+def _finish(record: TaskRecord, state: str, reason: str, now: float, *, reply: bool = True) -> list[Effect]:
+    record.state = state
+    record.reason = reason
+    record.winner = {"attempt": record.attempt, "worker": None}
+    record.deadline = record.run_deadline = None
+    record.note(attempt=record.attempt, event=state, reason=reason, ts=now)
+    record.updated = now
+    return [Announce(state, reason, final=True, reply=reply, dead_letter=state == DEAD)]

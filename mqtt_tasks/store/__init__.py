@@ -1,0 +1,11 @@
+"""The coordinator's durable record: an interface (``base``) and two implementations.
+
+``SQLiteStore`` (WAL, batched commits) is the default; ``MemoryStore`` is for tests and for a
+coordinator that need not survive a restart. One contract test suite runs against both.
+"""
+
+from .base import LIVE_STATES, TERMINAL, Store, TaskRecord
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["LIVE_STATES", "TERMINAL", "MemoryStore", "SQLiteStore", "Store", "TaskRecord"]

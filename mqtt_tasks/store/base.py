@@ -1,0 +1,119 @@
+"""The store interface and the record it keeps for every task.
+
+A store buffers ``put`` calls and makes them durable on ``commit``: the coordinator commits a
+batch of records, then acknowledges the MQTT messages that produced them, so a crash loses
+nothing that was acknowledged. ``get`` and ``list_tasks`` see uncommitted puts too.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Record states. ``queued``: seen on P/tasks, no worker has reported it yet. ``dispatched``: the
+# coordinator sent it to one worker's inbox. ``started``: a worker holds it under a lease.
+# ``backlog``: the coordinator holds it until a worker has a free slot (on the wire: ``deferred``).
+# ``retrying``: waiting out a backoff before the next attempt.
+QUEUED = "queued"
+DISPATCHED = "dispatched"
+STARTED = "started"
+BACKLOG = "backlog"
+RETRYING = "retrying"
+SUCCEEDED = "succeeded"
+DEAD = "dead"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+
+LIVE_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING})
+TERMINAL = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
+MAX_HISTORY = 50
+
+
+@dataclass
+class TaskRecord:
+    """Everything the coordinator knows about one task."""
+
+    id: str
+    state: str = QUEUED
+    attempt: int = 1                # the highest attempt issued: the fencing token
+    failures: int = 0               # attempts that failed or were lost with their worker
+    task: str | None = None
+    queue: str = "default"
+    body: dict[str, Any] | None = None  # the task as published (None when only status events were seen)
+    worker: str | None = None       # the worker holding / dispatched the current attempt
+    max_attempts: int | None = None
+    timeout: float | None = None
+    expires_at: float | None = None
+    reply_to: str | None = None
+    response_topic: str | None = None
+    correlation_data: str | None = None  # MQTT 5 Correlation Data, hex
+    correlation: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+    deadline: float | None = None   # when this state's timer fires (dispatch, lease, retry)
+    run_deadline: float | None = None  # started + timeout + grace
+    started_at: float | None = None
+    winner: dict[str, Any] | None = None  # {"attempt", "worker"} of the terminal result
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    duplicates: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def note(self, **entry: Any) -> None:
+        """Append to the attempt history (bounded)."""
+        self.history.append({k: v for k, v in entry.items() if v is not None})
+        if len(self.history) > MAX_HISTORY:
+            del self.history[: len(self.history) - MAX_HISTORY]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Store(abc.ABC):
+    """The coordinator's record. Used by one thread (the coordinator loop) at a time."""
+
+    @abc.abstractmethod
+    def put(self, record: TaskRecord) -> None:
+        """Buffer the record's current state; durable after the next ``commit``."""
+
+    @abc.abstractmethod
+    def commit(self) -> int:
+        """Make every buffered put durable; return how many records were written."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record of one task (live or finished), or None."""
+
+    @abc.abstractmethod
+    def load_live(self) -> list[TaskRecord]:
+        """Every record that is not terminal, oldest first (recovery after a restart)."""
+
+    @abc.abstractmethod
+    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        """Records, most recently updated first, optionally of one state."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """How many records are in each state."""
+
+    def close(self) -> None:
+        """Commit what is buffered and release resources."""
+        self.commit()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

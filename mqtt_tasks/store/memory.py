@@ -1,0 +1,58 @@
+"""An in-memory store: live records, plus a bounded window of finished ones."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+from .base import Store, TaskRecord
+
+
+class MemoryStore(Store):
+    """Nothing survives the process. Finished records beyond ``max_finished`` are forgotten."""
+
+    def __init__(self, max_finished: int = 100_000) -> None:
+        self.max_finished = max_finished
+        self._live: dict[str, TaskRecord] = {}
+        self._finished: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._pending: dict[str, TaskRecord] = {}
+
+    def put(self, record: TaskRecord) -> None:
+        self._pending[record.id] = record
+
+    def commit(self) -> int:
+        written = len(self._pending)
+        for record in self._pending.values():
+            snapshot = copy.deepcopy(record)
+            if snapshot.terminal:
+                self._live.pop(snapshot.id, None)
+                self._finished[snapshot.id] = snapshot
+                self._finished.move_to_end(snapshot.id)
+                while len(self._finished) > self.max_finished:
+                    self._finished.popitem(last=False)
+            else:
+                self._finished.pop(snapshot.id, None)
+                self._live[snapshot.id] = snapshot
+        self._pending.clear()
+        return written
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        record = self._pending.get(task_id) or self._live.get(task_id) or self._finished.get(task_id)
+        return copy.deepcopy(record) if record is not None else None
+
+    def load_live(self) -> list[TaskRecord]:
+        self.commit()
+        return sorted((copy.deepcopy(r) for r in self._live.values()), key=lambda r: r.created)
+
+    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        self.commit()
+        records = [r for r in (*self._live.values(), *self._finished.values()) if state is None or r.state == state]
+        records.sort(key=lambda r: r.updated, reverse=True)
+        return [copy.deepcopy(r) for r in records[:limit]]
+
+    def counts(self) -> dict[str, int]:
+        self.commit()
+        out: dict[str, int] = {}
+        for record in (*self._live.values(), *self._finished.values()):
+            out[record.state] = out.get(record.state, 0) + 1
+        return out

@@ -1,0 +1,88 @@
+"""Tasks and a worker entry point for the coordinator's integration and chaos tests.
+
+Run a worker process: ``python -c "from tests.chaos_tasks import main; main()" URL PREFIX ID CONC HB LOG``.
+Every task body appends ``start``/``end`` lines (``id attempt pid``) to LOG, so a test can count
+executions across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from mqtt_tasks.app import TaskApp
+from mqtt_tasks.config import Settings
+from mqtt_tasks.worker import Worker
+
+
+def _log(path: str | None, kind: str, ident: str) -> None:
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{kind} {ident} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
+    app = TaskApp(settings=Settings.from_url(url, prefix=prefix))
+
+    @app.task(name="work")
+    def work(ident: str, seconds: float = 0.0) -> str:
+        _log(log_path, "start", ident)
+        if seconds:
+            time.sleep(seconds)
+        _log(log_path, "end", ident)
+        return ident
+
+    @app.task(name="boom", max_attempts=2)
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @app.task(name="die")
+    def die() -> None:
+        time.sleep(0.1)
+        os._exit(17)  # a poison task: kills its worker
+
+    return app
+
+
+def main() -> None:
+    url, prefix, worker_id, conc, hb, log_path = sys.argv[1:7]
+    app = make_app(url, prefix, log_path or None)
+    worker = Worker(app, concurrency=int(conc), worker_id=worker_id, heartbeat_s=float(hb), grace=5.0)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    worker.start()
+    print("ready", flush=True)
+    done.wait()
+    worker.stop()
+
+
+def coordinator_main() -> None:
+    """``python -c "from tests.chaos_tasks import coordinator_main; coordinator_main()" URL PREFIX DB HB``"""
+    from mqtt_tasks.coordinator import Coordinator
+    from mqtt_tasks.leases import LeasePolicy
+
+    url, prefix, db, hb = sys.argv[1:5]
+    policy = test_policy(float(hb))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with Coordinator(Settings.from_url(url, prefix=prefix), db, policy=policy):
+        print("ready", flush=True)
+        done.wait()
+    _ = LeasePolicy
+
+
+def test_policy(heartbeat_s: float = 0.5, dispatch_timeout: float = 3.0):  # type: ignore[no-untyped-def]
+    from mqtt_tasks.leases import LeasePolicy
+
+    return LeasePolicy(lease_heartbeats=4, lease_slack=1.0, default_heartbeat_s=heartbeat_s,
+                       dispatch_timeout=dispatch_timeout, timeout_grace=2.0, reconnect_grace=4.0,
+                       backoff_base=0.2, backoff_cap=1.0)
+
+
+test_policy.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,74 @@
+"""Backlog and load-aware dispatch, measured (issue 3, point 5), and recovery after kill -9."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import wait_until
+from tests.chaos_tasks import make_app
+from tests.coord_helpers import coordinator, executions, spawn_coordinator, worker
+
+
+@pytest.mark.slow
+def test_a_burst_of_3000_at_one_worker_all_succeed_despite_max_queued_messages(mosquitto_factory, prefix) -> None:  # type: ignore[no-untyped-def]
+    broker = mosquitto_factory(extra_conf=["max_queued_messages 1000"])
+    url = broker.url
+    n = 3000
+    with coordinator(url, prefix) as c, worker(url, prefix, "solo", concurrency=8), \
+            make_app(url, prefix).connect() as app:
+        handles = [app.submit("work", f"b{i}") for i in range(n)]
+        assert app.flush(30)
+        results = {h.result(90) for h in handles}
+        assert len(results) == n
+        wait_until(lambda: c.stats["succeeded"] == n, 30)
+        print(f"\nburst: {n} tasks, deferred+dispatched {c.stats['dispatched']}, "
+              f"redispatched {c.stats['redispatched']}")
+
+
+@pytest.mark.slow
+def test_a_slow_worker_does_not_hold_back_the_batch(mosquitto, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    url = mosquitto.url
+    fast_s, slow_s, conc, n = 0.04, 0.4, 2, 300
+    ideal = n / (conc / fast_s + conc / slow_s)
+    with coordinator(url, prefix), worker(url, prefix, "fast", concurrency=conc) as fast, \
+            worker(url, prefix, "slow", concurrency=conc) as slow, make_app(url, prefix).connect() as app:
+        durations = {"fast": fast_s, "slow": slow_s}
+        for w in (fast, slow):  # same tasks, different speeds: wrap the function per worker
+            tdef = w.app.registry["work"]
+            original, pause = tdef.fn, durations[w.worker_id]
+            tdef.fn = lambda ident, seconds=0.0, _f=original, _p=pause: _f(ident, _p)  # type: ignore[misc]
+        start = time.monotonic()
+        handles = [app.submit("work", f"m{i}") for i in range(n)]
+        for h in handles:
+            h.result(60)
+        makespan = time.monotonic() - start
+    print(f"\nmakespan {makespan:.2f}s, ideal {ideal:.2f}s, ratio {makespan / ideal:.2f}; "
+          f"fast ran {fast.stats['succeeded']}, slow ran {slow.stats['succeeded']}")
+    assert makespan <= 1.3 * ideal
+
+
+@pytest.mark.slow
+def test_coordinator_kill_9_and_restart_loses_nothing(mosquitto, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, db, log = mosquitto.url, str(tmp_path / "c.db"), str(tmp_path / "log")
+    proc = spawn_coordinator(url, prefix, db)
+    try:
+        with worker(url, prefix, "w1", concurrency=4, log=log), make_app(url, prefix).connect() as app:
+            handles = [app.submit("work", f"k{i}", 0.01) for i in range(300)]
+            wait_until(lambda: len(executions(log)) >= 50, 20)
+            proc.kill()
+            proc.wait()
+            more = [app.submit("work", f"k{i}", 0.01) for i in range(300, 400)]
+            proc = spawn_coordinator(url, prefix, db)
+            assert len({h.result(60) for h in handles + more}) == 400
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    from mqtt_tasks.store import SQLiteStore
+
+    store = SQLiteStore(db)
+    counts = store.counts()
+    store.close()
+    assert counts == {"succeeded": 400}, counts

@@ -1,0 +1,206 @@
+"""The lease, retry and dispatch policy with a fake clock: no broker, no threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from mqtt_tasks import leases
+from mqtt_tasks.leases import Announce, Cancel, Enqueue, LeasePolicy, WorkerView
+from mqtt_tasks.store.base import TaskRecord
+
+P = LeasePolicy(lease_heartbeats=3, lease_slack=0.0, dispatch_timeout=5.0, timeout_grace=1.0,
+                backoff_base=1.0, backoff_cap=8.0, default_max_attempts=3)
+BODY = {"id": "t1", "task": "add", "args": [1, 2], "queue": "q", "attempt": 1}
+
+
+def fresh(now: float = 0.0, **body: object) -> TaskRecord:
+    r = leases.new_record("t1", now, body={**BODY, **body})
+    leases.on_task(r, {**BODY, **body}, now, P)
+    return r
+
+
+def test_seen_task_waits_for_a_worker_then_is_dispatched_again_with_attempt_plus_one() -> None:
+    r = fresh()
+    assert r.state == "queued" and r.deadline == 5.0
+    assert leases.on_timer(r, 4.9, P) == []
+    assert leases.on_timer(r, 5.0, P) == [Enqueue("t1")]
+    assert (r.state, r.attempt, r.failures) == ("backlog", 2, 0)  # lost by the broker: not a failure
+
+
+def test_own_redispatch_echo_and_redelivery_change_nothing() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 1.0, P)
+    assert leases.on_task(r, BODY, 2.0, P) == []
+    assert r.state == "started"
+    assert leases.on_task(r, {**BODY, "attempt": 1}, 2.0, P) == [] and r.attempt == 1
+
+
+def test_heartbeats_renew_the_lease_so_a_long_task_is_never_redispatched() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    for t in range(1, 100):  # 100 s of a task, heartbeat every second, lease 3 s
+        leases.on_started(r, 1, "w1", 1.0, float(t), P)
+        assert leases.on_timer(r, t + 0.5, P) == []
+    assert r.state == "started" and r.attempt == 1 and len(r.history) == 1
+
+
+def test_lease_expiry_redispatches_and_counts_a_failure() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    assert leases.on_timer(r, 2.9, P) == []
+    assert leases.on_timer(r, 3.0, P) == [Enqueue("t1")]
+    assert (r.state, r.attempt, r.failures, r.worker) == ("backlog", 2, 1, None)
+
+
+def test_worker_offline_redispatches_at_once_and_a_poison_task_ends_dead() -> None:
+    r = fresh()
+    for attempt in (1, 2):
+        leases.on_started(r, attempt, f"w{attempt}", 1.0, 0.0, P)
+        assert leases.on_worker_lost(r, f"w{attempt}", 0.1, P) == [Enqueue("t1")]
+    leases.on_started(r, 3, "w3", 1.0, 0.0, P)
+    effects = leases.on_worker_lost(r, "w3", 0.1, P)
+    assert r.state == "dead" and r.failures == 3
+    assert effects == [Announce("dead", r.reason or "", final=True, reply=True, dead_letter=True)]
+
+
+def test_losing_another_workers_task_does_nothing() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    assert leases.on_worker_lost(r, "w2", 0.1, P) == [] and r.state == "started"
+
+
+def test_timeout_plus_grace_redispatches_and_cancels_the_stuck_attempt() -> None:
+    r = fresh(timeout=10.0)
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    for t in range(1, 11):
+        leases.on_started(r, 1, "w1", 1.0, float(t), P)
+    effects = leases.on_timer(r, 11.0, P)
+    assert effects[0] == Cancel("w1", "t1", 1, "time limit exceeded")
+    assert r.attempt == 2 and r.state == "backlog"
+
+
+def test_first_result_wins_late_results_are_duplicates_and_stale_workers_are_cancelled() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.on_timer(r, 10.0, P)  # lease lost: attempt 2
+    leases.on_dispatched(r, "w2", 10.0, P)
+    assert leases.on_started(r, 1, "w1", 1.0, 10.5, P) == [Cancel("w1", "t1", 1, "superseded by attempt 2")]
+    leases.on_started(r, 2, "w2", 1.0, 11.0, P)
+    assert leases.on_succeeded(r, 2, "w2", 42, 12.0) == []
+    assert r.state == "succeeded" and r.result == 42
+    assert leases.on_succeeded(r, 1, "w1", 41, 13.0) == []
+    assert r.result == 42 and r.duplicates == 1
+    assert leases.on_succeeded(r, 2, "w2", 42, 13.0) == [] and r.duplicates == 1  # a redelivery
+    assert leases.on_started(r, 1, "w1", 1.0, 14.0, P) == [Cancel("w1", "t1", 1, "task already succeeded")]
+
+
+def test_an_older_attempt_finishing_first_wins_and_the_current_one_is_cancelled() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.on_timer(r, 10.0, P)
+    leases.on_started(r, 2, "w2", 1.0, 10.5, P)
+    assert leases.on_succeeded(r, 1, "w1", 7, 11.0) == [Cancel("w2", "t1", 2, "attempt 1 succeeded")]
+    assert r.winner == {"attempt": 1, "worker": "w1"}
+
+
+def test_failures_retry_with_growing_jittered_backoff_then_die() -> None:
+    r = fresh()
+    rng = iter([0.0, 1.0]).__next__
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    effects = leases.on_failed(r, 1, "w1", {"type": "E", "message": "x"}, False, 3, 1.0, P, rng)
+    assert r.state == "retrying" and r.deadline == pytest.approx(1.5)  # base 1 s, jitter 0 -> half
+    assert isinstance(effects[0], Announce) and effects[0].state == "retrying"
+    assert leases.on_failed(r, 1, "w1", {"type": "E", "message": "x"}, False, 3, 1.1, P, rng) == []  # redelivery
+    assert leases.on_timer(r, 1.4, P) == []
+    assert leases.on_timer(r, 1.5, P) == [Enqueue("t1")] and r.attempt == 2
+    leases.on_started(r, 2, "w1", 1.0, 2.0, P)
+    leases.on_failed(r, 2, "w1", {"type": "E", "message": "x"}, False, 3, 3.0, P, rng)
+    assert r.deadline == pytest.approx(5.0)  # second failure: 2 s ceiling, jitter 1 -> full
+    leases.on_timer(r, 5.0, P)
+    leases.on_started(r, 3, "w1", 1.0, 6.0, P)
+    effects = leases.on_failed(r, 3, "w1", {"type": "E", "message": "x"}, False, 3, 7.0, P, rng)
+    assert r.state == "dead" and effects[0].dead_letter and effects[0].reply  # type: ignore[union-attr]
+
+
+def test_max_attempts_from_the_failed_event_applies() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.on_failed(r, 1, "w1", None, False, 1, 1.0, P, lambda: 0.5)
+    assert r.state == "dead"
+
+
+def test_final_failure_from_a_worker_without_coordinator_is_dead_without_a_second_reply() -> None:
+    r = fresh()
+    effects = leases.on_failed(r, 1, "w1", None, True, 3, 1.0, P, lambda: 0.5)
+    assert r.state == "dead" and effects[0].reply is False  # type: ignore[union-attr]
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    assert leases.backoff(P, 1, lambda: 0.0) == 0.5
+    assert leases.backoff(P, 10, lambda: 1.0) == 8.0
+    assert leases.backoff(P, 10, lambda: 0.0) == 4.0
+
+
+def test_expiry_ends_a_waiting_task_but_not_a_started_one() -> None:
+    r = fresh(expires_at=3.0)
+    effects = leases.on_timer(r, 3.0, P)
+    assert r.state == "expired" and effects[0].final and effects[0].reply  # type: ignore[union-attr]
+    r2 = fresh(expires_at=3.0)
+    leases.on_started(r2, 1, "w1", 1.0, 1.0, P)
+    leases.on_started(r2, 1, "w1", 1.0, 3.0, P)
+    assert leases.on_timer(r2, 3.5, P) == [] and r2.state == "started"
+
+
+def test_deferred_task_joins_the_backlog_and_stale_deferrals_are_ignored() -> None:
+    r = leases.new_record("t1", 0.0)
+    assert leases.on_deferred(r, 1, "w1", BODY, 0.0) == [Enqueue("t1")]
+    assert r.state == "backlog" and r.body is not None
+    leases.on_dispatched(r, "w2", 1.0, P)
+    leases.on_started(r, 1, "w2", 1.0, 1.1, P)
+    assert leases.on_deferred(r, 1, "w3", BODY, 1.2) == [] and r.state == "started"
+
+
+def test_dispatched_then_worker_lost_counts_as_a_failure_but_a_dispatch_timeout_does_not() -> None:
+    r = leases.new_record("t1", 0.0)
+    leases.on_deferred(r, 1, "w1", BODY, 0.0)
+    leases.on_dispatched(r, "w2", 1.0, P)
+    assert leases.on_worker_lost(r, "w2", 2.0, P) == [Enqueue("t1")]
+    assert (r.attempt, r.failures) == (2, 1)  # a poison task may kill its worker before `started` leaves
+    leases.on_dispatched(r, "w3", 3.0, P)
+    assert leases.on_timer(r, 8.0, P) == [Enqueue("t1")]
+    assert (r.attempt, r.failures) == (3, 1)
+
+
+def test_a_task_without_a_body_cannot_be_redispatched_and_ends_dead() -> None:
+    r = leases.new_record("t1", 0.0)
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.on_worker_lost(r, "w1", 1.0, P)
+    assert r.state == "dead" and "never seen" in (r.reason or "")
+
+
+def test_pick_worker_prefers_free_slots_and_skips_stale_busy_or_other_queues() -> None:
+    ws = [WorkerView("a", queues=("q",), free=1, heartbeat_s=1.0, last_seen=10.0),
+          WorkerView("b", queues=("q",), free=3, heartbeat_s=1.0, last_seen=10.0),
+          WorkerView("c", queues=("other",), free=9, heartbeat_s=1.0, last_seen=10.0),
+          WorkerView("d", queues=("q",), free=9, heartbeat_s=1.0, last_seen=1.0),
+          WorkerView("e", state="draining", queues=("q",), free=9, heartbeat_s=1.0, last_seen=10.0)]
+    best = leases.pick_worker(ws, "q", 10.5, P)
+    assert best is not None and best.worker == "b"
+    assert leases.pick_worker(ws, "none", 10.5, P) is None
+
+
+def test_extend_after_a_restart_gives_leases_a_grace_period() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.extend(r, 100.0, 5.0)
+    assert leases.on_timer(r, 104.0, P) == []
+
+
+def test_pick_worker_keeps_the_last_tasks_of_a_batch_off_a_slow_worker() -> None:
+    fast = WorkerView("fast", queues=("q",), free=0, concurrency=2, heartbeat_s=1.0, last_seen=10.0, duration=0.02)
+    slow = WorkerView("slow", queues=("q",), free=2, concurrency=2, heartbeat_s=1.0, last_seen=10.0, duration=0.2)
+    assert leases.pick_worker([fast, slow], "q", 10.0, P, backlog=100) is slow  # plenty left: use it
+    assert leases.pick_worker([fast, slow], "q", 10.0, P, backlog=3) is None  # the fast one frees up sooner
+    assert leases.pick_worker([slow], "q", 10.0, P, backlog=1) is slow  # alone, slow is best
+    leases.observe_duration(fast, 0.12)
+    assert fast.duration == pytest.approx(0.04)

@@ -1,0 +1,89 @@
+"""One contract suite for every store implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mqtt_tasks.store import MemoryStore, SQLiteStore, Store, TaskRecord
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
+    yield s
+    s.close()
+
+
+def rec(task_id: str, state: str = "queued", updated: float = 1.0, **kw: object) -> TaskRecord:
+    return TaskRecord(id=task_id, state=state, created=updated, updated=updated, **kw)  # type: ignore[arg-type]
+
+
+def test_put_is_visible_before_and_after_commit(store: Store) -> None:
+    store.put(rec("a", body={"id": "a", "task": "t"}))
+    assert store.get("a") is not None
+    assert store.commit() == 1
+    got = store.get("a")
+    assert got is not None and got.body == {"id": "a", "task": "t"}
+    assert store.get("missing") is None
+
+
+def test_latest_put_wins_and_roundtrips_every_field(store: Store) -> None:
+    r = rec("a", attempt=2, failures=1, result={"x": [1, 2]}, history=[{"attempt": 1, "event": "failed"}])
+    store.put(r)
+    r.state = "succeeded"
+    r.winner = {"attempt": 2, "worker": "w"}
+    store.commit()
+    got = store.get("a")
+    assert got == r
+
+
+def test_load_live_returns_only_live_records_oldest_first(store: Store) -> None:
+    store.put(rec("b", "started", updated=2))
+    store.put(rec("a", "backlog", updated=1))
+    store.put(rec("c", "succeeded", updated=3))
+    store.put(rec("d", "dead", updated=4))
+    store.commit()
+    assert [r.id for r in store.load_live()] == ["a", "b"]
+
+
+def test_list_and_counts(store: Store) -> None:
+    for i in range(5):
+        store.put(rec(f"t{i}", "succeeded" if i % 2 else "queued", updated=i))
+    assert [r.id for r in store.list_tasks()] == ["t4", "t3", "t2", "t1", "t0"]
+    assert [r.id for r in store.list_tasks("succeeded", limit=1)] == ["t3"]
+    assert store.counts() == {"succeeded": 2, "queued": 3}
+
+
+def test_a_record_leaving_the_terminal_window_is_not_live(store: Store) -> None:
+    r = rec("a", "started")
+    store.put(r)
+    store.commit()
+    r.state = "succeeded"
+    store.put(r)
+    store.commit()
+    assert store.load_live() == []
+    assert store.counts() == {"succeeded": 1}
+
+
+def test_sqlite_survives_reopen_and_uncommitted_puts_are_lost(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    s.put(rec("kept"))
+    s.commit()
+    s.put(rec("lost"))
+    s._db.close()  # a crash: no commit  # noqa: SLF001
+    s2 = SQLiteStore(path)
+    assert [r.id for r in s2.load_live()] == ["kept"]
+    s2.close()
+
+
+def test_memory_store_forgets_old_finished_records() -> None:
+    s = MemoryStore(max_finished=3)
+    for i in range(10):
+        s.put(rec(f"t{i}", "succeeded", updated=i))
+    s.commit()
+    assert s.get("t0") is None and s.get("t9") is not None
+    assert sum(s.counts().values()) == 3
