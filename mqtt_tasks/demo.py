@@ -5,6 +5,11 @@
 from just before a task is published to the arrival of its final status event on
 ``P/status/+``; "tasks per worker" counts the ``worker`` field of those final events.
 
+With ``kill_worker=True`` the workers run as child processes and one of them is killed with
+SIGKILL once a third of the tasks are done: with a coordinator among the services its tasks
+are dispatched again (``redispatched`` counts final events of attempt 2 or later) and none is
+lost (``missing``).
+
 The coordinator joins through ``services``: each is a callable taking the demo's
 ``Settings`` and returning a context manager, entered after the broker starts and before the
 workers, left after they stop. For example (once ``mqtt_tasks.coordinator`` lands)::
@@ -18,6 +23,9 @@ import asyncio
 import hashlib
 import logging
 import queue
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -26,7 +34,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .app import TaskApp
+from .app import TaskApp, TaskOptions
 from .config import Settings
 from .errors import DecodeError
 from .protocol import codec
@@ -52,6 +60,8 @@ class DemoResult:
     per_worker: dict[str, int] = field(default_factory=dict)
     expected_failures: int = 0
     broker_url: str = ""
+    redispatched: int = 0
+    killed: str | None = None
 
     @property
     def throughput(self) -> float:
@@ -153,8 +163,13 @@ def run_demo(
     prefix: str = "mqtt-tasks",
     services: Sequence[Service] = (),
     on_progress: ProgressCallback | None = None,
+    kill_worker: bool = False,
 ) -> DemoResult:
-    """Run ``tasks`` example tasks on ``workers`` in-process workers; an embedded broker unless ``broker_url``."""
+    """Run ``tasks`` example tasks on ``workers`` workers; an embedded broker unless ``broker_url``.
+
+    Workers run in this process, or as child processes with ``kill_worker`` (one is killed
+    with SIGKILL a third of the way through).
+    """
     with ExitStack() as stack:
         url = broker_url or stack.enter_context(_embedded_broker())
         settings = Settings.from_url(url, prefix=prefix)
@@ -162,17 +177,32 @@ def run_demo(
             stack.enter_context(service(settings))
         app = build_demo_app(settings)
         stack.callback(app.close)
-        for i in range(workers):
-            worker = Worker(app, worker_id=f"demo-worker-{i + 1}", concurrency=concurrency, grace=5.0)
-            worker.start()
-            stack.callback(worker.stop)
+        children = _start_workers(stack, app, url, prefix, workers, concurrency, kill_worker)
         finals = _Finals(settings)
         stack.callback(finals.conn.close)
         finals.conn.connect()
         plan = demo_plan(tasks, fail_every)
         submitted, started = _submit(app, plan)
-        _collect(finals, set(submitted), timeout, on_progress)
-    return _result(plan, submitted, started, finals, settings.display_url)
+        _collect(finals, set(submitted), timeout, on_progress, children.kill_one if children else None)
+    result = _result(plan, submitted, started, finals, settings.display_url)
+    result.killed = children.killed if children else None
+    return result
+
+
+def _start_workers(stack: ExitStack, app: TaskApp, url: str, prefix: str, count: int, concurrency: int,
+                   as_processes: bool) -> _WorkerProcesses | None:
+    if as_processes:
+        children = _WorkerProcesses(url, prefix, count, concurrency)
+        stack.callback(children.close)
+        return children
+    for i in range(count):
+        worker = Worker(app, worker_id=f"demo-worker-{i + 1}", concurrency=concurrency, grace=5.0)
+        worker.start()
+        stack.callback(worker.stop)
+    return None
+
+
+_ON_PURPOSE = TaskOptions(max_attempts=1)  # a division by zero fails the same way every time
 
 
 def _submit(app: TaskApp, plan: list[tuple[str, list[Any]]]) -> tuple[dict[str, float], float]:
@@ -181,19 +211,72 @@ def _submit(app: TaskApp, plan: list[tuple[str, list[Any]]]) -> tuple[dict[str, 
     for name, args in plan:
         task_id = uuid.uuid4().hex
         submitted[task_id] = time.monotonic()
-        app.send(name, args, task_id=task_id)
+        on_purpose = name == "divide" and args[1] == 0
+        app.send(name, args, task_id=task_id, options=_ON_PURPOSE if on_purpose else None)
     return submitted, started
 
 
-def _collect(finals: _Finals, ids: set[str], timeout: float, on_progress: ProgressCallback | None) -> None:
+def _collect(finals: _Finals, ids: set[str], timeout: float, on_progress: ProgressCallback | None,
+             at_third: Callable[[], None] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         finals.drain(0.1)
         done = len(ids & finals.events.keys())
+        if at_third is not None and done >= len(ids) // 3:
+            at_third()
+            at_third = None
         if on_progress is not None:
             on_progress(done, len(ids))
         if done == len(ids):
             return
+
+
+class _WorkerProcesses:
+    """Demo workers as child processes (``python -m mqtt_tasks.demo``), so one can really die."""
+
+    def __init__(self, url: str, prefix: str, count: int, concurrency: int) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for i in range(count):
+            worker_id = f"demo-worker-{i + 1}"
+            self.procs[worker_id] = subprocess.Popen(
+                [sys.executable, "-m", "mqtt_tasks.demo", url, prefix, worker_id, str(concurrency)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for worker_id, proc in self.procs.items():
+            line = proc.stdout.readline() if proc.stdout else b""
+            if not line.startswith(b"ready"):
+                self.close()
+                raise RuntimeError(f"demo worker {worker_id} did not start (exit code {proc.poll()})")
+        self.killed: str | None = None
+
+    def kill_one(self) -> None:
+        worker_id, proc = next(iter(self.procs.items()))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.killed = worker_id
+        log.info("demo: killed %s (pid %d) mid-run", worker_id, proc.pid)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _serve_worker(url: str, prefix: str, worker_id: str, concurrency: int) -> None:
+    """Child-process entry point: one demo worker until SIGTERM."""
+    settings = Settings.from_url(url, prefix=prefix, heartbeat_s=0.5)
+    worker = Worker(build_demo_app(settings), worker_id=worker_id, concurrency=concurrency, grace=5.0)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.start()
+    print("ready", flush=True)
+    worker.run()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -215,6 +298,7 @@ def _result(plan: list[tuple[str, list[Any]]], submitted: dict[str, float], star
         elapsed_s=last - started, latency_p50_ms=percentile(latencies, 0.5),
         latency_p99_ms=percentile(latencies, 0.99), per_worker=dict(sorted(per_worker.items())),
         expected_failures=sum(1 for name, args in plan if name == "divide" and args[1] == 0), broker_url=url,
+        redispatched=sum(1 for _, event in ours.values() if event.attempt > 1),
     )
 
 
@@ -243,8 +327,16 @@ def render_result(console: Any, result: DemoResult) -> None:
         rows.append(("no result", f"[red]{result.missing}[/]"))
     rows += [("throughput", f"{result.throughput:,.0f} tasks/s"),
              ("latency p50", f"{result.latency_p50_ms:.1f} ms"), ("latency p99", f"{result.latency_p99_ms:.1f} ms")]
+    if result.killed:
+        rows += [("worker killed mid-run", result.killed),
+                 ("tasks dispatched again", str(result.redispatched)),
+                 ("tasks lost", f"[red]{result.missing}[/]" if result.missing else "0")]
     rows.append(("tasks per worker", ""))
     rows += [(f"  {worker}", f"{count}") for worker, count in result.per_worker.items()]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+if __name__ == "__main__":  # the child process of a demo worker
+    _serve_worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
