@@ -1,0 +1,129 @@
+"""The coordinator under load: end-to-end throughput and latency with it recording every task,
+its CPU seconds and memory per 10,000 tasks, its memory against the number of finished tasks
+in its store, and 200 simulated workers heartbeating against it.
+
+It runs as users run it: ``python -m mqtt_tasks coordinator --db FILE`` (SQLite store).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import clients
+from bench.cluster import PY, Child, Procs, cpu_s, rss_mb
+from bench.mqttwatch import Watch, online
+
+SYSTEM = "mqtt-tasks + coordinator, Mosquitto"
+
+
+def unavailable() -> str | None:
+    """None when ``mqtt_tasks.coordinator.Coordinator`` and its CLI import; else why not."""
+    try:
+        from mqtt_tasks.cli import main  # noqa: F401
+        from mqtt_tasks.coordinator import Coordinator  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"n/a (coordinator not available: {type(exc).__name__}: {exc})"
+    return None
+
+
+def start(url: str, prefix: str, db: Path) -> Child:
+    watch = Watch(url, f"{prefix}/coordinator")
+    try:
+        child = Procs.start("coordinator", [PY, "-m", "mqtt_tasks", "coordinator", "--broker", url,
+                                            "--prefix", prefix, "--db", str(db), "--log-level", "warning"])
+        if watch.wait(online, 30) is None:
+            raise RuntimeError(f"coordinator did not announce itself online within 30 s:\n{child.output()[-2000:]}")
+        return child
+    finally:
+        watch.close()
+
+
+def recorded(url: str, prefix: str) -> int | None:
+    try:
+        from mqtt_tasks import Settings
+        from mqtt_tasks.coordinator import query_stats
+
+        answer = query_stats(Settings.from_url(url, prefix=prefix), timeout=5.0)
+        counts = answer.get("counts") or {}
+        if isinstance(counts, dict) and counts:
+            return int(sum(v for v in counts.values() if isinstance(v, int)))
+        return int((answer.get("stats") or {}).get("recorded") or 0) or None
+    except Exception:  # noqa: BLE001 - the figure is optional
+        return None
+
+
+def run_all(bench: Any) -> None:
+    cfg = bench.cfg
+    url = bench.mosquitto.url
+    from bench.run import unique
+
+    prefix = unique("co")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-coord-"))
+    db = tmp / "tasks.db"
+    coordinator = start(url, prefix, db)
+    workers = bench.start_workers("mqtt-worker", url, prefix)
+    client = clients.MqttTasksClient(url, prefix)
+    try:
+        cpu0 = cpu_s(coordinator.pid)
+        bench.measure(SYSTEM, client, cfg.tasks, latency=False)
+        tasks = min(500, cfg.tasks) + cfg.runs * cfg.tasks
+        cpu_per_10k = (cpu_s(coordinator.pid) - cpu0) / tasks * 10_000
+        bench.add("coordinator", "coordinator", "CPU/10k tasks", "CPU s", [cpu_per_10k],
+                  f"over the {tasks:,} tasks of the throughput runs (one figure over all runs)")
+        bench.add("coordinator", "coordinator", "RSS", "MB", [rss_mb(coordinator.pid)],
+                  f"after {tasks:,} tasks")
+        bench.measure_latency(SYSTEM, client)
+        flatness(bench, client, coordinator, db, url, prefix)
+        simulated_workers(bench, client, coordinator, url, prefix)
+    finally:
+        client.close()
+        Procs.stop(*workers, coordinator)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def flatness(bench: Any, client: Any, coordinator: Child, db: Path, url: str, prefix: str) -> None:
+    """RSS after each batch of finished tasks; the slope after the first batch is the growth."""
+    cfg = bench.cfg
+    points = []
+    done = 0
+    for _ in range(cfg.flat_batches):
+        run = client.throughput(cfg.flat_batch)
+        done += run.done
+        time.sleep(0.5)  # let the coordinator commit the last events
+        points.append({"tasks_this_phase": done, "rss_mb": round(rss_mb(coordinator.pid), 2),
+                       "db_mb": round(db.stat().st_size / 1e6 if db.exists() else 0, 2),
+                       "recorded": recorded(url, prefix)})
+        print(f"    flatness: {points[-1]}", flush=True)
+    bench.extra["coordinator_flatness"] = points
+    if len(points) >= 2:
+        span = points[-1]["tasks_this_phase"] - points[0]["tasks_this_phase"]
+        growth = (points[-1]["rss_mb"] - points[0]["rss_mb"]) / span * 10_000 if span else float("nan")
+        total = points[-1]["recorded"] or "?"
+        bench.add("coordinator", "coordinator", "RSS growth/10k", "MB/10k", [growth],
+                  f"RSS {points[0]['rss_mb']:.1f} -> {points[-1]['rss_mb']:.1f} MB while the store grew to "
+                  f"{total} recorded tasks ({points[-1]['db_mb']:.0f} MB SQLite); batches of {cfg.flat_batch:,}")
+
+
+def simulated_workers(bench: Any, client: Any, coordinator: Child, url: str, prefix: str) -> None:
+    cfg = bench.cfg
+    system = f"coordinator + {cfg.sim_workers} sim. workers"
+    sims = Procs.role("sim-workers", "--broker", url, "--prefix", prefix, "--count", str(cfg.sim_workers),
+                      "--heartbeat", "2", name="sim-workers")
+    try:
+        sims.wait_ready(60)
+        time.sleep(2.5)  # every simulated worker has sent a heartbeat
+        cpu0, t0 = cpu_s(coordinator.pid), time.monotonic()
+        time.sleep(cfg.sim_seconds)
+        pct = (cpu_s(coordinator.pid) - cpu0) / (time.monotonic() - t0) * 100
+        bench.add("scale", system, "CPU", "%", [pct],
+                  f"{sims.info.get('connected')} connections, heartbeat every 2 s, over {cfg.sim_seconds:g} s idle")
+        bench.add("scale", system, "RSS", "MB", [rss_mb(coordinator.pid)])
+        runs = [client.throughput(max(1000, cfg.tasks // 4)) for _ in range(cfg.runs)]
+        bench.add("scale", system, "throughput", "tasks/s", [r.rate if r.complete else float("nan") for r in runs],
+                  f"{max(1000, cfg.tasks // 4):,} tasks while the simulated workers heartbeat")
+    finally:
+        Procs.stop(sims)
