@@ -253,8 +253,9 @@ class TaskApp:
         with self._pending_lock:
             self._pending[task_id] = future
         try:
-            conn.publish(self.topics.tasks(opts.queue), payload, response_topic=self.reply_topic,
-                         correlation_data=task_id.encode(),
+            # reply_to and the id in the body say what Response Topic and Correlation Data would;
+            # leaving the MQTT 5 properties off saves building them for every task.
+            conn.publish(self.topics.tasks(opts.queue), payload,
                          expiry=int(opts.expires) + 1 if opts.expires else None)
         except Exception:
             with self._pending_lock:
