@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -315,6 +316,9 @@ class Connection:
         s = self.settings
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive, **kwargs)
+        except ssl.SSLError as exc:  # before OSError, its base class
+            raise ConnectError(f"TLS handshake with the MQTT broker at {s.display_url} failed: {exc}",
+                               url=s.display_url, reason=str(exc)) from exc
         except (OSError, ValueError) as exc:
             raise ConnectError(f"cannot reach the MQTT broker at {s.display_url}: {exc}",
                                url=s.display_url, reason=str(exc)) from exc

@@ -1,0 +1,323 @@
+"""The worker against real brokers: plain MQTT producers, queues, $share, reconnects, shutdown,
+heartbeats and Last Will, bad input, async tasks, time limits, the concurrency bound."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mqtt_tasks import TaskFailedError, Worker
+from tests.brokers import MosquittoProcess, wait_until
+from tests.tasks_fixture import DEADLINE, Harness, Listener
+
+
+@pytest.fixture
+def h(broker_url: str, prefix: str) -> Iterator[Harness]:
+    with Harness(broker_url, prefix) as harness:
+        yield harness
+
+
+def _task(task_id: str, name: str = "add", **fields: Any) -> bytes:
+    return json.dumps({"id": task_id, "task": name, **fields}).encode()
+
+
+def _states(listener: Listener, topic: str) -> list[str]:
+    return [m.json()["state"] for m in listener.on(topic)]
+
+
+# -- plain MQTT producers ---------------------------------------------------------------------------
+
+
+def test_plain_mqtt311_client_publishes_and_reads_the_result(h: Harness) -> None:
+    h.worker(concurrency=2)
+    task_id, reply = f"job-{uuid.uuid4().hex[:6]}", h.topics.replies("plain-311")
+    client = h.listener(h.topics.status(task_id), reply)
+    client.publish(h.topics.tasks("default"), _task(task_id, args=[2, 3], reply_to=reply, correlation="c-1"))
+    final = client.wait_json(reply)
+    assert (final["id"], final["state"], final["result"], final["final"]) == (task_id, "succeeded", 5, True)
+    assert final["correlation"] == "c-1"
+    done = client.wait_json(h.topics.status(task_id), lambda e: e["state"] == "succeeded")
+    assert done["result"] == 5 and done["worker"] == h.workers[0].worker_id and done["attempt"] == 1
+    assert _states(client, h.topics.status(task_id))[0] == "started"
+
+
+def test_plain_mqtt5_client_gets_response_topic_and_correlation_data(mosquitto: MosquittoProcess,
+                                                                     prefix: str) -> None:
+    with Harness(mosquitto.url, prefix) as h:
+        h.worker(concurrency=2)
+        task_id, reply = "job-v5", h.topics.replies("plain-v5")
+        client = h.listener(reply, h.topics.status(task_id), mqtt5=True)
+        client.publish(h.topics.tasks("default"), _task(task_id, args=[20, 22]),
+                       response_topic=reply, correlation_data=b"\x01corr")
+        client.wait_json(reply)
+        (answer,) = client.on(reply)
+        assert answer.json()["result"] == 42 and answer.json()["final"] is True
+        assert answer.correlation_data == b"\x01corr"
+        assert client.wait_json(h.topics.status(task_id), lambda e: e["state"] == "succeeded")["result"] == 42
+
+
+@pytest.mark.skipif(not (shutil.which("mosquitto_pub") and shutil.which("mosquitto_sub")),
+                    reason="mosquitto_pub / mosquitto_sub not installed (apt-get install mosquitto-clients)")
+def test_mosquitto_pub_and_sub(mosquitto: MosquittoProcess, prefix: str) -> None:
+    """The README's shell example, with the real command-line clients."""
+    with Harness(mosquitto.url, prefix) as h:
+        h.worker(concurrency=1)
+        port = str(mosquitto.port)
+        sub = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-v", "-W", "30",
+             "-t", f"{prefix}/status/job-1", "-t", f"{prefix}/ping"],
+            stdout=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in sub.stdout or ()], daemon=True)
+        reader.start()
+        try:
+            pinger = h.listener()
+            # mosquitto_sub has subscribed once it echoes a ping
+            deadline = time.monotonic() + DEADLINE
+            while True:
+                pinger.publish(f"{prefix}/ping", b"ping")
+                try:
+                    if lines.get(timeout=0.2).startswith(f"{prefix}/ping"):
+                        break
+                except queue.Empty:
+                    assert time.monotonic() < deadline, "mosquitto_sub never subscribed"
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1",
+                            "-t", f"{prefix}/tasks/default", "-m", '{"id":"job-1","task":"add","args":[2,3]}'],
+                           check=True, timeout=DEADLINE)
+            while True:
+                line = lines.get(timeout=DEADLINE)
+                if line.startswith(f"{prefix}/status/job-1 ") and '"succeeded"' in line:
+                    break
+            event = json.loads(line.split(" ", 1)[1])
+            assert event["result"] == 5 and event["id"] == "job-1"
+        finally:
+            sub.terminate()
+            sub.wait(DEADLINE)
+            reader.join(DEADLINE)
+            if sub.stdout is not None:
+                sub.stdout.close()
+
+
+# -- queues and shared subscriptions ----------------------------------------------------------------
+
+
+def test_worker_takes_only_its_queues(h: Harness) -> None:
+    math_worker = h.worker(queues=["math"], concurrency=2, worker_id=f"w-math-{h.prefix}")
+    default_worker = h.worker(queues=["default"], concurrency=2, worker_id=f"w-default-{h.prefix}")
+    status = h.listener(h.topics.all_status)
+    adds = [h.app.registry["add"].submit(i, i) for i in range(10)]
+    muls = [h.app.registry["math.mul"].submit(i, i) for i in range(10)]
+    assert [a.result(DEADLINE) for a in adds] == [2 * i for i in range(10)]
+    assert [m.result(DEADLINE) for m in muls] == [i * i for i in range(10)]
+    status.wait_finished(h.topics.status(x.id) for x in adds + muls)
+    for handles, owner in ((adds, default_worker), (muls, math_worker)):
+        for handle in handles:
+            workers = {m.json()["worker"] for m in status.on(h.topics.status(handle.id))}
+            assert workers == {owner.worker_id}, f"{handle.name} {handle.id} ran on {workers}"
+
+
+def test_shared_group_runs_each_task_once_across_workers(h: Harness) -> None:
+    """Several workers in one $share group (the embedded broker's $share extension included):
+    every task runs exactly once and every worker takes some."""
+    workers = [h.worker(concurrency=2, worker_id=f"w{i}-{h.prefix}") for i in range(3)]
+    status = h.listener(h.topics.all_status)
+    handles = [h.app.registry["add"].submit(i, 0) for i in range(60)]
+    assert [x.result(DEADLINE) for x in handles] == list(range(60))
+    status.wait_finished(h.topics.status(x.id) for x in handles)
+    starts: Counter[int] = Counter()
+    owners: Counter[str] = Counter()
+    for handle in handles:
+        events = [m.json() for m in status.on(h.topics.status(handle.id))]
+        started = [e for e in events if e["state"] == "started"]
+        starts[len(started)] += 1
+        owners[started[0]["worker"]] += 1
+    assert starts == {1: 60}, "each task started exactly once"
+    assert set(owners) == {w.worker_id for w in workers}, f"tasks per worker: {dict(owners)}"
+
+
+# -- time limits, async tasks, the concurrency bound --------------------------------------------------
+
+
+def test_async_tasks(h: Harness) -> None:
+    h.worker(concurrency=4)
+    handles = [h.app.registry["async_add"].submit(i, 1) for i in range(20)]
+    assert [x.result(DEADLINE) for x in handles] == [i + 1 for i in range(20)]
+
+
+@pytest.mark.parametrize("name", ["spin", "async_nap"])
+def test_task_past_its_timeout_fails_and_the_worker_goes_on(h: Harness, name: str) -> None:
+    h.worker(concurrency=1)
+    started = time.monotonic()
+    slow = h.app.registry[name].submit_with([30], timeout=0.3)
+    with pytest.raises(TaskFailedError) as info:
+        slow.result(DEADLINE)
+    assert info.value.error_type == "TaskTimeLimitExceeded"
+    assert time.monotonic() - started < 5, "reported at the deadline, not when the body ends"
+    # the only slot is free again: the next task runs on the same worker
+    assert h.app.registry["add"].submit(1, 2).result(DEADLINE) == 3
+    h.probe.wait_for(lambda p: p.running == 0, what="the timed-out body has really stopped")
+
+
+def test_concurrency_bound(h: Harness) -> None:
+    h.worker(concurrency=2)
+    handles = [h.app.registry["tracked"].submit(f"k{i}", 0.05) for i in range(12)]
+    assert [x.result(DEADLINE) for x in handles] == [f"k{i}" for i in range(12)]
+    assert h.probe.max_running == 2, f"at most 2 at once (and the pool was used): saw {h.probe.max_running}"
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+BAD_INPUT = {
+    "not-json": (b"definitely not json", "not valid JSON"),
+    "not-utf8": (b'{"id":"a1","task":"add","args":["\xff"]}', ""),
+    "json-array": (b'[{"id":"a1","task":"add"}]', "expected a JSON object"),
+    "missing-id": (b'{"task":"add","args":[1,2]}', "missing required field 'id'"),
+    "missing-task": (b'{"id":"no-task"}', "missing required field 'task'"),
+    "id-with-slash": (b'{"id":"a/b","task":"add"}', "field 'id'"),
+    "id-with-hash": (b'{"id":"a#b","task":"add"}', "field 'id'"),
+    "id-200-chars": (json.dumps({"id": "x" * 200, "task": "add"}).encode(), "field 'id'"),
+    "args-object": (b'{"id":"a1","task":"add","args":{"a":1}}', "field 'args'"),
+    "oversize": (json.dumps({"id": "big", "task": "add", "args": ["x" * 300_000]}).encode(), "exceeds"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_reported_and_the_next_task_runs(h: Harness, case: str) -> None:
+    payload, reason = BAD_INPUT[case]
+    worker = h.worker(concurrency=1)
+    client = h.listener(h.topics.errors)
+    client.publish(h.topics.tasks("default"), payload)
+    report = client.wait_json(h.topics.errors)
+    assert reason in report["reason"], report
+    assert report["topic"] == h.topics.tasks("default")
+    assert report["component"] == "worker" and report["source"] == worker.worker_id
+    assert report["size"] == len(payload)
+    assert h.app.registry["add"].submit(2, 2).result(DEADLINE) == 4
+
+
+# -- heartbeats, Last Will, reconnect, graceful shutdown --------------------------------------------------
+
+
+def test_heartbeat_lists_held_tasks_and_last_will_says_offline(h: Harness) -> None:
+    worker = h.worker(concurrency=3, worker_id=f"hb-{h.prefix}")
+    topic = h.topics.worker(worker.worker_id)
+    handle = h.app.registry["hold"].submit("hb")
+    h.probe.wait_started("hb")
+    watcher = h.listener(topic)
+    state = watcher.wait_json(topic, lambda s: [t for t in s["tasks"] if t["id"] == handle.id])
+    assert state["state"] == "online" and state["worker"] == worker.worker_id
+    assert sorted(state["queues"]) == ["default", "math"]
+    assert (state["concurrency"], state["free"], state["heartbeat_s"]) == (3, 2, 0.2)
+    assert state["tasks"][0]["attempt"] == 1
+    assert watcher.on(topic)[0].retain, "the first heartbeat a late subscriber gets is the retained one"
+
+    worker._conn.abort()  # a crash: no DISCONNECT, so the broker publishes the Last Will
+    will = watcher.wait_json(topic, lambda s: s["state"] == "offline")
+    assert will["worker"] == worker.worker_id and will["tasks"] == []
+    late = h.listener(topic)
+    assert late.wait_json(topic)["state"] == "offline", "the Last Will is retained"
+
+
+def _restart(broker: Any, broker_kind: str, request: pytest.FixtureRequest) -> None:
+    if broker_kind == "mosquitto":
+        broker.restart()
+        return
+    from mqtt_tasks.broker import EmbeddedBroker
+
+    port = broker.port
+    broker.stop()
+    replacement = EmbeddedBroker(port=port).start()
+    request.addfinalizer(replacement.stop)
+
+
+def test_worker_reconnects_after_a_broker_restart(broker: Any, broker_kind: str, prefix: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    with Harness(broker.url, prefix) as h:
+        worker = h.worker(concurrency=2, worker_id=f"rc-{prefix}")
+        assert h.app.registry["add"].submit(1, 1).result(DEADLINE) == 2
+        _restart(broker, broker_kind, request)
+        restarted = time.time()
+        watcher = h.listener(h.topics.worker(worker.worker_id))
+        # the first heartbeat after the restart proves the worker is back; it is sent after the
+        # re-subscription on the same connection, so the broker has that subscription by then
+        watcher.wait_json(h.topics.worker(worker.worker_id),
+                          lambda s: s["state"] == "online" and s["ts"] > restarted)
+        handles = [h.app.registry["add"].submit(i, 1) for i in range(10)]
+        assert [x.result(DEADLINE) for x in handles] == [i + 1 for i in range(10)]
+
+
+def test_graceful_stop_finishes_running_hands_back_waiting(h: Harness) -> None:
+    """stop() while a slow task runs: tasks not started go to another worker, the running one
+    finishes and its result is delivered, then the retained state says offline."""
+    first = h.worker(concurrency=1, worker_id=f"a-{h.prefix}")
+    slow = h.app.registry["hold"].submit("slow")
+    h.probe.wait_started("slow")
+    status = h.listener(h.topics.all_status)
+    waiting = [h.app.registry["add"].submit(i, 100) for i in range(5)]  # `first` has no free slot
+    wait_until(lambda: len(first._waiting) == 5, DEADLINE, message="the tasks never reached the busy worker")
+    second = h.worker(concurrency=2, worker_id=f"b-{h.prefix}")
+    states = h.listener(h.topics.worker(first.worker_id))
+    stopper = threading.Thread(target=first.stop, kwargs={"grace": DEADLINE}, name="stopper")
+    stopper.start()
+    assert [x.result(DEADLINE) for x in waiting] == [i + 100 for i in range(5)]
+    status.wait_finished(h.topics.status(x.id) for x in waiting)
+    for handle in waiting:
+        ran_on = {m.json()["worker"] for m in status.on(h.topics.status(handle.id)) if m.json()["state"] == "started"}
+        assert ran_on == {second.worker_id}
+    assert not slow.done() and stopper.is_alive(), "the slow task is still running, stop() waits for it"
+    states.wait_json(h.topics.worker(first.worker_id), lambda s: s["state"] == "draining")
+    h.probe.gate.set()
+    assert slow.result(DEADLINE) == "slow"
+    stopper.join(DEADLINE)
+    assert not stopper.is_alive()
+    final = states.wait_json(h.topics.worker(first.worker_id), lambda s: s["state"] == "offline")
+    assert final["tasks"] == []
+    late = h.listener(h.topics.worker(first.worker_id))
+    retained = late.wait_for(lambda ms: ms, what="the retained worker state")[0]
+    assert retained.retain and retained.json()["state"] == "offline"
+    assert first.wait_stopped(0)
+
+
+def test_graceful_stop_delivers_a_result_published_at_the_last_moment(h: Harness) -> None:
+    """The result of a task finishing during stop() must be published before stop() may close the
+    connection. A delay injected between the task's end and its status publish would let a worker
+    that forgets the task first disconnect first, and the result would be lost."""
+    worker = h.worker(concurrency=1)
+    handle = h.app.registry["hold"].submit("last")
+    h.probe.wait_started("last")
+    publish_status = worker._publish_status
+
+    def delayed(task: Any, state: str, extra: dict[str, Any]) -> bytes | None:
+        if state in ("succeeded", "failed"):
+            end = time.monotonic() + 1.0  # bounded: with the fix stop() waits for this publish
+            while not worker._conn._closed and time.monotonic() < end:
+                worker._stopped.wait(0.01)
+        return publish_status(task, state, extra)
+
+    worker._publish_status = delayed  # type: ignore[method-assign]
+    stopper = threading.Thread(target=worker.stop, kwargs={"grace": DEADLINE}, name="stopper")
+    stopper.start()
+    h.probe.gate.set()
+    assert handle.result(DEADLINE) == "last"
+    stopper.join(DEADLINE)
+
+
+def test_stopped_worker_leaves_no_task_behind(h: Harness) -> None:
+    """stop() on an idle worker returns promptly and a second stop is harmless."""
+    worker: Worker = h.worker(concurrency=1)
+    assert h.app.registry["add"].submit(1, 1).result(DEADLINE) == 2
+    started = time.monotonic()
+    worker.stop(grace=1)
+    worker.stop(grace=1)
+    assert time.monotonic() - started < 3
+    assert worker.held == []
