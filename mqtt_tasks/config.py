@@ -13,6 +13,7 @@ from .protocol.codec import DEFAULT_MAX_PAYLOAD
 from .protocol.topics import DEFAULT_PREFIX, check_prefix
 
 ENV_BROKER = "MQTT_TASKS_BROKER"
+ENV_SIGNING_KEY = "MQTT_TASKS_SIGNING_KEY"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 Protocol = Literal["auto", "5", "3.1.1"]
@@ -62,6 +63,8 @@ class Settings:
     connect_timeout: float = 10.0
     max_payload: int = DEFAULT_MAX_PAYLOAD
     heartbeat_s: float = 2.0
+    signing_key: str | bytes | None = field(default=None, repr=False)
+    """Shared secret for HMAC-SHA256 task signatures (docs/security.md); None: tasks are not signed."""
     url: str = field(default=DEFAULT_BROKER, compare=False)
 
     @classmethod
@@ -109,7 +112,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: object) -> Settings:
-        """Like ``from_url``, defaulting to ``$MQTT_TASKS_BROKER``, then mqtt://127.0.0.1:1883."""
+        """Like ``from_url``, defaulting to ``$MQTT_TASKS_BROKER``, then mqtt://127.0.0.1:1883.
+
+        ``$MQTT_TASKS_SIGNING_KEY``, when set and non-empty, becomes ``signing_key``.
+        """
+        overrides.setdefault("signing_key", os.environ.get(ENV_SIGNING_KEY) or None)
         return cls.from_url(url or os.environ.get(ENV_BROKER) or DEFAULT_BROKER, **overrides)
 
     def validated(self) -> Settings:
@@ -124,6 +131,8 @@ class Settings:
             raise ConfigError("max_payload must be between 1 KiB and 256 MiB")
         if self.heartbeat_s <= 0:
             raise ConfigError("heartbeat_s must be positive")
+        if self.signing_key is not None and len(self.signing_key) < 16:
+            raise ConfigError("signing_key must be at least 16 bytes (use e.g. `openssl rand -hex 32`)")
         return replace(self, protocol=protocol)  # type: ignore[arg-type]
 
     def with_(self, **changes: object) -> Settings:
