@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,28 @@ def run(name: str, examples: int, prop: Any) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100_000)
+    parser.add_argument("--only", choices=["decoder", "worker", "coordinator"], action="append",
+                        help="run only these properties (repeatable); default all three")
     args = parser.parse_args()
+    only = set(args.only or ["decoder", "worker", "coordinator"])
+    crashes: list[str] = []
+    threading.excepthook = lambda a: crashes.append(f"{a.thread.name if a.thread else '?'}: {a.exc_value!r}")
     logging.disable(logging.CRITICAL)  # every rejected input logs a warning; the counts are the result
     harness = fz.Harness()
     coordinator = fz.coordinator.__wrapped__()  # type: ignore[attr-defined]
     try:
-        run("decoder", args.examples, fz.test_decoders_raise_only_decode_error.hypothesis.inner_test)
-        run("worker", args.examples,
-            lambda p: fz.test_worker_receive_path_one_outcome_per_input.hypothesis.inner_test(harness, p))
-        run("coordinator", args.examples,
-            lambda p: fz.test_coordinator_receive_path_one_report_per_rejected_input.hypothesis.inner_test(
-                coordinator, p))
+        props = {
+            "decoder": fz.test_decoders_raise_only_decode_error.hypothesis.inner_test,
+            "worker": lambda p: fz.test_worker_receive_path_one_outcome_per_input.hypothesis.inner_test(harness, p),
+            "coordinator": lambda p: fz.test_coordinator_receive_path_one_report_per_rejected_input.hypothesis
+            .inner_test(coordinator, p),
+        }
+        for name, prop in props.items():
+            if name in only:
+                run(name, args.examples, prop)
+                if crashes:  # a background thread died: as much a failure as an assertion
+                    print(f"{name}: thread crashed: {crashes}", flush=True)
+                    return 1
     finally:
         harness.close()
     return 0

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -34,9 +34,12 @@ from .errors import (
     TransportError,
 )
 from .protocol import codec
-from .protocol.messages import TASK_NAME_PATTERN, WorkerState
+from .protocol.states import TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
 from .transport import Connection, Message
+
+if TYPE_CHECKING:
+    from .protocol.messages import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -531,6 +534,29 @@ def schema(kind: str | None) -> None:
 
     schemas = json_schemas()
     click.echo(json.dumps(schemas[kind] if kind else schemas, indent=2, sort_keys=True))
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("role", type=click.Choice(["producer", "worker", "coordinator", "monitor"]))
+@click.argument("ident")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              envvar="MQTT_TASKS_ACL_PASSWORD", help="[env: MQTT_TASKS_ACL_PASSWORD]")
+@click.option("--prefix", default="mqtt-tasks", show_default=True)
+@click.option("--queue", "queues", multiple=True, help="Limit task topics to these queues (producer, worker).")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="Mosquitto password_file to update.")
+@click.option("--acl-file", type=click.Path(dir_okay=False), help="Mosquitto acl_file to update.")
+def acl(role: str, ident: str, password: str, prefix: str, queues: tuple[str, ...], password_file: str | None,
+        acl_file: str | None) -> None:
+    """Create or replace a Mosquitto user IDENT with the least-privilege ACL of ROLE (docs/security.md).
+
+    With neither file given, print the two entries to paste."""
+    from .acl import acl_command
+
+    try:
+        click.echo(acl_command(role, ident, password, prefix=prefix, queues=list(queues) or None,
+                               password_file=password_file, acl_file=acl_file))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def main() -> None:

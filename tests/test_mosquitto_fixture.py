@@ -153,7 +153,7 @@ def test_generated_config_is_the_shipped_one_with_port_and_paths_moved(
     settings = [line for line in lines if line.strip() and not line.startswith("#")]
     assert "set_tcp_nodelay true" in settings
     assert "persistence true" in settings
-    assert "max_queued_messages 0" in settings
+    assert "max_queued_messages 10000000" in settings
     assert f"listener {mosquitto.port} 127.0.0.1" in settings
     assert "listener 1883" not in settings
     assert f"persistence_location {mosquitto.workdir / 'data'}/" in settings

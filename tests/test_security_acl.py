@@ -1,0 +1,317 @@
+"""Roles and least privilege (mqtt_tasks.acl) against a real Mosquitto with
+password_file + acl_file + allow_anonymous false, exactly as docs/security.md tells operators.
+
+Denials are proven with a canary: the forbidden publishes are acknowledged first (PUBACK means
+Mosquitto has routed or refused them), then a canary goes to the same subscriber; Mosquitto
+delivers to one client in order, so once the canary is in, anything that was going to arrive
+has arrived.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mqtt_tasks import ConnectError, Settings, TaskApp, Worker
+from mqtt_tasks.acl import (
+    ROLES,
+    Credentials,
+    acl_block,
+    generate,
+    install,
+    password_entry,
+    role_rules,
+    split_acl,
+    verify_password,
+)
+from mqtt_tasks.errors import ConfigError
+from mqtt_tasks.protocol.topics import Topics
+from mqtt_tasks.transport import Connection, Message, Will
+from tests.brokers import MosquittoProcess, wait_until
+from tests.conftest import MosquittoFactory
+
+USERS = {"p1": "producer", "p2": "producer", "w1": "worker", "w2": "worker", "c1": "coordinator", "m1": "monitor"}
+
+
+def password_of(user: str) -> str:
+    return f"secret-{user}-pw"
+
+
+class Recorder:
+    """A connection that records every message it receives."""
+
+    def __init__(self, broker: MosquittoProcess, user: str, client_id: str | None = None, **kw: object) -> None:
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self.conn = Connection(settings_for(broker, user, **kw), client_id or f"{user}-rec", on_message=self._add)
+
+    def _add(self, message: Message) -> None:
+        with self._lock:
+            self.messages.append(message)
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [m.topic for m in self.messages]
+
+    def subscribe(self, *filters: str) -> Recorder:
+        for f in filters:
+            self.conn.subscribe(f)
+        return self
+
+
+def settings_for(broker: MosquittoProcess, user: str | None, **kw: object) -> Settings:
+    auth = f"{user}:{password_of(user)}@" if user else ""
+    return Settings.from_url(f"mqtt://{auth}127.0.0.1:{broker.port}", **kw)
+
+
+@pytest.fixture
+def secured(mosquitto_factory: MosquittoFactory, tmp_path: Path, prefix: str) -> MosquittoProcess:
+    """Mosquitto from the shipped config with the three lines docs/security.md adds."""
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    for user, role in USERS.items():
+        install(generate(role, user, password_of(user), prefix=prefix), password_file=pw, acl_file=acl)
+    # A test-only observer that may read and write everything under the prefix.
+    spy = Credentials("spy", "spy", password_entry("spy", password_of("spy")),
+                      f"user spy\ntopic readwrite {prefix}/#\n")
+    install(spy, password_file=pw, acl_file=acl)
+    return mosquitto_factory([f"password_file {pw}", f"acl_file {acl}", "allow_anonymous false"])
+
+
+@pytest.fixture
+def open_conns() -> Iterator[list[Connection]]:
+    conns: list[Connection] = []
+    yield conns
+    for c in conns:
+        c.close(1.0)
+
+
+def connect(conns: list[Connection], conn: Connection) -> Connection:
+    conns.append(conn)
+    return conn.connect()
+
+
+def assert_denied(publisher: Connection, forbidden: list[str], subscriber: Recorder, spy: Connection,
+                  canary: str) -> None:
+    for topic in forbidden:
+        publisher.publish(topic, b'{"forged":true}')
+    assert publisher.flush(5), "the broker did not acknowledge the publishes"
+    spy.publish(canary, b"canary")
+    wait_until(lambda: canary in subscriber.topics(), message=f"canary {canary} never arrived")
+    leaked = [t for t in subscriber.topics() if t in forbidden]
+    assert leaked == [], f"the broker delivered forbidden publishes: {leaked}"
+
+
+# -- the generator (pure) ---------------------------------------------------------------------
+
+def test_password_entry_matches_mosquitto_passwd_format() -> None:
+    line = password_entry("w1", "pw")
+    assert line.startswith("w1:$7$101$")
+    assert verify_password(line, "pw") and not verify_password(line, "other")
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd not installed")
+def test_verify_password_reads_mosquitto_passwd_output(tmp_path: Path) -> None:
+    path = tmp_path / "pw"
+    path.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(path), "w1", "pw"], check=True)
+    assert verify_password(path.read_text().splitlines()[0], "pw")
+
+
+def test_worker_role_is_least_privilege() -> None:
+    t = Topics("P")
+    rules = {(r.access, r.topic) for r in role_rules("worker", "w1", prefix="P", queues=["default"])}
+    assert rules == {("readwrite", t.tasks("default")), ("read", t.inbox("w1")), ("read", t.control("w1")),
+                     ("read", t.coordinator), ("write", "P/status/+"), ("write", t.worker("w1")),
+                     ("write", t.errors), ("write", "P/replies/+")}
+
+
+def test_monitor_role_is_read_only() -> None:
+    assert {r.access for r in role_rules("monitor", "m1")} == {"read"}
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x" * 129])
+def test_ids_that_are_not_topic_safe_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        acl_block("worker", bad)
+
+
+def test_unknown_role_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown role"):
+        role_rules("admin", "x")
+    assert ROLES == ("producer", "worker", "coordinator", "monitor")
+
+
+def test_install_replaces_the_users_entries(tmp_path: Path) -> None:
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    install(generate("worker", "w1", "one"), password_file=pw, acl_file=acl)
+    install(generate("producer", "p1", "two"), password_file=pw, acl_file=acl)
+    install(generate("monitor", "w1", "three"), password_file=pw, acl_file=acl)
+    lines = pw.read_text().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["p1", "w1"]
+    assert verify_password(lines[1], "three")
+    blocks = split_acl(acl.read_text())
+    assert len(blocks) == 2 and "monitor w1" in blocks[1] and "producer p1" in blocks[0]
+    assert oct(pw.stat().st_mode & 0o777) == "0o600"
+
+
+# -- against Mosquitto -------------------------------------------------------------------------
+
+def test_anonymous_and_bad_passwords_are_refused(secured: MosquittoProcess) -> None:
+    with pytest.raises(ConnectError, match="refused the credentials"):
+        Connection(settings_for(secured, None), "anon").connect(3)
+    bad = Settings.from_url(f"mqtt://w1:wrong@127.0.0.1:{secured.port}")
+    with pytest.raises(ConnectError, match="refused the credentials"):
+        Connection(bad, "w1").connect(3)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_worker_cannot_publish_dead_letters_presence_or_others_topics(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection], protocol: str) -> None:
+    t = Topics(prefix)
+    spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
+    connect(open_conns, spy.conn)
+    worker = connect(open_conns, Connection(settings_for(secured, "w1", protocol=protocol), "w1"))
+    forbidden = [t.dead("default"), t.coordinator, t.worker("w2"), t.inbox("w2"), t.control("w2"),
+                 t.rpc, f"{prefix}/anything/else"]
+    assert_denied(worker, forbidden, spy, spy.conn, t.status("canary"))
+    assert worker.connected  # a denied publish does not cost the connection
+
+
+def test_worker_cannot_forge_heartbeat_by_choosing_anothers_client_id(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+    t = Topics(prefix)
+    spy = Recorder(secured, "spy").subscribe(t.all_workers, t.all_status)
+    connect(open_conns, spy.conn)
+    # Credentials of w1, client id and Last Will of w2.
+    forger = Connection(settings_for(secured, "w1"), "w2", will=Will(t.worker("w2"), b'{"state":"offline"}'))
+    forger.connect()
+    forger.publish(t.worker("w2"), b'{"worker":"w2","state":"online"}', retain=True)
+    assert forger.flush(5)
+    forger.abort()  # the broker now sends the Last Will, if the ACL allows it
+    # Mosquitto sends the Will when it notices the dead socket; a fresh connection from the same
+    # user is processed after that, so its canary comes after any Will.
+    assert_denied(connect(open_conns, Connection(settings_for(secured, "w1"), "w1-after")), [], spy, spy.conn,
+                  t.status("canary"))
+    assert t.worker("w2") not in spy.topics()
+
+
+def test_no_one_reads_another_producers_replies(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+    t = Topics(prefix)
+    spy_conn = connect(open_conns, Connection(settings_for(secured, "spy"), "spy-pub"))
+    owner = Recorder(secured, "p1", client_id="p1").subscribe(t.replies("p1"))
+    other_producer = Recorder(secured, "p2", client_id="p2").subscribe(t.replies("p1"), f"{prefix}/replies/#",
+                                                                      t.all_status)
+    worker = Recorder(secured, "w1", client_id="w1").subscribe(t.replies("p1"), f"{prefix}/replies/+",
+                                                             t.inbox("w1"))
+    monitor = Recorder(secured, "m1", client_id="m1").subscribe(f"{prefix}/#")
+    for r in (owner, other_producer, worker, monitor):
+        connect(open_conns, r.conn)
+    replier = connect(open_conns, Connection(settings_for(secured, "w2"), "w2"))
+    replier.publish(t.replies("p1"), b'{"id":"x","state":"succeeded"}')
+    assert replier.flush(5)
+    wait_until(lambda: t.replies("p1") in owner.topics())
+    for intruder, canary in ((other_producer, t.status("c")), (worker, t.inbox("w1")), (monitor, t.errors)):
+        assert_denied(replier, [], intruder, spy_conn, canary)
+        assert t.replies("p1") not in intruder.topics()
+
+
+def test_monitor_cannot_publish_anything(secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+    t = Topics(prefix)
+    spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
+    connect(open_conns, spy.conn)
+    monitor = connect(open_conns, Connection(settings_for(secured, "m1"), "m1"))
+    forbidden = [t.tasks("default"), t.status("x"), t.worker("m1"), t.errors, t.coordinator, t.dead("default")]
+    assert_denied(monitor, forbidden, spy, spy.conn, t.status("canary"))
+
+
+def test_producer_cannot_impersonate_workers_or_coordinator(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+    t = Topics(prefix)
+    spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
+    connect(open_conns, spy.conn)
+    producer = connect(open_conns, Connection(settings_for(secured, "p1"), "p1"))
+    forbidden = [t.status("x"), t.worker("w1"), t.coordinator, t.inbox("w1"), t.control("w1"), t.dead("default")]
+    assert_denied(producer, forbidden, spy, spy.conn, t.status("canary"))
+
+
+def test_whole_flow_works_for_correctly_configured_roles(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+    t = Topics(prefix)
+    app = TaskApp(settings=settings_for(secured, "p1", prefix=prefix), client_id="p1")
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    monitor = Recorder(secured, "m1", client_id="m1").subscribe(t.all_workers, t.all_status)
+    connect(open_conns, monitor.conn)
+    coordinator = connect(open_conns, Connection(settings_for(secured, "c1"), "c1"))
+    worker = Worker(app, worker_id="w1", concurrency=2, settings=settings_for(secured, "w1", prefix=prefix))
+    with worker, app:
+        assert add.submit(2, 3).result(timeout=10) == 5
+        # The coordinator announces itself and hands a task to w1's inbox; both reach the worker.
+        coordinator.publish(t.coordinator, b'{"state":"online","ts":0}', retain=True)
+        wait_until(lambda: worker._coordinator_online, message="worker never saw the coordinator")
+        handle_id = "inbox-task-1"
+        coordinator.publish(t.inbox("w1"), b'{"id":"%s","task":"add","args":[4,5]}' % handle_id.encode())
+        wait_until(lambda: t.status(handle_id) in monitor.topics(), message="inbox task never ran")
+        wait_until(lambda: t.worker("w1") in monitor.topics(), message="the monitor saw no heartbeat")
+    coordinator.publish(t.coordinator, b"", retain=True)
+
+
+def test_max_queued_messages_0_disconnects_on_acl_denial(
+        mosquitto_factory: MosquittoFactory, tmp_path: Path, prefix: str) -> None:
+    """Why the shipped mosquitto.conf says 10000000, not 0: with 0, Mosquitto 2.0.11 drops the
+    connection of a client after each publish its ACL denies. If this starts failing, the broker
+    was fixed and 0 may come back."""
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    install(generate("worker", "w1", password_of("w1"), prefix=prefix), password_file=pw, acl_file=acl)
+    common = [f"password_file {pw}", f"acl_file {acl}", "allow_anonymous false"]
+    for value, expect_drop in (("0", True), ("10000000", False)):
+        broker = mosquitto_factory([*common, f"max_queued_messages {value}"])
+        drops: list[str] = []
+        conn = Connection(settings_for(broker, "w1"), "w1", on_disconnect=drops.append).connect()
+        for i in range(3):
+            conn.publish(f"{prefix}/dead/{i}", b"x")
+        conn.flush(5)
+        conn.publish(f"{prefix}/workers/w1", b"allowed")
+        conn.flush(5)
+        conn.close(1.0)
+        dropped = any(d != "Normal disconnection" for d in drops)
+        assert dropped is expect_drop, (value, drops)
+
+
+def test_acl_command_prints_or_installs(tmp_path: Path) -> None:
+    from mqtt_tasks.acl import acl_command
+
+    text = acl_command("worker", "w1", "pw", prefix="P", queues=["q1"])
+    assert "w1:$7$101$" in text and "user w1" in text and "topic readwrite P/tasks/q1" in text
+    done = acl_command("worker", "w1", "pw", password_file=tmp_path / "pw", acl_file=tmp_path / "acl")
+    assert "reload Mosquitto" in done and (tmp_path / "acl").read_text().count("user w1") == 1
+    with pytest.raises(ConfigError, match="both"):
+        acl_command("worker", "w1", "pw", password_file=tmp_path / "pw")
+
+
+def test_acl_cli_command(tmp_path: Path) -> None:
+    """`mqtt-tasks acl` prints the entries, writes both files, and refuses half a pair clearly."""
+    from click.testing import CliRunner
+
+    from mqtt_tasks.cli import cli
+
+    runner = CliRunner()
+    printed = runner.invoke(cli, ["acl", "worker", "w1", "--password", "s3cret-s3cret"])
+    assert printed.exit_code == 0, printed.output
+    assert "w1:$7$" in printed.output and "user w1" in printed.output
+    pw, acl_path = tmp_path / "passwd", tmp_path / "acl"
+    written = runner.invoke(cli, ["acl", "producer", "p1", "--password", "pw-pw-pw-pw",
+                                  "--password-file", str(pw), "--acl-file", str(acl_path)])
+    assert written.exit_code == 0, written.output
+    assert pw.read_text().startswith("p1:$7$") and "user p1" in acl_path.read_text()
+    half = runner.invoke(cli, ["acl", "worker", "w2", "--password", "x" * 12, "--acl-file", str(acl_path)])
+    assert half.exit_code == 2 and "Traceback" not in half.output
