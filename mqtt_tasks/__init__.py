@@ -26,8 +26,22 @@ from .errors import (  # noqa: E402
     TransportError,
     UnknownTaskError,
 )
-from .protocol.messages import ErrorReport, StatusEvent, Task, WorkerState  # noqa: E402
 from .worker import Worker  # noqa: E402
+
+_MODELS = ("ErrorReport", "StatusEvent", "Task", "WorkerState")
+
+
+def __getattr__(name: str) -> object:
+    """The pydantic models load on first use, so a worker that never needs them stays small."""
+    if name in _MODELS:
+        from .protocol import messages
+
+        return getattr(messages, name)
+    raise AttributeError(f"module 'mqtt_tasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODELS))
 
 __all__ = [
     "ConfigError",

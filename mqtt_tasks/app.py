@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import signing
 from .config import Settings
@@ -35,9 +35,12 @@ from .errors import (
     TaskFailedError,
 )
 from .protocol import codec
-from .protocol.messages import CANCELLED, DEAD, EXPIRED, SUCCEEDED, TASK_NAME_PATTERN, StatusEvent
+from .protocol.states import CANCELLED, DEAD, EXPIRED, SUCCEEDED, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_QUEUE, Topics, check_name, is_valid_id
 from .transport import Connection, Message
+
+if TYPE_CHECKING:  # replies are decoded with pydantic only when they arrive: a worker never needs it
+    from .protocol.messages import StatusEvent
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ See docs/coordinator.md.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -78,8 +80,11 @@ class Coordinator:
         self._rng = rng
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._live: dict[str, TaskRecord] = {}
-        self._backlog: deque[str] = deque()
+        self._backlog: dict[str, deque[tuple[int, str]]] = {}  # queue -> FIFO of (arrival, task id)
         self._in_backlog: set[str] = set()
+        self._arrivals = itertools.count()
+        self._timers: list[tuple[float, str]] = []  # heap of (when a live record's timer is due, id)
+        self._due: dict[str, float] = {}  # id -> its earliest entry in _timers
         self._workers: dict[str, WorkerView] = {}
         self._inflight: dict[str, set[str]] = {}
         self._outbox: list[tuple[str, bytes, dict[str, Any]]] = []
@@ -104,8 +109,9 @@ class Coordinator:
         for record in self.store.load_live():
             self._live[record.id] = record
             leases.extend(record, now, self.policy.reconnect_grace)
+            self._schedule(record)
             if record.state == BACKLOG:
-                self._push_backlog(record.id)
+                self._push_backlog(record.id, record.queue)
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, len(self._live))
         for topic in (self.topics.all_tasks, self.topics.all_status, self.topics.all_workers, self.topics.rpc):
             self._conn.subscribe(topic)
@@ -177,6 +183,7 @@ class Coordinator:
 
     def _process(self, batch: list[tuple[str, Any]]) -> None:
         acks: list[Message] = []
+        self._prefetch(batch)
         for kind, value in batch:
             if kind == "msg":
                 self._on_message(value)
@@ -193,6 +200,23 @@ class Coordinator:
         if self._online:
             self._dispatch_backlog(now)
         self._flush(acks)
+
+    def _prefetch(self, batch: list[tuple[str, Any]]) -> None:
+        """Read the records of the batch's tasks that are not live in one query, not one per message."""
+        ids = []
+        for kind, message in batch:
+            if kind != "msg":
+                continue
+            if message.topic.startswith(self.topics.status_root):
+                task_id = self.topics.task_id_of_status(message.topic)
+            elif message.topic.startswith(self.topics.tasks_root):
+                task_id = codec.guess_id(message.payload)
+            else:
+                continue
+            if task_id and task_id not in self._live:
+                ids.append(task_id)
+        if ids:
+            self.store.prefetch(ids)
 
     def _flush(self, acks: list[Message]) -> None:
         self.store.commit()
@@ -251,8 +275,11 @@ class Coordinator:
         if record.terminal:
             self._live.pop(record.id, None)
             self._in_backlog.discard(record.id)
-        elif record.id not in self._live:
-            self._live[record.id] = record
+            self._due.pop(record.id, None)
+        else:
+            if record.id not in self._live:
+                self._live[record.id] = record
+            self._schedule(record)
         for effect in effects:
             self._apply(record, effect)
 
@@ -376,46 +403,107 @@ class Coordinator:
         self._inflight.pop(worker, None)
 
     # -- timers and dispatch -------------------------------------------------------------
-    def _tick(self, now: float) -> None:
-        for record in list(self._live.values()):
-            state, attempt = record.state, record.attempt
-            effects = leases.on_timer(record, now, self.policy)
-            if record.state != state or record.attempt != attempt:
-                if attempt != record.attempt and state != "retrying":
-                    self.stats["redispatched"] += 1
-                    log.info("coordinator: task %s attempt %d %s; next attempt %d", record.id, attempt,
-                             record.reason or "lost", record.attempt)
-                self._save(record, effects)
-            elif effects:
-                self._save(record, effects)
+    def _schedule(self, record: TaskRecord) -> None:
+        """Make sure the timer heap holds an entry for the record's next due time (or an earlier one)."""
+        due = leases.next_due(record)
+        if due is not None and due < self._due.get(record.id, float("inf")):
+            self._due[record.id] = due
+            heapq.heappush(self._timers, (due, record.id))
 
-    def _push_backlog(self, task_id: str) -> None:
+    def _tick(self, now: float) -> None:
+        """Run the timers that are due: O(due x log live), not a pass over every live record.
+
+        An entry may be early (the record's timer moved later since, e.g. a renewed lease) or
+        stale (the record finished): the record is then only rescheduled or skipped."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, task_id = heapq.heappop(timers)
+            if self._due.get(task_id) == due:
+                del self._due[task_id]
+            record = self._live.get(task_id)
+            if record is not None:
+                self._fire(record, now)
+
+    def _fire(self, record: TaskRecord, now: float) -> None:
+        state, attempt = record.state, record.attempt
+        effects = leases.on_timer(record, now, self.policy)
+        if record.state != state or record.attempt != attempt:
+            if attempt != record.attempt and state != "retrying":
+                self.stats["redispatched"] += 1
+                log.info("coordinator: task %s attempt %d %s; next attempt %d", record.id, attempt,
+                         record.reason or "lost", record.attempt)
+            self._save(record, effects)
+        elif effects:
+            self._save(record, effects)
+        else:
+            self._schedule(record)
+
+    def _push_backlog(self, task_id: str, queue_name: str) -> None:
         if task_id not in self._in_backlog:
             self._in_backlog.add(task_id)
-            self._backlog.append(task_id)
+            self._backlog.setdefault(queue_name, deque()).append((next(self._arrivals), task_id))
 
     def _dispatch_backlog(self, now: float) -> None:
-        free = sum(w.free for w in self._workers.values() if w.state == "online")
-        for _ in range(len(self._backlog)):
-            if free <= 0 or not self._backlog:
-                return
-            task_id = self._backlog.popleft()
-            self._in_backlog.discard(task_id)
-            record = self._live.get(task_id)
-            if record is None or record.state != BACKLOG:
+        """Hand backlog tasks to workers with free slots, oldest first, across the queues that have one.
+
+        Costs O(queues x workers) to find the free slots, then O(placed): a queue without a free
+        slot is not looked at, and the pass stops when nothing more can be placed.
+        """
+        if not self._backlog:
+            return
+        serving = self._serving(now)
+        while serving:
+            name = min(serving, key=lambda q: self._backlog[q][0][0])
+            workers = serving[name]
+            if not any(w.free > 0 for w in workers):
+                del serving[name]
                 continue
-            view = leases.pick_worker(self._workers.values(), record.queue, now, self.policy,
-                                      backlog=len(self._backlog) + 1)
-            if view is None:
-                self._push_backlog(task_id)
+            entries = self._backlog[name]
+            entry = entries.popleft()
+            record = self._take_backlogged(entry[1], name)
+            if record is not None and not self._dispatch_one(record, workers, entries, now):
+                entries.appendleft(entry)  # no worker fits it now: it stays first
+                self._in_backlog.add(entry[1])
+                del serving[name]
+            if not entries:
+                del self._backlog[name]
+                serving.pop(name, None)
+
+    def _serving(self, now: float) -> dict[str, list[WorkerView]]:
+        """Backlogged queue -> the live workers serving it, for the queues where one has a free slot."""
+        serving: dict[str, list[WorkerView]] = {}
+        for w in self._workers.values():
+            if w.state != "online" or now - w.last_seen > leases.lease_s(self.policy, w.heartbeat_s):
                 continue
-            leases.on_dispatched(record, view.worker, now, self.policy)
-            view.free -= 1
-            free -= 1
-            self._inflight.setdefault(view.worker, set()).add(task_id)
-            self.stats["dispatched"] += 1
-            self.store.put(record)
-            self._send(self.topics.inbox(view.worker), codec.encode(self._task_body(record)))
+            for name in w.queues:
+                if name in self._backlog:
+                    serving.setdefault(name, []).append(w)
+        return {q: ws for q, ws in serving.items() if any(w.free > 0 for w in ws)}
+
+    def _take_backlogged(self, task_id: str, name: str) -> TaskRecord | None:
+        """The record of a backlog entry if it is still waiting in that queue's backlog."""
+        self._in_backlog.discard(task_id)
+        record = self._live.get(task_id)
+        if record is None or record.state != BACKLOG:
+            return None
+        if record.queue != name:
+            self._push_backlog(task_id, record.queue)
+            return None
+        return record
+
+    def _dispatch_one(self, record: TaskRecord, workers: list[WorkerView], left: deque[tuple[int, str]],
+                      now: float) -> bool:
+        view = leases.pick_worker(workers, record.queue, now, self.policy, backlog=len(left) + 1)
+        if view is None:
+            return False
+        leases.on_dispatched(record, view.worker, now, self.policy)
+        self._schedule(record)
+        view.free -= 1
+        self._inflight.setdefault(view.worker, set()).add(record.id)
+        self.stats["dispatched"] += 1
+        self.store.put(record)
+        self._send(self.topics.inbox(view.worker), codec.encode(self._task_body(record)))
+        return True
 
     def _task_body(self, record: TaskRecord) -> dict[str, Any]:
         body = dict(record.body or {})
@@ -429,7 +517,7 @@ class Coordinator:
     # -- effects -----------------------------------------------------------------------
     def _apply(self, record: TaskRecord, effect: Effect) -> None:
         if isinstance(effect, Enqueue):
-            self._push_backlog(effect.task_id)
+            self._push_backlog(effect.task_id, record.queue)
         elif isinstance(effect, Cancel):
             self.stats["cancels"] += 1
             log.info("coordinator: telling %s to stop task %s attempt %d: %s", effect.worker, effect.task_id,

@@ -285,6 +285,16 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect
     return []
 
 
+def next_due(record: TaskRecord) -> float | None:
+    """The earliest time at which ``on_timer`` can change the record (None: never, as it stands)."""
+    if record.terminal:
+        return None
+    times = [record.deadline]
+    times.append(record.run_deadline if record.state == STARTED else record.expires_at)
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
 def extend(record: TaskRecord, now: float, seconds: float) -> None:
     """Push a live record's timer to at least ``now + seconds`` (after a restart or reconnect)."""
     if record.state in (QUEUED, DISPATCHED, STARTED) and record.deadline is not None:

@@ -35,6 +35,8 @@ from .errors import ConnectError, PayloadTooLargeError, TransportError
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = {1, 132}  # 3.1.1 CONNACK code 1 / MQTT 5 reason 0x84
+# Sent, or kept by paho and sent after the reconnect (QoS 1); a QoS 0 publish in those cases is simply lost.
+_QUEUED_OR_SENT = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST)
 _BAD_AUTH = {4, 5, 134, 135, 140}
 
 
@@ -203,7 +205,7 @@ class Connection:
             if expiry:
                 props.MessageExpiryInterval = int(expiry)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if info.rc not in _QUEUED_OR_SENT:
             raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         with self._lock:
             if info.mid in self._early_acks:

@@ -35,14 +35,18 @@ from .config import Settings
 from .errors import DecodeError, PayloadTooLargeError, UnknownTaskError
 from .execution import Executor, Outcome, Run
 from .protocol import codec
-from .protocol.messages import DEFERRED, EXPIRED, FAILED, STARTED, SUCCEEDED, Task
+from .protocol.states import DEFERRED, EXPIRED, FAILED, STARTED, SUCCEEDED
 from .protocol.topics import DEFAULT_GROUP, Topics, check_name
+from .protocol.validate import TaskData
 from .signing import SignatureError, verify_payload
 from .transport import Connection, Message, Will
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_TASK_TIMEOUT = 10 * 365 * 86400.0
+"""A task's ``timeout`` above this (ten years) is treated as this: a wire value such as 1e300 must
+not overflow the time-limit thread's wait and so disable time limits for every task."""
 MAX_QUEUED_QOS0 = 1000
 """QoS 0 messages waiting for the dispatcher; more are dropped (counted in ``stats["dropped"]``).
 QoS 1 messages are never dropped here: the broker's in-flight window bounds them (MQTT 5 Receive
@@ -54,7 +58,7 @@ dispatcher has decided them."""
 class Held:
     """A task this worker has started and not yet reported."""
 
-    task: Task
+    task: TaskData
     message: Message
     started: float
     run: Run | None = None
@@ -89,7 +93,7 @@ class Worker:
         self._qos0_room = threading.BoundedSemaphore(MAX_QUEUED_QOS0)
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
-        self._waiting: deque[tuple[Message, Task]] = deque()
+        self._waiting: deque[tuple[Message, TaskData]] = deque()
         self._free = self.concurrency
         self._coordinator_online = False
         self._draining = False
@@ -235,11 +239,11 @@ class Worker:
         else:
             self._waiting.append((message, task))  # unacked: flow control holds the rest back
 
-    def _decode_task(self, message: Message) -> Task | None:
+    def _decode_task(self, message: Message) -> TaskData | None:
         queue_name = self.topics.queue_of(message.topic)
         try:
-            task = codec.decode_task(message.payload, topic=message.topic, queue=queue_name,
-                                     max_payload=self.settings.max_payload)
+            task = codec.decode_task_data(message.payload, topic=message.topic, queue=queue_name,
+                                          max_payload=self.settings.max_payload)
             if self.settings.signing_key is not None:
                 verify_payload(message.payload, self.settings.signing_key)
             return task
@@ -250,7 +254,7 @@ class Worker:
             self._report_error(reason, message.topic, message.payload, codec.guess_id(message.payload))
             return None
 
-    def _reject_early(self, task: Task, message: Message) -> bool:
+    def _reject_early(self, task: TaskData, message: Message) -> bool:
         """Expired, duplicate and unknown tasks end here, without taking a slot."""
         running = self._held.get(task.id)
         if running is not None and running.task.attempt == task.attempt:
@@ -267,7 +271,7 @@ class Worker:
             return True
         return False
 
-    def _start(self, task: Task, message: Message) -> None:
+    def _start(self, task: TaskData, message: Message) -> None:
         tdef: TaskDef[Any] = self.app.registry[task.task]
         self._free -= 1
         held = Held(task, message, time.time())
@@ -279,13 +283,15 @@ class Worker:
         self._conn.ack(message)
         log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
         timeout = task.timeout if task.timeout is not None else tdef.options.timeout
+        if timeout is not None:
+            timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
         held.run = self._executor.submit(
             tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
             on_report=lambda outcome: self._report_outcome(task, message, outcome),
             on_release=lambda: self._events.put(("release", task)),
         )
 
-    def _on_release(self, task: Task) -> None:
+    def _on_release(self, task: TaskData) -> None:
         self._free += 1
         self._expire_waiting()
         if self._waiting and not self._draining:
@@ -307,12 +313,12 @@ class Worker:
             self._finish(task, message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
             self._conn.ack(message)
 
-    def _defer(self, task: Task, message: Message) -> None:
+    def _defer(self, task: TaskData, message: Message) -> None:
         self.stats["deferred"] += 1
-        self._publish_status(task, DEFERRED, {"reason": "no free slot", "body": task.model_dump(exclude_none=True)})
+        self._publish_status(task, DEFERRED, {"reason": "no free slot", "body": dict(task)})
         self._conn.ack(message)
 
-    def _hand_back(self, task: Task, message: Message) -> None:
+    def _hand_back(self, task: TaskData, message: Message) -> None:
         """While draining: give a task that has not started to the coordinator or the queue."""
         if self._coordinator_online:
             self._defer(task, message)
@@ -366,7 +372,7 @@ class Worker:
         self._executor.cancel(held.run, reason or "cancelled by the coordinator")
 
     # -- reporting (task threads and dispatcher) --------------------------------------------
-    def _report_outcome(self, task: Task, message: Message, outcome: Outcome) -> None:
+    def _report_outcome(self, task: TaskData, message: Message, outcome: Outcome) -> None:
         if outcome.ok:
             self.stats["succeeded"] += 1
             extra = {"result": outcome.value}
@@ -383,7 +389,7 @@ class Worker:
             final = False  # a superseded attempt: the coordinator owns the task's fate
         self._finish(task, message, state, extra, final=final)
 
-    def _finish(self, task: Task, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
+    def _finish(self, task: TaskData, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
         # Publish first, forget second: stop() closes the connection once nothing is held, so a
         # task forgotten before its result is queued for sending would lose that result.
         payload = self._publish_status(task, state, {**extra, "final": final or None})
@@ -395,11 +401,11 @@ class Worker:
                 del self._held[task.id]
                 self._held_lock.notify_all()
 
-    def _max_attempts(self, task: Task) -> int:
+    def _max_attempts(self, task: TaskData) -> int:
         tdef = self.app.registry.get(task.task)
         return task.max_attempts or (tdef.options.max_attempts if tdef else None) or DEFAULT_MAX_ATTEMPTS
 
-    def _publish_status(self, task: Task, state: str, extra: dict[str, Any], qos: int = 1) -> bytes | None:
+    def _publish_status(self, task: TaskData, state: str, extra: dict[str, Any], qos: int = 1) -> bytes | None:
         event: dict[str, Any] = {"id": task.id, "state": state, "attempt": task.attempt,
                                  "worker": self.worker_id, "ts": time.time(), "task": task.task,
                                  "queue": task.queue}
@@ -423,7 +429,7 @@ class Worker:
             event.update(state=FAILED, error={"type": "TypeError", "message": f"result {exc}"})
             return codec.encode(event)
 
-    def _publish_too_large(self, task: Task, exc: PayloadTooLargeError) -> bytes:
+    def _publish_too_large(self, task: TaskData, exc: PayloadTooLargeError) -> bytes:
         event = {"id": task.id, "state": FAILED, "attempt": task.attempt, "worker": self.worker_id,
                  "ts": time.time(), "task": task.task, "queue": task.queue, "final": True,
                  "error": {"type": "PayloadTooLargeError", "message": str(exc)}}
@@ -431,7 +437,7 @@ class Worker:
         self._conn.publish(self.topics.status(task.id), payload)
         return payload
 
-    def _reply(self, task: Task, message: Message, payload: bytes) -> None:
+    def _reply(self, task: TaskData, message: Message, payload: bytes) -> None:
         targets = {t for t in (task.reply_to, message.response_topic) if t}
         for topic in targets:
             if topic.startswith(self.topics.prefix + "/") and not topic.startswith(self.topics.replies_root):
@@ -445,8 +451,8 @@ class Worker:
                 self._report_error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
 
     def _report_error(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
-        report = codec.error_report(component="worker", source=self.worker_id, reason=reason, ts=time.time(),
-                                    topic=topic, payload=payload, task_id=task_id)
+        report = codec.error_report_fields(component="worker", source=self.worker_id, reason=reason,
+                                           ts=time.time(), topic=topic, payload=payload, task_id=task_id)
         self._conn.publish(self.topics.errors, codec.encode(report))
 
     # -- heartbeat ---------------------------------------------------------------------
@@ -476,7 +482,7 @@ class Worker:
         })
 
 
-def _apply_message_expiry(task: Task, message: Message) -> None:
+def _apply_message_expiry(task: TaskData, message: Message) -> None:
     """An MQTT 5 Message Expiry Interval (the time left, as the broker delivered it) becomes
     ``expires_at``, so a task that expires while it waits in this worker, or in the coordinator's
     backlog after a deferral, still ends ``expired`` instead of vanishing."""
@@ -484,7 +490,7 @@ def _apply_message_expiry(task: Task, message: Message) -> None:
         return
     deadline = time.time() + message.expiry
     if task.expires_at is None or deadline < task.expires_at:
-        task.expires_at = deadline
+        task["expires_at"] = deadline
 
 
 def default_worker_id() -> str:

@@ -10,7 +10,7 @@ def test_all_is_sorted_and_unique() -> None:
 
 
 def test_every_public_name_is_exported() -> None:
-    public = {name for name in vars(mqtt_tasks) if not name.startswith("_")}
+    public = {name for name in dir(mqtt_tasks) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(mqtt_tasks, name)).__name__ == "module"}
     assert public - modules == set(mqtt_tasks.__all__) - {"__version__"}
 
@@ -18,3 +18,14 @@ def test_every_public_name_is_exported() -> None:
 def test_every_exported_name_resolves() -> None:
     for name in mqtt_tasks.__all__:
         assert getattr(mqtt_tasks, name) is not None
+
+
+def test_a_worker_does_not_import_pydantic() -> None:
+    """The per-message path is pydantic-free, which keeps an idle worker small (docs/benchmarks.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mqtt_tasks.cli, mqtt_tasks.worker, mqtt_tasks.app; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -87,3 +87,18 @@ def test_memory_store_forgets_old_finished_records() -> None:
     s.commit()
     assert s.get("t0") is None and s.get("t9") is not None
     assert sum(s.counts().values()) == 3
+
+
+def test_prefetch_is_only_a_hint_gets_see_the_same_records(store: Store) -> None:
+    store.put(rec("a", "succeeded", result=1))
+    store.commit()
+    store.prefetch(["a", "missing", "b", "a"])
+    got = store.get("a")
+    assert got is not None and got.state == "succeeded" and got.result == 1
+    assert store.get("missing") is None
+    store.put(rec("b", "queued"))  # a put after the prefetch wins over what it read
+    assert (b := store.get("b")) is not None and b.state == "queued"
+    got.duplicates = 1
+    store.put(got)
+    store.commit()
+    assert (again := store.get("a")) is not None and again.duplicates == 1

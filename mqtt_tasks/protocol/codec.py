@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DecodeError, PayloadTooLargeError
-from .messages import ErrorReport, StatusEvent, Task, WorkerState
+from . import validate
+
+if TYPE_CHECKING:  # pydantic is imported only where a model is asked for: a worker never needs it
+    from pydantic import BaseModel, ValidationError
+
+    from .messages import ErrorReport, StatusEvent, Task, WorkerState
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 """The library's payload cap (bytes): below Mosquitto's ``max_packet_size`` in the shipped
 mosquitto.conf (1 MiB) and amqtt's WebSocket cap, so the broker never drops our messages."""
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 _ID_IN_JSON = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9_.:\-]{1,128})"')
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -26,7 +29,7 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 
 def encode(obj: dict[str, Any] | BaseModel) -> bytes:
     """Compact UTF-8 JSON. ``None`` fields of models are left out."""
-    if isinstance(obj, BaseModel):
+    if hasattr(obj, "model_dump_json"):
         return obj.model_dump_json(exclude_none=True).encode()
     try:
         return _DUMPS(obj).encode()
@@ -47,14 +50,33 @@ def decode(model: type[M], payload: bytes, *, topic: str = "", max_payload: int 
             f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
             payload=payload, topic=topic, task_id=guess_id(payload),
         )
+    from pydantic import ValidationError
+
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
         raise DecodeError(_describe(exc), payload=payload, topic=topic, task_id=guess_id(payload)) from exc
 
 
+def decode_task_data(payload: bytes, *, topic: str = "", queue: str | None = None,
+                     max_payload: int = DEFAULT_MAX_PAYLOAD) -> validate.TaskData:
+    """The per-message path's task decoder: same verdicts as ``decode_task``, no pydantic."""
+    if len(payload) > max_payload:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
+                          payload=payload, topic=topic, task_id=guess_id(payload))
+    try:
+        task = validate.decode_task(payload)
+    except validate.Invalid as exc:
+        raise DecodeError(str(exc), payload=payload, topic=topic, task_id=guess_id(payload)) from None
+    if task.get("queue") is None and queue is not None:
+        task["queue"] = queue
+    return task
+
+
 def decode_task(payload: bytes, *, topic: str = "", queue: str | None = None,
                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> Task:
+    from .messages import Task
+
     task = decode(Task, payload, topic=topic, max_payload=max_payload)
     if task.queue is None and queue is not None:
         task.queue = queue
@@ -62,11 +84,15 @@ def decode_task(payload: bytes, *, topic: str = "", queue: str | None = None,
 
 
 def decode_status(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> StatusEvent:
+    from .messages import StatusEvent
+
     return decode(StatusEvent, payload, topic=topic, max_payload=max_payload)
 
 
 def decode_worker_state(payload: bytes, *, topic: str = "",
                         max_payload: int = DEFAULT_MAX_PAYLOAD) -> WorkerState:
+    from .messages import WorkerState
+
     return decode(WorkerState, payload, topic=topic, max_payload=max_payload)
 
 
@@ -99,11 +125,20 @@ def excerpt(payload: bytes, limit: int = 512) -> str:
 def error_report(*, component: str, reason: str, ts: float, topic: str | None = None,
                  payload: bytes | None = None, source: str | None = None,
                  task_id: str | None = None) -> ErrorReport:
-    return ErrorReport(
-        component=component, source=source, topic=topic, reason=reason, id=task_id, ts=ts,
-        payload=excerpt(payload) if payload is not None else None,
-        size=len(payload) if payload is not None else None,
-    )
+    from .messages import ErrorReport
+
+    return ErrorReport(**error_report_fields(component=component, reason=reason, ts=ts, topic=topic,
+                                             payload=payload, source=source, task_id=task_id))
+
+
+def error_report_fields(*, component: str, reason: str, ts: float, topic: str | None = None,
+                        payload: bytes | None = None, source: str | None = None,
+                        task_id: str | None = None) -> dict[str, Any]:
+    """The fields of an error report as a plain dict (``encode`` it); no pydantic needed."""
+    fields = {"component": component, "source": source, "topic": topic, "reason": reason, "id": task_id,
+              "ts": ts, "payload": excerpt(payload) if payload is not None else None,
+              "size": len(payload) if payload is not None else None}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _describe(exc: ValidationError) -> str:

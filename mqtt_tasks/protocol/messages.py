@@ -10,26 +10,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .states import (  # noqa: F401 - re-exported: the states belong to the contract
+    CANCELLED,
+    DEAD,
+    DEFERRED,
+    DUPLICATE,
+    EXPIRED,
+    FAILED,
+    PROGRESS,
+    QUEUED,
+    RETRYING,
+    STARTED,
+    SUCCEEDED,
+    TASK_NAME_PATTERN,
+    TERMINAL_STATES,
+)
 from .topics import ID_PATTERN
-
-TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$"
-
-# Status states. Terminal states end a task; the others describe progress.
-STARTED = "started"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-DEAD = "dead"
-CANCELLED = "cancelled"
-EXPIRED = "expired"
-DEFERRED = "deferred"
-RETRYING = "retrying"
-PROGRESS = "progress"
-QUEUED = "queued"
-DUPLICATE = "duplicate"
-
-TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
-"""States that end a task for good. ``failed`` ends an *attempt*; it is final for the task
-only when no retry follows (see ``StatusEvent.final``)."""
 
 StatusState = Literal[
     "queued", "started", "progress", "succeeded", "failed", "retrying", "deferred",

@@ -14,9 +14,8 @@ import math
 import re
 from typing import Any
 
+from .states import TASK_NAME_PATTERN
 from .topics import ID_PATTERN
-
-TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$"
 
 _ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
 _TASK_NAME = re.compile(TASK_NAME_PATTERN.replace("$", r"\Z"))
@@ -86,7 +85,7 @@ def _check_number(obj: dict[str, Any], name: str, *, positive: bool = False) -> 
         raise Invalid(f"field '{name}': Input should be greater than 0")
 
 
-class TaskData(dict):  # type: ignore[type-arg]
+class TaskData(dict[str, Any]):
     """A validated task: the JSON object, with the contract's fields as attributes."""
 
     __slots__ = ()

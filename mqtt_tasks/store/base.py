@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,12 +74,16 @@ class TaskRecord:
             del self.history[: len(self.history) - MAX_HISTORY]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, shallow: nested values are the record's own (serialise, do not mutate)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
+_FIELD_SET = frozenset(_FIELDS)
 
 
 class Store(abc.ABC):
@@ -95,6 +100,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """The record of one task (live or finished), or None."""
+
+    def prefetch(self, task_ids: Iterable[str]) -> None:  # noqa: B027 - optional hook, no-op by default
+        """A hint: ``get`` will soon be called for these ids. A store may read them in one query and
+        answer those ``get`` calls from that read until the next ``commit``."""
 
     @abc.abstractmethod
     def load_live(self) -> list[TaskRecord]:

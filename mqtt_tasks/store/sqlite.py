@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 from .base import LIVE_STATES, Store, TaskRecord
@@ -27,6 +28,7 @@ CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, queue=excluded.queue, "
            "updated=excluded.updated, data=excluded.data")
+_CHUNK = 500  # ids per SELECT ... IN (...): below SQLite's oldest variable limit (999)
 _LIVE = ",".join(f"'{s}'" for s in sorted(LIVE_STATES))
 
 
@@ -40,11 +42,13 @@ class SQLiteStore(Store):
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
         self._pending: dict[str, TaskRecord] = {}
+        self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
 
     def commit(self) -> int:
+        self._read.clear()
         if not self._pending:
             return 0
         rows = [_row(r) for r in self._pending.values()]
@@ -61,9 +65,20 @@ class SQLiteStore(Store):
     def get(self, task_id: str) -> TaskRecord | None:
         pending = self._pending.get(task_id)
         if pending is not None:
-            return TaskRecord.from_dict(json.loads(_row(pending)[5]))
+            return pending  # the caller's own record, put in this batch: written as it is at commit
+        if task_id in self._read:
+            return self._read[task_id]
         row = self._db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return TaskRecord.from_dict(json.loads(row[0])) if row else None
+
+    def prefetch(self, task_ids: Iterable[str]) -> None:
+        wanted = [i for i in dict.fromkeys(task_ids) if i not in self._pending and i not in self._read]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            self._read.update(dict.fromkeys(chunk))
+            marks = ",".join("?" * len(chunk))
+            for task_id, data in self._db.execute(f"SELECT id, data FROM tasks WHERE id IN ({marks})", chunk):
+                self._read[task_id] = TaskRecord.from_dict(json.loads(data))
 
     def load_live(self) -> list[TaskRecord]:
         self.commit()
@@ -90,6 +105,9 @@ class SQLiteStore(Store):
             self._db.close()
 
 
+_DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _row(record: TaskRecord) -> tuple[Any, ...]:
-    data = json.dumps(record.to_dict(), separators=(",", ":"), default=str)
+    data = _DUMPS(record.to_dict())
     return (record.id, record.state, record.queue, record.updated, record.created, data)
