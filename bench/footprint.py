@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bench import clients
-from bench.cluster import PY, Procs, rss_mb
+from bench.cluster import Procs, rss_mb
 from bench.mqttwatch import Watch, online
 
 SYSTEM = "mqtt-worker (1 process)"

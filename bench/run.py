@@ -12,12 +12,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -31,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import clients  # noqa: E402
-from bench.cluster import PY, Child, ProcError, Procs, cpu_s, install_cleanup, rss_mb  # noqa: E402
+from bench.cluster import Child, Procs, cpu_s, install_cleanup  # noqa: E402
 from bench.stats import percentile, summary, table  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
