@@ -1,0 +1,55 @@
+"""The examples run as their READMEs say, against a real Mosquitto and a real `mqtt-worker`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import MosquittoProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def example_worker(mosquitto: MosquittoProcess) -> Iterator[dict[str, str]]:
+    """`mqtt-worker examples.tasks:app` from the repository root, as examples/README.md says."""
+    env = {**os.environ, "MQTT_TASKS_BROKER": mosquitto.url}
+    proc = subprocess.Popen([sys.executable, "-m", "mqtt_tasks", "worker", "examples.tasks:app", "--log-level",
+                             "warning"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "ready" in ready, ready
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_producer_prints_what_the_readme_says(example_worker: dict[str, str]) -> None:
+    out = subprocess.run([sys.executable, "examples/producer.py"], cwd=ROOT, env=example_worker,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    readme = (ROOT / "examples" / "README.md").read_text()
+    for line in out.stdout.splitlines():
+        assert line in readme, f"{line!r} is not in examples/README.md"
+    assert "add: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" in out.stdout
+    assert "divide: failed remotely with ZeroDivisionError" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_shell_submit_script(example_worker: dict[str, str], mosquitto: MosquittoProcess) -> None:
+    env = {**example_worker, "MQTT_PORT": str(mosquitto.port), "WAIT": "20"}
+    out = subprocess.run(["sh", "examples/shell/submit.sh", "add", "[2,3]"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"state":"succeeded"' in out.stdout and '"result":5' in out.stdout
