@@ -105,7 +105,7 @@ def demo_plan(count: int, fail_every: int) -> list[tuple[str, list[Any]]]:
             plan.append(("divide", [i, 0]))
         else:
             mix: list[tuple[str, list[Any]]] = [("add", [i, i]), ("checksum", [f"task-{i}"]),
-                                                ("nap", [5 + i % 20]), ("divide", [i, 2])]
+                                                ("nap", [40 + i % 80]), ("divide", [i, 2])]
             plan.append(mix[i % 4])
     return plan
 
