@@ -29,7 +29,14 @@ from typing import Any
 
 from . import leases
 from .config import Settings
-from .errors import DecodeError, MqttTasksError, PayloadTooLargeError, TransportError
+from .errors import (  # noqa: F401 - the query errors are re-exported from here too
+    CoordinatorTimeoutError,
+    DecodeError,
+    MqttTasksError,
+    PayloadTooLargeError,
+    TaskNotFoundError,
+    TransportError,
+)
 from .leases import Announce, Cancel, Effect, Enqueue, LeasePolicy, WorkerView
 from .protocol import codec
 from .protocol.topics import Topics
@@ -42,14 +49,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = "coordinator"
 FORCED_TICK_S = 2.0
-
-
-class CoordinatorTimeoutError(TransportError, TimeoutError):
-    """No coordinator answered a query in time (none running, or the broker is unreachable)."""
-
-
-class TaskNotFoundError(MqttTasksError, LookupError):
-    """The coordinator has no record of this task id."""
 
 
 class Coordinator:

@@ -6,17 +6,21 @@
     ├── ConfigError                 bad settings or broker URL
     ├── TransportError              the broker could not be reached or talked to
     │   ├── ConnectError            connect refused, unreachable, bad credentials, TLS
-    │   └── NotConnectedError       an operation that needs a live connection had none
+    │   ├── NotConnectedError       an operation that needs a live connection had none
+    │   └── CoordinatorTimeoutError no coordinator answered a query in time
     ├── ProtocolError               a message does not follow the wire contract
     │   ├── DecodeError             bytes that are not a valid message (carries the payload)
-    │   └── PayloadTooLargeError    over the payload cap, refused before publishing
+    │   ├── PayloadTooLargeError    over the payload cap, refused before publishing
+    │   └── SignatureError          a task's signature is missing or wrong (signing on)
     ├── TaskError                   about one task (carries ``task_id``)
     │   ├── TaskFailedError         the task ran and raised (remote type, message, traceback)
     │   ├── TaskDeadError           the coordinator gave up: attempts exhausted
     │   ├── TaskCancelledError      the task was cancelled
     │   ├── TaskExpiredError        the task expired before it was started
     │   └── ResultTimeoutError      no final status within the caller's timeout
+    ├── TaskNotFoundError           the coordinator has no record of a task id
     ├── TaskTimeLimitExceeded       raised inside a task body that outlived its ``timeout``
+    ├── TaskCancelled               raised inside a task body whose attempt was superseded
     └── UnknownTaskError            a task name that no function is registered under
 """
 
@@ -50,6 +54,10 @@ class NotConnectedError(TransportError):
     """An operation needed a live connection and there was none."""
 
 
+class CoordinatorTimeoutError(TransportError, TimeoutError):
+    """No coordinator answered a query in time (none running, or the broker is unreachable)."""
+
+
 class ProtocolError(MqttTasksError):
     """A message does not follow the wire contract."""
 
@@ -73,6 +81,10 @@ class PayloadTooLargeError(ProtocolError):
         self.size = size
         self.limit = limit
         self.topic = topic
+
+
+class SignatureError(ProtocolError):
+    """A task's signature is missing or does not match (the reason is the message)."""
 
 
 class TaskError(MqttTasksError):
@@ -122,6 +134,14 @@ class ResultTimeoutError(TaskError, TimeoutError):
 
 class TaskTimeLimitExceeded(MqttTasksError):  # noqa: N818 - the name users see in tracebacks
     """Raised inside a task body that ran past its ``timeout``."""
+
+
+class TaskNotFoundError(MqttTasksError, LookupError):
+    """The coordinator has no record of this task id."""
+
+
+class TaskCancelled(MqttTasksError):  # noqa: N818 - raised inside a task body, named for users
+    """Raised inside a task body whose attempt was superseded or cancelled."""
 
 
 class UnknownTaskError(MqttTasksError, LookupError):

@@ -23,13 +23,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MqttTasksError, TaskTimeLimitExceeded
+from .errors import TaskCancelled, TaskTimeLimitExceeded
 
 log = logging.getLogger(__name__)
-
-
-class TaskCancelled(MqttTasksError):  # noqa: N818 - raised inside a task body, named for users
-    """Raised inside a task body whose attempt was superseded or cancelled."""
 
 
 @dataclass(slots=True)

@@ -30,16 +30,12 @@ import hmac
 import json
 from typing import Any
 
-from .errors import ProtocolError
+from .errors import SignatureError  # noqa: F401 - raised here, defined with the others
 
 SIG_FIELD = "sig"
 UNSIGNED_FIELDS = frozenset({SIG_FIELD, "attempt", "queue"})
 _EMPTY_DEFAULTS: dict[str, Any] = {"args": [], "kwargs": {}}
 _MAX_EXACT = 2**53
-
-
-class SignatureError(ProtocolError):
-    """A task's signature is missing or does not match (the reason is the message)."""
 
 
 def key_bytes(key: str | bytes) -> bytes:

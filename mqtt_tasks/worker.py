@@ -278,8 +278,7 @@ class Worker:
         with self._held_lock:
             self._held[task.id] = held
         self.stats["started"] += 1
-        # QoS 0: a lost `started` costs nothing, the next heartbeat lists the task; it saves two acks a task
-        self._publish_status(task, STARTED, {}, qos=0)
+        self._publish_status(task, STARTED, {})
         self._conn.ack(message)
         log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
         timeout = task.timeout if task.timeout is not None else tdef.options.timeout
