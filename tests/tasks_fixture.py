@@ -352,3 +352,20 @@ def run_worker(url: str, prefix: str, worker_id: str, concurrency: int = 2, hear
     worker.run()
     app.close()
     sys.exit(0)
+
+
+# Payloads that are not valid tasks, and a word of the reason each must be rejected with.
+BAD_TASKS = {
+    "not-json": (b"this is not json", "not valid JSON"),
+    "not-utf8": (b'{"id":"a","task":"add","args":["\xff\xfe"]}', ""),
+    "array": (b'[{"id":"a","task":"add"}]', "expected a JSON object"),
+    "missing-id": (b'{"task":"add"}', "missing required field 'id'"),
+    "missing-task": (b'{"id":"a1"}', "missing required field 'task'"),
+    "id-slash": (b'{"id":"a/b","task":"add"}', "field 'id'"),
+    "id-hash": (b'{"id":"a#","task":"add"}', "field 'id'"),
+    "id-200": (json.dumps({"id": "x" * 200, "task": "add"}).encode(), "field 'id'"),
+    "args-object": (b'{"id":"a1","task":"add","args":{"a":1}}', "field 'args'"),
+    "kwargs-array": (b'{"id":"a1","task":"add","kwargs":[1]}', "field 'kwargs'"),
+    "attempt-zero": (b'{"id":"a1","task":"add","attempt":0}', "field 'attempt'"),
+    "reply-to-wildcard": (b'{"id":"a1","task":"add","reply_to":"x/#"}', "field 'reply_to'"),
+}

@@ -26,6 +26,7 @@ from mqtt_tasks.config import DEFAULT_BROKER, ENV_BROKER
 from mqtt_tasks.protocol import codec
 from mqtt_tasks.protocol.messages import Task
 from mqtt_tasks.protocol.topics import Topics, check_name, check_prefix, is_valid_id
+from tests.tasks_fixture import BAD_TASKS
 
 # -- codec ---------------------------------------------------------------------------------------------
 
@@ -49,21 +50,6 @@ def test_encode_refuses_what_is_not_json(value: object) -> None:
     with pytest.raises(ValueError, match="not JSON-serialisable"):
         codec.encode({"result": value})
 
-
-BAD_TASKS = {
-    "not-json": (b"this is not json", "not valid JSON"),
-    "not-utf8": (b'{"id":"a","task":"add","args":["\xff\xfe"]}', ""),
-    "array": (b'[{"id":"a","task":"add"}]', "expected a JSON object"),
-    "missing-id": (b'{"task":"add"}', "missing required field 'id'"),
-    "missing-task": (b'{"id":"a1"}', "missing required field 'task'"),
-    "id-slash": (b'{"id":"a/b","task":"add"}', "field 'id'"),
-    "id-hash": (b'{"id":"a#","task":"add"}', "field 'id'"),
-    "id-200": (json.dumps({"id": "x" * 200, "task": "add"}).encode(), "field 'id'"),
-    "args-object": (b'{"id":"a1","task":"add","args":{"a":1}}', "field 'args'"),
-    "kwargs-array": (b'{"id":"a1","task":"add","kwargs":[1]}', "field 'kwargs'"),
-    "attempt-zero": (b'{"id":"a1","task":"add","attempt":0}', "field 'attempt'"),
-    "reply-to-wildcard": (b'{"id":"a1","task":"add","reply_to":"x/#"}', "field 'reply_to'"),
-}
 
 
 @pytest.mark.parametrize("case", list(BAD_TASKS))

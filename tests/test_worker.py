@@ -18,7 +18,7 @@ import pytest
 
 from mqtt_tasks import TaskFailedError, Worker
 from tests.brokers import MosquittoProcess, wait_until
-from tests.tasks_fixture import DEADLINE, Harness, Listener
+from tests.tasks_fixture import BAD_TASKS, DEADLINE, Harness, Listener
 
 
 @pytest.fixture
@@ -178,15 +178,7 @@ def test_concurrency_bound(h: Harness) -> None:
 # -- bad input -------------------------------------------------------------------------------------------
 
 BAD_INPUT = {
-    "not-json": (b"definitely not json", "not valid JSON"),
-    "not-utf8": (b'{"id":"a1","task":"add","args":["\xff"]}', ""),
-    "json-array": (b'[{"id":"a1","task":"add"}]', "expected a JSON object"),
-    "missing-id": (b'{"task":"add","args":[1,2]}', "missing required field 'id'"),
-    "missing-task": (b'{"id":"no-task"}', "missing required field 'task'"),
-    "id-with-slash": (b'{"id":"a/b","task":"add"}', "field 'id'"),
-    "id-with-hash": (b'{"id":"a#b","task":"add"}', "field 'id'"),
-    "id-200-chars": (json.dumps({"id": "x" * 200, "task": "add"}).encode(), "field 'id'"),
-    "args-object": (b'{"id":"a1","task":"add","args":{"a":1}}', "field 'args'"),
+    **BAD_TASKS,
     "oversize": (json.dumps({"id": "big", "task": "add", "args": ["x" * 300_000]}).encode(), "exceeds"),
 }
 
