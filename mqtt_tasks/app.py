@@ -278,7 +278,7 @@ class TaskApp:
             return conn
         with self._conn_lock:
             if self._conn is None:
-                conn = Connection(self.settings, self.client_id, on_message=self._on_reply)
+                conn = Connection(self.settings, self.client_id, on_message=self._on_reply, receive_maximum=65535)
                 conn.subscribe(self.reply_topic)
                 conn.connect()
                 self._conn = conn

@@ -226,6 +226,12 @@ class Connection:
         return True
 
     @property
+    def send_window(self) -> int:
+        """QoS 1 publishes that may be unacknowledged at once: the configured ``max_inflight``,
+        or the broker's MQTT 5 Receive Maximum when that is smaller."""
+        return int(self._client.max_inflight_messages)
+
+    @property
     def outstanding(self) -> int:
         return len(self._outstanding)
 
@@ -378,6 +384,13 @@ class Connection:
             self._connack.set()
             return
         self._set_nodelay()
+        # MQTT 5: never more unacknowledged QoS 1 publishes than the broker's Receive Maximum
+        # (paho ignores it; EMQX and HiveMQ disconnect a client that exceeds it). A small window
+        # is also cheaper: paho scans the whole window on every PUBACK while messages queue.
+        server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        window = min(self._max_inflight, server_max or self._max_inflight)
+        if hasattr(client, "_max_inflight_messages"):  # paho's setter refuses while connected
+            client._max_inflight_messages = window
         with self._lock:
             self._generation += 1
             first = self._generation == 1

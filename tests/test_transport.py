@@ -145,3 +145,54 @@ def test_subscriptions_are_restored_after_a_broker_restart(mosquitto: MosquittoP
         pub.close()
     finally:
         sub.close()
+
+
+def test_send_window_honours_the_brokers_receive_maximum(broker_url: str, broker_kind: str, prefix: str) -> None:
+    """MQTT 5 says a client must not have more unacknowledged QoS 1 publishes than the server's
+    Receive Maximum (EMQX and HiveMQ disconnect one that does); paho ignores it, the Connection
+    applies it. Mosquitto's is its max_inflight_messages (20 in the shipped conf); amqtt speaks
+    3.1.1, which has no such limit, so the configured window stays."""
+    conn = _conn(broker_url, "window", max_inflight=500).connect()
+    inbox = Inbox()
+    reader = _conn(broker_url, "window-r", on_message=inbox)
+    reader.subscribe(f"{prefix}/w")
+    reader.connect()
+    try:
+        assert conn.send_window == (20 if broker_kind == "mosquitto" else 500)
+        for i in range(300):  # more than the window: the rest queue in paho and go as acks return
+            conn.publish(f"{prefix}/w", str(i).encode())
+        assert conn.flush(DEADLINE)
+        assert sorted(int(m.payload) for m in inbox.wait(300)) == list(range(300))
+    finally:
+        conn.close()
+        reader.close()
+
+
+def test_mosquitto_sends_past_a_clients_receive_maximum_once_acks_flow(mosquitto: MosquittoProcess,
+                                                                        prefix: str) -> None:
+    """A broker fact BROKER-FACTS.md does not have (Mosquitto 2.0.11): with messages queued for a
+    client, each PUBACK it sends lets Mosquitto send up to Receive Maximum more, so the client's
+    unacknowledged messages grow past its Receive Maximum. So a worker's line of waiting tasks is
+    not bounded by flow control; with a coordinator online the worker hands on what it does not
+    expect to start within defer_after (docs/architecture.md)."""
+    inbox = Inbox()
+    receiver = Connection(Settings.from_url(mosquitto.url, prefix=prefix), f"rm-{prefix}", on_message=inbox,
+                          manual_ack=True, receive_maximum=4)
+    receiver.subscribe(f"{prefix}/rm")
+    receiver.connect()
+    sender = _conn(mosquitto.url, "rm-s").connect()
+    try:
+        for _ in range(100):
+            sender.publish(f"{prefix}/rm", b"x")
+        assert sender.flush(DEADLINE)
+        first = inbox.wait(4)
+        time.sleep(0.5)  # a negative check: would the broker send a 5th unacknowledged message?
+        assert len(inbox.messages) == 4, "Receive Maximum holds while nothing is acknowledged"
+        for message in first:
+            receiver.ack(message)
+        # 4 acks free 4 places; Mosquitto sends more than that (measured: 16, Receive Maximum per ack).
+        # If this fails, Mosquitto now honours Receive Maximum: update BROKER-FACTS and the docs.
+        assert len(inbox.wait(9)) - 4 > 4
+    finally:
+        receiver.close()
+        sender.close()
