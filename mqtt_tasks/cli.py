@@ -22,7 +22,7 @@ import click
 
 from . import __version__
 from .app import TaskApp, TaskOptions
-from .config import ENV_BROKER, Settings
+from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
     ConfigError,
     DecodeError,
@@ -184,13 +184,17 @@ def load_app(ref: str) -> TaskApp:
 @click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), help="Heartbeat seconds [default: 2].")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running tasks get to finish on SIGTERM.")
+@click.option("--defer-after", type=click.FloatRange(min=0), default=DEFAULT_DEFER_AFTER, show_default=True,
+              help="A task not expected to get a free slot here within this many seconds is handed to the coordinator.")
+@click.option("--started-after", type=click.FloatRange(min=0), default=DEFAULT_STARTED_AFTER, show_default=True,
+              help="Publish a task's `started` event once it has run this many seconds (0: at once).")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
 @click.version_option(__version__, "--version")
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
-                   grace: float, processes: int, log_level: str) -> None:
+                   grace: float, defer_after: float, started_after: float, processes: int, log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
     from .worker import Worker
@@ -201,10 +205,12 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
     if processes > 1:
         Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
-                   prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level)
+                   prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level,
+                   defer_after=defer_after, started_after=started_after)
         return
     worker = Worker(app, settings=settings, queues=list(queues) or None, concurrency=concurrency,
-                    worker_id=worker_id, group=group, heartbeat_s=heartbeat, grace=grace)
+                    worker_id=worker_id, group=group, heartbeat_s=heartbeat, grace=grace,
+                    defer_after=defer_after, started_after=started_after)
 
     def ready(w: Worker) -> None:
         click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, queues "

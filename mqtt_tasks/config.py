@@ -15,6 +15,12 @@ from .protocol.topics import DEFAULT_PREFIX, check_prefix
 ENV_BROKER = "MQTT_TASKS_BROKER"
 ENV_SIGNING_KEY = "MQTT_TASKS_SIGNING_KEY"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_STARTED_AFTER = 0.1
+"""A worker publishes a task's `started` event once it has run this long (0: at once); a task that
+finishes sooner is reported by its final event alone."""
+DEFAULT_DEFER_AFTER = 0.25
+"""A task not expected to get a free slot in a busy worker within this many seconds of its arrival
+is handed to the coordinator (when one is online), which gives it to a worker with a free slot."""
 
 Protocol = Literal["auto", "5", "3.1.1"]
 _SCHEMES = {"mqtt": (False, "tcp", 1883), "tcp": (False, "tcp", 1883),

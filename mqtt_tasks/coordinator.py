@@ -40,7 +40,7 @@ from .errors import (  # noqa: F401 - the query errors are re-exported from here
 from .leases import Announce, Cancel, Effect, Enqueue, LeasePolicy, WorkerView
 from .protocol import codec
 from .protocol.topics import Topics
-from .store.base import BACKLOG, DEAD, DISPATCHED, EXPIRED, STARTED, SUCCEEDED, Store, TaskRecord
+from .store.base import BACKLOG, DEAD, DISPATCHED, EXPIRED, QUEUED, STARTED, SUCCEEDED, Store, TaskRecord
 from .store.memory import MemoryStore
 from .store.sqlite import SQLiteStore
 from .transport import Connection, Message, Will
@@ -359,6 +359,11 @@ class Coordinator:
         view = self._worker(worker)
         if record is not None and record.state == STARTED and record.worker == worker and record.started_at:
             leases.observe_duration(view, max(self._clock() - record.started_at, 0.0))
+        if record is not None and (record.worker != worker or record.state not in (STARTED, DISPATCHED)):
+            # A task this coordinator never counted against the worker's slots: it started and
+            # finished between two heartbeats, too fast for a `started` event (the worker sends
+            # one only after started_after). Its slot was taken and given back unseen.
+            return
         view.free = min(view.free + 1, view.concurrency or view.free + 1)
 
     def _worker(self, worker: str) -> WorkerView:
@@ -383,6 +388,8 @@ class Coordinator:
         view.concurrency = state.concurrency
         view.heartbeat_s = state.heartbeat_s
         view.last_seen = 0.0 if message.retain else now  # a retained state may be old: not proof of life
+        full_ago = state.full_ago if (state.waiting or 0) == 0 else 0.0
+        view.full_at = now - full_ago if full_ago is not None and full_ago >= 0 else None
         held = {t.id: t.attempt for t in state.tasks}
         for task_id, attempt in held.items():
             record = self._get_or_create(task_id)
@@ -393,6 +400,7 @@ class Coordinator:
         view.free = max(0, (state.free or 0) - len(pending - held.keys())) if state.state == "online" else 0
 
     def _worker_lost(self, worker: str, now: float) -> None:
+        self._worker(worker).lost_at = now
         lost = [r for r in self._live.values() if r.worker == worker and r.state in (STARTED, DISPATCHED)]
         if lost:
             log.warning("coordinator: worker %s went offline holding %d task(s); dispatching them again",
@@ -425,7 +433,14 @@ class Coordinator:
 
     def _fire(self, record: TaskRecord, now: float) -> None:
         state, attempt = record.state, record.attempt
-        effects = leases.on_timer(record, now, self.policy)
+        if self._held_up(record, now):
+            record.deadline = now + self.policy.dispatch_timeout
+            self._schedule(record)
+            return
+        died = record.state == QUEUED and any(
+            w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues
+            for w in self._workers.values())
+        effects = leases.on_timer(record, now, self.policy, worker_died=died)
         if record.state != state or record.attempt != attempt:
             if attempt != record.attempt and state != "retrying":
                 self.stats["redispatched"] += 1
@@ -436,6 +451,26 @@ class Coordinator:
             self._save(record, effects)
         else:
             self._schedule(record)
+
+    def _held_up(self, record: TaskRecord, now: float) -> bool:
+        """True when a task nobody accounts for is more likely waiting than lost: it is queued
+        (or dispatched to one worker) and a live worker of its queue (or that worker) has had no
+        free slot within the dispatch timeout. Such a task sits in that worker's broker queue,
+        behind the others, where no heartbeat can list it; presuming it lost would run it twice.
+        A task really lost meanwhile (a broker that dropped it, a worker that died holding it
+        unstarted) is dispatched again once those workers have had room for a dispatch timeout."""
+        if record.state not in (QUEUED, DISPATCHED) or record.deadline is None or record.deadline > now:
+            return False
+        if record.expires_at is not None and record.expires_at <= now:
+            return False
+        if record.state == DISPATCHED:
+            view = self._workers.get(record.worker or "")
+            candidates = [view] if view is not None else []
+        else:
+            candidates = [w for w in self._workers.values() if record.queue in w.queues]
+        window = self.policy.dispatch_timeout
+        return any(w.state == "online" and now - w.last_seen <= leases.lease_s(self.policy, w.heartbeat_s)
+                   and w.full_at is not None and now - w.full_at <= window for w in candidates)
 
     def _push_backlog(self, task_id: str, queue_name: str) -> None:
         if task_id not in self._in_backlog:

@@ -260,8 +260,12 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
     return _redispatch(record, now, f"worker {worker} went offline while running it", failed=True, policy=policy)
 
 
-def on_timer(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
-    """Whatever is due for a live record at ``now``: expiry, lost dispatch, lease end, retry."""
+def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died: bool = False) -> list[Effect]:
+    """Whatever is due for a live record at ``now``: expiry, lost dispatch, lease end, retry.
+
+    ``worker_died``: a worker that could have taken this queued task went offline since it was
+    seen. A task that kills its worker at once (before the worker announced it ``started``) is
+    lost that way, so the loss counts as a failed attempt and a poison task still ends ``dead``."""
     if record.terminal:
         return []
     if record.state != STARTED and record.expires_at is not None and record.expires_at <= now:
@@ -277,6 +281,9 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect
         return _redispatch(record, now, f"lease of worker {record.worker} expired (no heartbeat)",
                            failed=True, policy=policy)
     if record.state in (QUEUED, DISPATCHED):
+        if worker_died and record.state == QUEUED:
+            return _redispatch(record, now, "not accounted for within the dispatch timeout, and a worker "
+                               "of its queue went offline meanwhile", failed=True, policy=policy)
         return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
                            failed=False, policy=policy)
     if record.state == RETRYING:
@@ -314,6 +321,8 @@ class WorkerView:
     heartbeat_s: float = 0.0
     last_seen: float = 0.0
     duration: float = 0.0  # moving average of its task run times (0: not known yet)
+    full_at: float | None = None  # when it last had no free slot (coordinator clock), from its heartbeat
+    lost_at: float | None = None  # when it last went offline
 
 
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,

@@ -4,9 +4,13 @@ Threads, each with one job (none of them runs two roles):
 
 - ``mqtt-net-*`` (paho): copies each incoming message into the dispatcher's queue.
 - ``mqtt-worker-dispatch``: decodes, validates, and decides every message's outcome; the only
-  thread that counts free slots. A task starts when a slot is free; otherwise it is handed to
-  the coordinator (``deferred``) when one is online, or kept unacknowledged until a slot frees
-  (MQTT 5 Receive Maximum then stops the broker from sending more).
+  thread that counts free slots. A task starts when a slot is free; otherwise it waits here,
+  unacknowledged (MQTT 5 Receive Maximum stops the broker from sending more). When a coordinator
+  is online, a waiting task that is not expected to start within ``defer_after`` seconds of its
+  arrival (its wait so far plus its place in line times the recent gap between freed slots) is
+  handed to the coordinator (``deferred``), so a busy worker never sits on work another could
+  start, while short tasks, which free slots every few milliseconds, wait their turn here
+  instead of paying a round trip through the coordinator.
 - ``mqtt-task-thread-*`` / ``mqtt-task-loop``: run task bodies and publish their results.
 - ``mqtt-worker-heartbeat``: publishes the retained worker state every ``heartbeat_s``.
 
@@ -17,6 +21,7 @@ disconnect.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
@@ -31,7 +36,7 @@ from typing import Any
 
 from . import __version__
 from .app import TaskApp, TaskDef
-from .config import Settings
+from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
 from .errors import DecodeError, PayloadTooLargeError, UnknownTaskError
 from .execution import Executor, Outcome, Run
 from .protocol import codec
@@ -55,6 +60,15 @@ dispatcher has decided them."""
 
 
 @dataclass(slots=True)
+class Waiting:
+    """A task received while every slot was busy; unacknowledged until it starts or is handed on."""
+
+    message: Message
+    task: TaskData
+    since: float  # time.monotonic() when it arrived
+
+
+@dataclass(slots=True)
 class Held:
     """A task this worker has started and not yet reported."""
 
@@ -62,6 +76,8 @@ class Held:
     message: Message
     started: float
     run: Run | None = None
+    announced: bool = False  # its `started` event is published
+    finishing: bool = False  # its final event is being published: too late for `started`
 
 
 class Worker:
@@ -78,6 +94,8 @@ class Worker:
         settings: Settings | None = None,
         heartbeat_s: float | None = None,
         grace: float = 30.0,
+        defer_after: float = DEFAULT_DEFER_AFTER,
+        started_after: float = DEFAULT_STARTED_AFTER,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -88,13 +106,23 @@ class Worker:
         self.group = check_name("share group", group)
         self.heartbeat_s = heartbeat_s or self.settings.heartbeat_s
         self.grace = grace
+        if defer_after < 0:
+            raise ValueError("defer_after must be >= 0")
+        self.defer_after = defer_after
+        if started_after < 0:
+            raise ValueError("started_after must be >= 0")
+        self.started_after = started_after
 
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._qos0_room = threading.BoundedSemaphore(MAX_QUEUED_QOS0)
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
-        self._waiting: deque[tuple[Message, TaskData]] = deque()
+        self._waiting: deque[Waiting] = deque()
         self._free = self.concurrency
+        self._last_release = time.monotonic()
+        self._release_gap = 0.0  # moving average of the time between freed slots
+        self._full_at: float | None = None  # time.monotonic() when the worker last had no free slot
+        self._to_announce: list[tuple[float, str, int]] = []  # heap of (due, task id, attempt)
         self._coordinator_online = False
         self._draining = False
         self._stopped = threading.Event()
@@ -196,7 +224,7 @@ class Worker:
         }
         while True:
             try:
-                kind, value = self._events.get(timeout=self._until_next_expiry())
+                kind, value = self._events.get(timeout=self._until_next_wakeup())
             except queue.Empty:
                 kind, value = "expire", None
             if kind == "stop":
@@ -206,6 +234,10 @@ class Worker:
                     self._expire_waiting()
                 else:
                     handlers[kind](value)
+                if self._to_announce and self._to_announce[0][0] <= time.monotonic():
+                    self._announce_due()
+                if kind == "expire" and self._waiting and self._coordinator_online:
+                    self._defer_overdue()
             except Exception:
                 log.exception("worker %s: dispatcher error on %s event", self.worker_id, kind)
 
@@ -234,10 +266,13 @@ class Worker:
             self._hand_back(task, message)
         elif self._free > 0:
             self._start(task, message)
-        elif self._coordinator_online:
+        elif self._coordinator_online and self._expected_wait(len(self._waiting), 0.0) > self.defer_after:
             self._defer(task, message)
         else:
-            self._waiting.append((message, task))  # unacked: flow control holds the rest back
+            # Unacked: flow control holds the rest back; with a coordinator online it is handed
+            # on once it is not expected to start within defer_after (see _defer_overdue).
+            self._waiting.append(Waiting(message, task, time.monotonic()))
+            self._full_at = time.monotonic()
 
     def _decode_task(self, message: Message) -> TaskData | None:
         queue_name = self.topics.queue_of(message.topic)
@@ -273,12 +308,20 @@ class Worker:
 
     def _start(self, task: TaskData, message: Message) -> None:
         tdef: TaskDef[Any] = self.app.registry[task.task]
+        if self._free == self.concurrency:
+            self._last_release = time.monotonic()  # the line's pace is timed from when work began
         self._free -= 1
+        if self._free == 0:
+            self._full_at = time.monotonic()
         held = Held(task, message, time.time())
         with self._held_lock:
             self._held[task.id] = held
         self.stats["started"] += 1
-        self._publish_status(task, STARTED, {})
+        if self.started_after == 0:
+            held.announced = True
+            self._publish_status(task, STARTED, {})
+        else:  # announced only if still running then: see _announce_due
+            heapq.heappush(self._to_announce, (time.monotonic() + self.started_after, task.id, task.attempt))
         self._conn.ack(message)
         log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
         timeout = task.timeout if task.timeout is not None else tdef.options.timeout
@@ -292,25 +335,67 @@ class Worker:
 
     def _on_release(self, task: TaskData) -> None:
         self._free += 1
+        now = time.monotonic()
+        self._release_gap = 0.8 * self._release_gap + 0.2 * (now - self._last_release)
+        self._last_release = now
         self._expire_waiting()
         if self._waiting and not self._draining:
-            message, waiting = self._waiting.popleft()
-            self._start(waiting, message)
+            waiting = self._waiting.popleft()
+            self._start(waiting.task, waiting.message)
 
-    def _until_next_expiry(self) -> float | None:
-        """Seconds until the first waiting task expires (the dispatcher's wake-up), or None."""
-        deadlines = [t.expires_at for _, t in self._waiting if t.expires_at is not None]
-        return max(0.0, min(deadlines) - time.time()) if deadlines else None
+    def _until_next_wakeup(self) -> float | None:
+        """Seconds until the dispatcher has something to do unprompted: a waiting task expires
+        or is due to be handed to the coordinator, or a running task's `started` is due."""
+        waits = [t.task.expires_at - time.time() for t in self._waiting if t.task.expires_at is not None]
+        if self._waiting and self._coordinator_online:
+            waits.append(self.defer_after / 4)  # re-check the line: see _defer_overdue
+        if self._to_announce:
+            waits.append(self._to_announce[0][0] - time.monotonic())
+        return max(0.0, min(waits)) if waits else None
+
+    def _announce_due(self) -> None:
+        """Publish `started` for the tasks that have run ``started_after`` seconds and are still
+        running. A task that finished sooner is reported by its final event alone; the heartbeat
+        lists every task held meanwhile, so the coordinator's lease never depends on `started`."""
+        now = time.monotonic()
+        while self._to_announce and self._to_announce[0][0] <= now:
+            _, task_id, attempt = heapq.heappop(self._to_announce)
+            with self._held_lock:  # under the lock: never after the final event (see _finish)
+                held = self._held.get(task_id)
+                if held is None or held.finishing or held.announced or held.task.attempt != attempt:
+                    continue
+                held.announced = True
+                self._publish_status(held.task, STARTED, {}, ts=held.started)
+
+    def _expected_wait(self, position: int, waited: float) -> float:
+        """Seconds a task at ``position`` in the line (0 = next), that has waited ``waited``
+        already, is expected to spend here in all before a slot frees for it: the recent pace of
+        freed slots, or without end when no slot has freed for ``defer_after`` (a stuck line)."""
+        if time.monotonic() - self._last_release > self.defer_after:
+            return float("inf")
+        return waited + (position + 1) * self._release_gap
+
+    def _defer_overdue(self) -> None:
+        """Hand the coordinator every waiting task not expected to start within ``defer_after``
+        of its arrival: long tasks ahead of it, or a line that stopped moving."""
+        now = time.monotonic()
+        keep: deque[Waiting] = deque()
+        for waiting in self._waiting:
+            if self._expected_wait(len(keep), now - waiting.since) > self.defer_after:
+                self._defer(waiting.task, waiting.message)
+            else:
+                keep.append(waiting)
+        self._waiting = keep
 
     def _expire_waiting(self) -> None:
         """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
         now = time.time()
-        expired = [(m, t) for m, t in self._waiting if t.expires_at is not None and t.expires_at <= now]
+        expired = [w for w in self._waiting if w.task.expires_at is not None and w.task.expires_at <= now]
         if expired:
-            self._waiting = deque((m, t) for m, t in self._waiting if t.expires_at is None or t.expires_at > now)
-        for message, task in expired:
-            self._finish(task, message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
-            self._conn.ack(message)
+            self._waiting = deque(w for w in self._waiting if w.task.expires_at is None or w.task.expires_at > now)
+        for w in expired:
+            self._finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
+            self._conn.ack(w.message)
 
     def _defer(self, task: TaskData, message: Message) -> None:
         self.stats["deferred"] += 1
@@ -330,8 +415,8 @@ class Worker:
         for q in self.queues:
             self._conn.unsubscribe(self.topics.shared_tasks(self.group, q))
         while self._waiting:
-            message, task = self._waiting.popleft()
-            self._hand_back(task, message)
+            waiting = self._waiting.popleft()
+            self._hand_back(waiting.task, waiting.message)
         done.set()
 
     def _on_presence(self, message: Message) -> None:
@@ -342,10 +427,7 @@ class Worker:
         online = state == "online"
         if online != self._coordinator_online:
             log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
-        self._coordinator_online = online
-        while online and self._waiting:
-            message_w, task = self._waiting.popleft()
-            self._defer(task, message_w)
+        self._coordinator_online = online  # waiting tasks are handed on as they become overdue
 
     def _on_control(self, message: Message) -> None:
         try:
@@ -391,6 +473,10 @@ class Worker:
     def _finish(self, task: TaskData, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
         # Publish first, forget second: stop() closes the connection once nothing is held, so a
         # task forgotten before its result is queued for sending would lose that result.
+        with self._held_lock:
+            held = self._held.get(task.id)
+            if held is not None and held.task.attempt == task.attempt:
+                held.finishing = True  # a `started` due now must not follow this event
         payload = self._publish_status(task, state, {**extra, "final": final or None})
         if final and payload is not None:
             self._reply(task, message, payload)
@@ -404,9 +490,10 @@ class Worker:
         tdef = self.app.registry.get(task.task)
         return task.max_attempts or (tdef.options.max_attempts if tdef else None) or DEFAULT_MAX_ATTEMPTS
 
-    def _publish_status(self, task: TaskData, state: str, extra: dict[str, Any], qos: int = 1) -> bytes | None:
+    def _publish_status(self, task: TaskData, state: str, extra: dict[str, Any], qos: int = 1,
+                        ts: float | None = None) -> bytes | None:
         event: dict[str, Any] = {"id": task.id, "state": state, "attempt": task.attempt,
-                                 "worker": self.worker_id, "ts": time.time(), "task": task.task,
+                                 "worker": self.worker_id, "ts": ts or time.time(), "task": task.task,
                                  "queue": task.queue}
         if task.correlation is not None:
             event["correlation"] = task.correlation
@@ -473,10 +560,13 @@ class Worker:
         with self._held_lock:
             held = [{"id": h.task.id, "attempt": h.task.attempt, "started": h.started}
                     for h in self._held.values()] if state != "offline" else []
+        full_at = self._full_at
+        full_ago = 0.0 if self._free <= 0 else (round(time.monotonic() - full_at, 3) if full_at else None)
         return codec.encode({
             "worker": self.worker_id, "state": state, "queues": self.queues,
             "concurrency": self.concurrency, "tasks": held, "ts": time.time(),
             "heartbeat_s": self.heartbeat_s, "free": max(self._free, 0) if state == "online" else 0,
+            "waiting": len(self._waiting), "full_ago": full_ago,
             "group": self.group, "pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
         })
 

@@ -47,6 +47,10 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
         time.sleep(0.1)
         os._exit(17)  # a poison task: kills its worker
 
+    @app.task(name="die_now")
+    def die_now() -> None:
+        os._exit(17)  # kills its worker before it could announce `started`
+
     return app
 
 

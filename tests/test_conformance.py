@@ -142,6 +142,11 @@ def worker(request: pytest.FixtureRequest, mosquitto: MosquittoProcess, prefix: 
     def upper(text: str, *, repeat: int = 1) -> str:
         return text.upper() * repeat
 
+    @app.task
+    def nap(seconds: float) -> str:
+        time.sleep(seconds)  # a task body that takes a while, past the worker's started_after
+        return "rested"
+
     with ExitStack() as stack:
         if request.param == "worker+coordinator":
             coordinator = Coordinator(Settings.from_url(mosquitto.url, prefix=prefix), None,
@@ -175,10 +180,24 @@ def subs(mosquitto: MosquittoProcess) -> Iterator[Callable[..., MosquittoSub]]:
 def test_submit_and_result(worker: Worker, mosquitto: MosquittoProcess, subs: Any, prefix: str) -> None:
     sub = subs(f"{prefix}/status/job-1")
     mosquitto_pub(mosquitto, f"{prefix}/tasks/default", {"id": "job-1", "task": "add", "args": [2, 3]})
-    started = sub.expect(lambda item: item[2]["state"] == "started")[2]
+    first = sub.expect(lambda item: isinstance(item[2], dict))[2]
+    # Shorter than started_after: the final event is the only one (docs/protocol.md).
+    assert (first["state"], first["result"], first["task"], first["queue"]) == ("succeeded", 5, "add", "default")
+    assert first["final"] is True and first["worker"] == worker.worker_id and first["attempt"] == 1
+
+
+def test_a_longer_task_is_announced_started_first(worker: Worker, mosquitto: MosquittoProcess, subs: Any,
+                                                  prefix: str) -> None:
+    sub = subs(f"{prefix}/status/job-long")
+    sent = time.time()
+    mosquitto_pub(mosquitto, f"{prefix}/tasks/default", {"id": "job-long", "task": "nap", "args": [0.6]})
+    started = sub.expect(lambda item: isinstance(item[2], dict))[2]
+    assert started["state"] == "started"
     assert started["worker"] == worker.worker_id and started["attempt"] == 1
-    done = sub.expect(final_event("job-1"))[2]
-    assert (done["state"], done["result"], done["task"], done["queue"]) == ("succeeded", 5, "add", "default")
+    done = sub.expect(final_event("job-long"))[2]
+    assert (done["state"], done["result"]) == ("succeeded", "rested")
+    # `ts` of `started` is when the task really started, not when the event was sent.
+    assert sent - 1 <= started["ts"] <= done["ts"] - 0.5
 
 
 def test_kwargs_and_dotted_task_name(worker: Worker, mosquitto: MosquittoProcess, subs: Any, prefix: str) -> None:

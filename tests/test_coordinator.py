@@ -126,7 +126,10 @@ def test_bad_input_is_reported_and_the_next_message_processed(broker_url: str, p
         watcher.close()
 
 
-def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("task", ["die", "die_now"])
+def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
+    """``die_now`` kills its worker before the worker announces `started` (started_after): the
+    loss is still counted against the task (a worker of its queue died meanwhile)."""
     from tests.coord_helpers import spawn_worker
 
     url = mosquitto.url
@@ -134,7 +137,7 @@ def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, 
     try:
         with coordinator(url, prefix) as c, producer(url, prefix) as app:
             wait_until(lambda: len(c._workers) == 3, 10)  # noqa: SLF001
-            h = app.submit("die")
+            h = app.submit(task)
             with pytest.raises(TaskDeadError) as info:
                 h.result(30)
             assert "attempts exhausted (3)" in str(info.value)

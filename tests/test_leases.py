@@ -171,6 +171,22 @@ def test_dispatched_then_worker_lost_counts_as_a_failure_but_a_dispatch_timeout_
     assert (r.attempt, r.failures) == (3, 1)
 
 
+def test_a_queued_task_lost_while_a_worker_of_its_queue_died_counts_as_a_failure() -> None:
+    """A task that kills its worker before `started` leaves is only ever seen queued: when a
+    worker of its queue died meanwhile, the loss counts, so it ends dead after max_attempts."""
+    r = leases.new_record("t1", 0.0, body=BODY)
+    leases.on_task(r, BODY, 0.0, P)
+    assert leases.on_timer(r, 6.0, P) == [Enqueue("t1")]
+    assert (r.attempt, r.failures) == (2, 0)  # lost in the broker, say: not the task's fault
+    r2 = leases.new_record("t2", 0.0, body={**BODY, "id": "t2", "max_attempts": 2})
+    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 2}, 0.0, P)
+    assert leases.on_timer(r2, 6.0, P, worker_died=True) == [Enqueue("t2")]
+    assert (r2.attempt, r2.failures) == (2, 1) and "went offline" in (r2.reason or "")
+    leases.on_dispatched(r2, "w2", 7.0, P)
+    leases.on_worker_lost(r2, "w2", 7.5, P)
+    assert r2.state == "dead" and "attempts exhausted (2)" in (r2.reason or "")
+
+
 def test_a_task_without_a_body_cannot_be_redispatched_and_ends_dead() -> None:
     r = leases.new_record("t1", 0.0)
     leases.on_started(r, 1, "w1", 1.0, 0.0, P)

@@ -39,7 +39,7 @@ def _states(listener: Listener, topic: str) -> list[str]:
 
 
 def test_plain_mqtt311_client_publishes_and_reads_the_result(h: Harness) -> None:
-    h.worker(concurrency=2)
+    h.worker(concurrency=2, started_after=0)  # `started` at once, as Celery's task_track_started
     task_id, reply = f"job-{uuid.uuid4().hex[:6]}", h.topics.replies("plain-311")
     client = h.listener(h.topics.status(task_id), reply)
     client.publish(h.topics.tasks("default"), _task(task_id, args=[2, 3], reply_to=reply, correlation="c-1"))
@@ -108,6 +108,22 @@ def test_mosquitto_pub_and_sub(mosquitto: MosquittoProcess, prefix: str) -> None
                 sub.stdout.close()
 
 
+def test_started_is_sent_only_for_tasks_still_running_after_started_after(h: Harness) -> None:
+    h.worker(concurrency=2, started_after=0.3)
+    client = h.listener(h.topics.status("+"))
+    quick, held = "quick-1", "held-1"
+    client.publish(h.topics.tasks("default"), _task(quick, args=[1, 2]))
+    client.publish(h.topics.tasks("default"), _task(held, "hold", args=[held]))
+    h.probe.wait_started(held)
+    client.wait_json(h.topics.status(quick), lambda e: e["state"] == "succeeded")
+    started = client.wait_json(h.topics.status(held), lambda e: e["state"] == "started")
+    assert started["attempt"] == 1 and started["worker"] == h.workers[0].worker_id
+    h.probe.gate.set()
+    client.wait_json(h.topics.status(held), lambda e: e["state"] == "succeeded")
+    assert _states(client, h.topics.status(quick)) == ["succeeded"]
+    assert _states(client, h.topics.status(held)) == ["started", "succeeded"]
+
+
 # -- queues and shared subscriptions ----------------------------------------------------------------
 
 
@@ -134,14 +150,14 @@ def test_shared_group_runs_each_task_once_across_workers(h: Harness) -> None:
     handles = [h.app.registry["add"].submit(i, 0) for i in range(60)]
     assert [x.result(DEADLINE) for x in handles] == list(range(60))
     status.wait_finished(h.topics.status(x.id) for x in handles)
-    starts: Counter[int] = Counter()
+    runs: Counter[int] = Counter()
     owners: Counter[str] = Counter()
     for handle in handles:
         events = [m.json() for m in status.on(h.topics.status(handle.id))]
-        started = [e for e in events if e["state"] == "started"]
-        starts[len(started)] += 1
-        owners[started[0]["worker"]] += 1
-    assert starts == {1: 60}, "each task started exactly once"
+        finished = [e for e in events if e["state"] == "succeeded"]  # every run ends in one
+        runs[len(finished)] += 1
+        owners[finished[0]["worker"]] += 1
+    assert runs == {1: 60}, "each task ran exactly once"
     assert set(owners) == {w.worker_id for w in workers}, f"tasks per worker: {dict(owners)}"
 
 
@@ -264,7 +280,7 @@ def test_graceful_stop_finishes_running_hands_back_waiting(h: Harness) -> None:
     assert [x.result(DEADLINE) for x in waiting] == [i + 100 for i in range(5)]
     status.wait_finished(h.topics.status(x.id) for x in waiting)
     for handle in waiting:
-        ran_on = {m.json()["worker"] for m in status.on(h.topics.status(handle.id)) if m.json()["state"] == "started"}
+        ran_on = {m.json()["worker"] for m in status.on(h.topics.status(handle.id)) if m.json()["state"] == "succeeded"}
         assert ran_on == {second.worker_id}
     assert not slow.done() and stopper.is_alive(), "the slow task is still running, stop() waits for it"
     states.wait_json(h.topics.worker(first.worker_id), lambda s: s["state"] == "draining")

@@ -111,6 +111,9 @@ class WorkerState(_Message):
     ts: float
     heartbeat_s: float = 0
     free: int | None = Field(default=None, description="free slots at the time of the heartbeat")
+    waiting: int | None = Field(default=None, description="tasks received and waiting here for a free slot")
+    full_ago: float | None = Field(default=None, description="seconds since the worker last had no free slot "
+                                                              "(0: now; absent: not since it started)")
     group: str | None = None
     pid: int | None = None
     host: str | None = None
