@@ -219,8 +219,7 @@ class Coordinator:
 
     def _flush(self, acks: list[Message]) -> None:
         self.store.commit()
-        for message in acks:
-            self._conn.ack(message)
+        self._conn.ack_many(acks)
         outbox, self._outbox = self._outbox, []
         for topic, payload, kwargs in outbox:
             try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ _UNSUPPORTED_PROTOCOL = {1, 132}  # 3.1.1 CONNACK code 1 / MQTT 5 reason 0x84
 # Sent, or kept by paho and sent after the reconnect (QoS 1); a QoS 0 publish in those cases is simply lost.
 _QUEUED_OR_SENT = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST)
 _BAD_AUTH = {4, 5, 134, 135, 140}
+_PUBACK = 0x40
+_PUBACK_PACKET = struct.Struct("!BBH")
 
 
 @dataclass(slots=True)
@@ -79,6 +82,7 @@ class Connection:
         on_connect: Callable[[bool], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
         max_inflight: int = 1000,
+        bulk_reads: bool = True,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -90,6 +94,7 @@ class Connection:
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._max_inflight = max_inflight
+        self._bulk_reads = bulk_reads  # read plain TCP in 64 KiB chunks: see _BufferedSocket
 
         self._subscriptions: dict[str, int] = {}
         self._pending_subs: set[int] = set()
@@ -244,6 +249,27 @@ class Connection:
             return
         self._client.ack(message.mid, message.qos)
 
+    def ack_many(self, messages: Iterable[Message]) -> None:
+        """Acknowledge a batch of messages taken with ``manual_ack``, in one write.
+
+        paho queues each PUBACK as its own packet, with a wake-up of its network thread and a
+        ``send`` each; the coordinator acks hundreds per commit. Here they go as one buffer of
+        PUBACK packets (3.1.1 and 5 alike: a 2-byte remaining length means reason Success).
+        """
+        if not self._manual_ack:
+            return
+        generation = self._generation
+        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+        for message in messages:
+            if message.qos == 2:
+                self.ack(message)
+        queue_packet = getattr(self._client, "_packet_queue", None)
+        if queue_packet is None or len(mids) < 2:  # a paho without it, or nothing to gain
+            for mid in mids:
+                self._client.ack(mid, 1)
+            return
+        queue_packet(_PUBACK, b"".join(_PUBACK_PACKET.pack(_PUBACK, 2, mid) for mid in mids), 0, 0)
+
     # -- internals --------------------------------------------------------------------
     def _make_client(self) -> paho.Client:
         s = self.settings
@@ -251,8 +277,9 @@ class Connection:
         kwargs: dict[str, Any] = {}
         if not self.is_mqtt5:
             kwargs["clean_session"] = self._session_expiry == 0
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
-                             transport=s.transport, manual_ack=self._manual_ack, **kwargs)
+        client_class = _Client if self._bulk_reads else paho.Client
+        client = client_class(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
+                              transport=s.transport, manual_ack=self._manual_ack, **kwargs)
         self._configure(client)
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain)
@@ -451,3 +478,64 @@ class Connection:
         expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
         self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
                                     self._generation, response_topic, correlation, expiry))
+
+
+# -- reading many packets per wake-up -------------------------------------------------------------
+READ_CHUNK = 65536
+READ_BUDGET = 256
+"""Packets one ``loop_read`` handles at most before paho's loop gets to write (acks) again."""
+
+
+class _BufferedSocket:
+    """A plain TCP socket read in 64 KiB chunks, served to paho in the small pieces it asks for.
+
+    paho reads every packet with at least three ``recv`` calls (the command byte, each byte of
+    the remaining length, then the body), each a system call on a plain socket. Here a chunk
+    holding many packets costs one; ``pending()`` tells paho's loop, as it does for TLS sockets,
+    that bytes are buffered and select() must not wait for the socket.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos < len(self._buf):
+            chunk = self._buf[self._pos:self._pos + size]
+            self._pos += len(chunk)
+            return chunk
+        data = self._sock.recv(READ_CHUNK)  # BlockingIOError when nothing is there, as before
+        if len(data) <= size:
+            return data
+        self._buf, self._pos = data, size
+        return data[:size]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setsockopt, ...: the socket's own
+        return getattr(self._sock, name)
+
+
+class _Client(paho.Client):
+    """paho's client, reading plain TCP through ``_BufferedSocket`` and handling every packet that
+    arrived together in one pass (paho's ``loop_read`` handles one per select() unless it has
+    messages of its own in flight)."""
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        return _BufferedSocket(sock) if type(sock) is socket.socket else sock
+
+    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        for _ in range(READ_BUDGET):
+            if self._sock is None:
+                return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -52,6 +52,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_TASK_TIMEOUT = 10 * 365 * 86400.0
 """A task's ``timeout`` above this (ten years) is treated as this: a wire value such as 1e300 must
 not overflow the time-limit thread's wait and so disable time limits for every task."""
+DISPATCH_BATCH = 64
+"""Events the dispatcher takes at once when they queue up; their acks go out in one write."""
 MAX_QUEUED_QOS0 = 1000
 """QoS 0 messages waiting for the dispatcher; more are dropped (counted in ``stats["dropped"]``).
 QoS 1 messages are never dropped here: the broker's in-flight window bounds them (MQTT 5 Receive
@@ -118,6 +120,7 @@ class Worker:
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
         self._waiting: deque[Waiting] = deque()
+        self._acks: list[Message] = []  # decided by the dispatcher, sent after its current batch
         self._free = self.concurrency
         self._last_release = time.monotonic()
         self._release_gap = 0.0  # moving average of the time between freed slots
@@ -133,6 +136,9 @@ class Worker:
             self.settings, self.worker_id, on_message=self._enqueue, manual_ack=True,
             will=Will(self.topics.worker(self.worker_id), self._state_payload("offline")),
             receive_maximum=max(2 * self.concurrency, 8),
+            # paho's own reads: Mosquitto sends past Receive Maximum (tests/test_transport.py), and
+            # reading faster only lengthens the line of waiting tasks, which then gets deferred.
+            bulk_reads=False,
             on_connect=lambda first: self._beat_now.set(),
         )
         self._threads: list[threading.Thread] = []
@@ -219,27 +225,46 @@ class Worker:
 
     # -- dispatcher thread -------------------------------------------------------------
     def _dispatch_loop(self) -> None:
-        handlers: dict[str, Callable[[Any], None]] = {
-            "msg": self._on_message, "release": self._on_release, "drain": self._on_drain,
-        }
         while True:
             try:
-                kind, value = self._events.get(timeout=self._until_next_wakeup())
+                batch = [self._events.get(timeout=self._until_next_wakeup())]
             except queue.Empty:
-                kind, value = "expire", None
-            if kind == "stop":
+                batch = [("expire", None)]
+            while len(batch) < DISPATCH_BATCH:  # what else is waiting: decided together, acked in one write
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            # Freed slots first: a task in the same batch then starts instead of queueing behind them.
+            batch.sort(key=lambda event: event[0] != "release")
+            stop = self._handle_batch(batch)
+            self._flush_acks()
+            if stop:
                 return
+
+    def _handle_batch(self, batch: list[tuple[str, Any]]) -> bool:
+        """Decide each event of the batch; True when one of them says stop."""
+        handlers: dict[str, Callable[[Any], None]] = {
+            "msg": self._on_message, "release": self._on_release, "drain": self._on_drain,
+            "expire": lambda _value: self._expire_waiting(),
+        }
+        for kind, value in batch:
+            if kind == "stop":
+                return True
             try:
-                if kind == "expire":
-                    self._expire_waiting()
-                else:
-                    handlers[kind](value)
+                handlers[kind](value)
                 if self._to_announce and self._to_announce[0][0] <= time.monotonic():
                     self._announce_due()
                 if kind == "expire" and self._waiting and self._coordinator_online:
                     self._defer_overdue()
             except Exception:
                 log.exception("worker %s: dispatcher error on %s event", self.worker_id, kind)
+        return False
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        if acks:
+            self._conn.ack_many(acks)
 
     def _on_message(self, message: Message) -> None:
         if message.qos == 0:
@@ -247,21 +272,21 @@ class Worker:
         topic = message.topic
         if topic == self.topics.coordinator:
             self._on_presence(message)
-            self._conn.ack(message)  # unacked, it would hold a Receive Maximum slot for good
+            self._acks.append(message)  # unacked, it would hold a Receive Maximum slot for good
         elif topic.startswith(self.topics.control_root):
             self._on_control(message)
-            self._conn.ack(message)
+            self._acks.append(message)
         else:
             self._on_task_message(message)
 
     def _on_task_message(self, message: Message) -> None:
         task = self._decode_task(message)
         if task is None:
-            self._conn.ack(message)
+            self._acks.append(message)
             return
         _apply_message_expiry(task, message)
         if self._reject_early(task, message):
-            self._conn.ack(message)
+            self._acks.append(message)
         elif self._draining:
             self._hand_back(task, message)
         elif self._free > 0:
@@ -322,7 +347,7 @@ class Worker:
             self._publish_status(task, STARTED, {})
         else:  # announced only if still running then: see _announce_due
             heapq.heappush(self._to_announce, (time.monotonic() + self.started_after, task.id, task.attempt))
-        self._conn.ack(message)
+        self._acks.append(message)
         log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
         timeout = task.timeout if task.timeout is not None else tdef.options.timeout
         if timeout is not None:
@@ -395,12 +420,12 @@ class Worker:
             self._waiting = deque(w for w in self._waiting if w.task.expires_at is None or w.task.expires_at > now)
         for w in expired:
             self._finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
-            self._conn.ack(w.message)
+            self._acks.append(w.message)
 
     def _defer(self, task: TaskData, message: Message) -> None:
         self.stats["deferred"] += 1
         self._publish_status(task, DEFERRED, {"reason": "no free slot", "body": dict(task)})
-        self._conn.ack(message)
+        self._acks.append(message)
 
     def _hand_back(self, task: TaskData, message: Message) -> None:
         """While draining: give a task that has not started to the coordinator or the queue."""
@@ -408,7 +433,7 @@ class Worker:
             self._defer(task, message)
             return
         self._conn.publish(self.topics.tasks(task.queue or "default"), codec.encode(task))
-        self._conn.ack(message)
+        self._acks.append(message)
 
     def _on_drain(self, done: threading.Event) -> None:
         self._draining = True

@@ -2,7 +2,7 @@
 
 - the codec: random bytes, random JSON, mutated valid tasks -> a model or ``DecodeError``, never
   anything else;
-- the worker's receive path: the dispatcher method (``Worker._on_message``) fed
+- the worker's receive path: the dispatcher (``Worker._handle_batch``, then its acks) fed
   ``transport.Message`` objects through a recording connection: every input ends in exactly one
   outcome (one error report and nothing run, or a status flow), is acknowledged exactly once, and
   a good task afterwards still runs; plus one run through a real Worker on Mosquitto.
@@ -99,6 +99,10 @@ class RecordingConnection:
         with self._lock:
             self.acked.append(message.mid)
 
+    def ack_many(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.ack(message)
+
     def since(self, start: int) -> list[tuple[str, bytes]]:
         with self._lock:
             return self.published[start:]
@@ -131,7 +135,8 @@ class Harness:
         """Deliver one message; return what the worker published about it once it settled."""
         self.mid += 1
         start = len(self.conn.published)
-        self.worker._on_message(Message(topic, payload, qos, False, self.mid, 0))
+        self.worker._handle_batch([("msg", Message(topic, payload, qos, False, self.mid, 0))])
+        self.worker._flush_acks()  # as the dispatch loop does after each batch
         wait_until(lambda: self._settled(start), timeout=5, interval=0.001,
                    message=f"no outcome for {payload[:80]!r}")
         self._drain_releases()
@@ -152,6 +157,7 @@ class Harness:
                 continue
             if kind == "release":
                 self.worker._on_release(value)
+                self.worker._flush_acks()
 
     def close(self) -> None:
         self.worker._executor.shutdown(wait=False)
@@ -193,7 +199,8 @@ def test_worker_receive_path_one_outcome_per_input(harness: Harness, payload: by
 def test_control_and_presence_inputs_never_break_the_worker(harness: Harness, payload: bytes) -> None:
     for topic in (TOPICS.control("fuzz-w"), TOPICS.coordinator):
         before = len(harness.conn.acked)
-        harness.worker._on_message(Message(topic, payload, 1, False, 0, 0))
+        harness.worker._handle_batch([("msg", Message(topic, payload, 1, False, 0, 0))])
+        harness.worker._flush_acks()
         assert len(harness.conn.acked) == before + 1  # acknowledged, so it never holds an in-flight slot
     harness.worker._coordinator_online = False
     out = harness.feed(TOPICS.tasks("default"), json.dumps(dict(GOOD, id="after-ctl")).encode())

@@ -196,3 +196,71 @@ def test_mosquitto_sends_past_a_clients_receive_maximum_once_acks_flow(mosquitto
     finally:
         receiver.close()
         sender.close()
+
+
+def test_ack_many_acknowledges_a_batch_in_one_write(mosquitto: MosquittoProcess, prefix: str) -> None:
+    """The coordinator's batch acks: acked messages are not delivered again to a persistent
+    session, and the acks open the Receive Maximum window for the next ones."""
+    settings = Settings.from_url(mosquitto.url, prefix=prefix)
+    inbox = Inbox()
+
+    def receiver(box: Inbox) -> Connection:
+        conn = Connection(settings, f"batch-{prefix}", on_message=box, manual_ack=True, receive_maximum=50,
+                          session_expiry=300)
+        conn.subscribe(f"{prefix}/b")
+        return conn.connect()
+
+    conn = receiver(inbox)
+    sender = _conn(mosquitto.url, "batch-s").connect()
+    try:
+        for i in range(200):
+            sender.publish(f"{prefix}/b", str(i).encode())
+        assert sender.flush(DEADLINE)
+        acked = 0
+        while acked < 150:  # ack in batches of 50: each batch lets the next 50 in
+            batch = inbox.wait(acked + 50)[acked:acked + 50]
+            conn.ack_many(batch)
+            acked += 50
+        inbox.wait(200)
+        conn.close()  # the last 50 unacknowledged: the session keeps them
+        again = Inbox()
+        conn = receiver(again)
+        redelivered = sorted(int(m.payload) for m in again.wait(50))
+        assert redelivered == list(range(150, 200))
+    finally:
+        conn.close()
+        sender.close()
+
+
+def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: MosquittoProcess,
+                                                                   prefix: str) -> None:
+    """Plain TCP is read 64 KiB at a time (many packets per system call, packets split across
+    chunks): every packet arrives, in order, the last one included (nothing follows it on the
+    socket, so it is found in the buffer, not by waiting for more bytes).
+
+    (bench: receiving a backlog costs 63-105 us per message this way against 124-165 with paho's
+    own reads, `/tmp`-free measurement in docs/benchmarks.md)."""
+    from mqtt_tasks.transport import _BufferedSocket
+
+    settings = Settings.from_url(mosquitto.url, prefix=prefix)
+    inbox = Inbox()
+    conn = Connection(settings, f"chunk-{prefix}", on_message=inbox, session_expiry=300, receive_maximum=65535)
+    conn.subscribe(f"{prefix}/c")
+    conn.connect().close()
+    sender = _conn(mosquitto.url, "chunk-s").connect()
+    for i in range(3000):
+        sender.publish(f"{prefix}/c", str(i).encode() * 20)
+    assert sender.flush(DEADLINE)
+    sender.publish(f"{prefix}/c", b"last")  # the final packet: nothing arrives after it
+    assert sender.flush(DEADLINE)
+    sender.close()
+    conn = Connection(settings, f"chunk-{prefix}", on_message=inbox, session_expiry=300, receive_maximum=65535)
+    conn.subscribe(f"{prefix}/c")
+    conn.connect()
+    try:
+        assert isinstance(conn._client._sock, _BufferedSocket)  # noqa: SLF001
+        got = inbox.wait(3001, timeout=DEADLINE)
+        assert got[-1].payload == b"last"
+        assert [int(m.payload[: len(m.payload) // 20]) for m in got[:-1]] == list(range(3000))
+    finally:
+        conn.close()
