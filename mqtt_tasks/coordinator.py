@@ -468,8 +468,8 @@ class Coordinator:
         else:
             candidates = [w for w in self._workers.values() if record.queue in w.queues]
         window = self.policy.dispatch_timeout
-        return any(w.state == "online" and now - w.last_seen <= leases.lease_s(self.policy, w.heartbeat_s)
-                   and w.full_at is not None and now - w.full_at <= window for w in candidates)
+        return any(w.full_at is not None and now - w.full_at <= window and leases.is_live(w, now, self.policy)
+                   for w in candidates)
 
     def _push_backlog(self, task_id: str, queue_name: str) -> None:
         if task_id not in self._in_backlog:
@@ -506,7 +506,7 @@ class Coordinator:
         """Backlogged queue -> the live workers serving it, for the queues where one has a free slot."""
         serving: dict[str, list[WorkerView]] = {}
         for w in self._workers.values():
-            if w.state != "online" or now - w.last_seen > leases.lease_s(self.policy, w.heartbeat_s):
+            if not leases.is_live(w, now, self.policy):
                 continue
             for name in w.queues:
                 if name in self._backlog:

@@ -325,6 +325,11 @@ class WorkerView:
     lost_at: float | None = None  # when it last went offline
 
 
+def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
+    """Online, and heard from within its lease (a retained heartbeat is not proof of life)."""
+    return w.state == "online" and now - w.last_seen <= lease_s(policy, w.heartbeat_s)
+
+
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,
                 backlog: int = 1) -> WorkerView | None:
     """The live worker serving ``queue`` with the most free slots, or None.
@@ -333,8 +338,7 @@ def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: L
     ``backlog`` (plus one of the fastest worker's tasks) is skipped, so the last tasks of a batch
     wait a moment for a fast worker instead of starting on a slow one.
     """
-    live = [w for w in workers if w.state == "online" and queue in w.queues
-            and now - w.last_seen <= lease_s(policy, w.heartbeat_s)]
+    live = [w for w in workers if queue in w.queues and is_live(w, now, policy)]
     timed = [w for w in live if w.duration > 0]
     horizon = float("inf")
     if timed:
