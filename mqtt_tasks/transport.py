@@ -15,13 +15,14 @@ falls back to 3.1.1.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +231,11 @@ class Connection:
                 self._idle.wait(left)
         return True
 
+    def held_writes(self) -> contextlib.AbstractContextManager[None]:
+        """Publishes and acks queued by this thread inside the block go out behind one wake-up
+        of the network thread (e.g. a worker's status event and reply)."""
+        return self._client.held_writes() if isinstance(self._client, _Client) else contextlib.nullcontext()
+
     @property
     def send_window(self) -> int:
         """QoS 1 publishes that may be unacknowledged at once: the configured ``max_inflight``,
@@ -277,9 +283,9 @@ class Connection:
         kwargs: dict[str, Any] = {}
         if not self.is_mqtt5:
             kwargs["clean_session"] = self._session_expiry == 0
-        client_class = _Client if self._bulk_reads else paho.Client
-        client = client_class(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
-                              transport=s.transport, manual_ack=self._manual_ack, **kwargs)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
+                         transport=s.transport, manual_ack=self._manual_ack, buffered_reads=self._bulk_reads,
+                         **kwargs)
         self._configure(client)
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain)
@@ -521,15 +527,37 @@ class _BufferedSocket:
 
 
 class _Client(paho.Client):
-    """paho's client, reading plain TCP through ``_BufferedSocket`` and handling every packet that
-    arrived together in one pass (paho's ``loop_read`` handles one per select() unless it has
-    messages of its own in flight)."""
+    """paho's client with fewer system calls and thread wake-ups per message.
+
+    - Reads: with ``buffered_reads``, plain TCP is read through ``_BufferedSocket``, and every
+      packet that arrived together is handled in one pass (paho's ``loop_read`` handles one per
+      select() unless it has messages of its own in flight).
+    - Writes: paho wakes its network thread (one byte through a socket pair, then a select())
+      for every packet queued from any thread. Here a packet queued behind others that are not
+      yet written needs no wake-up of its own (the network thread writes its queue until it is
+      empty), a packet the network thread queues itself is written by it without one, and
+      ``held_writes()`` lets one thread queue several packets behind a single wake-up.
+    """
+
+    def __init__(self, *args: Any, buffered_reads: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffered_reads = buffered_reads
+        self._holding = threading.local()
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
-        return _BufferedSocket(sock) if type(sock) is socket.socket else sock
+        return _BufferedSocket(sock) if self._buffered_reads and type(sock) is socket.socket else sock
 
     def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        if self._buffered_reads:
+            rc = self._read_buffered()
+        else:
+            rc = super().loop_read(max_packets)
+        if rc == paho.MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet and self._sock is not None:
+            return self.loop_write()  # acks and released publishes, without another select()
+        return rc
+
+    def _read_buffered(self) -> paho.MQTTErrorCode:
         for _ in range(READ_BUDGET):
             if self._sock is None:
                 return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -539,3 +567,38 @@ class _Client(paho.Client):
             if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: paho.MQTTMessageInfo | None = None) -> paho.MQTTErrorCode:
+        thread = self._thread
+        if thread is None or self._sockpairW is None:  # no network thread: paho writes at once
+            return super()._packet_queue(command, packet, mid, qos, info)
+        out = self._out_packet
+        out.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+                    "packet": packet, "info": info})
+        # len > 1: a packet ahead of this one is unwritten, and the network thread writes the
+        # queue until it is empty (or, if the socket is full, selects for writing while any is left).
+        if len(out) == 1 and threading.get_ident() != thread.ident and not getattr(self._holding, "on", False):
+            self._wake()
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _wake(self) -> None:
+        if self._sockpairW is not None:
+            try:
+                self._sockpairW.send(b"0")
+            except (BlockingIOError, OSError):
+                pass
+
+    @contextlib.contextmanager
+    def held_writes(self) -> Iterator[None]:
+        """Packets this thread queues inside the block cost the network thread one wake-up."""
+        if getattr(self._holding, "on", False):
+            yield
+            return
+        self._holding.on = True
+        try:
+            yield
+        finally:
+            self._holding.on = False
+            if self._out_packet and self._thread is not None and threading.get_ident() != self._thread.ident:
+                self._wake()

@@ -502,9 +502,10 @@ class Worker:
             held = self._held.get(task.id)
             if held is not None and held.task.attempt == task.attempt:
                 held.finishing = True  # a `started` due now must not follow this event
-        payload = self._publish_status(task, state, {**extra, "final": final or None})
-        if final and payload is not None:
-            self._reply(task, message, payload)
+        with self._conn.held_writes():  # the status event and the reply behind one wake-up
+            payload = self._publish_status(task, state, {**extra, "final": final or None})
+            if final and payload is not None:
+                self._reply(task, message, payload)
         with self._held_lock:
             held = self._held.get(task.id)
             if held is not None and held.task.attempt == task.attempt:

@@ -264,3 +264,44 @@ def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: Mo
         assert [int(m.payload[: len(m.payload) // 20]) for m in got[:-1]] == list(range(3000))
     finally:
         conn.close()
+
+
+def test_publishes_from_many_threads_all_go_out_with_coalesced_wake_ups(broker_url: str, prefix: str) -> None:
+    """A packet queued behind an unwritten one skips the wake-up of the network thread, and
+    ``held_writes`` queues several behind one: no packet may be stranded in the queue. Four
+    threads publish at once, half of it in held blocks of three, while acks come back; every
+    publish is acknowledged and received, on both brokers. (A stranded packet would not be lost
+    for good: paho's select() times out each second and writes what is queued; the benchmark's
+    latency workload is what would show such a stall.)"""
+    settings = Settings.from_url(broker_url, prefix=prefix)
+    inbox = Inbox()
+    receiver = Connection(settings, f"wake-r-{prefix}", on_message=inbox, receive_maximum=65535)
+    receiver.subscribe(f"{prefix}/w")
+    receiver.connect()
+    sender = Connection(settings, f"wake-s-{prefix}", max_inflight=1000).connect()
+    per_thread, threads = 600, 4
+
+    def publish(t: int) -> None:
+        i = 0
+        while i < per_thread:
+            if i % 2:
+                with sender.held_writes():
+                    for _ in range(3):
+                        sender.publish(f"{prefix}/w", f"{t}:{i}".encode())
+                        i += 1
+            else:
+                sender.publish(f"{prefix}/w", f"{t}:{i}".encode())
+                i += 1
+
+    workers = [threading.Thread(target=publish, args=(t,)) for t in range(threads)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(DEADLINE)
+        assert sender.flush(DEADLINE), f"{sender.outstanding} publishes never acknowledged"
+        got = inbox.wait(threads * per_thread)
+        assert len({m.payload for m in got}) == threads * per_thread
+    finally:
+        sender.close()
+        receiver.close()
