@@ -17,7 +17,7 @@ def render(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     names = [r["system"] for r in thr]
     med = [r["median"] for r in thr]
-    err = [[m - r["min"] for m, r in zip(med, thr)], [r["max"] - m for m, r in zip(med, thr)]]
+    err = [[m - r["min"] for m, r in zip(med, thr, strict=True)], [r["max"] - m for m, r in zip(med, thr, strict=True)]]
     colors = ["#2b7bba" if n.startswith("mqtt-tasks") else "#999999" if n.startswith("bare") else "#e08a2b"
               for n in names]
     ax1.barh(names, med, xerr=err, color=colors, capsize=3)
@@ -38,7 +38,7 @@ def render(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             vals.append(match[0]["median"] if match else 0)
         xs = [i + (k - 0.5) * width for i in range(len(systems))]
         ax2.bar(xs, vals, width, label=metric)
-        for x, v in zip(xs, vals):
+        for x, v in zip(xs, vals, strict=True):
             ax2.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     ax2.set_xticks(range(len(systems)))
     ax2.set_xticklabels(systems, rotation=20, ha="right", fontsize=8)

@@ -111,7 +111,7 @@ def _collect(n: int, sent: list[float], got: list[float], finished: threading.Se
     while done < n and finished.acquire(timeout=max(0.0, deadline - time.monotonic())):
         done += 1
     elapsed = time.perf_counter() - t0
-    lat = [(g - s) * 1000 for s, g in zip(sent, got) if g]
+    lat = [(g - s) * 1000 for s, g in zip(sent, got, strict=True) if g]
     return Run(n, elapsed, len(lat), lat, lag * 1000)
 
 

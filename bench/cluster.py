@@ -7,6 +7,7 @@ terminates them all, then kills what did not exit within a few seconds.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -115,10 +116,8 @@ class Procs:
     def close(cls) -> None:
         for child in list(cls._all):
             if child.proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     child.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 8
         for child in list(cls._all):
             try:

@@ -72,3 +72,18 @@ def baseline(bench: Any, url: str) -> None:
         Procs.stop(child)
     bench.add("footprint", "bare paho worker (baseline)", "exec -> ready", "s", ready, "exec to SUBACK")
     bench.add("footprint", "bare paho worker (baseline)", "idle RSS", "MB", idle)
+    interpreter(bench)
+
+
+def interpreter(bench: Any) -> None:
+    """The floor under both: an interpreter that imports nothing, with this machine's site hooks
+    (``.pth`` files run at every start; some sandboxes add one that imports certifi) and without."""
+    import subprocess
+    import sys
+
+    code = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
+    for label, flags in (("python (site, .pth hooks)", []), ("python -S (no site)", ["-S"])):
+        runs = [int(subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
+                                   check=True).stdout) / 1024 for _ in range(bench.cfg.runs)]
+        bench.add("footprint", f"bare interpreter: {label}", "idle RSS", "MB", runs,
+                  "floor under every Python process on this machine")

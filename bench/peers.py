@@ -26,7 +26,7 @@ def flush(db: int) -> None:
 def _run_config(bench: Any, system: str, children: list[Child], ready: list[tuple[str, int]], client: Any,
                 n: int) -> float | None:
     try:
-        for child, (marker, count) in zip(children, ready):
+        for child, (marker, count) in zip(children, ready, strict=True):
             child.wait_ready(90, marker=marker, count=count)
         return bench.measure(system, client, n, latency=False)
     finally:

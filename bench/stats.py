@@ -46,7 +46,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = []
     for j, line in enumerate(lines):
-        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths)) + " |")
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)) + " |")
         if j == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)

@@ -11,7 +11,6 @@ reply and resolves the waiting future.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import inspect
 import logging
@@ -131,6 +130,8 @@ class TaskHandle:
         """Async ``result``: waits without blocking the event loop."""
         # shield: a timed-out or cancelled wait must not cancel the handle's own future, or the
         # result arriving later would be dropped and every later wait would raise CancelledError
+        import asyncio  # here, not at the top: a sync-only worker never loads asyncio (~3.6 MB)
+
         try:
             event = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._future)), timeout)
         except asyncio.TimeoutError:

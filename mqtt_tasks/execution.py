@@ -10,7 +10,6 @@ failure is reported at the deadline while the slot stays taken until the thread 
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import heapq
 import itertools
@@ -21,9 +20,12 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TaskCancelled, TaskTimeLimitExceeded
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ class Executor:
     ) -> Run:
         run = Run(on_report, on_release)
         if is_async:
+            import asyncio  # loaded with the first async task only (~3.6 MB a sync worker never pays)
+
             loop = self._event_loop()
             run.future = asyncio.run_coroutine_threadsafe(self._run_async(run, fn, args, kwargs, timeout), loop)
             run.future.add_done_callback(lambda _f: run.release())  # also when cancelled before it ran
@@ -214,6 +218,8 @@ class Executor:
     @staticmethod
     async def _run_async(run: Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
                          timeout: float | None) -> None:
+        import asyncio
+
         try:
             value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
             outcome = Outcome(True, value)
@@ -227,6 +233,8 @@ class Executor:
         run.release()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()

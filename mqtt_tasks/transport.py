@@ -549,10 +549,7 @@ class _Client(paho.Client):
         return _BufferedSocket(sock) if self._buffered_reads and type(sock) is socket.socket else sock
 
     def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
-        if self._buffered_reads:
-            rc = self._read_buffered()
-        else:
-            rc = super().loop_read(max_packets)
+        rc = self._read_buffered() if self._buffered_reads else super().loop_read(max_packets)
         if rc == paho.MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet and self._sock is not None:
             return self.loop_write()  # acks and released publishes, without another select()
         return rc
@@ -583,11 +580,10 @@ class _Client(paho.Client):
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _wake(self) -> None:
-        if self._sockpairW is not None:
-            try:
-                self._sockpairW.send(b"0")
-            except (BlockingIOError, OSError):
-                pass
+        pair = self._sockpairW  # None once the client is closed
+        if pair is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+                pair.send(b"0")
 
     @contextlib.contextmanager
     def held_writes(self) -> Iterator[None]:
