@@ -83,6 +83,89 @@ def run_all(bench: Any) -> None:
         client.close()
         Procs.stop(*workers, coordinator)
         shutil.rmtree(tmp, ignore_errors=True)
+    million(bench)
+
+
+def prefill(db: Path, count: int, prefix: str) -> float:
+    """Write ``count`` succeeded tasks into a new store, as the coordinator itself records them
+    (same schema, same JSON); returns the seconds it took."""
+    import json
+    import sqlite3
+
+    from mqtt_tasks.store.base import TaskRecord
+    from mqtt_tasks.store.sqlite import SQLiteStore, _row
+
+    SQLiteStore(str(db)).close()  # the schema
+    t0 = time.monotonic()
+    now = time.time() - 86_400
+    template = TaskRecord(id="x", state="succeeded", task="noop", queue="default", created=now, updated=now,
+                          body={"id": "x", "task": "noop", "args": [], "kwargs": {}}, worker="w0",
+                          winner={"attempt": 1, "worker": "w0"}, started_at=now,
+                          history=[{"state": "succeeded", "attempt": 1, "worker": "w0", "ts": now}])
+    head = _row(template)
+    data = json.loads(head[5])
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    step = 50_000
+    for start in range(0, count, step):
+        rows = []
+        for i in range(start, min(count, start + step)):
+            task_id = f"{prefix}-old-{i:08d}"
+            data["id"] = data["body"]["id"] = task_id
+            rows.append((task_id, "succeeded", "default", now + i * 1e-3, now + i * 1e-3,
+                         json.dumps(data, separators=(",", ":"))))
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?,?,?,?,?,?)", rows)
+        conn.execute("COMMIT")
+    conn.close()
+    return time.monotonic() - t0
+
+
+def million(bench: Any) -> None:
+    """The coordinator on a store that already holds 1 million finished tasks (50,000 in quick
+    mode): its RSS at start and after each batch, against a coordinator on an empty store doing
+    the same batches. Memory that grew with recorded tasks would show as the difference."""
+    from bench.run import unique
+
+    cfg = bench.cfg
+    url = bench.mosquitto.url
+    count = 50_000 if cfg.quick else 1_000_000
+    batches = min(3, cfg.flat_batches)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-million-"))
+    results = {}
+    try:
+        for label, rows in (("empty store", 0), (f"{count:,} recorded", count)):
+            prefix = unique("mm")
+            db = tmp / f"{rows}.db"
+            took = prefill(db, rows, prefix) if rows else 0.0
+            coordinator = start(url, prefix, db)
+            workers = bench.start_workers("mqtt-worker", url, prefix)
+            client = clients.MqttTasksClient(url, prefix)
+            try:
+                rss = [rss_mb(coordinator.pid)]
+                for _ in range(batches):
+                    client.throughput(cfg.flat_batch)
+                    time.sleep(0.5)  # the last events committed
+                    rss.append(rss_mb(coordinator.pid))
+                results[label] = rss
+                print(f"    {label}: RSS {' -> '.join(f'{r:.1f}' for r in rss)} MB"
+                      + (f" (store written in {took:.0f} s, {db.stat().st_size / 1e6:.0f} MB)" if rows else ""),
+                      flush=True)
+            finally:
+                client.close()
+                Procs.stop(*workers, coordinator)
+        empty, full = results["empty store"], results[f"{count:,} recorded"]
+        how = f"after each of {batches} batches of {cfg.flat_batch:,} tasks"
+        bench.add("coordinator", f"coordinator, {count:,} recorded tasks", "RSS", "MB", full[1:],
+                  f"{how}; at start {full[0]:.1f} MB")
+        bench.add("coordinator", "coordinator, empty store", "RSS", "MB", empty[1:],
+                  f"{how}; at start {empty[0]:.1f} MB")
+        bench.add("coordinator", f"coordinator, {count:,} recorded tasks", "RSS over empty", "MB",
+                  [f - e for f, e in zip(full[1:], empty[1:], strict=True)],
+                  "the same batches; what the recorded tasks cost in memory")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def flatness(bench: Any, client: Any, coordinator: Child, db: Path, url: str, prefix: str) -> None:
