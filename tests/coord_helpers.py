@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mqtt_tasks.config import Settings
 from mqtt_tasks.coordinator import Coordinator
@@ -33,8 +34,10 @@ def coordinator(url: str, prefix: str, store: object = None, **kw: object) -> It
 
 
 @contextmanager
-def worker(url: str, prefix: str, worker_id: str, concurrency: int = 2, log: str | None = None) -> Iterator[Worker]:
-    w = Worker(make_app(url, prefix, log), concurrency=concurrency, worker_id=worker_id, heartbeat_s=HB, grace=2.0)
+def worker(url: str, prefix: str, worker_id: str, concurrency: int = 2, log: str | None = None,
+           **options: Any) -> Iterator[Worker]:
+    w = Worker(make_app(url, prefix, log), concurrency=concurrency, worker_id=worker_id, heartbeat_s=HB, grace=2.0,
+               **options)
     w.start()
     try:
         yield w

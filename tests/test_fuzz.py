@@ -13,6 +13,7 @@ same properties on 100,000 inputs (result in docs/security.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -106,6 +107,9 @@ class RecordingConnection:
     def since(self, start: int) -> list[tuple[str, bytes]]:
         with self._lock:
             return self.published[start:]
+
+    def held_writes(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def subscribe(self, *_: Any) -> None: ...
     def unsubscribe(self, *_: Any) -> None: ...
