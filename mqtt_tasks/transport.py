@@ -234,7 +234,7 @@ class Connection:
     def held_writes(self) -> contextlib.AbstractContextManager[None]:
         """Publishes and acks queued by this thread inside the block go out behind one wake-up
         of the network thread (e.g. a worker's status event and reply)."""
-        return self._client.held_writes() if isinstance(self._client, _Client) else contextlib.nullcontext()
+        return self._client.held_writes()
 
     @property
     def send_window(self) -> int:
@@ -277,7 +277,7 @@ class Connection:
         queue_packet(_PUBACK, b"".join(_PUBACK_PACKET.pack(_PUBACK, 2, mid) for mid in mids), 0, 0)
 
     # -- internals --------------------------------------------------------------------
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> _Client:
         s = self.settings
         protocol = paho.MQTTv5 if self.is_mqtt5 else paho.MQTTv311
         kwargs: dict[str, Any] = {}
