@@ -1,17 +1,22 @@
 """The worker: receive -> start or defer -> run on a bounded pool -> report.
 
-Threads, each with one job (none of them runs two roles):
+Threads, and what each decides (every decision about slots and the line of waiting tasks is
+taken under one lock, ``_lock``, by whichever thread has the event in hand, so a task costs no
+hand-off between threads beyond the one into the pool):
 
-- ``mqtt-net-*`` (paho): copies each incoming message into the dispatcher's queue.
-- ``mqtt-worker-dispatch``: decodes, validates, and decides every message's outcome; the only
-  thread that counts free slots. A task starts when a slot is free; otherwise it waits here,
-  unacknowledged (MQTT 5 Receive Maximum stops the broker from sending more). When a coordinator
-  is online, a waiting task that is not expected to start within ``defer_after`` seconds of its
-  arrival (its wait so far plus its place in line times the recent gap between freed slots) is
-  handed to the coordinator (``deferred``), so a busy worker never sits on work another could
-  start, while short tasks, which free slots every few milliseconds, wait their turn here
-  instead of paying a round trip through the coordinator.
-- ``mqtt-task-thread-*`` / ``mqtt-task-loop``: run task bodies and publish their results.
+- ``mqtt-net-*`` (paho): decodes, validates and decides each incoming message as it is read. A
+  task starts when a slot is free; otherwise it waits here, unacknowledged (MQTT 5 Receive Maximum
+  stops the broker from sending more). When a coordinator is online, a waiting task that is not
+  expected to start within ``defer_after`` seconds of its arrival (its wait so far plus its place
+  in line times the recent gap between freed slots) is handed to the coordinator (``deferred``),
+  so a busy worker never sits on work another could start, while short tasks, which free slots
+  every few milliseconds, wait their turn here instead of paying a round trip through the
+  coordinator.
+- ``mqtt-task-thread-*`` / ``mqtt-task-loop``: run task bodies, publish their results, and give
+  their slot back, starting the next waiting task if there is one.
+- ``mqtt-worker-timer``: what is due with no message to prompt it: waiting tasks that expire or
+  are overdue for the coordinator, and ``started`` events of tasks still running after
+  ``started_after``. It sleeps until the earliest of those.
 - ``mqtt-worker-heartbeat``: publishes the retained worker state every ``heartbeat_s``.
 
 Shutdown order (``stop``): stop taking tasks (unsubscribe), hand back what has not started,
@@ -24,7 +29,6 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -52,13 +56,15 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_TASK_TIMEOUT = 10 * 365 * 86400.0
 """A task's ``timeout`` above this (ten years) is treated as this: a wire value such as 1e300 must
 not overflow the time-limit thread's wait and so disable time limits for every task."""
-DISPATCH_BATCH = 64
-"""Events the dispatcher takes at once when they queue up; their acks go out in one write."""
 MAX_QUEUED_QOS0 = 1000
-"""QoS 0 messages waiting for the dispatcher; more are dropped (counted in ``stats["dropped"]``).
-QoS 1 messages are never dropped here: the broker's in-flight window bounds them (MQTT 5 Receive
-Maximum, else Mosquitto's ``max_inflight_messages``), because they are acknowledged only after the
-dispatcher has decided them."""
+"""QoS 0 tasks waiting for a free slot; more are dropped (counted in ``stats["dropped"]``).
+QoS 1 tasks are never dropped here: the broker's in-flight window bounds them (MQTT 5 Receive
+Maximum, else Mosquitto's ``max_inflight_messages``), because they are acknowledged only once they
+start or are handed on."""
+ANNOUNCE_EVERY = 0.02
+"""The timer thread publishes due ``started`` events at most this often (seconds), in batches:
+under load a task starts every fraction of a millisecond, and a wake-up per task would cost
+more than the events themselves."""
 
 
 @dataclass(slots=True)
@@ -115,12 +121,19 @@ class Worker:
             raise ValueError("started_after must be >= 0")
         self.started_after = started_after
 
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._qos0_room = threading.BoundedSemaphore(MAX_QUEUED_QOS0)
+        # Dispatch state (free slots, the line, acks to send, timers): taken by the network thread
+        # for each message, by task threads to give a slot back, by the timer thread when due.
+        # Order: _lock, then _held_lock; never the other way. Reentrant: a run can end inside the
+        # call that starts or cancels it (an async task done at once, a cancelled future's
+        # callbacks), and its slot is given back in that same thread.
+        self._lock = threading.Condition(threading.RLock())
+        self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
+        self._stopping = False
+        self._qos0_waiting = 0
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
         self._waiting: deque[Waiting] = deque()
-        self._acks: list[Message] = []  # decided by the dispatcher, sent after its current batch
+        self._acks: list[Message] = []  # decided under _lock, sent when it is let go
         self._free = self.concurrency
         self._last_release = time.monotonic()
         self._release_gap = 0.0  # moving average of the time between freed slots
@@ -153,7 +166,7 @@ class Worker:
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
         self._conn.subscribe(self.topics.coordinator)
-        self._spawn("mqtt-worker-dispatch", self._dispatch_loop)
+        self._spawn("mqtt-worker-timer", self._timer_loop)
         self._spawn("mqtt-worker-heartbeat", self._heartbeat_loop)
         self._conn.connect()
         self._started = True
@@ -166,16 +179,16 @@ class Worker:
         if self._stopped.is_set():
             return
         grace = self.grace if grace is None else grace
-        done = threading.Event()
-        self._events.put(("drain", done))
-        done.wait(5.0)
+        self._decide(self._on_drain)
         self._beat_now.set()
         unfinished = self._wait_idle(grace)
         if unfinished:
             log.warning("worker %s: %d task(s) still running after %.1fs grace: %s", self.worker_id,
                         len(unfinished), grace, ", ".join(unfinished))
         self._stopped.set()
-        self._events.put(("stop", None))
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
         self._beat_now.set()
         for thread in self._threads:
             thread.join(5.0)
@@ -216,59 +229,58 @@ class Worker:
                 self._held_lock.wait(left)
             return list(self._held)
 
-    # -- network thread: hand off only -------------------------------------------------
-    def _enqueue(self, message: Message) -> None:
-        if message.qos == 0 and not self._qos0_room.acquire(blocking=False):
-            self.stats["dropped"] += 1  # QoS 0 is best effort; never block the network thread
-            return
-        self._events.put(("msg", message))
-
-    # -- dispatcher thread -------------------------------------------------------------
-    def _dispatch_loop(self) -> None:
-        while True:
+    # -- deciding: under _lock, in whichever thread has the event ------------------------
+    def _decide(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run ``handler`` under the dispatch lock, then send the acks it decided, in one write."""
+        with self._lock:
             try:
-                batch = [self._events.get(timeout=self._until_next_wakeup())]
-            except queue.Empty:
-                batch = [("expire", None)]
-            while len(batch) < DISPATCH_BATCH:  # what else is waiting: decided together, acked in one write
-                try:
-                    batch.append(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            # Freed slots first: a task in the same batch then starts instead of queueing behind them.
-            batch.sort(key=lambda event: event[0] != "release")
-            stop = self._handle_batch(batch)
-            self._flush_acks()
-            if stop:
-                return
-
-    def _handle_batch(self, batch: list[tuple[str, Any]]) -> bool:
-        """Decide each event of the batch; True when one of them says stop."""
-        handlers: dict[str, Callable[[Any], None]] = {
-            "msg": self._on_message, "release": self._on_release, "drain": self._on_drain,
-            "expire": lambda _value: self._expire_waiting(),
-        }
-        for kind, value in batch:
-            if kind == "stop":
-                return True
-            try:
-                handlers[kind](value)
-                if self._to_announce and self._to_announce[0][0] <= time.monotonic():
-                    self._announce_due()
-                if kind == "expire" and self._waiting and self._coordinator_online:
-                    self._defer_overdue()
+                handler(*args)
             except Exception:
-                log.exception("worker %s: dispatcher error on %s event", self.worker_id, kind)
-        return False
-
-    def _flush_acks(self) -> None:
-        acks, self._acks = self._acks, []
+                log.exception("worker %s: error in %r", self.worker_id, handler)
+            acks, self._acks = self._acks, []
         if acks:
             self._conn.ack_many(acks)
 
+    def _enqueue(self, message: Message) -> None:
+        """paho's network thread: decide the message now (decoding it costs less than a hand-off)."""
+        self._decide(self._on_message, message)
+
+    def _release(self, task: TaskData) -> None:
+        """A task thread (or the event loop) whose run is over gives its slot back."""
+        self._decide(self._on_release, task)
+
+    def _timer_loop(self) -> None:
+        """Sleep until something is due with no message to prompt it, do it, repeat."""
+        last_run = 0.0
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                wait = self._until_next_wakeup()
+                if self._to_announce:  # batched: see ANNOUNCE_EVERY
+                    wait = max(wait if wait is not None else 0.0, last_run + ANNOUNCE_EVERY - time.monotonic())
+                self._timer_due = time.monotonic() + wait if wait is not None else float("inf")
+                self._lock.wait(wait)
+                self._timer_due = float("inf")
+                if self._stopping:
+                    return
+            self._decide(self._on_timer)
+            last_run = time.monotonic()
+
+    def _on_timer(self) -> None:
+        self._expire_waiting()
+        if self._to_announce and self._to_announce[0][0] <= time.monotonic():
+            self._announce_due()
+        if self._waiting and self._coordinator_online:
+            self._defer_overdue()
+
+    def _wake_timer(self, due: float) -> None:
+        """Under _lock: make the timer thread wake by ``due`` (time.monotonic()) if it sleeps longer."""
+        if due < self._timer_due:
+            self._timer_due = due
+            self._lock.notify()
+
     def _on_message(self, message: Message) -> None:
-        if message.qos == 0:
-            self._qos0_room.release()
         topic = message.topic
         if topic == self.topics.coordinator:
             self._on_presence(message)
@@ -293,11 +305,19 @@ class Worker:
             self._start(task, message)
         elif self._coordinator_online and self._expected_wait(len(self._waiting), 0.0) > self.defer_after:
             self._defer(task, message)
+        elif message.qos == 0 and self._qos0_waiting >= MAX_QUEUED_QOS0:
+            self.stats["dropped"] += 1  # QoS 0 is best effort, and no broker window bounds it
         else:
             # Unacked: flow control holds the rest back; with a coordinator online it is handed
             # on once it is not expected to start within defer_after (see _defer_overdue).
-            self._waiting.append(Waiting(message, task, time.monotonic()))
-            self._full_at = time.monotonic()
+            now = time.monotonic()
+            self._waiting.append(Waiting(message, task, now))
+            self._qos0_waiting += message.qos == 0
+            self._full_at = now
+            if self._coordinator_online:
+                self._wake_timer(now + self.defer_after / 4)
+            if task.expires_at is not None:
+                self._wake_timer(now + max(0.0, task.expires_at - time.time()))
 
     def _decode_task(self, message: Message) -> TaskData | None:
         queue_name = self.topics.queue_of(message.topic)
@@ -346,7 +366,10 @@ class Worker:
             held.announced = True
             self._publish_status(task, STARTED, {})
         else:  # announced only if still running then: see _announce_due
-            heapq.heappush(self._to_announce, (time.monotonic() + self.started_after, task.id, task.attempt))
+            due = time.monotonic() + self.started_after
+            heapq.heappush(self._to_announce, (due, task.id, task.attempt))
+            if len(self._to_announce) == 1:
+                self._wake_timer(due)
         self._acks.append(message)
         log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
         timeout = task.timeout if task.timeout is not None else tdef.options.timeout
@@ -355,7 +378,7 @@ class Worker:
         held.run = self._executor.submit(
             tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
             on_report=lambda outcome: self._report_outcome(task, message, outcome),
-            on_release=lambda: self._events.put(("release", task)),
+            on_release=lambda: self._release(task),
         )
 
     def _on_release(self, task: TaskData) -> None:
@@ -365,11 +388,16 @@ class Worker:
         self._last_release = now
         self._expire_waiting()
         if self._waiting and not self._draining:
-            waiting = self._waiting.popleft()
+            waiting = self._pop_waiting()
             self._start(waiting.task, waiting.message)
 
+    def _pop_waiting(self) -> Waiting:
+        waiting = self._waiting.popleft()
+        self._qos0_waiting -= waiting.message.qos == 0
+        return waiting
+
     def _until_next_wakeup(self) -> float | None:
-        """Seconds until the dispatcher has something to do unprompted: a waiting task expires
+        """Seconds until the timer thread has something to do unprompted: a waiting task expires
         or is due to be handed to the coordinator, or a running task's `started` is due."""
         waits = [t.task.expires_at - time.time() for t in self._waiting if t.task.expires_at is not None]
         if self._waiting and self._coordinator_online:
@@ -411,6 +439,7 @@ class Worker:
             else:
                 keep.append(waiting)
         self._waiting = keep
+        self._qos0_waiting = sum(w.message.qos == 0 for w in keep)
 
     def _expire_waiting(self) -> None:
         """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
@@ -418,6 +447,7 @@ class Worker:
         expired = [w for w in self._waiting if w.task.expires_at is not None and w.task.expires_at <= now]
         if expired:
             self._waiting = deque(w for w in self._waiting if w.task.expires_at is None or w.task.expires_at > now)
+            self._qos0_waiting = sum(w.message.qos == 0 for w in self._waiting)
         for w in expired:
             self._finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
             self._acks.append(w.message)
@@ -435,14 +465,13 @@ class Worker:
         self._conn.publish(self.topics.tasks(task.queue or "default"), codec.encode(task))
         self._acks.append(message)
 
-    def _on_drain(self, done: threading.Event) -> None:
+    def _on_drain(self) -> None:
         self._draining = True
         for q in self.queues:
             self._conn.unsubscribe(self.topics.shared_tasks(self.group, q))
         while self._waiting:
-            waiting = self._waiting.popleft()
+            waiting = self._pop_waiting()
             self._hand_back(waiting.task, waiting.message)
-        done.set()
 
     def _on_presence(self, message: Message) -> None:
         try:
@@ -477,7 +506,7 @@ class Worker:
                     held.task.attempt, reason)
         self._executor.cancel(held.run, reason or "cancelled by the coordinator")
 
-    # -- reporting (task threads and dispatcher) --------------------------------------------
+    # -- reporting (task threads, and the network thread for tasks that never start) -----
     def _report_outcome(self, task: TaskData, message: Message, outcome: Outcome) -> None:
         if outcome.ok:
             self.stats["succeeded"] += 1

@@ -2,7 +2,7 @@
 
 - the codec: random bytes, random JSON, mutated valid tasks -> a model or ``DecodeError``, never
   anything else;
-- the worker's receive path: the dispatcher (``Worker._handle_batch``, then its acks) fed
+- the worker's receive path: ``Worker._enqueue`` (what paho's network thread calls, which decides and acks) fed
   ``transport.Message`` objects through a recording connection: every input ends in exactly one
   outcome (one error report and nothing run, or a status flow), is acknowledged exactly once, and
   a good task afterwards still runs; plus one run through a real Worker on Mosquitto.
@@ -139,8 +139,7 @@ class Harness:
         """Deliver one message; return what the worker published about it once it settled."""
         self.mid += 1
         start = len(self.conn.published)
-        self.worker._handle_batch([("msg", Message(topic, payload, qos, False, self.mid, 0))])
-        self.worker._flush_acks()  # as the dispatch loop does after each batch
+        self.worker._enqueue(Message(topic, payload, qos, False, self.mid, 0))  # as paho's thread does
         wait_until(lambda: self._settled(start), timeout=5, interval=0.001,
                    message=f"no outcome for {payload[:80]!r}")
         self._drain_releases()
@@ -153,15 +152,8 @@ class Harness:
         return any(t.startswith(TOPICS.status_root) and json.loads(p).get("state") != "started" for t, p in out)
 
     def _drain_releases(self) -> None:
-        deadline = time.monotonic() + 5
-        while self.worker._free < self.worker.concurrency and time.monotonic() < deadline:
-            try:
-                kind, value = self.worker._events.get(timeout=0.05)
-            except Exception:  # queue.Empty
-                continue
-            if kind == "release":
-                self.worker._on_release(value)
-                self.worker._flush_acks()
+        wait_until(lambda: self.worker._free == self.worker.concurrency, timeout=5, interval=0.001,
+                   message="a slot was never given back")
 
     def close(self) -> None:
         self.worker._executor.shutdown(wait=False)
@@ -203,8 +195,7 @@ def test_worker_receive_path_one_outcome_per_input(harness: Harness, payload: by
 def test_control_and_presence_inputs_never_break_the_worker(harness: Harness, payload: bytes) -> None:
     for topic in (TOPICS.control("fuzz-w"), TOPICS.coordinator):
         before = len(harness.conn.acked)
-        harness.worker._handle_batch([("msg", Message(topic, payload, 1, False, 0, 0))])
-        harness.worker._flush_acks()
+        harness.worker._enqueue(Message(topic, payload, 1, False, 0, 0))
         assert len(harness.conn.acked) == before + 1  # acknowledged, so it never holds an in-flight slot
     harness.worker._coordinator_online = False
     out = harness.feed(TOPICS.tasks("default"), json.dumps(dict(GOOD, id="after-ctl")).encode())

@@ -260,6 +260,9 @@ def test_worker_reconnects_after_a_broker_restart(broker: Any, broker_kind: str,
         # re-subscription on the same connection, so the broker has that subscription by then
         watcher.wait_json(h.topics.worker(worker.worker_id),
                           lambda s: s["state"] == "online" and s["ts"] > restarted)
+        # and the producer's reply subscription is back: amqtt keeps no session, and it may route
+        # a reply before registering a SUBSCRIBE sent just ahead of the task (docs/operations.md)
+        assert h.app.connection().wait_ready(DEADLINE)
         handles = [h.app.registry["add"].submit(i, 1) for i in range(10)]
         assert [x.result(DEADLINE) for x in handles] == [i + 1 for i in range(10)]
 
