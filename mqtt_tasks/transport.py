@@ -1,8 +1,9 @@
 """The only module that imports paho: connect, publish, subscribe, acknowledge.
 
-A ``Connection`` owns one paho client and its network thread. Callbacks on that thread only
-hand off: incoming messages go to the owner's ``on_message`` (which must just enqueue), acks
-of our publishes resolve the outstanding set that ``flush`` waits on. Every paho failure is
+A ``Connection`` owns one paho client and its network thread. Callbacks on that thread never
+block: incoming messages go to the owner's ``on_message`` (which decides quickly, as the worker
+does, or enqueues, as the coordinator does), acks of our publishes resolve the outstanding set
+that ``flush`` waits on. Every paho failure is
 translated here into an exception of ``mqtt_tasks.errors``.
 
 Facts this module is built on (../shared/BROKER-FACTS.md): subscriptions are not restored by
@@ -295,6 +296,7 @@ class Connection:
         client.on_connect = self._guard(self._handle_connect)
         client.on_disconnect = self._guard(self._handle_disconnect)
         client.on_message = self._guard(self._handle_message)
+        client.on_publish_received = self._guard(self._deliver)  # QoS 0/1: paho's own decoding skipped
         client.on_publish = self._guard(self._handle_publish)
         client.on_subscribe = self._guard(self._handle_subscribe)
         return client
@@ -476,14 +478,18 @@ class Connection:
                 self._early_acks.add(mid)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._deliver(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
+                      getattr(msg, "properties", None))
+
+    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, props: Any) -> None:
         if self._on_message_cb is None:
             return
-        props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
-        self._on_message_cb(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
-                                    self._generation, response_topic, correlation, expiry))
+        if props is None:
+            self._on_message_cb(Message(topic, payload, qos, retain, mid, self._generation))
+            return
+        self._on_message_cb(Message(topic, payload, qos, retain, mid, self._generation,
+                                    getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None),
+                                    getattr(props, "MessageExpiryInterval", None)))
 
 
 # -- reading many packets per wake-up -------------------------------------------------------------
@@ -537,7 +543,15 @@ class _Client(paho.Client):
       yet written needs no wake-up of its own (the network thread writes its queue until it is
       empty), a packet the network thread queues itself is written by it without one, and
       ``held_writes()`` lets one thread queue several packets behind a single wake-up.
+    - Incoming QoS 0 and 1 PUBLISH packets, with ``on_publish_received`` set, are decoded here and
+      handed to it as plain values: paho's generic path builds a ``PublishPacket``, an
+      ``MQTTMessage``, a ``Properties`` object even when the packet has none, formats struct
+      strings and matches the topic against per-topic callbacks, about a fifth of the CPU a
+      small message costs. QoS 2, MQTT 5 topic aliases (an empty topic) and malformed packets
+      take paho's own path, which handles or rejects them as before.
     """
+
+    on_publish_received: Callable[[str, bytes, int, bool, int, Properties | None], None] | None = None
 
     def __init__(self, *args: Any, buffered_reads: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -563,6 +577,24 @@ class _Client(paho.Client):
                 return self._loop_rc_handle(rc)
             if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> paho.MQTTErrorCode:
+        handler = self.on_publish_received
+        if handler is None:
+            return super()._handle_publish()
+        decoded = _decode_publish(self._in_packet["command"], self._in_packet["packet"], self._protocol == paho.MQTTv5)
+        if decoded is None:  # QoS 2, an empty topic (an alias, or malformed), bad UTF-8, truncated
+            return super()._handle_publish()
+        with self._in_callback_mutex:
+            try:
+                handler(*decoded)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish_received: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+        if decoded[2] == 1 and not self._manual_ack:
+            return self._send_puback(decoded[4])
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
@@ -598,3 +630,35 @@ class _Client(paho.Client):
             self._holding.on = False
             if self._out_packet and self._thread is not None and threading.get_ident() != self._thread.ident:
                 self._wake()
+
+
+def _decode_publish(command: int, packet: bytearray,
+                    mqtt5: bool) -> tuple[str, bytes, int, bool, int, Properties | None] | None:
+    """A QoS 0/1 PUBLISH as (topic, payload, qos, retain, mid, properties or None); None for
+    anything paho's own decoding must handle or reject."""
+    qos = (command & 0x06) >> 1
+    if qos == 2 or len(packet) < 2:
+        return None
+    pos = 2 + ((packet[0] << 8) | packet[1])
+    if pos == 2 or len(packet) < pos + 2 * (qos == 1) + mqtt5:
+        return None
+    try:
+        topic = packet[2:pos].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    mid = 0
+    if qos:
+        mid = (packet[pos] << 8) | packet[pos + 1]
+        pos += 2
+    props = None
+    if mqtt5:
+        if packet[pos] == 0:  # no properties: the usual case
+            pos += 1
+        else:
+            props = Properties(PacketTypes.PUBLISH)
+            try:
+                _, length = props.unpack(packet[pos:])
+            except Exception:  # noqa: BLE001 - malformed: paho's path rejects it its own way
+                return None
+            pos += length
+    return topic, bytes(memoryview(packet)[pos:]), qos, bool(command & 0x01), mid, props

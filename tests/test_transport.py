@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from mqtt_tasks import ConnectError, PayloadTooLargeError, Settings
 from mqtt_tasks.transport import Connection, Message, Will
@@ -305,3 +311,81 @@ def test_publishes_from_many_threads_all_go_out_with_coalesced_wake_ups(broker_u
     finally:
         sender.close()
         receiver.close()
+
+
+# -- the fast PUBLISH decoding of _Client, held to paho's own ------------------------------------
+def _publish_packet(topic: bytes, qos: int, retain: bool, dup: bool, mid: int, props: Properties | None,
+                    payload: bytes) -> tuple[int, bytearray]:
+    command = 0x30 | (dup << 3) | (qos << 1) | retain
+    body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if qos else b"")
+    if props is not None:
+        body += props.pack()
+    return command, bytearray(body + payload)
+
+
+def _received(protocol: int, command: int, packet: bytearray, fast: bool) -> list[Message]:
+    inbox = Inbox()
+    conn = Connection(Settings.from_url("mqtt://127.0.0.1:1"), "decode", on_message=inbox, manual_ack=True)
+    client = conn._client
+    client._protocol = protocol
+    if not fast:
+        client.on_publish_received = None
+    client._in_packet = {"command": command, "packet": packet, "have_remaining": 1, "remaining_count": [],
+                         "remaining_mult": 1, "remaining_length": len(packet), "to_process": 0, "pos": 0}
+    try:
+        client._handle_publish()
+    except Exception as exc:  # noqa: BLE001 - both paths must fail alike
+        return [Message(f"raised {type(exc).__name__}", b"", 0, False, 0, 0)]
+    return inbox.messages
+
+
+@st.composite
+def publish_packets(draw: st.DrawFn) -> tuple[int, int, bytearray]:
+    protocol = draw(st.sampled_from([paho.MQTTv311, paho.MQTTv5]))
+    topic = draw(st.text(min_size=0, max_size=30).map(str.encode) | st.binary(max_size=10))
+    qos = draw(st.sampled_from([0, 1]))
+    props = None
+    if protocol == paho.MQTTv5:
+        props = Properties(PacketTypes.PUBLISH)
+        if draw(st.booleans()):
+            props.ResponseTopic = draw(st.text(min_size=1, max_size=20))
+        if draw(st.booleans()):
+            props.CorrelationData = draw(st.binary(max_size=16))
+        if draw(st.booleans()):
+            props.MessageExpiryInterval = draw(st.integers(1, 2**32 - 1))
+        if draw(st.booleans()):
+            props.UserProperty = ("k", draw(st.text(max_size=8)))
+    command, packet = _publish_packet(topic, qos, draw(st.booleans()), draw(st.booleans()),
+                                      draw(st.integers(1, 65535)), props, draw(st.binary(max_size=64)))
+    if draw(st.integers(0, 9)) == 0:  # now and then a truncated packet
+        del packet[draw(st.integers(0, len(packet))):]
+    return protocol, command, packet
+
+
+@settings(max_examples=400, deadline=None)
+@given(publish_packets())
+def test_fast_publish_decoding_delivers_what_paho_would(case: tuple[int, int, bytearray]) -> None:
+    """QoS 0/1 PUBLISH packets, MQTT 3.1.1 and 5, with and without properties, bad UTF-8 and
+    truncated ones: the fast path hands on exactly the Message paho's own decoding would."""
+    protocol, command, packet = case
+    assert _received(protocol, command, bytearray(packet), fast=True) == \
+        _received(protocol, command, bytearray(packet), fast=False)
+
+
+def test_fast_publish_decoding_is_the_path_taken(mosquitto: MosquittoProcess, prefix: str) -> None:
+    """A real message arrives through _Client._handle_publish's own decoding, not paho's."""
+    inbox = Inbox()
+    sub = _conn(mosquitto.url, "fast-sub", on_message=inbox)
+    sub.subscribe(f"{prefix}/fast")
+    sub.connect()
+    pub = _conn(mosquitto.url, "fast-pub").connect()
+    try:
+        paho_path = []
+        sub._client.on_message = lambda *args: paho_path.append(args)
+        pub.publish(f"{prefix}/fast", b"x", response_topic=f"{prefix}/r", correlation_data=b"c")
+        got = inbox.wait(1)[0]
+        assert (got.payload, got.response_topic, got.correlation_data) == (b"x", f"{prefix}/r", b"c")
+        assert paho_path == []
+    finally:
+        sub.close(1.0)
+        pub.close(1.0)
