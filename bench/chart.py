@@ -18,11 +18,11 @@ def render(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     names = [r["system"] for r in thr]
     med = [r["median"] for r in thr]
     err = [[m - r["min"] for m, r in zip(med, thr, strict=True)], [r["max"] - m for m, r in zip(med, thr, strict=True)]]
-    colors = ["#2b7bba" if n.startswith("mqtt-tasks") else "#999999" if n.startswith("bare") else "#e08a2b"
-              for n in names]
+    colors = ["#2b7bba" if n.startswith(("mqtt-tasks", "coordinator")) else "#999999" if n.startswith("bare")
+              else "#e08a2b" for n in names]
     ax1.barh(names, med, xerr=err, color=colors, capsize=3)
-    for y, m in enumerate(med):
-        ax1.text(m, y, f"  {m:,.0f}", va="center", fontsize=8)
+    for y, (m, r) in enumerate(zip(med, thr, strict=True)):
+        ax1.text(max(m, r["max"]), y, f"  {m:,.0f}", va="center", fontsize=8)  # clear of the min-max bar
     ax1.invert_yaxis()
     ax1.set_xlabel("no-op tasks/s, submit all then await all (median of runs, min-max)")
     ax1.set_title("End-to-end throughput, 2 worker processes")
