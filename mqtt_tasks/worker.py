@@ -129,7 +129,8 @@ class Worker:
         self._lock = threading.Condition(threading.RLock())
         self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
         self._stopping = False
-        self._qos0_waiting = 0
+        self._qos0_waiting = 0  # of the tasks in _waiting: QoS 0 ones (bounded), ones with an expiry
+        self._expiring_waiting = 0
         self._held: dict[str, Held] = {}
         self._held_lock = threading.Condition()
         self._waiting: deque[Waiting] = deque()
@@ -313,6 +314,7 @@ class Worker:
             now = time.monotonic()
             self._waiting.append(Waiting(message, task, now))
             self._qos0_waiting += message.qos == 0
+            self._expiring_waiting += task.expires_at is not None
             self._full_at = now
             if self._coordinator_online:
                 self._wake_timer(now + self.defer_after / 4)
@@ -394,12 +396,18 @@ class Worker:
     def _pop_waiting(self) -> Waiting:
         waiting = self._waiting.popleft()
         self._qos0_waiting -= waiting.message.qos == 0
+        self._expiring_waiting -= waiting.task.expires_at is not None
         return waiting
+
+    def _recount_waiting(self) -> None:
+        self._qos0_waiting = sum(w.message.qos == 0 for w in self._waiting)
+        self._expiring_waiting = sum(w.task.expires_at is not None for w in self._waiting)
 
     def _until_next_wakeup(self) -> float | None:
         """Seconds until the timer thread has something to do unprompted: a waiting task expires
         or is due to be handed to the coordinator, or a running task's `started` is due."""
-        waits = [t.task.expires_at - time.time() for t in self._waiting if t.task.expires_at is not None]
+        waits = [t.task.expires_at - time.time() for t in self._waiting
+                 if t.task.expires_at is not None] if self._expiring_waiting else []
         if self._waiting and self._coordinator_online:
             waits.append(self.defer_after / 4)  # re-check the line: see _defer_overdue
         if self._to_announce:
@@ -439,15 +447,17 @@ class Worker:
             else:
                 keep.append(waiting)
         self._waiting = keep
-        self._qos0_waiting = sum(w.message.qos == 0 for w in keep)
+        self._recount_waiting()
 
     def _expire_waiting(self) -> None:
         """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
+        if not self._expiring_waiting:  # the usual case: a release costs no scan of the line
+            return
         now = time.time()
         expired = [w for w in self._waiting if w.task.expires_at is not None and w.task.expires_at <= now]
         if expired:
             self._waiting = deque(w for w in self._waiting if w.task.expires_at is None or w.task.expires_at > now)
-            self._qos0_waiting = sum(w.message.qos == 0 for w in self._waiting)
+            self._recount_waiting()
         for w in expired:
             self._finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"}, final=True)
             self._acks.append(w.message)
