@@ -87,7 +87,7 @@ class Connection:
         on_connect: Callable[[bool], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
         max_inflight: int = 1000,
-        bulk_reads: bool = True,
+        buffered_reads: bool = True,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -99,7 +99,7 @@ class Connection:
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._max_inflight = max_inflight
-        self._bulk_reads = bulk_reads  # read plain TCP in 64 KiB chunks: see _BufferedSocket
+        self._buffered_reads = buffered_reads  # read plain TCP in 64 KiB chunks: see _BufferedSocket
 
         self._subscriptions: dict[str, int] = {}
         self._pending_subs: set[int] = set()
@@ -288,7 +288,7 @@ class Connection:
         if not self.is_mqtt5:
             kwargs["clean_session"] = self._session_expiry == 0
         client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
-                         transport=s.transport, manual_ack=self._manual_ack, buffered_reads=self._bulk_reads,
+                         transport=s.transport, manual_ack=self._manual_ack, buffered_reads=self._buffered_reads,
                          **kwargs)
         self._configure(client)
         if self._will is not None:

@@ -152,7 +152,7 @@ class Worker:
             receive_maximum=max(2 * self.concurrency, 8),
             # paho's own reads: Mosquitto sends past Receive Maximum (tests/test_transport.py), and
             # reading faster only lengthens the line of waiting tasks, which then gets deferred.
-            bulk_reads=False,
+            buffered_reads=False,
             on_connect=lambda first: self._beat_now.set(),
         )
         self._threads: list[threading.Thread] = []

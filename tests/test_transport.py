@@ -112,10 +112,13 @@ def test_mqtt5_response_topic_and_correlation_reach_the_receiver(mosquitto: Mosq
     sub.subscribe(f"{prefix}/req")
     sub.connect()
     pub = _conn(mosquitto.url, "pub5").connect()
+    paho_path: list[Any] = []
+    sub._client.on_message = lambda *args: paho_path.append(args)  # taken only if the fast decoding is not
     try:
         pub.publish(f"{prefix}/req", b"{}", response_topic=f"{prefix}/reply", correlation_data=b"\x00corr")
         (msg,) = inbox.wait(1)
         assert (msg.response_topic, msg.correlation_data) == (f"{prefix}/reply", b"\x00corr")
+        assert paho_path == [], "decoded by _Client._handle_publish itself, not paho's generic path"
     finally:
         pub.close()
         sub.close()
@@ -323,6 +326,12 @@ def _publish_packet(topic: bytes, qos: int, retain: bool, dup: bool, mid: int, p
     return command, bytearray(body + payload)
 
 
+def _feed(client: Any, command: int, body: bytearray) -> None:
+    """Leave ``body`` in the client as paho's packet reader does before handling it."""
+    client._in_packet = {"command": command, "packet": body, "have_remaining": 1, "remaining_count": [],
+                         "remaining_mult": 1, "remaining_length": len(body), "to_process": 0, "pos": 0}
+
+
 def _received(protocol: int, command: int, packet: bytearray, fast: bool) -> list[Message]:
     inbox = Inbox()
     conn = Connection(Settings.from_url("mqtt://127.0.0.1:1"), "decode", on_message=inbox, manual_ack=True)
@@ -330,8 +339,7 @@ def _received(protocol: int, command: int, packet: bytearray, fast: bool) -> lis
     client._protocol = protocol
     if not fast:
         client.on_publish_received = None
-    client._in_packet = {"command": command, "packet": packet, "have_remaining": 1, "remaining_count": [],
-                         "remaining_mult": 1, "remaining_length": len(packet), "to_process": 0, "pos": 0}
+    _feed(client, command, packet)
     try:
         client._handle_publish()
     except Exception as exc:  # noqa: BLE001 - both paths must fail alike
@@ -372,25 +380,6 @@ def test_fast_publish_decoding_delivers_what_paho_would(case: tuple[int, int, by
         _received(protocol, command, bytearray(packet), fast=False)
 
 
-def test_fast_publish_decoding_is_the_path_taken(mosquitto: MosquittoProcess, prefix: str) -> None:
-    """A real message arrives through _Client._handle_publish's own decoding, not paho's."""
-    inbox = Inbox()
-    sub = _conn(mosquitto.url, "fast-sub", on_message=inbox)
-    sub.subscribe(f"{prefix}/fast")
-    sub.connect()
-    pub = _conn(mosquitto.url, "fast-pub").connect()
-    try:
-        paho_path = []
-        sub._client.on_message = lambda *args: paho_path.append(args)
-        pub.publish(f"{prefix}/fast", b"x", response_topic=f"{prefix}/r", correlation_data=b"c")
-        got = inbox.wait(1)[0]
-        assert (got.payload, got.response_topic, got.correlation_data) == (b"x", f"{prefix}/r", b"c")
-        assert paho_path == []
-    finally:
-        sub.close(1.0)
-        pub.close(1.0)
-
-
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
 @pytest.mark.parametrize("packet", [b"\x00\x07", b"\x00\x07\x00", b"\x00\x07\x10\x00"], ids=["short", "rc", "rc+props"])
 def test_fast_puback_handling_matches_paho(protocol: int, packet: bytes) -> None:
@@ -406,8 +395,7 @@ def test_fast_puback_handling_matches_paho(protocol: int, packet: bytes) -> None
         calls: list[tuple[int, int]] = []
         client.on_publish = lambda _c, _u, mid, rc, _p: calls.append((mid, int(rc.value)))  # noqa: B023
         body = bytearray(struct.pack("!H", info.mid) + packet[2:])
-        client._in_packet = {"command": 0x40, "packet": body, "have_remaining": 1, "remaining_count": [],
-                             "remaining_mult": 1, "remaining_length": len(body), "to_process": 0, "pos": 0}
+        _feed(client, 0x40, body)
         if protocol == paho.MQTTv311 and len(packet) > 2:
             with pytest.raises(Exception):  # noqa: B017 - malformed for 3.1.1: paho's own error
                 client._handle_pubackcomp("PUBACK") if fast else paho.Client._handle_pubackcomp(client, "PUBACK")
