@@ -38,7 +38,7 @@ from .errors import (  # noqa: F401 - the query errors are re-exported from here
     TransportError,
 )
 from .leases import Announce, Cancel, Effect, Enqueue, LeasePolicy, WorkerView
-from .protocol import codec
+from .protocol import codec, events
 from .protocol.topics import Topics
 from .store.base import BACKLOG, DEAD, DISPATCHED, EXPIRED, QUEUED, STARTED, SUCCEEDED, Store, TaskRecord
 from .store.memory import MemoryStore
@@ -594,7 +594,7 @@ class Coordinator:
         self._outbox.append((topic, payload, kwargs))
 
     def _report(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
-        report = codec.error_report(component="coordinator", source=self.client_id, reason=reason,
+        report = events.error_report(component="coordinator", source=self.client_id, reason=reason,
                                     ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
         self._send(self.topics.errors, codec.encode(report))
 

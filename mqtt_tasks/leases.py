@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .protocol.states import DEFAULT_MAX_ATTEMPTS, ONLINE
 from .store.base import (
     BACKLOG,
     DEAD,
@@ -31,8 +32,6 @@ from .store.base import (
     SUCCEEDED,
     TaskRecord,
 )
-
-DEFAULT_MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -314,7 +313,7 @@ class WorkerView:
     """What the coordinator believes about one worker."""
 
     worker: str
-    state: str = "online"
+    state: str = ONLINE
     queues: tuple[str, ...] = ()
     free: int = 0
     concurrency: int = 0
@@ -327,7 +326,7 @@ class WorkerView:
 
 def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
     """Online, and heard from within its lease (a retained heartbeat is not proof of life)."""
-    return w.state == "online" and now - w.last_seen <= lease_s(policy, w.heartbeat_s)
+    return w.state == ONLINE and now - w.last_seen <= lease_s(policy, w.heartbeat_s)
 
 
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,

@@ -31,6 +31,7 @@ import json
 from typing import Any
 
 from .errors import SignatureError  # noqa: F401 - raised here, defined with the others
+from .protocol.validate import Invalid, load_object
 
 SIG_FIELD = "sig"
 UNSIGNED_FIELDS = frozenset({SIG_FIELD, "attempt", "queue"})
@@ -76,11 +77,9 @@ def verify(task: dict[str, Any], key: str | bytes) -> None:
 def verify_payload(payload: bytes, key: str | bytes) -> None:
     """``verify`` on raw bytes that already decoded as a task (so they are a JSON object)."""
     try:
-        task = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SignatureError(f"task signature refused: not JSON ({exc})") from exc
-    if not isinstance(task, dict):
-        raise SignatureError("task signature refused: not a JSON object")
+        task = load_object(payload)
+    except Invalid as exc:
+        raise SignatureError(f"task signature refused: {exc}") from None
     verify(task, key)
 
 

@@ -43,7 +43,7 @@ from .app import TaskApp, TaskDef
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
 from .errors import DecodeError, PayloadTooLargeError, UnknownTaskError
 from .execution import Executor, Outcome, Run
-from .protocol import codec
+from .protocol import codec, events
 from .protocol.states import DEFERRED, EXPIRED, FAILED, STARTED, SUCCEEDED
 from .protocol.topics import DEFAULT_GROUP, Topics, check_name
 from .protocol.validate import TaskData
@@ -602,7 +602,7 @@ class Worker:
                 self._report_error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
 
     def _report_error(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
-        report = codec.error_report_fields(component="worker", source=self.worker_id, reason=reason,
+        report = events.error_report(component="worker", source=self.worker_id, reason=reason,
                                            ts=time.time(), topic=topic, payload=payload, task_id=task_id)
         self._conn.publish(self.topics.errors, codec.encode(report))
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mqtt_tasks import DecodeError, Settings, TaskApp, Worker
 from mqtt_tasks.errors import PayloadTooLargeError
-from mqtt_tasks.protocol import codec
+from mqtt_tasks.protocol import codec, events
 from mqtt_tasks.protocol.topics import Topics
 from mqtt_tasks.transport import Connection, Message
 from tests.brokers import MosquittoProcess, wait_until
@@ -74,7 +74,7 @@ def test_decoders_raise_only_decode_error(payload: bytes) -> None:
             decode(payload, max_payload=MAX_PAYLOAD)
         except DecodeError as exc:
             assert exc.reason and "\n" not in exc.reason  # one readable line for the error report
-            codec.error_report(component="t", reason=exc.reason, ts=0.0, payload=payload)  # and it reports
+            events.error_report(component="t", reason=exc.reason, ts=0.0, payload=payload)  # and it reports
 
 
 # -- the worker's receive path, through the dispatcher method ---------------------------------------

@@ -23,8 +23,8 @@ from mqtt_tasks import (
 )
 from mqtt_tasks.app import TaskApp, outcome
 from mqtt_tasks.config import DEFAULT_BROKER, ENV_BROKER
-from mqtt_tasks.protocol import codec
-from mqtt_tasks.protocol.messages import Task
+from mqtt_tasks.protocol import codec, events
+from mqtt_tasks.protocol.messages import ErrorReport, Task
 from mqtt_tasks.protocol.topics import Topics, check_name, check_prefix, is_valid_id
 from tests.tasks_fixture import BAD_TASKS
 
@@ -85,10 +85,11 @@ def test_check_size_raises_payload_too_large() -> None:
 
 
 def test_error_report_carries_a_truncated_printable_payload() -> None:
-    report = codec.error_report(component="worker", reason="bad", ts=1.0, topic="p/tasks/q",
+    report = events.error_report(component="worker", reason="bad", ts=1.0, topic="p/tasks/q",
                                 payload=b"\xff" + b"a" * 1000, task_id=None)
-    assert report.size == 1001
-    assert report.payload is not None and report.payload.endswith("...") and len(report.payload) < 600
+    assert report["size"] == 1001
+    assert report["payload"].endswith("...") and len(report["payload"]) < 600
+    assert ErrorReport.model_validate(report).reason == "bad"  # what the builder makes is a valid report
 
 
 def test_decode_json_object_refuses_arrays_and_bytes() -> None:

@@ -15,7 +15,7 @@ from . import validate
 if TYPE_CHECKING:  # pydantic is imported only where a model is asked for: a worker never needs it
     from pydantic import BaseModel, ValidationError
 
-    from .messages import ErrorReport, StatusEvent, Task, WorkerState
+    from .messages import StatusEvent, Task, WorkerState
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 """The library's payload cap (bytes): below Mosquitto's ``max_packet_size`` in the shipped
@@ -38,18 +38,23 @@ def encode(obj: dict[str, Any] | BaseModel) -> bytes:
 
 
 def check_size(payload: bytes, limit: int, topic: str = "") -> bytes:
+    """The cap on what a component publishes: refused before it reaches the broker, which would
+    drop it silently or make paho re-send it forever (BROKER-FACTS.md)."""
     if len(payload) > limit:
         raise PayloadTooLargeError(len(payload), limit, topic=topic)
     return payload
 
 
+def check_incoming(payload: bytes, max_payload: int, topic: str = "") -> None:
+    """The cap on what a component reads: larger payloads are refused before parsing."""
+    if len(payload) > max_payload:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
+                          payload=payload, topic=topic, task_id=guess_id(payload))
+
+
 def decode(model: type[M], payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> M:
     """Decode and validate one message; raise ``DecodeError`` with a one-line reason."""
-    if len(payload) > max_payload:
-        raise DecodeError(
-            f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
-            payload=payload, topic=topic, task_id=guess_id(payload),
-        )
+    check_incoming(payload, max_payload, topic)
     from pydantic import ValidationError
 
     try:
@@ -61,9 +66,7 @@ def decode(model: type[M], payload: bytes, *, topic: str = "", max_payload: int 
 def decode_task_data(payload: bytes, *, topic: str = "", queue: str | None = None,
                      max_payload: int = DEFAULT_MAX_PAYLOAD) -> validate.TaskData:
     """The per-message path's task decoder: same verdicts as ``decode_task``, no pydantic."""
-    if len(payload) > max_payload:
-        raise DecodeError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
-                          payload=payload, topic=topic, task_id=guess_id(payload))
+    check_incoming(payload, max_payload, topic)
     try:
         task = validate.decode_task(payload)
     except validate.Invalid as exc:
@@ -98,16 +101,11 @@ def decode_worker_state(payload: bytes, *, topic: str = "",
 
 def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[str, Any]:
     """A JSON object of any shape (control and query messages)."""
-    if len(payload) > max_payload:
-        raise DecodeError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte cap",
-                          payload=payload, topic=topic)
+    check_incoming(payload, max_payload, topic)
     try:
-        value = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DecodeError(f"not valid UTF-8 JSON: {exc}", payload=payload, topic=topic) from exc
-    if not isinstance(value, dict):
-        raise DecodeError(f"expected a JSON object, got {type(value).__name__}", payload=payload, topic=topic)
-    return value
+        return validate.load_object(payload)
+    except validate.Invalid as exc:
+        raise DecodeError(str(exc), payload=payload, topic=topic) from None
 
 
 def guess_id(payload: bytes) -> str | None:
@@ -116,29 +114,6 @@ def guess_id(payload: bytes) -> str | None:
     return match.group(1).decode() if match else None
 
 
-def excerpt(payload: bytes, limit: int = 512) -> str:
-    """A printable, truncated view of a rejected payload for an error report."""
-    text = payload[:limit].decode("utf-8", errors="replace")
-    return text + ("..." if len(payload) > limit else "")
-
-
-def error_report(*, component: str, reason: str, ts: float, topic: str | None = None,
-                 payload: bytes | None = None, source: str | None = None,
-                 task_id: str | None = None) -> ErrorReport:
-    from .messages import ErrorReport
-
-    return ErrorReport(**error_report_fields(component=component, reason=reason, ts=ts, topic=topic,
-                                             payload=payload, source=source, task_id=task_id))
-
-
-def error_report_fields(*, component: str, reason: str, ts: float, topic: str | None = None,
-                        payload: bytes | None = None, source: str | None = None,
-                        task_id: str | None = None) -> dict[str, Any]:
-    """The fields of an error report as a plain dict (``encode`` it); no pydantic needed."""
-    fields = {"component": component, "source": source, "topic": topic, "reason": reason, "id": task_id,
-              "ts": ts, "payload": excerpt(payload) if payload is not None else None,
-              "size": len(payload) if payload is not None else None}
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -161,6 +136,6 @@ def _describe(exc: ValidationError) -> str:
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD", "StatusEvent", "Task", "WorkerState", "check_size", "decode",
-    "decode_json_object", "decode_status", "decode_task", "decode_worker_state", "encode",
-    "error_report", "excerpt", "guess_id",
+    "check_incoming", "decode_json_object", "decode_status", "decode_task", "decode_worker_state", "encode",
+    "guess_id",
 ]

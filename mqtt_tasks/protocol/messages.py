@@ -6,7 +6,7 @@ re-dispatch by the coordinator, and a v1 consumer ignores what it does not know.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,18 +21,20 @@ from .states import (  # noqa: F401 - re-exported: the states belong to the cont
     QUEUED,
     RETRYING,
     STARTED,
+    STATUS_STATES,
     SUCCEEDED,
     TASK_NAME_PATTERN,
     TERMINAL_STATES,
+    WORKER_STATES,
 )
 from .topics import ID_PATTERN
 
-StatusState = Literal[
-    "queued", "started", "progress", "succeeded", "failed", "retrying", "deferred",
-    "dead", "cancelled", "expired", "duplicate",
-]
-
-WorkerStateName = Literal["online", "draining", "offline"]
+if TYPE_CHECKING:
+    StatusState = str
+    WorkerStateName = str
+else:  # the vocabulary of states.py, as enums in the JSON Schema
+    StatusState = Literal[STATUS_STATES]
+    WorkerStateName = Literal[WORKER_STATES]
 
 
 class _Message(BaseModel):

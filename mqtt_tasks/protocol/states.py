@@ -1,22 +1,52 @@
-"""Status states and name rules: plain constants, importable without pydantic."""
+"""The state vocabulary of the wire contract, defined once: plain constants, importable without
+pydantic (a worker on a small device never loads it).
+
+Everything that names a state imports it from here: the pydantic models (``messages.py``), the
+dependency-free validator (``validate.py``), the coordinator's record (``store/base.py``) and the
+event builders (``events.py``).
+"""
 
 from __future__ import annotations
 
 TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$"
 
-# Status states. Terminal states end a task; the others describe progress.
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts before a task is dead when neither the task nor its registration says otherwise."""
+
+# Status states (``P/status/{id}``). Terminal states end a task; the others describe progress.
+QUEUED = "queued"
 STARTED = "started"
+PROGRESS = "progress"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+RETRYING = "retrying"
+DEFERRED = "deferred"
 DEAD = "dead"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
-DEFERRED = "deferred"
-RETRYING = "retrying"
-PROGRESS = "progress"
-QUEUED = "queued"
 DUPLICATE = "duplicate"
+
+STATUS_STATES = (QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, RETRYING, DEFERRED, DEAD, CANCELLED, EXPIRED,
+                 DUPLICATE)
+"""Every state a status event may carry, in the order the JSON Schema lists them."""
 
 TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
 """States that end a task for good. ``failed`` ends an *attempt*; it is final for the task
 only when no retry follows (see ``StatusEvent.final``)."""
+
+# Record-only states: the coordinator's record says more than the wire does. ``dispatched``: sent
+# to one worker's inbox; ``backlog``: held until a worker has a free slot (on the wire: ``deferred``).
+DISPATCHED = "dispatched"
+BACKLOG = "backlog"
+
+RECORD_STATES = (QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SUCCEEDED, DEAD, CANCELLED, EXPIRED)
+"""Every state a coordinator's record may be in (``mqtt-tasks tasks --state``)."""
+
+LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING})
+
+# Worker states (retained on ``P/workers/{id}``) and the coordinator's presence.
+ONLINE = "online"
+DRAINING = "draining"
+OFFLINE = "offline"
+
+WORKER_STATES = (ONLINE, DRAINING, OFFLINE)

@@ -14,14 +14,13 @@ import math
 import re
 from typing import Any
 
-from .states import TASK_NAME_PATTERN
+from .states import STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
 _TASK_NAME = re.compile(TASK_NAME_PATTERN.replace("$", r"\Z"))
 
-STATES = frozenset({"queued", "started", "progress", "succeeded", "failed", "retrying", "deferred",
-                    "dead", "cancelled", "expired", "duplicate"})
+STATES = frozenset(STATUS_STATES)
 
 
 class Invalid(ValueError):

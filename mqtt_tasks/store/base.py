@@ -13,22 +13,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Record states. ``queued``: seen on P/tasks, no worker has reported it yet. ``dispatched``: the
-# coordinator sent it to one worker's inbox. ``started``: a worker holds it under a lease.
-# ``backlog``: the coordinator holds it until a worker has a free slot (on the wire: ``deferred``).
-# ``retrying``: waiting out a backoff before the next attempt.
-QUEUED = "queued"
-DISPATCHED = "dispatched"
-STARTED = "started"
-BACKLOG = "backlog"
-RETRYING = "retrying"
-SUCCEEDED = "succeeded"
-DEAD = "dead"
-CANCELLED = "cancelled"
-EXPIRED = "expired"
+# Record states (protocol/states.py). ``queued``: seen on P/tasks, no worker has reported it yet.
+# ``dispatched``: the coordinator sent it to one worker's inbox. ``started``: a worker holds it under
+# a lease. ``backlog``: the coordinator holds it until a worker has a free slot (on the wire:
+# ``deferred``). ``retrying``: waiting out a backoff before the next attempt.
+from ..protocol.states import (  # noqa: F401 - re-exported for the store's users
+    BACKLOG,
+    CANCELLED,
+    DEAD,
+    DISPATCHED,
+    EXPIRED,
+    LIVE_RECORD_STATES,
+    QUEUED,
+    RETRYING,
+    STARTED,
+    SUCCEEDED,
+    TERMINAL_STATES,
+)
 
-LIVE_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING})
-TERMINAL = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
+LIVE_STATES = LIVE_RECORD_STATES
+TERMINAL = TERMINAL_STATES
+
 MAX_HISTORY = 50
 
 

@@ -1,0 +1,93 @@
+"""One builder per outgoing wire message, and the reply guard every component applies.
+
+Pure and dependency-free (no pydantic: a worker on a small device builds its events here too).
+Each builder returns the JSON object as a plain dict with ``None`` fields left out, ready for
+``codec.encode``; the models in ``messages.py`` describe the same objects for readers.
+
+Built here and nowhere else: status events (``P/status/{id}`` and reply topics), worker states
+(``P/workers/{id}``), error reports (``P/errors``), dead letters (``P/dead/{queue}``), commands to a
+worker (``P/control/{id}``) and the coordinator's presence (``P/coordinator``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .states import SUCCEEDED
+from .topics import Topics
+
+PAYLOAD_EXCERPT = 512
+"""Bytes of a rejected payload quoted in an error report."""
+
+
+def _compact(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def status_event(task_id: str, state: str, attempt: int, ts: float, *, worker: str | None = None,
+                 task: str | None = None, queue: str | None = None, correlation: str | None = None,
+                 **fields: Any) -> dict[str, Any]:
+    """A status event. ``None`` fields are left out, except ``result`` on ``succeeded`` (a task
+    that returned ``None`` still reports ``"result": null``)."""
+    event = _compact({"id": task_id, "state": state, "attempt": attempt, "worker": worker, "ts": ts,
+                      "task": task, "queue": queue, "correlation": correlation, **fields})
+    if state == SUCCEEDED:
+        event.setdefault("result", fields.get("result"))
+    return event
+
+
+def error_info(type_name: str, message: str, traceback: str | None = None) -> dict[str, Any]:
+    """The ``error`` of a failed event: the exception's class name, message and traceback."""
+    return _compact({"type": type_name, "message": message, "traceback": traceback})
+
+
+def worker_state(worker: str, state: str, ts: float, **fields: Any) -> dict[str, Any]:
+    """A worker's retained state: its heartbeat, or its Last Will (``offline``)."""
+    return _compact({"worker": worker, "state": state, "ts": ts, **fields})
+
+
+def error_report(*, component: str, reason: str, ts: float, topic: str | None = None,
+                 payload: bytes | None = None, source: str | None = None,
+                 task_id: str | None = None) -> dict[str, Any]:
+    """What a component rejected, where, and why; the payload quoted (truncated) as text."""
+    return _compact({"component": component, "source": source, "topic": topic, "reason": reason, "id": task_id,
+                     "ts": ts, "payload": excerpt(payload) if payload is not None else None,
+                     "size": len(payload) if payload is not None else None})
+
+
+def dead_letter(task_id: str, *, body: dict[str, Any] | None, queue: str, reason: str | None, failures: int,
+                attempts: list[dict[str, Any]], error: dict[str, Any] | None, ts: float) -> dict[str, Any]:
+    """A dead task as published on ``P/dead/{queue}``: the task, its attempts and the reason."""
+    return _compact({"id": task_id, "task": body, "queue": queue, "reason": reason, "failures": failures,
+                     "attempts": attempts, "error": error, "ts": ts})
+
+
+def cancel_command(task_id: str, attempt: int | None, reason: str) -> dict[str, Any]:
+    """Tell one worker (on ``P/control/{worker}``) to stop an attempt it holds."""
+    return _compact({"op": "cancel", "id": task_id, "attempt": attempt, "reason": reason})
+
+
+def presence(state: str, ts: float, client: str, pid: int) -> dict[str, Any]:
+    """The coordinator's retained presence on ``P/coordinator`` (its Last Will says offline)."""
+    return {"state": state, "ts": ts, "client": client, "pid": pid}
+
+
+def excerpt(payload: bytes, limit: int = PAYLOAD_EXCERPT) -> str:
+    """A printable, truncated view of a rejected payload for an error report."""
+    text = payload[:limit].decode("utf-8", errors="replace")
+    return text + ("..." if len(payload) > limit else "")
+
+
+def reply_refusal(topics: Topics, topic: str) -> str | None:
+    """Why ``topic`` may not receive a task's reply, or None when it may.
+
+    A reply on one of the prefix's own topics would be read as a task, a status event, a
+    heartbeat or a dead letter (docs/security.md): a final event published to ``P/tasks/q`` decodes
+    as a runnable task. Only ``P/replies/...`` is allowed under the prefix. Every component that
+    publishes to a topic a task names (worker, coordinator) asks this first.
+    """
+    if topic.startswith("$") or "+" in topic or "#" in topic:
+        return f"refusing to reply on {topic!r}: not a plain topic name"
+    if (topic == topics.prefix or topic.startswith(topics.prefix + "/")) and not topic.startswith(topics.replies_root):
+        return f"refusing to reply on protocol topic {topic!r}"
+    return None
