@@ -67,9 +67,10 @@ def cancel_command(task_id: str, attempt: int | None, reason: str) -> dict[str, 
     return _compact({"op": "cancel", "id": task_id, "attempt": attempt, "reason": reason})
 
 
-def presence(state: str, ts: float, client: str, pid: int) -> dict[str, Any]:
-    """The coordinator's retained presence on ``P/coordinator`` (its Last Will says offline)."""
-    return {"state": state, "ts": ts, "client": client, "pid": pid}
+def presence(state: str, ts: float | None, client: str, pid: int | None) -> dict[str, Any]:
+    """The coordinator's retained presence on ``P/coordinator``. Its Last Will (``offline``) is
+    fixed when it connects, long before the broker sends it: built with neither ``ts`` nor ``pid``."""
+    return _compact({"state": state, "ts": ts, "client": client, "pid": pid})
 
 
 def excerpt(payload: bytes, limit: int = PAYLOAD_EXCERPT) -> str:
