@@ -18,6 +18,7 @@
     │   ├── TaskCancelledError      the task was cancelled
     │   ├── TaskExpiredError        the task expired before it was started
     │   └── ResultTimeoutError      no final status within the caller's timeout
+    ├── StoreError                  the coordinator's durable record could not be opened, read or written
     ├── TaskNotFoundError           the coordinator has no record of a task id
     ├── TaskTimeLimitExceeded       raised inside a task body that outlived its ``timeout``
     ├── TaskCancelled               raised inside a task body whose attempt was superseded
@@ -130,6 +131,15 @@ class TaskExpiredError(TaskError):
 
 class ResultTimeoutError(TaskError, TimeoutError):
     """No final status arrived within the caller's timeout."""
+
+
+class StoreError(MqttTasksError):
+    """The coordinator's store failed: a file that cannot be opened as a database, a full disk, a
+    locked or corrupt file. Carries the store's ``path``; the driver's exception is the cause."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class TaskTimeLimitExceeded(MqttTasksError):  # noqa: N818 - the name users see in tracebacks

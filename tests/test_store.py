@@ -102,3 +102,30 @@ def test_prefetch_is_only_a_hint_gets_see_the_same_records(store: Store) -> None
     store.put(got)
     store.commit()
     assert (again := store.get("a")) is not None and again.duplicates == 1
+
+
+@pytest.mark.parametrize("kind", ["missing directory", "a directory", "not a database"])
+def test_sqlite_errors_leave_the_store_as_store_error_naming_the_path(tmp_path: Path, kind: str) -> None:
+    import sqlite3
+
+    from mqtt_tasks.errors import MqttTasksError, StoreError
+
+    path = {"missing directory": tmp_path / "no" / "such" / "t.db", "a directory": tmp_path,
+            "not a database": tmp_path / "junk.db"}[kind]
+    if kind == "not a database":
+        path.write_bytes(b"this is not an SQLite file, " * 100)
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(str(path))
+    assert isinstance(info.value, MqttTasksError) and info.value.path == str(path) and str(path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_a_failed_commit_is_a_store_error_and_keeps_the_batch(tmp_path: Path) -> None:
+    from mqtt_tasks.errors import StoreError
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    s.put(rec("a"))
+    s._db.close()  # the database goes away under the store  # noqa: SLF001
+    with pytest.raises(StoreError, match="cannot commit"):
+        s.commit()
+    assert s.get("a") is not None  # still buffered: nothing was written

@@ -2,6 +2,10 @@
 
 ``synchronous=NORMAL`` with WAL: a committed batch survives a crash of the process (``kill -9``);
 a power cut can lose the last batches. Pass ``synchronous="FULL"`` to survive that too.
+
+The boundary for SQLite's errors: every ``sqlite3.Error`` (a path that cannot be opened as a
+database, a full disk, a corrupt or locked file) leaves this module as ``errors.StoreError`` naming
+the file, with the driver's exception as its cause.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import StoreError
 from .base import LIVE_STATES, Store, TaskRecord
 
 _SCHEMA = """
@@ -37,12 +42,25 @@ class SQLiteStore(Store):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.executescript(_SCHEMA)
+        self._db = self._open(path, synchronous.upper())
         self._pending: dict[str, TaskRecord] = {}
         self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
+
+    def _open(self, path: str, synchronous: str) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise self._error("cannot open", exc) from exc
+        return db
+
+    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"store {self.path}: {action}: {exc}", path=self.path)
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -52,6 +70,14 @@ class SQLiteStore(Store):
         if not self._pending:
             return 0
         rows = [_row(r) for r in self._pending.values()]
+        try:
+            self._write(rows)
+        except sqlite3.Error as exc:
+            raise self._error("cannot commit", exc) from exc
+        self._pending.clear()
+        return len(rows)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
         self._db.execute("BEGIN")
         try:
             self._db.executemany(_UPSERT, rows)
@@ -59,8 +85,6 @@ class SQLiteStore(Store):
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        self._pending.clear()
-        return len(rows)
 
     def get(self, task_id: str) -> TaskRecord | None:
         pending = self._pending.get(task_id)
@@ -68,11 +92,20 @@ class SQLiteStore(Store):
             return pending  # the caller's own record, put in this batch: written as it is at commit
         if task_id in self._read:
             return self._read[task_id]
-        row = self._db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        try:
+            row = self._db.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from exc
         return TaskRecord.from_dict(json.loads(row[0])) if row else None
 
     def prefetch(self, task_ids: Iterable[str]) -> None:
         wanted = [i for i in dict.fromkeys(task_ids) if i not in self._pending and i not in self._read]
+        try:
+            self._read_many(wanted)
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from exc
+
+    def _read_many(self, wanted: list[str]) -> None:
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start:start + _CHUNK]
             self._read.update(dict.fromkeys(chunk))
@@ -82,27 +115,35 @@ class SQLiteStore(Store):
 
     def load_live(self) -> list[TaskRecord]:
         self.commit()
-        rows = self._db.execute(f"SELECT data FROM tasks WHERE state IN ({_LIVE}) ORDER BY created").fetchall()
+        rows = self._query(f"SELECT data FROM tasks WHERE state IN ({_LIVE}) ORDER BY created")
         return [TaskRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
         self.commit()
         if state is None:
-            rows = self._db.execute("SELECT data FROM tasks ORDER BY updated DESC LIMIT ?", (limit,))
+            rows = self._query("SELECT data FROM tasks ORDER BY updated DESC LIMIT ?", (limit,))
         else:
-            rows = self._db.execute("SELECT data FROM tasks WHERE state = ? ORDER BY updated DESC LIMIT ?",
-                                    (state, limit))
-        return [TaskRecord.from_dict(json.loads(r[0])) for r in rows.fetchall()]
+            rows = self._query("SELECT data FROM tasks WHERE state = ? ORDER BY updated DESC LIMIT ?", (state, limit))
+        return [TaskRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def counts(self) -> dict[str, int]:
         self.commit()
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
+        return dict(self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from exc
 
     def close(self) -> None:
         try:
             self.commit()
         finally:
-            self._db.close()
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:
+                raise self._error("cannot close", exc) from exc
 
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
