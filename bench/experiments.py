@@ -76,7 +76,9 @@ def main() -> None:
             import importlib
 
             from mqtt_tasks import transport
-            importlib.reload(transport)  # undo the previous variant's patches in this process
+            from mqtt_tasks.transport import connection
+            importlib.reload(connection)  # undo the previous variant's patches in this process
+            importlib.reload(transport)  # and re-export the fresh Connection
             import mqtt_tasks.app as app_mod
             app_mod.Connection = transport.Connection
             from_env()

@@ -249,7 +249,7 @@ def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: Mo
 
     (bench: receiving a backlog costs 63-105 us per message this way against 124-165 with paho's
     own reads, `/tmp`-free measurement in docs/benchmarks.md)."""
-    from mqtt_tasks.transport import _BufferedSocket
+    from mqtt_tasks.transport.paho_internals import BufferedSocket
 
     settings = Settings.from_url(mosquitto.url, prefix=prefix)
     inbox = Inbox()
@@ -267,7 +267,7 @@ def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: Mo
     conn.subscribe(f"{prefix}/c")
     conn.connect()
     try:
-        assert isinstance(conn._client._sock, _BufferedSocket)  # noqa: SLF001
+        assert isinstance(conn._client._sock, BufferedSocket)  # noqa: SLF001
         got = inbox.wait(3001, timeout=DEADLINE)
         assert got[-1].payload == b"last"
         assert [int(m.payload[: len(m.payload) // 20]) for m in got[:-1]] == list(range(3000))
