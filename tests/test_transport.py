@@ -5,17 +5,21 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from mqtt_tasks import ConnectError, PayloadTooLargeError, Settings
-from mqtt_tasks.transport import Connection, Message, Will
+from mqtt_tasks import ConfigError, ConnectError, PayloadTooLargeError, Settings
+from mqtt_tasks.transport import Connection, Message, Will, paho_internals
+from mqtt_tasks.transport.inflight import Inflight
+from mqtt_tasks.transport.paho_internals import BufferedSocket, TunedClient
 from tests.brokers import MosquittoProcess, free_port
 from tests.tasks_fixture import DEADLINE, Listener
 
@@ -76,6 +80,24 @@ def test_unreachable_broker_is_a_connect_error() -> None:
     conn = Connection(Settings.from_url(f"mqtt://127.0.0.1:{free_port()}"), "nobody")
     with pytest.raises(ConnectError, match="cannot reach the MQTT broker"):
         conn.connect(timeout=2)
+    assert not conn.closed
+
+
+def test_bad_options_are_config_errors_not_paho_value_errors() -> None:
+    """paho says ValueError for a bad option; the transport says ConfigError (still a ValueError)."""
+    settings = Settings.from_url("mqtt://127.0.0.1:1", protocol="3.1.1")
+    with pytest.raises(ConfigError, match="Invalid QoS"):
+        Connection(settings, "bad-will", will=Will("x/will", b"gone", qos=3))
+    with pytest.raises(ConfigError, match="Invalid inflight"):
+        Connection(settings, "bad-window", max_inflight=-1)
+    with pytest.raises(ConfigError, match="Keepalive"):
+        Connection(settings.with_(keepalive=-1), "bad-keepalive").connect(timeout=1)
+
+
+def test_a_paho_without_the_private_names_fails_at_import_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(paho.Client, "_packet_queue")
+    with pytest.raises(ImportError, match=r"_packet_queue.*paho-mqtt>=2\.1,<2\.3"):
+        paho_internals._check_paho()
 
 
 def test_publish_subscribe_and_flush(broker_url: str, prefix: str) -> None:
@@ -106,19 +128,26 @@ def test_publish_over_the_cap_is_refused_locally(broker_url: str, prefix: str) -
         conn.close()
 
 
-def test_mqtt5_response_topic_and_correlation_reach_the_receiver(mosquitto: MosquittoProcess, prefix: str) -> None:
+def test_mqtt5_response_topic_and_correlation_reach_the_receiver(mosquitto: MosquittoProcess, prefix: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     inbox = Inbox()
     sub = _conn(mosquitto.url, "sub5", on_message=inbox)
     sub.subscribe(f"{prefix}/req")
     sub.connect()
     pub = _conn(mosquitto.url, "pub5").connect()
     paho_path: list[Any] = []
-    sub._client.on_message = lambda *args: paho_path.append(args)  # taken only if the fast decoding is not
+    generic = paho.Client._handle_publish  # taken only if the fast decoding is not
+
+    def recorded(client: paho.Client) -> Any:
+        paho_path.append(client)
+        return generic(client)
+
+    monkeypatch.setattr(paho.Client, "_handle_publish", recorded)
     try:
         pub.publish(f"{prefix}/req", b"{}", response_topic=f"{prefix}/reply", correlation_data=b"\x00corr")
         (msg,) = inbox.wait(1)
         assert (msg.response_topic, msg.correlation_data) == (f"{prefix}/reply", b"\x00corr")
-        assert paho_path == [], "decoded by _Client._handle_publish itself, not paho's generic path"
+        assert paho_path == [], "decoded by TunedClient._handle_publish itself, not paho's generic path"
     finally:
         pub.close()
         sub.close()
@@ -241,16 +270,14 @@ def test_ack_many_acknowledges_a_batch_in_one_write(mosquitto: MosquittoProcess,
         sender.close()
 
 
-def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: MosquittoProcess,
-                                                                   prefix: str) -> None:
+def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: MosquittoProcess, prefix: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain TCP is read 64 KiB at a time (many packets per system call, packets split across
     chunks): every packet arrives, in order, the last one included (nothing follows it on the
     socket, so it is found in the buffer, not by waiting for more bytes).
 
     (bench: receiving a backlog costs 63-105 us per message this way against 124-165 with paho's
     own reads, `/tmp`-free measurement in docs/benchmarks.md)."""
-    from mqtt_tasks.transport.paho_internals import BufferedSocket
-
     settings = Settings.from_url(mosquitto.url, prefix=prefix)
     inbox = Inbox()
     conn = Connection(settings, f"chunk-{prefix}", on_message=inbox, session_expiry=300, receive_maximum=65535)
@@ -263,16 +290,24 @@ def test_a_backlog_read_in_large_chunks_arrives_whole_and_in_order(mosquitto: Mo
     sender.publish(f"{prefix}/c", b"last")  # the final packet: nothing arrives after it
     assert sender.flush(DEADLINE)
     sender.close()
+    made: list[BufferedSocket] = []
+
+    def recording(sock: Any) -> BufferedSocket:
+        made.append(BufferedSocket(sock))
+        return made[-1]
+
+    monkeypatch.setattr(paho_internals, "BufferedSocket", recording)
     conn = Connection(settings, f"chunk-{prefix}", on_message=inbox, session_expiry=300, receive_maximum=65535)
     conn.subscribe(f"{prefix}/c")
     conn.connect()
     try:
-        assert isinstance(conn._client._sock, BufferedSocket)  # noqa: SLF001
+        assert len(made) == 1, "the connection reads through a BufferedSocket"
         got = inbox.wait(3001, timeout=DEADLINE)
         assert got[-1].payload == b"last"
         assert [int(m.payload[: len(m.payload) // 20]) for m in got[:-1]] == list(range(3000))
     finally:
         conn.close()
+    assert conn.closed
 
 
 def test_publishes_from_many_threads_all_go_out_with_coalesced_wake_ups(broker_url: str, prefix: str) -> None:
@@ -316,7 +351,7 @@ def test_publishes_from_many_threads_all_go_out_with_coalesced_wake_ups(broker_u
         receiver.close()
 
 
-# -- the fast PUBLISH decoding of _Client, held to paho's own ------------------------------------
+# -- the fast PUBLISH and PUBACK handling of paho_internals.TunedClient, held to paho's own --------
 def _publish_packet(topic: bytes, qos: int, retain: bool, dup: bool, mid: int, props: Properties | None,
                     payload: bytes) -> tuple[int, bytearray]:
     command = 0x30 | (dup << 3) | (qos << 1) | retain
@@ -333,12 +368,13 @@ def _feed(client: Any, command: int, body: bytearray) -> None:
 
 
 def _received(protocol: int, command: int, packet: bytearray, fast: bool) -> list[Message]:
+    """What a Connection's owner receives for ``packet``: the callbacks are the ones it wires."""
     inbox = Inbox()
-    conn = Connection(Settings.from_url("mqtt://127.0.0.1:1"), "decode", on_message=inbox, manual_ack=True)
-    client = conn._client
-    client._protocol = protocol
-    if not fast:
-        client.on_publish_received = None
+    inflight = Inflight("decode", manual_ack=True, on_message=inbox)
+    client = TunedClient(CallbackAPIVersion.VERSION2, client_id="decode", protocol=protocol, manual_ack=True)
+    client.on_message = inflight.on_paho_message
+    if fast:
+        client.on_publish_received = inflight.deliver
     _feed(client, command, packet)
     try:
         client._handle_publish()
@@ -380,30 +416,34 @@ def test_fast_publish_decoding_delivers_what_paho_would(case: tuple[int, int, by
         _received(protocol, command, bytearray(packet), fast=False)
 
 
+def _outcome(handle: Any) -> int | str:
+    try:
+        return int(handle())
+    except Exception as exc:  # noqa: BLE001 - both paths must fail alike
+        return type(exc).__name__
+
+
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
 @pytest.mark.parametrize("packet", [b"\x00\x07", b"\x00\x07\x00", b"\x00\x07\x10\x00"], ids=["short", "rc", "rc+props"])
 def test_fast_puback_handling_matches_paho(protocol: int, packet: bytes) -> None:
     """A 2-byte PUBACK skips paho's decoding; longer ones (MQTT 5 reason code, properties) take
-    paho's path. Either way on_publish gets the same mid and reason, and the message is done."""
+    paho's path. Either way on_publish gets the same mid and reason, and the message is done; a
+    longer one is malformed for 3.1.1 and rejected as paho rejects it (2.2 raises, 2.1 returns
+    a protocol error)."""
     seen = {}
     for fast in (True, False):
-        conn = Connection(Settings.from_url("mqtt://127.0.0.1:1"), "puback")
-        client = conn._client
-        client._protocol = protocol
+        client = TunedClient(CallbackAPIVersion.VERSION2, client_id="puback", protocol=protocol)
         info = client.publish("t", b"x", qos=1)  # not connected: kept as an outgoing message
         assert info.mid in client._out_messages
         calls: list[tuple[int, int]] = []
         client.on_publish = lambda _c, _u, mid, rc, _p: calls.append((mid, int(rc.value)))  # noqa: B023
-        body = bytearray(struct.pack("!H", info.mid) + packet[2:])
-        _feed(client, 0x40, body)
-        if protocol == paho.MQTTv311 and len(packet) > 2:
-            with pytest.raises(Exception):  # noqa: B017 - malformed for 3.1.1: paho's own error
-                client._handle_pubackcomp("PUBACK") if fast else paho.Client._handle_pubackcomp(client, "PUBACK")
-            return
-        if fast:
-            client._handle_pubackcomp("PUBACK")
-        else:
-            paho.Client._handle_pubackcomp(client, "PUBACK")
-        assert info._published and info.mid not in client._out_messages  # is_published() raises: never sent
-        seen[fast] = calls
-    assert seen[True] == seen[False] and len(seen[True]) == 1
+        _feed(client, 0x40, bytearray(struct.pack("!H", info.mid) + packet[2:]))
+        handle = client._handle_pubackcomp if fast else partial(paho.Client._handle_pubackcomp, client)
+        outcome = _outcome(partial(handle, "PUBACK"))
+        seen[fast] = (outcome, calls, info._published, info.mid in client._out_messages)
+    assert seen[True] == seen[False]
+    if protocol == paho.MQTTv311 and len(packet) > 2:
+        assert seen[True][1:] == ([], False, True), "rejected: on_publish not called, still outgoing"
+    else:  # is_published() raises here (never sent), hence _published
+        reason = packet[2] if len(packet) > 2 else 0  # 0x10: "no matching subscribers", a success
+        assert seen[True] == (0, [(info.mid, reason)], True, False)

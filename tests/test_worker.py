@@ -311,7 +311,7 @@ def test_graceful_stop_delivers_a_result_published_at_the_last_moment(h: Harness
     def delayed(task: Any, state: str, extra: dict[str, Any]) -> bytes | None:
         if state in ("succeeded", "failed"):
             end = time.monotonic() + 1.0  # bounded: with the fix stop() waits for this publish
-            while not worker._conn._closed and time.monotonic() < end:
+            while not worker._conn.closed and time.monotonic() < end:
                 worker._stopped.wait(0.01)
         return publish_status(task, state, extra)
 
