@@ -136,7 +136,7 @@ def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, 
     procs = [spawn_worker(url, prefix, f"p{i}", 1, str(tmp_path / "log")) for i in range(3)]
     try:
         with coordinator(url, prefix) as c, producer(url, prefix) as app:
-            wait_until(lambda: len(c._workers) == 3, 10)  # noqa: SLF001
+            wait_until(lambda: len(c.workers()) == 3, 10)
             h = app.submit(task)
             with pytest.raises(TaskDeadError) as info:
                 h.result(30)

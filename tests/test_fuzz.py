@@ -241,14 +241,48 @@ def test_real_worker_survives_garbage(mosquitto: MosquittoProcess, prefix: str) 
         watch.close(1.0)
 
 
+class ConnectingRecorder(RecordingConnection):
+    """A recording connection a Coordinator can start with."""
+
+    def connect(self, *_: Any) -> ConnectingRecorder:
+        return self
+
+
+class CoordinatorHarness:
+    """A running Coordinator with a recording connection injected (``Coordinator(connection=...)``),
+    fed through ``Coordinator.receive`` as the network thread feeds it."""
+
+    def __init__(self) -> None:
+        from mqtt_tasks.coordinator import Coordinator
+
+        self.conn = ConnectingRecorder(MAX_PAYLOAD)
+        settings_ = Settings.from_url("mqtt://127.0.0.1:1", prefix=PREFIX, max_payload=MAX_PAYLOAD)
+        self.coordinator = Coordinator(settings_, connection=self.conn)  # type: ignore[arg-type]
+        self.coordinator.start()
+        self.coordinator.connected(True)
+        self.mid = 0
+
+    def feed(self, topic: str, payload: bytes, *, then_ask: str = "good-1") -> tuple[list[tuple[str, bytes]], Any]:
+        """Deliver one message, then a status query for ``then_ask``; return what was published
+        about the message (everything before the answer, which comes after it), and the answer."""
+        self.mid += 1
+        start = len(self.conn.published)
+        self.coordinator.receive(Message(topic, payload, 1, False, self.mid, 0))
+        reply_to = TOPICS.replies(f"fuzz-{self.mid}")
+        query = {"op": "status", "id": then_ask, "reply_to": reply_to}
+        self.coordinator.receive(Message(TOPICS.rpc, json.dumps(query).encode(), 1, False, 0, 0))
+        wait_until(lambda: any(t == reply_to for t, _ in self.conn.since(start)), timeout=5, interval=0.001,
+                   message=f"no answer after {payload[:80]!r}")
+        out = self.conn.since(start)
+        at = [t for t, _ in out].index(reply_to)
+        return out[:at], json.loads(out[at][1])
+
+
 @pytest.fixture(scope="module")
 def coordinator() -> Any:
-    from mqtt_tasks.coordinator import Coordinator
-
-    c = Coordinator(Settings.from_url("mqtt://127.0.0.1:1", prefix=PREFIX, max_payload=MAX_PAYLOAD))
-    c._conn = RecordingConnection(MAX_PAYLOAD)  # type: ignore[assignment]
-    c._online = True
-    return c
+    h = CoordinatorHarness()
+    yield h
+    h.coordinator.stop()
 
 
 COORDINATOR_INPUTS = {  # topic -> the decoder that must reject a payload for a report to be due
@@ -261,19 +295,18 @@ COORDINATOR_INPUTS = {  # topic -> the decoder that must reject a payload for a 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(any_payload())
-def test_coordinator_receive_path_one_report_per_rejected_input(coordinator: Any, payload: bytes) -> None:
+def test_coordinator_receive_path_one_report_per_rejected_input(coordinator: CoordinatorHarness,
+                                                                payload: bytes) -> None:
     for topic, decoder in COORDINATOR_INPUTS.items():
-        coordinator._outbox.clear()
-        coordinator._on_message(Message(topic, payload, 1, False, 0, 0))
-        reports = [t for t, _, _ in coordinator._outbox if t == TOPICS.errors]
+        out, _ = coordinator.feed(topic, payload)
+        reports = [t for t, _ in out if t == TOPICS.errors]
         try:
             decoder(payload, max_payload=MAX_PAYLOAD)
             rejected = False
         except DecodeError:
             rejected = not (payload == b"" and topic == TOPICS.worker("w9"))  # empty: a cleared retained state
-        assert len(reports) == 1 if rejected else len(reports) <= 1, (topic, payload, coordinator._outbox)
-    coordinator._outbox.clear()
-    good_id = f"coord-good-{len(coordinator._live)}-{time.monotonic_ns()}"
-    coordinator._on_message(Message(TOPICS.tasks("default"), json.dumps(dict(GOOD, id=good_id)).encode(),
-                                    1, False, 0, 0))
-    assert coordinator._get(good_id) is not None  # the next good task is still recorded
+        assert len(reports) == 1 if rejected else len(reports) <= 1, (topic, payload, out)
+    good_id = f"coord-good-{coordinator.mid}-{time.monotonic_ns()}"
+    _, answer = coordinator.feed(TOPICS.tasks("default"), json.dumps(dict(GOOD, id=good_id)).encode(),
+                                 then_ask=good_id)
+    assert answer["ok"] and answer["task"]["id"] == good_id  # the next good task is still recorded

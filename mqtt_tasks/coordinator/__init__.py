@@ -1,0 +1,52 @@
+"""The coordinator: a thin loop around the pure lease / retry / dispatch policy of ``leases``.
+
+Its parts, one module each (read them in this order):
+
+- ``lifecycle``: the ``Coordinator`` facade (build, connect, start, stop; the hand-offs from the
+  network thread; read-only views) and ``run_coordinator``.
+- ``loop``: the one thread that owns all state: batch -> decide -> commit -> ack -> publish.
+- ``handlers``: what each incoming message does; status events by an explicit table of states.
+- ``records``: the live records over the durable store (``store/``); recovery after a restart.
+- ``timers``: when each live record is due again, and what happens when it is.
+- ``fleet``: the workers as the coordinator sees them: free slots, dispatches in flight.
+- ``backlog``: tasks waiting for a free slot, dispatched oldest first to workers' inboxes.
+- ``effects``: the policy's effects as topics and payloads, published after the commit.
+- ``queries``: the answers on the query topic, and ``query_status`` / ``query_tasks`` /
+  ``query_stats`` that ask them.
+
+The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
+docs/coordinator.md.
+"""
+
+from ..errors import (  # the query errors are importable from here too
+    CoordinatorTimeoutError,
+    DecodeError,
+    MqttTasksError,
+    PayloadTooLargeError,
+    TaskNotFoundError,
+    TransportError,
+)
+from .effects import SOURCE, final_event
+from .lifecycle import Coordinator, run_coordinator
+from .loop import FORCED_TICK_S, ConnectionLike
+from .queries import query_stats, query_status, query_tasks, record_summary, record_view
+
+__all__ = [
+    "FORCED_TICK_S",
+    "SOURCE",
+    "ConnectionLike",
+    "Coordinator",
+    "CoordinatorTimeoutError",
+    "DecodeError",
+    "MqttTasksError",
+    "PayloadTooLargeError",
+    "TaskNotFoundError",
+    "TransportError",
+    "final_event",
+    "query_stats",
+    "query_status",
+    "query_tasks",
+    "record_summary",
+    "record_view",
+    "run_coordinator",
+]

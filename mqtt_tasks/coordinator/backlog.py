@@ -1,0 +1,95 @@
+"""The backlog: tasks the coordinator holds until a worker has a free slot, and their dispatch.
+
+Built on these facts (DESIGN.md, BROKER-FACTS.md):
+
+- A worker acknowledges a task at once and hands back (``deferred``) what it cannot start; a
+  retry after a backoff and a re-dispatch after a loss land here too (``leases.Enqueue``).
+- Mosquitto hands shared-subscription messages out round-robin whatever a member's load, so the
+  backlog is not given back to the shared topic: each task goes to the inbox of one worker the
+  fleet knows has a free slot (``P/inbox/{worker}``), oldest first across the queues.
+- A dispatch pass costs O(queues x workers) to find the free slots, then O(placed): a queue without
+  a free slot is not looked at, and the pass stops when nothing more can be placed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .. import leases
+from ..protocol.states import BACKLOG
+
+if TYPE_CHECKING:
+    from ..leases import LeasePolicy, WorkerView
+    from ..store.base import TaskRecord
+    from .effects import Effects
+    from .fleet import Fleet
+    from .records import Records
+
+
+class Backlog:
+    """Per queue, a FIFO of (arrival, task id); an entry whose record moved on is skipped."""
+
+    def __init__(self, policy: LeasePolicy, fleet: Fleet, stats: dict[str, int]) -> None:
+        self._policy = policy
+        self._fleet = fleet
+        self._stats = stats
+        self._queues: dict[str, deque[tuple[int, str]]] = {}
+        self._members: set[str] = set()
+        self._arrivals = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def push(self, task_id: str, queue_name: str) -> None:
+        if task_id not in self._members:
+            self._members.add(task_id)
+            self._queues.setdefault(queue_name, deque()).append((next(self._arrivals), task_id))
+
+    def discard(self, task_id: str) -> None:
+        self._members.discard(task_id)
+
+    def dispatch(self, now: float, records: Records, effects: Effects) -> None:
+        """Hand backlog tasks to workers with free slots, oldest first, across the queues that have one."""
+        if not self._queues:
+            return
+        serving = self._fleet.serving(self._queues, now)
+        while serving:
+            name = min(serving, key=lambda q: self._queues[q][0][0])
+            workers = serving[name]
+            if not any(w.free > 0 for w in workers):
+                del serving[name]
+                continue
+            entries = self._queues[name]
+            entry = entries.popleft()
+            record = self._take(entry[1], name, records)
+            if record is not None and not self._place(record, workers, len(entries) + 1, now, records, effects):
+                entries.appendleft(entry)  # no worker fits it now: it stays first
+                self._members.add(entry[1])
+                del serving[name]
+            if not entries:
+                del self._queues[name]
+                serving.pop(name, None)
+
+    def _take(self, task_id: str, name: str, records: Records) -> TaskRecord | None:
+        """The record of a backlog entry if it is still waiting in that queue's backlog."""
+        self._members.discard(task_id)
+        record = records.live.get(task_id)
+        if record is None or record.state != BACKLOG:
+            return None
+        if record.queue != name:
+            self.push(task_id, record.queue)
+            return None
+        return record
+
+    def _place(self, record: TaskRecord, workers: list[WorkerView], waiting: int, now: float, records: Records,
+               effects: Effects) -> bool:
+        view = self._fleet.assign(record, workers, waiting, now)
+        if view is None:
+            return False
+        leases.on_dispatched(record, view.worker, now, self._policy)
+        records.dispatched(record)
+        self._stats["dispatched"] += 1
+        effects.dispatch(record, view.worker)
+        return True

@@ -1,0 +1,136 @@
+"""Effects: what the policy decided, as topics and payloads, held until the batch is committed.
+
+Built on these facts:
+
+- ``leases`` returns effects (``Cancel``, ``Announce``, ``Enqueue``) and never publishes; every
+  outgoing message is built by ``protocol.events`` (one builder per wire message) and waits in the
+  outbox until the loop has committed the batch that decided it and acknowledged its messages.
+- A final event also goes to the task's ``reply_to`` and its MQTT 5 Response Topic (with the
+  Correlation Data echoed).
+- The coordinator's own status events carry ``source: "coordinator"``, so that it ignores them
+  when they come back on ``P/status/+``.
+- With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
+  and ``queue`` changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..leases import Announce, Cancel, Effect, Enqueue
+from ..protocol import codec, events
+from ..protocol.states import DEAD, EXPIRED, SUCCEEDED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..config import Settings
+    from ..protocol.topics import Topics
+    from ..store.base import TaskRecord
+    from .backlog import Backlog
+
+log = logging.getLogger(__name__)
+
+SOURCE = "coordinator"
+"""The ``source`` of the coordinator's own status events (it ignores them on ``P/status/+``)."""
+
+Outgoing = tuple[str, bytes, dict[str, Any]]
+
+
+class Effects:
+    """Carries out effects into an outbox of (topic, payload, publish options)."""
+
+    def __init__(self, settings: Settings, topics: Topics, client_id: str, backlog: Backlog,
+                 clock: Callable[[], float], stats: dict[str, int]) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._client_id = client_id
+        self._backlog = backlog
+        self._clock = clock
+        self._stats = stats
+        self._outbox: list[Outgoing] = []
+
+    def take(self) -> list[Outgoing]:
+        """Everything sent since the last call, in order; the outbox starts empty again."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def send(self, topic: str, payload: bytes, **options: Any) -> None:
+        self._outbox.append((topic, payload, options))
+
+    def apply(self, record: TaskRecord, effect: Effect) -> None:
+        if isinstance(effect, Enqueue):
+            self._backlog.push(effect.task_id, record.queue)
+        elif isinstance(effect, Cancel):
+            self._stats["cancels"] += 1
+            log.info("coordinator: telling %s to stop task %s attempt %d: %s", effect.worker, effect.task_id,
+                     effect.attempt, effect.reason)
+            command = events.cancel_command(effect.task_id, effect.attempt, effect.reason)
+            self.send(self._topics.control(effect.worker), codec.encode(command))
+        elif isinstance(effect, Announce):
+            self._announce(record, effect)
+
+    def _announce(self, record: TaskRecord, effect: Announce) -> None:
+        self._count(record, effect)
+        event = final_event(record) if effect.final else events.status_event(
+            record.id, effect.state, record.attempt, self._clock(), task=record.task, queue=record.queue,
+            correlation=record.correlation, reason=effect.reason, source=SOURCE, next_at=effect.next_at)
+        payload = codec.encode(event)
+        self.send(self._topics.status(record.id), payload)
+        if effect.reply:
+            self._reply(record, payload)
+        if effect.dead_letter:
+            letter = events.dead_letter(record.id, body=record.body, queue=record.queue, reason=effect.reason,
+                                        failures=record.failures, attempts=record.history, error=record.error,
+                                        ts=self._clock())
+            self.send(self._topics.dead(record.queue), codec.encode(letter))
+
+    def _count(self, record: TaskRecord, effect: Announce) -> None:
+        if effect.state == DEAD:
+            self._stats["dead"] += 1
+            log.warning("coordinator: task %s is dead: %s", record.id, effect.reason)
+        elif effect.state == EXPIRED:
+            self._stats["expired"] += 1
+        else:
+            self._stats["retried"] += 1
+            log.info("coordinator: task %s will be retried: %s", record.id, effect.reason)
+
+    def _reply(self, record: TaskRecord, payload: bytes) -> None:
+        if record.reply_to:
+            self.send(record.reply_to, payload)
+        if record.response_topic and record.response_topic != record.reply_to:
+            corr = bytes.fromhex(record.correlation_data) if record.correlation_data else None
+            self.send(record.response_topic, payload, correlation_data=corr)
+
+    def dispatch(self, record: TaskRecord, worker: str) -> None:
+        """Send the record's task, as its next attempt, to ``worker``'s inbox."""
+        body = dict(record.body or {})
+        body.update(attempt=record.attempt, queue=record.queue)
+        key = getattr(self._settings, "signing_key", None)
+        if key is not None:
+            from .. import signing
+
+            body = signing.sign(body, key)
+        self.send(self._topics.inbox(worker), codec.encode(body))
+
+    def report(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
+        """An error report on ``P/errors``: what was rejected, where, and why."""
+        report = events.error_report(component="coordinator", source=self._client_id, reason=reason,
+                                     ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
+        self.send(self._topics.errors, codec.encode(report))
+
+    def presence(self, state: str) -> bytes:
+        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
+
+
+def final_event(record: TaskRecord) -> dict[str, Any]:
+    """The final status event of a finished task, as a worker or the coordinator sent it."""
+    winner = record.winner or {}
+    outcome = {"result": record.result} if record.state == SUCCEEDED else {"error": record.error}
+    return events.status_event(record.id, record.state, winner.get("attempt") or record.attempt, record.updated,
+                               worker=winner.get("worker"), task=record.task, queue=record.queue,
+                               correlation=record.correlation, final=True, reason=record.reason, source=SOURCE,
+                               **outcome)

@@ -1,0 +1,179 @@
+"""Handlers: what each incoming message does to the record, the fleet and the backlog.
+
+Built on these facts (DESIGN.md "Wire contract"):
+
+- The coordinator reads ``P/tasks/+`` (a task seen: recorded, its dispatch timer starts),
+  ``P/status/+`` (the workers' events), ``P/workers/+`` (heartbeats and Last Wills) and the query
+  topic (``queries``). Each payload is decoded by ``protocol.codec`` into a validated model; a
+  payload that does not decode is reported on ``P/errors`` and the next message is processed.
+- A status event is handled by the handler its state names in ``status_handlers``, an explicit
+  table keyed by the state constants of ``protocol.states``; a state without a handler
+  (``progress``, ``retrying``, ...) changes nothing here. Handlers take a ``StatusEvent``.
+- Events the coordinator published itself (``source: "coordinator"``) and events no worker sent
+  come back on ``P/status/+`` and are ignored. An event must be on its own task's topic.
+- A heartbeat lists the attempts its worker holds: that renews their leases in one message
+  (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .. import leases
+from ..errors import DecodeError
+from ..protocol import codec
+from ..protocol.states import DEFERRED, DISPATCHED, EXPIRED, FAILED, OFFLINE, STARTED, SUCCEEDED
+from .effects import SOURCE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..config import Settings
+    from ..leases import LeasePolicy, Rng
+    from ..protocol.messages import StatusEvent
+    from ..protocol.topics import Topics
+    from ..transport import Message
+    from .effects import Effects
+    from .fleet import Fleet
+    from .queries import Queries
+    from .records import Records
+
+log = logging.getLogger(__name__)
+
+
+class Handlers:
+    """Routes each message by topic to its handler, and reports what cannot be decoded."""
+
+    def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, effects: Effects,
+                 queries: Queries, policy: LeasePolicy, clock: Callable[[], float], rng: Rng,
+                 stats: dict[str, int]) -> None:
+        self._max_payload = settings.max_payload
+        self._topics = topics
+        self._records = records
+        self._fleet = fleet
+        self._effects = effects
+        self._queries = queries
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng
+        self._stats = stats
+        self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
+            STARTED: self.on_started,
+            SUCCEEDED: self.on_succeeded,
+            FAILED: self.on_failed,
+            DEFERRED: self.on_deferred,
+            EXPIRED: self.on_expired,
+        }
+
+    def on_message(self, message: Message) -> None:
+        topic = message.topic
+        topics = self._topics
+        try:
+            if topic.startswith(topics.tasks_root):
+                self.on_task(message)
+            elif topic.startswith(topics.status_root):
+                self.on_status(message)
+            elif topic.startswith(topics.workers_root):
+                self.on_worker_state(message)
+            elif topic == topics.rpc:
+                self._queries.on_rpc(message)
+        except DecodeError as exc:
+            self._stats["rejected"] += 1
+            log.warning("coordinator rejected a message on %s: %s", topic, exc.reason)
+            self._effects.report(exc.reason, topic, message.payload, exc.task_id)
+        except Exception as exc:
+            log.exception("coordinator: error handling a message on %s", topic)
+            self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)
+
+    def on_task(self, message: Message) -> None:
+        task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),
+                                 max_payload=self._max_payload)
+        body = task.model_dump(exclude_none=True)
+        record = self._records.get_or_create(task.id)
+        if message.response_topic and record.response_topic is None:
+            record.response_topic = message.response_topic
+            if message.correlation_data is not None:
+                record.correlation_data = message.correlation_data.hex()
+        self._records.save(record, leases.on_task(record, body, self._clock(), self._policy))
+
+    # -- status events ---------------------------------------------------------------------
+    def on_status(self, message: Message) -> None:
+        event = codec.decode_status(message.payload, topic=message.topic, max_payload=self._max_payload)
+        if not event.worker or (event.model_extra or {}).get("source") == SOURCE:
+            return
+        if self._topics.task_id_of_status(message.topic) != event.id:
+            raise DecodeError(f"status event for {event.id} on the topic of another task",
+                              payload=message.payload, topic=message.topic, task_id=event.id)
+        handler = self.status_handlers.get(event.state)
+        if handler is not None:
+            handler(event)
+
+    def on_started(self, event: StatusEvent) -> None:
+        assert event.worker is not None  # on_status passes only events a worker sent
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        view = self._fleet.started(event.worker, record)
+        effects = leases.on_started(record, event.attempt, event.worker, view.heartbeat_s or None, self._clock(),
+                                    self._policy)
+        self._records.save(record, effects)
+
+    def on_succeeded(self, event: StatusEvent) -> None:
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        self._fleet.finished(event.worker, record, self._clock())
+        was_terminal = record.terminal
+        effects = leases.on_succeeded(record, event.attempt, event.worker, event.result, self._clock())
+        if record.state == SUCCEEDED and not was_terminal:
+            self._stats["succeeded"] += 1
+        elif was_terminal:
+            self._stats["duplicates"] += 1
+        self._records.save(record, effects)
+
+    def on_failed(self, event: StatusEvent) -> None:
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        self._fleet.finished(event.worker, record, self._clock())
+        error = event.error.model_dump(exclude_none=True) if event.error else None
+        extra = event.model_extra or {}
+        allowed = extra.get("max_attempts") if isinstance(extra.get("max_attempts"), int) else None
+        effects = leases.on_failed(record, event.attempt, event.worker, error, bool(event.final), allowed,
+                                   self._clock(), self._policy, self._rng)
+        self._records.save(record, effects)
+
+    def on_deferred(self, event: StatusEvent) -> None:
+        assert event.worker is not None
+        record = self._records.get_or_new(event.id, event.body, task=event.task, queue=event.queue)
+        self._fleet.deferred(event.worker, record)
+        self._records.save(record, leases.on_deferred(record, event.attempt, event.worker, event.body,
+                                                      self._clock()))
+
+    def on_expired(self, event: StatusEvent) -> None:
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        effects = leases.on_worker_event_final(record, EXPIRED, event.attempt, event.worker, event.reason,
+                                               self._clock())
+        self._records.save(record, effects)
+
+    # -- worker states ---------------------------------------------------------------------
+    def on_worker_state(self, message: Message) -> None:
+        if not message.payload:
+            return  # a cleared retained state
+        state = codec.decode_worker_state(message.payload, topic=message.topic, max_payload=self._max_payload)
+        worker = self._topics.worker_of(message.topic) or state.worker
+        now = self._clock()
+        self._fleet.heard(worker, state, now, message.retain)
+        if state.state == OFFLINE:
+            self._worker_lost(worker, now)
+            return
+        held = {t.id: t.attempt for t in state.tasks}
+        for task_id, attempt in held.items():
+            record = self._records.get_or_create(task_id)
+            self._records.save(record, leases.on_started(record, attempt, worker, state.heartbeat_s, now,
+                                                         self._policy))
+        self._fleet.reconcile(worker, state, held, self._records.live)
+
+    def _worker_lost(self, worker: str, now: float) -> None:
+        self._fleet.lost(worker, now)
+        lost = [r for r in self._records.live.values() if r.worker == worker and r.state in (STARTED, DISPATCHED)]
+        if lost:
+            log.warning("coordinator: worker %s went offline holding %d task(s); dispatching them again",
+                        worker, len(lost))
+        for record in lost:
+            self._records.save(record, leases.on_worker_lost(record, worker, now, self._policy))

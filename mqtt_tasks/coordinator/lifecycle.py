@@ -1,0 +1,214 @@
+"""The ``Coordinator`` facade: builds the parts, connects, starts and stops the loop.
+
+Built on these facts:
+
+- The coordinator's MQTT session is persistent (``session_expiry``, manual acks, a Receive
+  Maximum of 65535) so that what it has not acknowledged is redelivered after a crash; its Last
+  Will and its retained presence on ``P/coordinator`` tell workers whether a coordinator runs
+  (a worker without one replies and gives up on failures itself).
+- Subscriptions are made before connecting, so none is missing after a reconnect; the loop thread
+  runs before the first message can arrive.
+- Stopping finishes the batch at hand (committed, acknowledged, published), then announces
+  ``offline`` (retained), disconnects and closes the store it opened (a store it was given is
+  committed and left open).
+- The network thread only hands off: ``receive``, ``connected`` and ``disconnected`` put one item
+  on the loop's queue. They are public so that an injected connection can be wired to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Settings
+from ..errors import MqttTasksError
+from ..leases import LeasePolicy, Rng, WorkerView
+from ..protocol import codec, events
+from ..protocol.states import OFFLINE, ONLINE
+from ..protocol.topics import Topics
+from ..store.base import Store
+from ..store.memory import MemoryStore
+from ..store.sqlite import SQLiteStore
+from ..transport import Connection, Message, Will
+from .backlog import Backlog
+from .effects import Effects
+from .fleet import Fleet
+from .handlers import Handlers
+from .loop import CONNECTED, DISCONNECTED, MSG, ConnectionLike, Loop
+from .queries import Queries
+from .records import Records
+from .timers import Timers
+
+log = logging.getLogger(__name__)
+
+STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired", "succeeded", "duplicates",
+         "cancels", "rejected")
+
+
+class Coordinator:
+    """The durable record of every task. ``with Coordinator(settings, "tasks.db"): ...``
+
+    ``store``: a ``Store``, an SQLite path, or None (in memory). ``connection``: a Connection-like
+    object (``ConnectionLike``) to use instead of the one the coordinator builds (tests, embedding);
+    its owner routes what it receives to ``receive``, and its connects and drops to ``connected``
+    and ``disconnected``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | str | None = None,
+        *,
+        policy: LeasePolicy | None = None,
+        client_id: str | None = None,
+        session_expiry: int = 3600,
+        batch_size: int = 1000,
+        tick_s: float = 0.1,
+        clock: Callable[[], float] = time.time,
+        rng: Rng = random.random,
+        connection: ConnectionLike | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.prefix)
+        self._owns_store = not isinstance(store, Store)
+        self.store: Store = store if isinstance(store, Store) else (SQLiteStore(store) if store else MemoryStore())
+        self.policy = policy or LeasePolicy()
+        self.client_id = client_id or "mqtt-tasks-coordinator-" + settings.prefix.replace("/", "_")
+        self.batch_size = batch_size
+        self.tick_s = tick_s
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self._clock = clock
+        self._stopped = threading.Event()
+        self._connection: ConnectionLike = connection if connection is not None else self._default_connection(
+            session_expiry)
+        self._build_parts(rng)
+
+    def _default_connection(self, session_expiry: int) -> Connection:
+        will = events.presence(OFFLINE, None, self.client_id, None)
+        return Connection(self.settings, self.client_id, on_message=self.receive, manual_ack=True,
+                          session_expiry=session_expiry, receive_maximum=65535,
+                          will=Will(self.topics.coordinator, codec.encode(will)),
+                          on_connect=self.connected, on_disconnect=self.disconnected)
+
+    def _build_parts(self, rng: Rng) -> None:
+        clock, stats, policy = self._clock, self.stats, self.policy
+        self._fleet = Fleet(policy)
+        timers = Timers(policy, self._fleet, stats)
+        self._backlog = Backlog(policy, self._fleet, stats)
+        self._effects = Effects(self.settings, self.topics, self.client_id, self._backlog, clock, stats)
+        self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
+        self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
+                                self._effects, stats)
+        handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
+                            policy, clock, rng, stats)
+        self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
+                          handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
+        self._put = self._loop.items.put
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> Coordinator:
+        """Load the live record, subscribe, connect; returns when running."""
+        recovered = self._records.recover()
+        log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
+        for topic in (self.topics.all_tasks, self.topics.all_status, self.topics.all_workers, self.topics.rpc):
+            self._connection.subscribe(topic)
+        self._loop.start()
+        self._connection.connect()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit, announce ``offline`` (retained), disconnect."""
+        if self._stopped.is_set():
+            return
+        self._loop.stop(timeout)
+        self._stopped.set()
+        try:
+            self._connection.publish(self.topics.coordinator, self._effects.presence(OFFLINE), retain=True)
+        except MqttTasksError as exc:
+            log.warning("coordinator: could not announce offline: %s", exc)
+        self._connection.close()
+        if self._owns_store:
+            self.store.close()
+        else:
+            self.store.commit()
+        log.info("coordinator %s stopped", self.client_id)
+
+    def __enter__(self) -> Coordinator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _went_online(self) -> None:
+        """On the loop's thread, after every (re)connect."""
+        self._records.extend_leases(self._clock())
+        self._effects.send(self.topics.coordinator, self._effects.presence(ONLINE), retain=True)
+        log.info("coordinator %s online at %s (%d live tasks)", self.client_id, self.settings.display_url,
+                 len(self._records.live))
+
+    # -- hand-offs from the network thread ---------------------------------------------
+    def receive(self, message: Message) -> None:
+        """A message from the connection: decided on the loop's thread, acknowledged after its commit."""
+        self._put((MSG, message))
+
+    def connected(self, first: bool) -> None:
+        """The connection is up (``first``: for the first time): leases get a grace, presence goes out."""
+        self._put((CONNECTED, first))
+
+    def disconnected(self, reason: str) -> None:
+        """The connection dropped: timers and backlog dispatch wait for the next ``connected``."""
+        self._put((DISCONNECTED, reason))
+
+    @property
+    def connection(self) -> ConnectionLike:
+        """The connection the coordinator uses (built by it, or the one it was given)."""
+        return self._connection
+
+    # -- read-only views (safe from any thread; a moment's state) ----------------------
+    @property
+    def live_count(self) -> int:
+        """Tasks not finished yet."""
+        return len(self._records.live)
+
+    @property
+    def backlog_size(self) -> int:
+        """Tasks waiting in the backlog for a worker with a free slot."""
+        return len(self._backlog)
+
+    def workers(self) -> dict[str, WorkerView]:
+        """Copies of what the coordinator believes about each worker it has heard of."""
+        return {w.worker: dataclasses.replace(w) for w in list(self._fleet.views.values())}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters, live and backlog sizes and the workers' states and free slots, as the
+        ``stats`` query answers them (without the store's counts)."""
+        return self._queries.snapshot()
+
+
+def run_coordinator(
+    settings: Settings,
+    db_path: str,
+    *,
+    stop_event: threading.Event | None = None,
+    policy: LeasePolicy | None = None,
+    client_id: str | None = None,
+    ready: threading.Event | None = None,
+) -> int:
+    """Run a coordinator on the SQLite file ``db_path`` until ``stop_event`` is set (or Ctrl-C)."""
+    stop_event = stop_event or threading.Event()
+    coordinator = Coordinator(settings, db_path, policy=policy, client_id=client_id).start()
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop_event.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        log.info("coordinator: interrupted")
+    finally:
+        coordinator.stop()
+    return 0

@@ -1,0 +1,197 @@
+"""The loop: one thread, ``mqtt-coordinator``, owns every piece of coordinator state.
+
+The paho network thread only hands off (``Coordinator.receive``, ``connected`` and
+``disconnected`` put an item on one queue and return). The loop does, over and over::
+
+    take a batch of up to batch_size items (wait at most tick_s for the first)
+    -> prefetch the batch's records that are not live, in one store query
+    -> decide each message (handlers -> leases.*), changing records, fleet, backlog, timers
+    -> when idle (or FORCED_TICK_S went by) and online: fire due timers (leases, dispatch
+       timeouts, retries, expiry)
+    -> when online: dispatch backlog tasks to workers with free slots
+    -> store.commit()            one commit per batch
+    -> ack the batch             the broker may now forget these messages
+    -> publish the effects       status, replies, dead letters, inbox dispatches, cancels, answers
+
+Built on these facts:
+
+- A message is acknowledged only after the commit that records it, and the MQTT session is
+  persistent (``session_expiry``), so a ``kill -9`` loses nothing that was acknowledged: the
+  broker redelivers the rest, and the handlers treat a redelivery as the echo it is.
+- Effects are published after the commit, so nothing the coordinator says (a retry, a dispatch,
+  a dead letter) can be forgotten by a coordinator that restarts: at worst it is said twice.
+- Throughput comes from batching (docs/benchmarks.md): one wake-up, one prefetch query, one commit,
+  one PUBACK burst per batch. The per-message work is the handler and nothing else.
+- Timers do not run while a burst is being drained, except every ``FORCED_TICK_S``: a burst
+  must not starve lease expiry, and a lease check per batch would cost more than the batch.
+- An unexpected error in a batch is logged and the loop goes on; the batch's messages are not
+  acknowledged, so the broker delivers them again after a reconnect.
+
+See docs/coordinator.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import MqttTasksError
+from ..protocol import codec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..protocol.topics import Topics
+    from ..transport import Message
+    from .backlog import Backlog
+    from .effects import Effects
+    from .records import Records
+    from .timers import Timers
+
+log = logging.getLogger(__name__)
+
+FORCED_TICK_S = 2.0
+"""Timers run at least this often while messages keep arriving."""
+
+# The kinds of items on the loop's queue.
+MSG = "msg"
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+STOP = "stop"
+
+Item = tuple[str, Any]
+
+
+class ConnectionLike(Protocol):
+    """What the coordinator needs of its connection (``transport.Connection`` is one).
+
+    It must deliver what it receives to ``Coordinator.receive`` (and its connects and drops to
+    ``connected`` / ``disconnected``), acknowledge only through ``ack_many``, and keep a
+    persistent session: the loop's guarantee rests on acks that follow the commit.
+    """
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
+
+    def connect(self, timeout: float | None = None) -> Any: ...
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                correlation_data: bytes | None = None) -> Any: ...
+
+    def ack_many(self, messages: Iterable[Message]) -> None: ...
+
+    def close(self, flush_timeout: float = 5.0) -> None: ...
+
+
+class Loop:
+    """The owner thread: batch -> decide -> commit -> ack -> publish; timers and backlog when idle."""
+
+    def __init__(self, connection: ConnectionLike, topics: Topics, records: Records, timers: Timers, backlog: Backlog,
+                 effects: Effects, on_message: Callable[[Message], None], on_connected: Callable[[], None],
+                 clock: Callable[[], float], batch_size: int, tick_s: float) -> None:
+        self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._conn = connection
+        self._topics = topics
+        self._records = records
+        self._timers = timers
+        self._backlog = backlog
+        self._effects = effects
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._clock = clock
+        self._batch_size = batch_size
+        self._tick_s = tick_s
+        self._online = False
+        self._last_tick = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-coordinator", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Finish the batch at hand (committed, acknowledged, published) and end the thread."""
+        self.items.put((STOP, None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                self._flush([])
+                return
+            try:
+                self._process(batch)
+            except Exception:
+                log.exception("coordinator: unexpected error in the loop")
+
+    def _take_batch(self) -> list[Item] | None:
+        batch: list[Item] = []
+        try:
+            batch.append(self.items.get(timeout=self._tick_s))
+        except queue.Empty:
+            return batch
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self.items.get_nowait())
+            except queue.Empty:
+                break
+        if any(kind == STOP for kind, _ in batch):
+            self._process([item for item in batch if item[0] != STOP])
+            return None
+        return batch
+
+    def _process(self, batch: list[Item]) -> None:
+        acks: list[Message] = []
+        self._prefetch(batch)
+        on_message = self._on_message
+        for kind, value in batch:
+            if kind == MSG:
+                on_message(value)
+                acks.append(value)
+            elif kind == CONNECTED:
+                self._online = True
+                self._on_connected()
+            elif kind == DISCONNECTED:
+                self._online = False
+        if self._online:
+            self._when_idle(self._clock())
+        self._flush(acks)
+
+    def _when_idle(self, now: float) -> None:
+        since = now - self._last_tick
+        if (self.items.empty() or since > FORCED_TICK_S) and since >= self._tick_s:
+            self._last_tick = now
+            self._timers.tick(now, self._records)
+        self._backlog.dispatch(now, self._records, self._effects)
+
+    def _prefetch(self, batch: list[Item]) -> None:
+        """Read the records of the batch's tasks that are not live in one query, not one per message."""
+        topics, live = self._topics, self._records.live
+        ids = []
+        for kind, message in batch:
+            if kind != MSG:
+                continue
+            if message.topic.startswith(topics.status_root):
+                task_id = topics.task_id_of_status(message.topic)
+            elif message.topic.startswith(topics.tasks_root):
+                task_id = codec.guess_id(message.payload)
+            else:
+                continue
+            if task_id and task_id not in live:
+                ids.append(task_id)
+        if ids:
+            self._records.store.prefetch(ids)
+
+    def _flush(self, acks: list[Message]) -> None:
+        self._records.store.commit()
+        self._conn.ack_many(acks)
+        for topic, payload, options in self._effects.take():
+            try:
+                self._conn.publish(topic, payload, **options)
+            except (MqttTasksError, ValueError) as exc:
+                log.error("coordinator: cannot publish to %s: %s", topic, exc)
+

@@ -1,0 +1,169 @@
+"""Queries: the coordinator's answers on the query topic, and the client side that asks them.
+
+Built on these facts:
+
+- A query is a JSON object on ``P/rpc/coordinator`` with an ``op`` (``status``, ``tasks``,
+  ``stats``, ``result``), a ``correlation`` and a reply topic (its ``reply_to``, else its MQTT 5
+  Response Topic). The answer goes to that topic with the correlation echoed (and the MQTT 5
+  Correlation Data).
+- Answers are read from the live cache and the store on the loop's thread, like everything else:
+  a query sees every record of the batches before it. ``result`` answers only a finished task,
+  with its final event; otherwise it stays silent and the asker keeps waiting for the event.
+- An answer over the payload cap is replaced by a short refusal, never dropped.
+- The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
+  connection per call that subscribes to its own ``P/replies/{client}`` topic before asking.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CoordinatorTimeoutError, DecodeError, MqttTasksError, PayloadTooLargeError, TaskNotFoundError
+from ..protocol import codec
+from ..protocol.topics import Topics
+from ..transport import Connection, Message
+from .effects import final_event
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store.base import TaskRecord
+    from .backlog import Backlog
+    from .effects import Effects
+    from .fleet import Fleet
+    from .records import Records
+
+OPS = ("status", "tasks", "stats", "result")
+
+
+class Queries:
+    """Answers the queries that arrive on the query topic."""
+
+    def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, backlog: Backlog,
+                 effects: Effects, stats: dict[str, int]) -> None:
+        self._max_payload = settings.max_payload
+        self._topics = topics
+        self._records = records
+        self._fleet = fleet
+        self._backlog = backlog
+        self._effects = effects
+        self._stats = stats
+
+    def on_rpc(self, message: Message) -> None:
+        request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
+        reply_to = request.get("reply_to") or message.response_topic
+        if not isinstance(reply_to, str) or not reply_to or any(c in reply_to for c in "+#"):
+            raise DecodeError("query without a valid reply_to", payload=message.payload, topic=message.topic)
+        if request.get("op") == "result":
+            record = self._records.get(str(request.get("id", "")))
+            if record is not None and record.terminal:
+                self._effects.send(reply_to, codec.encode(final_event(record)),
+                                   correlation_data=message.correlation_data)
+            return
+        answer = self.answer(request)
+        answer["correlation"] = request.get("correlation")
+        try:
+            payload = codec.check_size(codec.encode(answer), self._max_payload, reply_to)
+        except PayloadTooLargeError as exc:
+            payload = codec.encode({"ok": False, "error": str(exc), "correlation": request.get("correlation")})
+        self._effects.send(reply_to, payload, correlation_data=message.correlation_data)
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            record = self._records.get(str(request.get("id", "")))
+            if record is None:
+                return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
+            return {"ok": True, "task": record_view(record)}
+        if op == "tasks":
+            state = request.get("state")
+            limit = max(1, min(int(request.get("limit") or 100), 1000))
+            store = self._records.store
+            store.commit()
+            records = store.list_tasks(state if isinstance(state, str) else None, limit)
+            return {"ok": True, "tasks": [record_summary(r) for r in records]}
+        if op == "stats":
+            return {"ok": True, **self.snapshot(), "counts": self._records.store.counts()}
+        return {"ok": False, "error": f"unknown op {op!r}: use {', '.join(OPS[:-1])} or {OPS[-1]}"}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters, live and backlog sizes, and the view of the workers (no store access)."""
+        return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
+                "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
+
+
+# -- views of a record -------------------------------------------------------------------------
+def record_summary(record: TaskRecord) -> dict[str, Any]:
+    return {"id": record.id, "state": record.state, "task": record.task, "queue": record.queue,
+            "attempt": record.attempt, "failures": record.failures, "worker": record.worker,
+            "created": record.created, "updated": record.updated, "reason": record.reason,
+            "duplicates": record.duplicates}
+
+
+def record_view(record: TaskRecord) -> dict[str, Any]:
+    view = record_summary(record)
+    view.update(history=record.history, result=record.result, error=record.error,
+                max_attempts=record.max_attempts, winner=record.winner, expires_at=record.expires_at)
+    return view
+
+
+# -- the client side ---------------------------------------------------------------------------
+def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    topics = Topics(settings.prefix)
+    client_id = f"mqtt-tasks-q-{uuid.uuid4().hex[:12]}"
+    reply_topic = topics.replies(client_id)
+    answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    conn = Connection(settings, client_id, on_message=answers.put)
+    conn.subscribe(reply_topic)
+    conn.connect(timeout)
+    correlation = uuid.uuid4().hex
+    try:
+        conn.publish(topics.rpc, codec.encode({**request, "reply_to": reply_topic, "correlation": correlation}),
+                     response_topic=reply_topic, correlation_data=correlation.encode())
+        answer = _await_answer(answers, correlation, time.monotonic() + timeout)
+    finally:
+        conn.close(1.0)
+    if answer is None:
+        raise CoordinatorTimeoutError(f"no coordinator answered on {topics.rpc} within {timeout}s")
+    return answer
+
+
+def _await_answer(answers: queue.SimpleQueue[Message], correlation: str, deadline: float) -> dict[str, Any] | None:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = answers.get(timeout=left)
+        except queue.Empty:
+            break
+        try:
+            answer = codec.decode_json_object(message.payload, topic=message.topic)
+        except DecodeError:
+            continue
+        if answer.get("correlation") == correlation:
+            return answer
+    return None
+
+
+def query_status(settings: Settings, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """A task's record (state, attempts, history, result) from a running coordinator."""
+    answer = _ask(settings, {"op": "status", "id": task_id}, timeout)
+    if not answer.get("ok"):
+        raise TaskNotFoundError(str(answer.get("error") or f"no record of task {task_id!r}"))
+    task: dict[str, Any] = answer["task"]
+    return task
+
+
+def query_tasks(settings: Settings, state: str | None = None, limit: int = 100,
+                timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Task summaries, most recently updated first, optionally of one state."""
+    answer = _ask(settings, {"op": "tasks", "state": state, "limit": limit}, timeout)
+    if not answer.get("ok"):
+        raise MqttTasksError(str(answer.get("error")))
+    tasks: list[dict[str, Any]] = answer["tasks"]
+    return tasks
+
+
+def query_stats(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """The coordinator's counters, live and backlog sizes, and its view of the workers."""
+    return _ask(settings, {"op": "stats"}, timeout)

@@ -1,0 +1,100 @@
+"""Records: the live records in memory, over the durable store; recovery after a restart.
+
+Built on these facts (``store.base``):
+
+- A store buffers ``put`` and makes it durable on ``commit``; the loop commits once per batch,
+  before acknowledging the batch's messages. So a record is saved here as often as it changes, and
+  written once per batch however often that was.
+- Every record that is not terminal is *live*: it is kept in memory (``live``) with a timer and,
+  in ``backlog``, a place in its queue's backlog. A finished record leaves all three; the store
+  still answers for it (queries, a late duplicate result, a redelivered task).
+- After a restart the live records are read back from the store and every lease is extended by
+  ``reconnect_grace``: the workers' heartbeats have not been heard yet, which proves nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import leases
+from ..protocol.states import BACKLOG
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ..leases import Effect, LeasePolicy
+    from ..store.base import Store, TaskRecord
+    from .backlog import Backlog
+    from .timers import Timers
+
+
+class Records:
+    """The live cache over the store, and the one place a changed record is saved."""
+
+    def __init__(self, store: Store, policy: LeasePolicy, timers: Timers, backlog: Backlog,
+                 apply: Callable[[TaskRecord, Effect], None], clock: Callable[[], float],
+                 stats: dict[str, int]) -> None:
+        self.store = store
+        self.live: dict[str, TaskRecord] = {}
+        self._policy = policy
+        self._timers = timers
+        self._backlog = backlog
+        self._apply = apply
+        self._clock = clock
+        self._stats = stats
+
+    def recover(self) -> int:
+        """Load the live records from the store, with leases extended; how many there are."""
+        now = self._clock()
+        for record in self.store.load_live():
+            self.live[record.id] = record
+            leases.extend(record, now, self._policy.reconnect_grace)
+            self._timers.schedule(record)
+            if record.state == BACKLOG:
+                self._backlog.push(record.id, record.queue)
+        return len(self.live)
+
+    def extend_leases(self, now: float) -> None:
+        """After a (re)connect: the workers get ``reconnect_grace`` to be heard from again."""
+        for record in self.live.values():
+            leases.extend(record, now, self._policy.reconnect_grace)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        record = self.live.get(task_id)
+        return record if record is not None else self.store.get(task_id)
+
+    def get_or_create(self, task_id: str, **known: Any) -> TaskRecord:
+        """The task's record; a new live one if the task was never seen."""
+        record = self.get(task_id)
+        if record is None:
+            record = leases.new_record(task_id, self._clock(), **known)
+            self.live[task_id] = record
+            self._stats["recorded"] += 1
+        return record
+
+    def get_or_new(self, task_id: str, body: Mapping[str, Any] | None, **known: Any) -> TaskRecord:
+        """The task's record; a new one built from ``body`` if the task was never seen (live once saved)."""
+        record = self.get(task_id)
+        if record is None:
+            record = leases.new_record(task_id, self._clock(), body=body, **known)
+            self._stats["recorded"] += 1
+        return record
+
+    def save(self, record: TaskRecord, effects: list[Effect]) -> None:
+        """Buffer the changed record in the store, keep the live cache and timers in step, carry out effects."""
+        self.store.put(record)
+        if record.terminal:
+            self.live.pop(record.id, None)
+            self._backlog.discard(record.id)
+            self._timers.forget(record.id)
+        else:
+            if record.id not in self.live:
+                self.live[record.id] = record
+            self._timers.schedule(record)
+        for effect in effects:
+            self._apply(record, effect)
+
+    def dispatched(self, record: TaskRecord) -> None:
+        """The record was dispatched to a worker's inbox: its timer and store row follow."""
+        self._timers.schedule(record)
+        self.store.put(record)
