@@ -42,6 +42,10 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
     def boom() -> None:
         raise RuntimeError("boom")
 
+    @app.task(name="boom5", max_attempts=5)
+    def boom5() -> None:
+        raise RuntimeError("boom5")
+
     @app.task(name="die")
     def die() -> None:
         time.sleep(0.1)

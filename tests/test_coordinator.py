@@ -126,6 +126,25 @@ def test_bad_input_is_reported_and_the_next_message_processed(broker_url: str, p
         watcher.close()
 
 
+def test_the_attempt_limit_a_worker_applied_is_honoured(broker_url: str, prefix: str) -> None:
+    """A task sent without ``max_attempts`` (any MQTT client can) whose registration says 5: the
+    worker reports the limit on each ``failed`` event, and the coordinator buries it after 5, not 3."""
+    task_id = f"{prefix}-five"
+    with coordinator(broker_url, prefix) as c, worker(broker_url, prefix, "w1"), \
+            producer(broker_url, prefix) as app:
+        raw = Connection(settings(broker_url, prefix), f"{prefix}-raw").connect()
+        try:
+            raw.publish(f"{prefix}/tasks/default", codec.encode({"id": task_id, "task": "boom5"}))
+        finally:
+            raw.close()
+        with pytest.raises(TaskDeadError) as info:
+            app.handle(task_id).result(30)
+        assert info.value.status["state"] == "dead" and "attempts exhausted (5)" in info.value.status["reason"]
+        status = query_status(settings(broker_url, prefix), task_id)
+        assert status["state"] == "dead" and status["failures"] == 5 and status["max_attempts"] == 5
+        assert c.stats["retried"] == 4 and c.stats["dead"] == 1
+
+
 @pytest.mark.parametrize("task", ["die", "die_now"])
 def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
     """``die_now`` kills its worker before the worker announces `started` (started_after): the

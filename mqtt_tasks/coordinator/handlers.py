@@ -8,7 +8,9 @@ Built on these facts (DESIGN.md "Wire contract"):
   payload that does not decode is reported on ``P/errors`` and the next message is processed.
 - A status event is handled by the handler its state names in ``status_handlers``, an explicit
   table keyed by the state constants of ``protocol.states``; a state without a handler
-  (``progress``, ``retrying``, ...) changes nothing here. Handlers take a ``StatusEvent``.
+  (``progress``, ``retrying``, ...) changes nothing here. Handlers read the declared fields of
+  ``StatusEvent``: ``max_attempts`` on ``failed`` is the limit the worker applied (the task's own,
+  else its registration's), which the record adopts when the task did not say.
 - Events the coordinator published itself (``source: "coordinator"``) and events no worker sent
   come back on ``P/status/+`` and are ignored. An event must be on its own task's topic.
 - A heartbeat lists the attempts its worker holds: that renews their leases in one message
@@ -132,8 +134,7 @@ class Handlers:
         record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
         self._fleet.finished(event.worker, record, self._clock())
         error = event.error.model_dump(exclude_none=True) if event.error else None
-        extra = event.model_extra or {}
-        allowed = extra.get("max_attempts") if isinstance(extra.get("max_attempts"), int) else None
+        allowed = event.max_attempts if event.max_attempts and event.max_attempts > 0 else None
         effects = leases.on_failed(record, event.attempt, event.worker, error, bool(event.final), allowed,
                                    self._clock(), self._policy, self._rng)
         self._records.save(record, effects)
