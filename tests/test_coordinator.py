@@ -145,6 +145,35 @@ def test_the_attempt_limit_a_worker_applied_is_honoured(broker_url: str, prefix:
         assert c.stats["retried"] == 4 and c.stats["dead"] == 1
 
 
+def test_a_dead_task_s_reply_never_lands_on_the_prefix_s_own_topics(mosquitto, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """A ``reply_to`` naming the task topic: the final ``dead`` event would decode there as a runnable
+    task. The coordinator refuses it, as the worker does, and reports the refusal on ``P/errors``."""
+    url, task_id = mosquitto.url, f"{prefix}-loop"
+    seen: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    watcher = Connection(settings(url, prefix), f"{prefix}-watch", on_message=lambda m: seen.put((m.topic, m.payload)))
+    for topic in (f"{prefix}/tasks/#", f"{prefix}/errors", f"{prefix}/status/{task_id}"):
+        watcher.subscribe(topic)
+    watcher.connect()
+    try:
+        with coordinator(url, prefix), worker(url, prefix, "w1"):
+            task = {"id": task_id, "task": "boom", "reply_to": f"{prefix}/tasks/default"}
+            watcher.publish(f"{prefix}/tasks/default", codec.encode(task))
+            on_tasks, report = [], None
+            while report is None and len(on_tasks) < 2:  # the refusal goes out where the reply would have
+                topic, payload = seen.get(timeout=30)
+                message = codec.decode_json_object(payload)
+                if topic.startswith(f"{prefix}/tasks/"):
+                    on_tasks.append(message)
+                elif topic == f"{prefix}/errors" and message.get("component") == "coordinator":
+                    report = message
+            assert on_tasks == [task]  # only the task itself: no dead event on the task topic
+            assert report is not None and report["id"] == task_id and "refusing to reply" in report["reason"]
+            assert report["topic"] == f"{prefix}/tasks/default"
+            assert query_status(settings(url, prefix), task_id)["state"] == "dead"
+    finally:
+        watcher.close()
+
+
 @pytest.mark.parametrize("task", ["die", "die_now"])
 def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
     """``die_now`` kills its worker before the worker announces `started` (started_after): the

@@ -6,7 +6,9 @@ Built on these facts:
   outgoing message is built by ``protocol.events`` (one builder per wire message) and waits in the
   outbox until the loop has committed the batch that decided it and acknowledged its messages.
 - A final event also goes to the task's ``reply_to`` and its MQTT 5 Response Topic (with the
-  Correlation Data echoed).
+  Correlation Data echoed), but never onto the prefix's own topics: a ``dead`` event on
+  ``P/tasks/q`` decodes as a runnable task. ``events.reply_refusal``, the guard every component
+  shares, decides; a refused reply becomes an error report on ``P/errors`` (docs/security.md).
 - The coordinator's own status events carry ``source: "coordinator"``, so that it ignores them
   when they come back on ``P/status/+``.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
@@ -99,10 +101,18 @@ class Effects:
 
     def _reply(self, record: TaskRecord, payload: bytes) -> None:
         if record.reply_to:
-            self.send(record.reply_to, payload)
+            self._reply_on(record, record.reply_to, payload)
         if record.response_topic and record.response_topic != record.reply_to:
             corr = bytes.fromhex(record.correlation_data) if record.correlation_data else None
-            self.send(record.response_topic, payload, correlation_data=corr)
+            self._reply_on(record, record.response_topic, payload, correlation_data=corr)
+
+    def _reply_on(self, record: TaskRecord, topic: str, payload: bytes, **options: Any) -> None:
+        refusal = events.reply_refusal(self._topics, topic)
+        if refusal is None:
+            self.send(topic, payload, **options)
+        else:
+            log.warning("coordinator: task %s: %s", record.id, refusal)
+            self.report(refusal, topic, None, record.id)
 
     def dispatch(self, record: TaskRecord, worker: str) -> None:
         """Send the record's task, as its next attempt, to ``worker``'s inbox."""

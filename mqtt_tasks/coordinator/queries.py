@@ -5,7 +5,7 @@ Built on these facts:
 - A query is a JSON object on ``P/rpc/coordinator`` with an ``op`` (``status``, ``tasks``,
   ``stats``, ``result``), a ``correlation`` and a reply topic (its ``reply_to``, else its MQTT 5
   Response Topic). The answer goes to that topic with the correlation echoed (and the MQTT 5
-  Correlation Data).
+  Correlation Data); the reply guard of ``protocol.events`` applies, as to every reply.
 - Answers are read from the live cache and the store on the loop's thread, like everything else:
   a query sees every record of the batches before it. ``result`` answers only a finished task,
   with its final event; otherwise it stays silent and the asker keeps waiting for the event.
@@ -22,7 +22,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CoordinatorTimeoutError, DecodeError, MqttTasksError, PayloadTooLargeError, TaskNotFoundError
-from ..protocol import codec
+from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
 from .effects import final_event
@@ -54,8 +54,12 @@ class Queries:
     def on_rpc(self, message: Message) -> None:
         request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
         reply_to = request.get("reply_to") or message.response_topic
-        if not isinstance(reply_to, str) or not reply_to or any(c in reply_to for c in "+#"):
+        if not isinstance(reply_to, str) or not reply_to:
             raise DecodeError("query without a valid reply_to", payload=message.payload, topic=message.topic)
+        refusal = events.reply_refusal(self._topics, reply_to)
+        if refusal is not None:
+            raise DecodeError(f"query with an invalid reply_to: {refusal}", payload=message.payload,
+                              topic=message.topic)
         if request.get("op") == "result":
             record = self._records.get(str(request.get("id", "")))
             if record is not None and record.terminal:
