@@ -157,7 +157,7 @@ def worker(request: pytest.FixtureRequest, mosquitto: MosquittoProcess, prefix: 
         stack.callback(app.close)
         stack.callback(w.stop, grace=5)
         if request.param == "worker+coordinator":
-            wait_until(lambda: w._coordinator_online, TIMEOUT, message="the worker never saw the coordinator")
+            wait_until(lambda: w.coordinator_online, TIMEOUT, message="the worker never saw the coordinator")
         yield w
 
 
@@ -237,7 +237,7 @@ def test_unregistered_task_fails_clearly_and_nothing_is_stuck(worker: Worker, mo
     event = sub.expect(final_event("nope-1"))[2]
     # Alone, the worker ends it at once; a coordinator retries it (another worker in the group
     # may know the name) and buries it when the attempts are used up.
-    assert event["state"] == ("dead" if worker._coordinator_online else "failed")
+    assert event["state"] == ("dead" if worker.coordinator_online else "failed")
     assert event["error"]["type"] == "UnknownTaskError" and "does.not.exist" in event["error"]["message"]
     # The worker holds nothing and has every slot free: a later heartbeat says so ...
     beat = sub.expect(lambda item: item[0].startswith(f"{prefix}/workers/") and item[2]["ts"] > event["ts"])[2]
@@ -348,7 +348,7 @@ def test_node_post_returns_id_then_get_reports_status(node: NodeService) -> None
 
 def test_node_unknown_task_and_bad_request(node: NodeService, worker: Worker) -> None:
     status, event = node.request("POST", "/tasks", {"task": "missing.task", "wait": True, "timeout": 10})
-    expected = "dead" if worker._coordinator_online else "failed"  # see the unregistered-task test above
+    expected = "dead" if worker.coordinator_online else "failed"  # see the unregistered-task test above
     assert (status, event["state"], event["error"]["type"]) == (200, expected, "UnknownTaskError")
     status, error = node.request("POST", "/tasks", {"task": "bad name!", "args": []})
     assert status == 400 and "task" in error["message"]

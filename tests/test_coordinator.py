@@ -59,9 +59,7 @@ def test_a_dead_worker_s_task_runs_again_elsewhere(mosquitto, prefix: str, tmp_p
     with coordinator(url, prefix), producer(url, prefix) as app, worker(url, prefix, "w1", log=log) as w1:
         h = app.submit("work", "long", 30.0)
         wait_until(lambda: "long" in executions(log), 10)
-        w1._conn.abort()  # the process "dies": the broker sends the Last Will  # noqa: SLF001
-        w1._executor.shutdown(wait=False)  # noqa: SLF001
-        w1._stopped.set()  # noqa: SLF001
+        w1.abort()  # the process "dies": no DISCONNECT, so the broker sends the Last Will
         with worker(url, prefix, "w2", log=log):
             wait_until(lambda: query_status(settings(url, prefix), h.id)["attempt"] == 2, 10)
             status = query_status(settings(url, prefix), h.id)

@@ -56,7 +56,7 @@ def test_tasks_behind_a_long_task_go_to_a_worker_that_is_free(mosquitto, prefix:
     url = mosquitto.url
     with coordinator(url, prefix), worker(url, prefix, "busy", concurrency=1) as busy, \
             make_app(url, prefix).connect() as app:
-        wait_until(lambda: busy._coordinator_online, 10, message="the worker never saw the coordinator")
+        wait_until(lambda: busy.coordinator_online, 10, message="the worker never saw the coordinator")
         long = app.submit("work", "long", 3.0)
         wait_until(lambda: busy.held == [long.id], 10, message="the long task never started")
         short = app.submit("work", "short")
@@ -77,7 +77,7 @@ def test_a_burst_of_short_tasks_waits_in_the_worker_rather_than_bouncing(mosquit
     url, n = mosquitto.url, 600
     with coordinator(url, prefix) as c, worker(url, prefix, "w", concurrency=2, defer_after=1.0) as w, \
             make_app(url, prefix).connect() as app:
-        wait_until(lambda: w._coordinator_online, 10, message="the worker never saw the coordinator")
+        wait_until(lambda: w.coordinator_online, 10, message="the worker never saw the coordinator")
         handles = [app.submit("work", f"s{i}") for i in range(n)]
         assert len({h.result(60) for h in handles}) == n
         wait_until(lambda: c.stats["succeeded"] == n, 30)
@@ -98,7 +98,7 @@ def test_a_task_queued_behind_a_busy_worker_is_not_presumed_lost(mosquitto, pref
     with coordinator(url, prefix, policy=policy) as c, make_app(url, prefix).connect() as app:
         w = Worker(make_app(url, prefix), concurrency=1, worker_id="only", heartbeat_s=HB, defer_after=60.0)
         with w:
-            wait_until(lambda: w._coordinator_online, 10, message="the worker never saw the coordinator")
+            wait_until(lambda: w.coordinator_online, 10, message="the worker never saw the coordinator")
             long = app.submit("work", "long", 3.0)
             wait_until(lambda: w.held == [long.id], 10, message="the long task never started")
             short = app.submit("work", "short")  # waits in line: no deferral within defer_after=60

@@ -2,10 +2,11 @@
 
 - the codec: random bytes, random JSON, mutated valid tasks -> a model or ``DecodeError``, never
   anything else;
-- the worker's receive path: ``Worker._enqueue`` (what paho's network thread calls, which decides and acks) fed
-  ``transport.Message`` objects through a recording connection: every input ends in exactly one
-  outcome (one error report and nothing run, or a status flow), is acknowledged exactly once, and
-  a good task afterwards still runs; plus one run through a real Worker on Mosquitto.
+- the worker's receive path: ``Worker.receive`` (what paho's network thread calls, which decides
+  and acks) fed ``transport.Message`` objects, with a recording connection injected
+  (``Worker(connection=...)``): every input ends in exactly one outcome (one error report and
+  nothing run, or a status flow), is acknowledged exactly once, and a good task afterwards still
+  runs; plus one run through a real Worker on Mosquitto.
 
 CI-sized (a few hundred examples, well under a minute); ``python bench/fuzz_long.py`` runs the
 same properties on 100,000 inputs (result in docs/security.md).
@@ -130,16 +131,15 @@ class Harness:
             self.ran.append((args, kwargs))
             return [list(args), kwargs]
 
-        self.worker = Worker(self.app, worker_id="fuzz-w", concurrency=2)
         self.conn = RecordingConnection(MAX_PAYLOAD)
-        self.worker._conn = self.conn  # type: ignore[assignment]
+        self.worker = Worker(self.app, worker_id="fuzz-w", concurrency=2, connection=self.conn)  # type: ignore[arg-type]
         self.mid = 0
 
     def feed(self, topic: str, payload: bytes, qos: int = 1) -> list[tuple[str, bytes]]:
         """Deliver one message; return what the worker published about it once it settled."""
         self.mid += 1
         start = len(self.conn.published)
-        self.worker._enqueue(Message(topic, payload, qos, False, self.mid, 0))  # as paho's thread does
+        self.worker.receive(Message(topic, payload, qos, False, self.mid, 0))  # as paho's thread does
         wait_until(lambda: self._settled(start), timeout=5, interval=0.001,
                    message=f"no outcome for {payload[:80]!r}")
         self._drain_releases()
@@ -152,11 +152,11 @@ class Harness:
         return any(t.startswith(TOPICS.status_root) and json.loads(p).get("state") != "started" for t, p in out)
 
     def _drain_releases(self) -> None:
-        wait_until(lambda: self.worker._free == self.worker.concurrency, timeout=5, interval=0.001,
+        wait_until(lambda: self.worker.snapshot().free == self.worker.concurrency, timeout=5, interval=0.001,
                    message="a slot was never given back")
 
     def close(self) -> None:
-        self.worker._executor.shutdown(wait=False)
+        self.worker.stop()  # never started: releases the pool only
 
 
 def check_one_outcome(h: Harness, payload: bytes) -> None:
@@ -195,9 +195,10 @@ def test_worker_receive_path_one_outcome_per_input(harness: Harness, payload: by
 def test_control_and_presence_inputs_never_break_the_worker(harness: Harness, payload: bytes) -> None:
     for topic in (TOPICS.control("fuzz-w"), TOPICS.coordinator):
         before = len(harness.conn.acked)
-        harness.worker._enqueue(Message(topic, payload, 1, False, 0, 0))
+        harness.worker.receive(Message(topic, payload, 1, False, 0, 0))
         assert len(harness.conn.acked) == before + 1  # acknowledged, so it never holds an in-flight slot
-    harness.worker._coordinator_online = False
+    harness.worker.receive(Message(TOPICS.coordinator, b"", 1, True, 0, 0))  # an empty retained presence: offline
+    assert not harness.worker.coordinator_online
     out = harness.feed(TOPICS.tasks("default"), json.dumps(dict(GOOD, id="after-ctl")).encode())
     assert any(json.loads(p).get("state") == "succeeded" for _, p in out)
 

@@ -257,7 +257,7 @@ def test_whole_flow_works_for_correctly_configured_roles(
         assert add.submit(2, 3).result(timeout=10) == 5
         # The coordinator announces itself and hands a task to w1's inbox; both reach the worker.
         coordinator.publish(t.coordinator, b'{"state":"online","ts":0}', retain=True)
-        wait_until(lambda: worker._coordinator_online, message="worker never saw the coordinator")
+        wait_until(lambda: worker.coordinator_online, message="worker never saw the coordinator")
         handle_id = "inbox-task-1"
         coordinator.publish(t.inbox("w1"), b'{"id":"%s","task":"add","args":[4,5]}' % handle_id.encode())
         wait_until(lambda: t.status(handle_id) in monitor.topics(), message="inbox task never ran")

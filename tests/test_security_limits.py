@@ -83,21 +83,28 @@ def test_qos0_flood_is_bounded_and_counted() -> None:
     """QoS 0 tasks (best effort by definition, and outside the broker's in-flight window) beyond
     MAX_QUEUED_QOS0 waiting for a slot are dropped and counted, never queued; QoS 1 is never dropped."""
     app = TaskApp(settings=Settings.from_url("mqtt://127.0.0.1:1"))
+    gate = threading.Event()
 
     @app.task
     def echo() -> None: ...
 
-    worker = Worker(app, worker_id="flood", concurrency=1)  # not started: nothing frees a slot
-    worker._free = 0  # as if a task were running
-    task = lambda i: json.dumps({"id": f"t{i}", "task": "echo"}).encode()  # noqa: E731
+    @app.task
+    def block() -> None:
+        gate.wait(30)
+
+    worker = Worker(app, worker_id="flood", concurrency=1)  # not started: never connects
+    task = lambda i, name="echo": json.dumps({"id": f"t{i}", "task": name}).encode()  # noqa: E731
     try:
+        worker.receive(Message("mqtt-tasks/tasks/default", task("busy", "block"), 1, False, 1, 0))
+        assert worker.snapshot().free == 0  # the only slot is taken until the gate opens
         for i in range(MAX_QUEUED_QOS0 + 500):
-            worker._enqueue(Message("mqtt-tasks/tasks/default", task(i), 0, False, i, 0))
-        assert len(worker._waiting) == MAX_QUEUED_QOS0 and worker.stats["dropped"] == 500
-        worker._enqueue(Message("mqtt-tasks/tasks/default", task("q1"), 1, False, 0, 0))  # QoS 1: waits
-        assert len(worker._waiting) == MAX_QUEUED_QOS0 + 1 and worker.stats["dropped"] == 500
+            worker.receive(Message("mqtt-tasks/tasks/default", task(i), 0, False, i, 0))
+        assert worker.snapshot().waiting == MAX_QUEUED_QOS0 and worker.stats["dropped"] == 500
+        worker.receive(Message("mqtt-tasks/tasks/default", task("q1"), 1, False, 0, 0))  # QoS 1: waits
+        assert worker.snapshot().waiting == MAX_QUEUED_QOS0 + 1 and worker.stats["dropped"] == 500
     finally:
-        worker._executor.shutdown(wait=False)
+        worker.stop()  # never started: releases the pool, starts nothing more
+        gate.set()
 
 
 @pytest.mark.parametrize("protocol,window", [("3.1.1", 20), ("5", 8)])
@@ -120,7 +127,7 @@ def test_qos1_inflow_is_bounded_by_the_broker_window(mosquitto: MosquittoProcess
             for _ in range(200):
                 app.send("block")
             assert app.flush(10)
-            inside = lambda: len(worker._waiting) + len(worker.held)  # noqa: E731
+            inside = lambda: worker.snapshot().waiting + len(worker.held)  # noqa: E731
             wait_until(lambda: inside() >= window - 1, message=f"{inside()} inside")
             time.sleep(0.5)  # a negative check: give the broker the chance to overrun the window
             assert inside() <= 2 * window, f"{inside()} messages inside the worker, window {window}"

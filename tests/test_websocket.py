@@ -16,6 +16,6 @@ def test_round_trip_over_websocket(prefix: str) -> None:
             return a + b
 
         with Worker(app, concurrency=2, grace=1) as worker, app:
-            assert worker._conn.settings.transport == "websockets"
-            assert not worker._conn.is_mqtt5  # amqtt: MQTT 3.1.1, found automatically
+            assert worker.connection.settings.transport == "websockets"
+            assert not worker.connection.is_mqtt5  # amqtt: MQTT 3.1.1, found automatically
             assert add.submit(2, 3).result(timeout=10) == 5

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mqtt_tasks import TaskFailedError, Worker
+from mqtt_tasks.transport import Connection
 from tests.brokers import MosquittoProcess, wait_until
 from tests.tasks_fixture import BAD_TASKS, DEADLINE, Harness, Listener
 
@@ -229,11 +230,28 @@ def test_heartbeat_lists_held_tasks_and_last_will_says_offline(h: Harness) -> No
     assert state["tasks"][0]["attempt"] == 1
     assert watcher.on(topic)[0].retain, "the first heartbeat a late subscriber gets is the retained one"
 
-    worker._conn.abort()  # a crash: no DISCONNECT, so the broker publishes the Last Will
+    worker.connection.abort()  # a crash: no DISCONNECT, so the broker publishes the Last Will
     will = watcher.wait_json(topic, lambda s: s["state"] == "offline")
     assert will["worker"] == worker.worker_id and will["tasks"] == []
     late = h.listener(topic)
     assert late.wait_json(topic)["state"] == "offline", "the Last Will is retained"
+
+
+def test_snapshot_says_what_the_worker_holds(h: Harness) -> None:
+    worker = h.worker(concurrency=2, worker_id=f"snap-{h.prefix}")
+    assert worker.snapshot().state == "online" and not worker.coordinator_online
+    handle = h.app.registry["hold"].submit("snap")
+    h.probe.wait_started("snap")
+    snap = worker.snapshot()
+    assert [(a.id, a.attempt) for a in snap.held] == [(handle.id, 1)] and worker.held == [handle.id]
+    assert (snap.worker_id, snap.concurrency, snap.free, snap.waiting) == (worker.worker_id, 2, 1, 0)
+    assert snap.stats["started"] == 1 and snap.stats == worker.stats
+    h.probe.gate.set()
+    assert handle.result(DEADLINE) == "snap"
+    wait_until(lambda: worker.snapshot().free == 2, DEADLINE, message="the slot was never given back")
+    assert worker.stats["succeeded"] == 1
+    worker.stop()
+    assert worker.snapshot().state == "offline"
 
 
 def _restart(broker: Any, broker_kind: str, request: pytest.FixtureRequest) -> None:
@@ -275,7 +293,7 @@ def test_graceful_stop_finishes_running_hands_back_waiting(h: Harness) -> None:
     h.probe.wait_started("slow")
     status = h.listener(h.topics.all_status)
     waiting = [h.app.registry["add"].submit(i, 100) for i in range(5)]  # `first` has no free slot
-    wait_until(lambda: len(first._waiting) == 5, DEADLINE, message="the tasks never reached the busy worker")
+    wait_until(lambda: first.snapshot().waiting == 5, DEADLINE, message="the tasks never reached the busy worker")
     second = h.worker(concurrency=2, worker_id=f"b-{h.prefix}")
     states = h.listener(h.topics.worker(first.worker_id))
     stopper = threading.Thread(target=first.stop, kwargs={"grace": DEADLINE}, name="stopper")
@@ -303,19 +321,26 @@ def test_graceful_stop_delivers_a_result_published_at_the_last_moment(h: Harness
     """The result of a task finishing during stop() must be published before stop() may close the
     connection. A delay injected between the task's end and its status publish would let a worker
     that forgets the task first disconnect first, and the result would be lost."""
-    worker = h.worker(concurrency=1)
+
+    class LateResults(Connection):
+        """Holds each final status event back until close() begins (bounded: with the fix stop()
+        waits for this publish, so the hold lasts its full second)."""
+
+        def publish(self, topic: str, payload: bytes, **kwargs: Any) -> int:
+            if topic.startswith(h.topics.status_root) and json.loads(payload)["state"] in ("succeeded", "failed"):
+                end = time.monotonic() + 1.0
+                while not self.closed and time.monotonic() < end:
+                    time.sleep(0.01)
+            return super().publish(topic, payload, **kwargs)
+
+    workers: list[Worker] = []
+    conn = LateResults(h.app.settings, f"late-{h.prefix}", manual_ack=True,
+                       on_message=lambda message: workers[0].receive(message))
+    worker = Worker(h.app, concurrency=1, worker_id=f"late-{h.prefix}", heartbeat_s=0.2, connection=conn)
+    workers.append(worker)
+    h.workers.append(worker.start())
     handle = h.app.registry["hold"].submit("last")
     h.probe.wait_started("last")
-    publish_status = worker._publish_status
-
-    def delayed(task: Any, state: str, extra: dict[str, Any]) -> bytes | None:
-        if state in ("succeeded", "failed"):
-            end = time.monotonic() + 1.0  # bounded: with the fix stop() waits for this publish
-            while not worker._conn.closed and time.monotonic() < end:
-                worker._stopped.wait(0.01)
-        return publish_status(task, state, extra)
-
-    worker._publish_status = delayed  # type: ignore[method-assign]
     stopper = threading.Thread(target=worker.stop, kwargs={"grace": DEADLINE}, name="stopper")
     stopper.start()
     h.probe.gate.set()

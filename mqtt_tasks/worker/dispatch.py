@@ -1,0 +1,273 @@
+"""Dispatch: every decision about slots and the line of waiting tasks, taken under one lock by
+whichever thread has the event in hand, so a task costs no hand-off between threads beyond the
+one into the pool:
+
+- the network thread, for each message as it is read (``receive``): a task starts when a slot is
+  free, else waits in line unacknowledged, or is handed to the coordinator (``deferred``) when it
+  is not expected to start within ``defer_after`` (see slots.py); presence and control messages
+  go to the coordinator link;
+- a task thread (or the event loop) whose run is over (``release``): gives its slot back and
+  starts the next waiting task itself;
+- the timer thread (``run_timer``): what is due with no message to prompt it: waiting tasks that
+  expire or are overdue for the coordinator, and ``started`` events of tasks still running after
+  ``started_after``. It sleeps until the earliest of those.
+
+Acknowledgements decided under the lock are sent after it is let go, in one write.
+
+Facts it is built on:
+
+- A worker acknowledges a task message once it starts or is handed on (deferred, expired,
+  rejected): unacknowledged, it holds one of the broker's in-flight slots, which is the flow
+  control that stops the broker sending more (MQTT 5 Receive Maximum).
+- paho's callbacks must not raise (an exception kills the network thread while
+  ``is_connected()`` still says True, BROKER-FACTS.md): a failed decision is logged, and the acks
+  decided so far are still sent.
+- The lock is reentrant: a run can end inside the call that starts or cancels it (an async task
+  done at once, a cancelled future's callbacks), and its slot is given back in that same thread.
+  Order: the dispatch lock, then ``Running``'s lock; never the other way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..app import TaskDef
+from ..execution import Executor
+from ..protocol import codec
+from ..protocol.states import DEFERRED, EXPIRED, STARTED
+from ..protocol.topics import Topics
+from ..protocol.validate import TaskData
+from ..transport import Connection, Message
+from .intake import Intake
+from .link import CoordinatorLink
+from .reporter import Reporter
+from .running import Held, Running
+from .slots import Slots, Waiting
+from .stats import Counters
+
+log = logging.getLogger(__name__)
+
+MAX_TASK_TIMEOUT = 10 * 365 * 86400.0
+"""A task's ``timeout`` above this (ten years) is treated as this: a wire value such as 1e300 must
+not overflow the time-limit thread's wait and so disable time limits for every task."""
+ANNOUNCE_EVERY = 0.02
+"""The timer thread publishes due ``started`` events at most this often (seconds), in batches:
+under load a task starts every fraction of a millisecond, and a wake-up per task would cost
+more than the events themselves."""
+
+
+class Dispatcher:
+    """The decisions under one lock, and the timer thread's loop."""
+
+    def __init__(self, *, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
+                 task_filters: list[str], slots: Slots, running: Running, intake: Intake, reporter: Reporter,
+                 link: CoordinatorLink, executor: Executor, counters: Counters) -> None:
+        self.worker_id = worker_id
+        self._topics = topics
+        self._conn = conn
+        self._registry = registry
+        self._task_filters = task_filters
+        self.slots = slots
+        self._running = running
+        self._intake = intake
+        self._reporter = reporter
+        self._link = link
+        self._executor = executor
+        self._counters = counters
+        self._lock = threading.Condition(threading.RLock())
+        self._acks: list[Message] = []  # decided under _lock, sent when it is let go
+        self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
+        self.draining = False
+        self._stopping = False
+
+    # -- entry points: each takes the lock ---------------------------------------------------
+    def receive(self, message: Message) -> None:
+        """The network thread: decide the message now (decoding it costs less than a hand-off)."""
+        with self._lock:
+            try:
+                self._route(message)
+            except Exception:
+                log.exception("worker %s: error deciding a message on %s", self.worker_id, message.topic)
+            acks, self._acks = self._acks, []
+        if acks:
+            self._conn.ack_many(acks)
+
+    def drain(self) -> None:
+        """Take no more tasks: unsubscribe, hand back every waiting task."""
+        self.decide(self._on_drain)
+
+    def decide(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run ``handler`` under the dispatch lock, then send the acks it decided, in one write."""
+        with self._lock:
+            try:
+                handler(*args)
+            except Exception:
+                log.exception("worker %s: error in %r", self.worker_id, handler)
+            acks, self._acks = self._acks, []
+        if acks:
+            self._conn.ack_many(acks)
+
+    # -- a message ---------------------------------------------------------------------------
+    def _route(self, message: Message) -> None:
+        topic = message.topic
+        if topic == self._topics.coordinator:
+            self._link.on_presence(message)
+            self._acks.append(message)  # unacked, it would hold a Receive Maximum slot for good
+        elif topic.startswith(self._topics.control_root):
+            refusal = self._link.on_control(message)
+            if refusal is not None:
+                self._reporter.error(refusal, message.topic, message.payload, None)
+            self._acks.append(message)
+        else:
+            self._on_task_message(message)
+
+    def _on_task_message(self, message: Message) -> None:
+        task = self._intake.admit(message)
+        if task is None:
+            self._acks.append(message)
+            return
+        now = time.monotonic()
+        slots = self.slots
+        if self.draining:
+            self._hand_back(task, message)
+        elif slots.free > 0:
+            self._start(task, message, now)
+        elif self._link.online and slots.defer_on_arrival(now):
+            self._defer(task, message)
+        elif message.qos == 0 and slots.qos0_full():
+            self._counters.add("dropped")  # QoS 0 is best effort, and no broker window bounds it
+        else:
+            self._wait(task, message, now)
+
+    def _wait(self, task: TaskData, message: Message, now: float) -> None:
+        # Unacked: flow control holds the rest back; with a coordinator online it is handed on
+        # once it is not expected to start within defer_after (see Slots.take_overdue).
+        self.slots.join(Waiting(message, task, now))
+        if self._link.online:
+            self._wake_timer(now + self.slots.defer_after / 4)
+        if task.expires_at is not None:
+            self._wake_timer(now + max(0.0, task.expires_at - time.time()))
+
+    def _start(self, task: TaskData, message: Message, now: float) -> None:
+        tdef: TaskDef[Any] = self._registry[task.task]
+        self.slots.take(now)
+        held = self._running.add(task, message)
+        self._counters.add(STARTED)
+        if self._running.started_after == 0:
+            held.announced = True
+            self._reporter.status(task, STARTED, {})
+        else:  # announced only if still running then: see Running.announce_due
+            due = self._running.schedule_started(task, now)
+            if due is not None:
+                self._wake_timer(due)
+        self._acks.append(message)
+        log.debug("worker %s started %s %s attempt %d", self.worker_id, task.task, task.id, task.attempt)
+        timeout = task.timeout if task.timeout is not None else tdef.options.timeout
+        if timeout is not None:
+            timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
+        reporter = self._reporter
+        held.run = self._executor.submit(
+            tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
+            on_report=lambda outcome: reporter.outcome(task, message, outcome),
+            on_release=self.release,
+        )
+
+    def release(self) -> None:
+        """A task thread (or the event loop) whose run is over gives its slot back, and starts the
+        next waiting task if there is one."""
+        self.decide(self._on_release)
+
+    def _on_release(self) -> None:
+        now = time.monotonic()
+        self.slots.give_back(now)
+        self._expire_waiting()
+        if self.slots.line and not (self.draining or self._stopping):
+            waiting = self.slots.next()
+            self._start(waiting.task, waiting.message, now)
+
+    # -- handing tasks on ----------------------------------------------------------------------
+    def _defer(self, task: TaskData, message: Message) -> None:
+        self._counters.add(DEFERRED)
+        self._reporter.status(task, DEFERRED, {"reason": "no free slot", "body": dict(task)})
+        self._acks.append(message)
+
+    def _hand_back(self, task: TaskData, message: Message) -> None:
+        """While draining: give a task that has not started to the coordinator or the queue."""
+        if self._link.online:
+            self._defer(task, message)
+            return
+        self._conn.publish(self._topics.tasks(task.queue or "default"), codec.encode(task))
+        self._acks.append(message)
+
+    def _on_drain(self) -> None:
+        self.draining = True
+        for topic_filter in self._task_filters:
+            self._conn.unsubscribe(topic_filter)
+        for waiting in self.slots.take_all():
+            self._hand_back(waiting.task, waiting.message)
+
+    def _expire_waiting(self) -> None:
+        """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
+        if not self.slots.expiring:  # the usual case: a release costs no clock read
+            return
+        for w in self.slots.take_expired(time.time()):
+            self._reporter.finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"},
+                                  final=True)
+            self._acks.append(w.message)
+
+    # -- the timer thread ------------------------------------------------------------------------
+    def run_timer(self) -> None:
+        """Sleep until something is due with no message to prompt it, do it, repeat until stopped."""
+        last_run = 0.0
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                wait = self._until_next_wakeup()
+                if self._running.next_announcement() is not None:  # batched: see ANNOUNCE_EVERY
+                    wait = max(wait if wait is not None else 0.0, last_run + ANNOUNCE_EVERY - time.monotonic())
+                self._timer_due = time.monotonic() + wait if wait is not None else float("inf")
+                self._lock.wait(wait)
+                self._timer_due = float("inf")
+                if self._stopping:
+                    return
+            self.decide(self._on_timer)
+            last_run = time.monotonic()
+
+    def stop_timer(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+
+    def _on_timer(self) -> None:
+        self._expire_waiting()
+        now = time.monotonic()
+        due = self._running.next_announcement()
+        if due is not None and due <= now:
+            self._running.announce_due(now, self._announce)
+        if self.slots.line and self._link.online:
+            for waiting in self.slots.take_overdue(now):
+                self._defer(waiting.task, waiting.message)
+
+    def _announce(self, held: Held) -> None:
+        self._reporter.status(held.task, STARTED, {}, ts=held.started)
+
+    def _until_next_wakeup(self) -> float | None:
+        """Seconds until the timer thread has something to do unprompted: a waiting task expires
+        or is due to be handed to the coordinator, or a running task's `started` is due."""
+        wait = self.slots.next_check(time.time(), self._link.online)
+        due = self._running.next_announcement()
+        if due is not None:
+            until = due - time.monotonic()
+            wait = until if wait is None else min(wait, until)
+        return None if wait is None else max(0.0, wait)
+
+    def _wake_timer(self, due: float) -> None:
+        """Under the lock: make the timer thread wake by ``due`` (time.monotonic()) if it sleeps longer."""
+        if due < self._timer_due:
+            self._timer_due = due
+            self._lock.notify()

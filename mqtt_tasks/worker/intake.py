@@ -1,0 +1,126 @@
+"""Intake: a message on a task topic becomes a task to start or to put in line, or is settled
+here with a verdict, without taking a slot. In order:
+
+1. undecodable, oversize, not a task, bad signature: rejected (an error report, nothing runs);
+2. the same id and attempt already running here: a duplicate (a QoS 1 redelivery), ignored;
+3. ``expires_at`` (or the MQTT 5 Message Expiry) already past: ``expired``, final;
+4. no function registered under its name: ``failed`` with ``UnknownTaskError``.
+
+Whatever is settled here is acknowledged by the dispatcher.
+
+Facts it is built on:
+
+- Payloads are JSON, never pickle, and capped by the library below the broker's limit
+  (``settings.max_payload``; an oversize message must never reach paho's re-send loop,
+  BROKER-FACTS.md); the per-message decoder is pydantic-free (``codec.decode_task_data``).
+- With a signing key, the signature covers the payload bytes as received (``signing``).
+- QoS 1 is at-least-once: the broker re-sends what it has not seen acknowledged, e.g. after a
+  reconnect, so the same attempt can arrive while it runs.
+- An MQTT 5 Message Expiry Interval is the time left as the broker delivered it; it becomes
+  ``expires_at``, so a task that expires while it waits in this worker, or in the coordinator's
+  backlog after a deferral, still ends ``expired`` instead of vanishing.
+- The worker turns a task name into code in one place: a lookup in the app's registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Container
+from typing import Any, Literal
+
+from ..app import TaskDef
+from ..config import Settings
+from ..errors import DecodeError, UnknownTaskError
+from ..execution import Outcome
+from ..protocol import codec
+from ..protocol.states import EXPIRED
+from ..protocol.topics import Topics
+from ..protocol.validate import TaskData
+from ..signing import SignatureError, verify_payload
+from ..transport import Message
+from .reporter import Reporter
+from .running import Running
+from .stats import Counters
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["duplicate", "expired", "unknown"]
+DUPLICATE: Verdict = "duplicate"
+EXPIRED_VERDICT: Verdict = "expired"
+UNKNOWN: Verdict = "unknown"
+
+
+def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key: str | bytes | None) -> TaskData:
+    """The task a message carries; raises ``DecodeError`` or ``SignatureError`` when there is none."""
+    task = codec.decode_task_data(message.payload, topic=message.topic, queue=topics.queue_of(message.topic),
+                                  max_payload=max_payload)
+    if signing_key is not None:
+        verify_payload(message.payload, signing_key)
+    apply_message_expiry(task, message)
+    return task
+
+
+def apply_message_expiry(task: TaskData, message: Message, clock: Callable[[], float] = time.time) -> None:
+    """An MQTT 5 Message Expiry Interval becomes ``expires_at``, where it is the earlier deadline."""
+    if message.expiry is None:
+        return
+    deadline = clock() + message.expiry
+    if task.expires_at is None or deadline < task.expires_at:
+        task["expires_at"] = deadline
+
+
+def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
+          clock: Callable[[], float] = time.time) -> Verdict | None:
+    """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
+    (wall time) is read only for a task that has an expiry."""
+    if running_attempt == task.attempt:
+        return DUPLICATE
+    if task.expires_at is not None and task.expires_at < clock():
+        return EXPIRED_VERDICT
+    if task.task not in registry:
+        return UNKNOWN
+    return None
+
+
+class Intake:
+    """Applies the verdicts: reads each task message, settles what may not start."""
+
+    def __init__(self, worker_id: str, topics: Topics, settings: Settings, registry: dict[str, TaskDef[Any]],
+                 running: Running, reporter: Reporter, counters: Counters) -> None:
+        self.worker_id = worker_id
+        self._topics = topics
+        self._max_payload = settings.max_payload
+        self._signing_key = settings.signing_key
+        self._registry = registry
+        self._running = running
+        self._reporter = reporter
+        self._counters = counters
+
+    def admit(self, message: Message) -> TaskData | None:
+        """The task to start (or put in line), or None when it was settled here (ack it)."""
+        try:
+            task = read_task(message, self._topics, max_payload=self._max_payload, signing_key=self._signing_key)
+        except (DecodeError, SignatureError) as exc:
+            self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
+            return None
+        verdict = judge(task, self._running.attempt_of(task.id), self._registry)
+        if verdict is None:
+            return task
+        self._settle(verdict, task, message)
+        return None
+
+    def _reject(self, message: Message, reason: str) -> None:
+        self._counters.add("rejected")
+        log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, reason)
+        self._reporter.error(reason, message.topic, message.payload, codec.guess_id(message.payload))
+
+    def _settle(self, verdict: Verdict, task: TaskData, message: Message) -> None:
+        if verdict == DUPLICATE:
+            log.info("worker %s: task %s attempt %d delivered again; already running", self.worker_id,
+                     task.id, task.attempt)
+        elif verdict == EXPIRED_VERDICT:
+            self._reporter.finish(task, message, EXPIRED, {"reason": "expired before it was started"}, final=True)
+        else:
+            err = UnknownTaskError(task.task)
+            self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))

@@ -1,0 +1,251 @@
+"""The ``Worker``: builds the parts, owns the threads, starts and stops them in order.
+
+Facts it is built on:
+
+- paho subscriptions are not restored after a reconnect, and amqtt / Mosquitto 2.0.11 may lose
+  durable ``$share`` subscriptions: the connection re-subscribes on every connect, so they are
+  declared before it connects (BROKER-FACTS.md).
+- Manual acknowledgement (``manual_ack=True``) is what lets a waiting task stay unacknowledged;
+  the MQTT 5 Receive Maximum (2 x concurrency, at least 8) bounds how many the broker sends
+  ahead. paho's own socket reads are kept (``buffered_reads=False``): Mosquitto sends past
+  Receive Maximum (tests/test_transport.py), and reading faster only lengthens the line of
+  waiting tasks, which then gets deferred.
+- The Last Will is the retained ``offline`` state: what the broker publishes when a worker
+  vanishes without a DISCONNECT, so the coordinator re-dispatches its tasks at once.
+- Shutdown follows dramatiq's order: stop taking work, finish or hand back what is running while
+  still heartbeating (the heartbeat keeps the leases of running tasks alive), then disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from ..app import TaskApp
+from ..config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
+from ..execution import Executor
+from ..protocol.states import DRAINING, OFFLINE, ONLINE
+from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
+from ..transport import Connection, Message, Will
+from .dispatch import Dispatcher
+from .heartbeat import Heartbeat, Identity, last_will
+from .intake import Intake
+from .link import CoordinatorLink
+from .reporter import Reporter
+from .running import Running, WorkerSnapshot
+from .slots import Slots
+from .stats import Counters
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Takes tasks for ``app``'s queues and runs them with bounded concurrency.
+
+    Threads, by name, and what each does:
+
+    - ``mqtt-net-*`` (the connection's network thread): reads each message and decides it at
+      once, under the dispatch lock (``receive``): start, wait in line, defer, or settle it.
+    - ``mqtt-task-thread-*``: run plain task bodies, publish their results, give their slot back
+      and start the next waiting task themselves.
+    - ``mqtt-task-loop``: one event loop for ``async def`` tasks, started with the first.
+    - ``mqtt-task-deadlines``: enforces task time limits.
+    - ``mqtt-worker-timer``: what is due with no message to prompt it (expiries, deferrals of
+      overdue waiting tasks, ``started`` events).
+    - ``mqtt-worker-heartbeat``: the retained worker state every ``heartbeat_s``.
+
+    Shutdown order (``stop``): 1. stop taking tasks (unsubscribe) and hand back what has not
+    started; 2. let running tasks finish within ``grace`` while still heartbeating; 3. stop the
+    timer and heartbeat threads; 4. publish ``offline``; 5. disconnect; 6. release the pool.
+
+    ``connection``: a ``transport.Connection``-like object used instead of building one (tests,
+    embedding). The worker subscribes, connects and closes it; it must acknowledge manually and
+    hand every message it reads to ``Worker.receive``.
+    """
+
+    def __init__(
+        self,
+        app: TaskApp,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        group: str = DEFAULT_GROUP,
+        settings: Settings | None = None,
+        heartbeat_s: float | None = None,
+        grace: float = 30.0,
+        defer_after: float = DEFAULT_DEFER_AFTER,
+        started_after: float = DEFAULT_STARTED_AFTER,
+        connection: Connection | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.topics = Topics(self.settings.prefix)  # settings may override the app's prefix
+        self.queues = [check_name("queue", q) for q in (queues or app.queues)]
+        self.concurrency = max(1, concurrency or min(32, (os.cpu_count() or 1) * 4))
+        self.worker_id = check_name("worker id", worker_id or default_worker_id())
+        self.group = check_name("share group", group)
+        self.heartbeat_s = heartbeat_s or self.settings.heartbeat_s
+        self.grace = grace
+        if defer_after < 0:
+            raise ValueError("defer_after must be >= 0")
+        self.defer_after = defer_after
+        if started_after < 0:
+            raise ValueError("started_after must be >= 0")
+        self.started_after = started_after
+        self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group)
+        self._stopped = threading.Event()
+        self._beat_now = threading.Event()
+        self._started = False
+        self._threads: list[threading.Thread] = []
+        self._conn = connection if connection is not None else self._make_connection()
+        self._build_parts()
+
+    def _make_connection(self) -> Connection:
+        return Connection(
+            self.settings, self.worker_id, on_message=self.receive, manual_ack=True,
+            will=Will(self.topics.worker(self.worker_id), last_will(self._identity)),
+            receive_maximum=max(2 * self.concurrency, 8),
+            buffered_reads=False,  # see the module docstring
+            on_connect=lambda first: self._beat_now.set(),
+        )
+
+    def _build_parts(self) -> None:
+        registry = self.app.registry
+        self._counters = Counters()
+        self._executor = Executor(self.concurrency)
+        self._running = Running(self.started_after)
+        self._link = CoordinatorLink(self.worker_id, self._running, self._executor, self.settings.max_payload)
+        self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
+                                  self._counters)
+        intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
+                        self._counters)
+        self._dispatch = Dispatcher(
+            worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
+            task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],
+            slots=Slots(self.concurrency, self.defer_after, time.monotonic()), running=self._running,
+            intake=intake, reporter=self._reporter, link=self._link, executor=self._executor,
+            counters=self._counters)
+        self._heartbeat = Heartbeat(self._identity, self.topics, self._conn, self._running, self._dispatch,
+                                    self._beat_now, self._stopped)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> Worker:
+        """Connect, subscribe and start the threads; returns when ready to take tasks."""
+        for q in self.queues:
+            self._conn.subscribe(self.topics.shared_tasks(self.group, q))
+        self._conn.subscribe(self.topics.inbox(self.worker_id))
+        self._conn.subscribe(self.topics.control(self.worker_id))
+        self._conn.subscribe(self.topics.coordinator)
+        self._spawn("mqtt-worker-timer", self._dispatch.run_timer)
+        self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
+        self._conn.connect()
+        self._started = True
+        log.info("worker %s ready: queues %s, concurrency %d, group %s", self.worker_id,
+                 ",".join(self.queues), self.concurrency, self.group)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: take no more, hand back what has not started, finish what runs.
+        A worker that was never started only releases its pool."""
+        if self._stopped.is_set():
+            return
+        if not self._started:
+            self._halt()
+            return
+        grace = self.grace if grace is None else grace
+        self._dispatch.drain()
+        self._beat_now.set()  # say `draining` now
+        unfinished = self._running.wait_idle(grace)
+        if unfinished:
+            log.warning("worker %s: %d task(s) still running after %.1fs grace: %s", self.worker_id,
+                        len(unfinished), grace, ", ".join(unfinished))
+        self._halt()
+        for thread in self._threads:
+            thread.join(5.0)
+        self._heartbeat.publish(OFFLINE)
+        self._conn.close()
+        log.info("worker %s stopped", self.worker_id)
+
+    def abort(self) -> None:
+        """Stop as a crash would: drop the connection without a DISCONNECT (the broker then
+        publishes the Last Will), hand nothing back, abandon running tasks. For tests and
+        supervisors that need a dead worker."""
+        if self._stopped.is_set():
+            return
+        self._conn.abort()
+        self._halt()
+        log.warning("worker %s aborted", self.worker_id)
+
+    def _halt(self) -> None:
+        self._stopped.set()
+        self._dispatch.stop_timer()
+        self._beat_now.set()  # the heartbeat thread sees `stopped` and ends
+        self._executor.shutdown(wait=False)
+
+    def run(self) -> None:
+        """Start and block until ``stop`` is called (from a signal handler or another thread)."""
+        if not self._started:
+            self.start()
+        self._stopped.wait()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- the receive path --------------------------------------------------------------
+    def receive(self, message: Message) -> None:
+        """Decide one incoming message in the calling thread, as the connection's network thread
+        does for each message it reads; acknowledgements go out through the connection."""
+        self._dispatch.receive(message)
+
+    # -- what it holds -----------------------------------------------------------------
+    @property
+    def held(self) -> list[str]:
+        """Ids of the tasks started here and not yet reported."""
+        return self._running.ids()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A copy of the counters: started, succeeded, failed, deferred, rejected, dropped."""
+        return self._counters.read()
+
+    @property
+    def coordinator_online(self) -> bool:
+        """Whether the coordinator's retained presence last said ``online``."""
+        return self._link.online
+
+    @property
+    def connection(self) -> Connection:
+        """The connection the worker uses (built by it, or the one it was given)."""
+        return self._conn
+
+    def snapshot(self) -> WorkerSnapshot:
+        """What the worker holds now: attempts held, tasks in line, free slots, counters."""
+        slots = self._dispatch.slots
+        if not self._started or self._stopped.is_set():
+            state = OFFLINE
+        else:
+            state = DRAINING if self._dispatch.draining else ONLINE
+        return WorkerSnapshot(self.worker_id, state, self._link.online, self.concurrency, free=max(slots.free, 0),
+                              waiting=len(slots.line), held=self._running.attempts(), stats=self._counters.read())
+
+
+def default_worker_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"

@@ -1,0 +1,71 @@
+"""The coordinator link: whether a coordinator is online, and the commands it sends this worker.
+
+Facts it is built on:
+
+- The coordinator's presence is a retained message on ``P/coordinator`` (its Last Will says
+  ``offline``; an empty retained message clears it). Anything but a readable ``online`` counts as
+  offline: then nobody would take a deferred task or retry a failure, so the worker keeps its
+  waiting tasks and sends final ``failed`` events itself.
+- Commands arrive on ``P/control/{worker}``. ``cancel`` stops a stale attempt (the coordinator
+  gave the task to someone else): only the attempt named, if this worker still runs it. Anything
+  else is rejected with an error report; bad input never stops the worker.
+- Both are acknowledged at once by the dispatcher: unacknowledged, a message would hold one of
+  the broker's in-flight slots for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import DecodeError
+from ..execution import Executor
+from ..protocol import codec
+from ..protocol.states import ONLINE
+from ..transport import Message
+from .running import Running
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorLink:
+    """Presence and control ops. ``online`` is read without a lock: one attribute, set by one thread."""
+
+    def __init__(self, worker_id: str, running: Running, executor: Executor, max_payload: int) -> None:
+        self.worker_id = worker_id
+        self.online = False
+        self._running = running
+        self._executor = executor
+        self._max_payload = max_payload
+
+    def on_presence(self, message: Message) -> None:
+        try:
+            state = codec.decode_json_object(message.payload, topic=message.topic).get("state")
+        except DecodeError:
+            state = None  # an empty retained message clears the presence
+        online = state == ONLINE
+        if online != self.online:
+            log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
+        self.online = online  # waiting tasks are handed on as they become overdue
+
+    def on_control(self, message: Message) -> str | None:
+        """Carry out a command; returns why it was rejected (for an error report), or None."""
+        try:
+            command = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
+        except DecodeError as exc:
+            return exc.reason
+        if command.get("op") == "cancel":
+            self.cancel(str(command.get("id", "")), command.get("attempt"), str(command.get("reason", "")))
+            return None
+        return f"unknown control op {command.get('op')!r}"
+
+    def cancel(self, task_id: str, attempt: Any, reason: str) -> None:
+        """Stop ``task_id`` (only ``attempt`` of it, when given) if it runs here."""
+        held = self._running.get(task_id)
+        if held is None or held.run is None:
+            return
+        if attempt is not None and attempt != held.task.attempt:
+            return
+        log.warning("worker %s: stopping task %s attempt %d: %s", self.worker_id, task_id,
+                    held.task.attempt, reason)
+        self._executor.cancel(held.run, reason or "cancelled by the coordinator")

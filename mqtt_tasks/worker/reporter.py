@@ -1,0 +1,132 @@
+"""Reporter: outcomes become status events, final events go to the task's reply topics, rejected
+input becomes an error report. Every message is built by ``protocol.events``.
+
+Facts it is built on:
+
+- With a coordinator online it owns a failure's fate (retry with backoff, or ``dead``, which it
+  sends to the reply topics): a ``failed`` event is final, and replied, only when no coordinator
+  is online. ``succeeded`` and ``expired`` are always final. A cancelled attempt was superseded:
+  never final here. ``failed`` events carry the ``max_attempts`` the worker applied (task field,
+  else the registration's, else ``states.DEFAULT_MAX_ATTEMPTS``).
+- Only final events go to the task's ``reply_to`` and its MQTT 5 Response Topic (with its
+  Correlation Data echoed), and never onto the prefix's own topics: ``events.reply_refusal``
+  decides, as for every component (docs/security.md).
+- The library caps payloads below the broker's limit (an oversize publish makes paho re-send it
+  forever, BROKER-FACTS.md): a result too large to publish fails the attempt, finally, with
+  ``PayloadTooLargeError``; a result that is not JSON fails it with ``TypeError``.
+- The status event and the reply leave behind one wake-up of the network thread (``held_writes``).
+- Publish first, forget second (see running.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..app import TaskDef
+from ..errors import PayloadTooLargeError
+from ..execution import Outcome
+from ..protocol import codec, events
+from ..protocol.states import DEFAULT_MAX_ATTEMPTS, FAILED, SUCCEEDED
+from ..protocol.topics import Topics
+from ..protocol.validate import TaskData
+from ..transport import Connection, Message
+from .link import CoordinatorLink
+from .running import Running
+from .stats import Counters
+
+log = logging.getLogger(__name__)
+
+
+class Reporter:
+    """Publishes what became of each attempt, and what this worker rejected."""
+
+    def __init__(self, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
+                 running: Running, link: CoordinatorLink, counters: Counters) -> None:
+        self.worker_id = worker_id
+        self._topics = topics
+        self._conn = conn
+        self._registry = registry
+        self._running = running
+        self._link = link
+        self._counters = counters
+
+    def outcome(self, task: TaskData, message: Message, outcome: Outcome) -> None:
+        """An attempt's run ended (task threads, the event loop, or intake for an unknown task)."""
+        if outcome.ok:
+            self._counters.add(SUCCEEDED)
+            extra = {"result": outcome.value}
+            state = SUCCEEDED
+        else:
+            self._counters.add(FAILED)
+            extra = {"error": events.error_info(outcome.error_type, outcome.error_message, outcome.traceback or None),
+                     "max_attempts": self.max_attempts(task)}
+            state = FAILED
+            log.info("worker %s: task %s %s attempt %d failed: %s: %s", self.worker_id, task.task, task.id,
+                     task.attempt, outcome.error_type, outcome.error_message)
+        # With a coordinator online it owns a failure's fate (retry, or `dead` to the reply topic).
+        final = state == SUCCEEDED or not self._link.online
+        if outcome.cancelled:
+            final = False  # a superseded attempt: the coordinator owns the task's fate
+        self.finish(task, message, state, extra, final=final)
+
+    def finish(self, task: TaskData, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
+        """Publish an attempt's last event (and the reply, if final), then stop holding it."""
+        self._running.begin_finish(task)
+        with self._conn.held_writes():  # the status event and the reply behind one wake-up
+            payload = self.status(task, state, {**extra, "final": final or None})
+            if final and payload is not None:
+                self.reply(task, message, payload)
+        self._running.forget(task)
+
+    def max_attempts(self, task: TaskData) -> int:
+        tdef = self._registry.get(task.task)
+        return task.max_attempts or (tdef.options.max_attempts if tdef else None) or DEFAULT_MAX_ATTEMPTS
+
+    def status(self, task: TaskData, state: str, extra: dict[str, Any], qos: int = 1,
+               ts: float | None = None) -> bytes | None:
+        """Publish a status event on ``P/status/{id}``; returns its payload (the reply's too)."""
+        ts = ts or time.time()
+        try:
+            payload = codec.encode(self._event(task, state, ts, extra))
+        except ValueError as exc:  # a result that is not JSON: the attempt fails instead
+            error = events.error_info("TypeError", f"result {exc}")
+            payload = codec.encode(self._event(task, FAILED, ts, {**extra, "result": None, "error": error}))
+        try:
+            self._conn.publish(self._topics.status(task.id), payload, qos=qos)
+        except PayloadTooLargeError as exc:
+            return self._publish_too_large(task, exc)
+        return payload
+
+    def _event(self, task: TaskData, state: str, ts: float, extra: dict[str, Any]) -> dict[str, Any]:
+        return events.status_event(task.id, state, task.attempt, ts, worker=self.worker_id, task=task.task,
+                                   queue=task.queue, correlation=task.correlation, **extra)
+
+    def _publish_too_large(self, task: TaskData, exc: PayloadTooLargeError) -> bytes:
+        error = events.error_info("PayloadTooLargeError", str(exc))
+        event = events.status_event(task.id, FAILED, task.attempt, time.time(), worker=self.worker_id,
+                                    task=task.task, queue=task.queue, final=True, error=error)
+        payload = codec.encode(event)
+        self._conn.publish(self._topics.status(task.id), payload)
+        return payload
+
+    def reply(self, task: TaskData, message: Message, payload: bytes) -> None:
+        """Send a final event to the task's reply topics, except where the reply guard refuses."""
+        targets = {t for t in (task.reply_to, message.response_topic) if t}
+        for topic in targets:
+            refusal = events.reply_refusal(self._topics, topic)
+            if refusal is not None:
+                self.error(refusal, topic, None, task.id)
+                continue
+            correlation = message.correlation_data if topic == message.response_topic else None
+            try:
+                self._conn.publish(topic, payload, correlation_data=correlation)
+            except (ValueError, PayloadTooLargeError) as exc:
+                self.error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
+
+    def error(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
+        """Publish an error report on ``P/errors``: what was rejected, where, and why."""
+        report = events.error_report(component="worker", source=self.worker_id, reason=reason,
+                                     ts=time.time(), topic=topic, payload=payload, task_id=task_id)
+        self._conn.publish(self._topics.errors, codec.encode(report))
