@@ -50,7 +50,7 @@ def main() -> int:
     threading.excepthook = lambda a: crashes.append(f"{a.thread.name if a.thread else '?'}: {a.exc_value!r}")
     logging.disable(logging.CRITICAL)  # every rejected input logs a warning; the counts are the result
     harness = fz.Harness()
-    coordinator = fz.coordinator.__wrapped__()  # type: ignore[attr-defined]
+    coordinator = fz.CoordinatorHarness()
     try:
         props = {
             "decoder": fz.test_decoders_raise_only_decode_error.hypothesis.inner_test,
@@ -66,6 +66,7 @@ def main() -> int:
                     return 1
     finally:
         harness.close()
+        coordinator.coordinator.stop()
     return 0
 
 
