@@ -70,7 +70,7 @@ def verify(task: dict[str, Any], key: str | bytes) -> None:
         expected = signature(task, key)
     except (TypeError, ValueError) as exc:
         raise SignatureError(f"task signature refused: cannot canonicalise the task ({exc})") from exc
-    if not hmac.compare_digest(expected, sig.lower()):
+    if not hmac.compare_digest(expected.encode(), sig.lower().encode("utf-8", "surrogatepass")):
         raise SignatureError("task signature refused: 'sig' does not match the task (tampered, or another key)")
 
 

@@ -126,3 +126,12 @@ def test_worker_without_a_key_ignores_sig(mosquitto: MosquittoProcess, prefix: s
 
     with Worker(plain, concurrency=1), app:
         assert app.submit("add", 1, 2).result(timeout=10) == 3
+
+
+@pytest.mark.parametrize("sig", ["é" * 64, "\udc80", "ff" * 32 + "é"])
+def test_a_signature_that_is_not_ascii_is_refused_not_a_crash(sig: str) -> None:
+    """It raised TypeError (hmac.compare_digest on non-ASCII text): the worker then never
+    acknowledged the message, which held one of its in-flight slots for good."""
+    task = {"id": "t1", "task": "add", "args": [1, 2], "sig": sig}
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(task, "k" * 32)

@@ -90,8 +90,8 @@ class Dispatcher:
         with self._lock:
             try:
                 self._route(message)
-            except Exception:
-                log.exception("worker %s: error deciding a message on %s", self.worker_id, message.topic)
+            except Exception as exc:
+                self._failed_to_decide(message, exc)
             acks, self._acks = self._acks, []
         if acks:
             self._conn.ack_many(acks)
@@ -110,6 +110,18 @@ class Dispatcher:
             acks, self._acks = self._acks, []
         if acks:
             self._conn.ack_many(acks)
+
+    def _failed_to_decide(self, message: Message, exc: Exception) -> None:
+        """A bug, not bad input: logged with its traceback, reported, and the message acknowledged
+        (unacknowledged, it would hold one of the broker's in-flight slots for this worker for good)."""
+        log.exception("worker %s: error deciding a message on %s", self.worker_id, message.topic)
+        if not any(m is message for m in self._acks):
+            self._acks.append(message)
+        try:
+            self._reporter.error(f"internal error deciding this message: {type(exc).__name__}: {exc}",
+                                 message.topic, message.payload, None)
+        except Exception:
+            log.exception("worker %s: cannot report the error", self.worker_id)
 
     # -- a message ---------------------------------------------------------------------------
     def _route(self, message: Message) -> None:
