@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections import deque
@@ -336,11 +337,23 @@ async def _connected_client_ids(broker: Broker) -> set[str]:
 
 
 def _quiet_noisy_loggers() -> None:
-    """amqtt logs every connection at INFO; keep WARNING unless the application chose a level."""
+    """amqtt logs every connection at INFO; keep WARNING unless the application chose a level.
+    Its traceback for a failed start is dropped: ``start`` raises one clear error instead."""
     for name in _NOISY_LOGGERS:
         noisy = logging.getLogger(name)
         if noisy.level == logging.NOTSET:
             noisy.setLevel(logging.WARNING)
+    startup = logging.getLogger("amqtt.broker")
+    if _STARTUP_FAILURE not in startup.filters:
+        startup.addFilter(_STARTUP_FAILURE)
+
+
+class _DropStartupFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Broker startup failed")
+
+
+_STARTUP_FAILURE = _DropStartupFailure()
 
 
 def _start_error(host: str, port: int, exc: BaseException) -> Exception:
@@ -348,5 +361,6 @@ def _start_error(host: str, port: int, exc: BaseException) -> Exception:
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     where = f"{host}:{port}"
     if isinstance(cause, OSError):
-        return OSError(cause.errno, f"embedded MQTT broker cannot listen on {where}: {cause}")
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        return OSError(cause.errno, f"embedded MQTT broker cannot listen on {where}: {reason.lower()}")
     return RuntimeError(f"embedded MQTT broker failed to start on {where}: {exc}")
