@@ -1,7 +1,8 @@
 """mqtt-tasks: distributed tasks over MQTT.
 
-Users import from here; everything else is internal layout. The embedded broker
-(``mqtt_tasks.broker``, extra ``mqtt-tasks[broker]``) is imported lazily and not re-exported.
+Users import from here; everything else is internal layout. The pydantic models and the embedded
+broker (``EmbeddedBroker``, extra ``mqtt-tasks[broker]``) are imported on first use, so a worker
+that needs neither never loads pydantic or amqtt.
 """
 
 __version__ = "0.1.0"
@@ -34,25 +35,34 @@ from .errors import (  # noqa: E402
 from .worker import Worker  # noqa: E402
 
 _MODELS = ("ErrorReport", "StatusEvent", "Task", "WorkerState")
+_LAZY = (*_MODELS, "EmbeddedBroker")
 
 
 def __getattr__(name: str) -> object:
-    """The pydantic models load on first use, so a worker that never needs them stays small."""
+    """The pydantic models and the embedded broker load on first use."""
     if name in _MODELS:
         from .protocol import messages
 
         return getattr(messages, name)
+    if name == "EmbeddedBroker":
+        try:
+            from .broker import EmbeddedBroker
+        except ImportError as exc:
+            raise ImportError(f"EmbeddedBroker needs amqtt ({exc.name} is missing): "
+                              "pip install 'mqtt-tasks[broker]'") from exc
+        return EmbeddedBroker
     raise AttributeError(f"module 'mqtt_tasks' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODELS))
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "ConfigError",
     "ConnectError",
     "CoordinatorTimeoutError",
     "DecodeError",
+    "EmbeddedBroker",
     "ErrorReport",
     "MqttTasksError",
     "NotConnectedError",

@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -101,7 +102,7 @@ class TaskDef(Generic[R]):
 class TaskHandle:
     """The future result of one submitted task."""
 
-    __slots__ = ("id", "name", "_app", "_future")
+    __slots__ = ("id", "name", "_app", "_future", "__weakref__")
 
     def __init__(self, app: TaskApp, task_id: str, name: str, future: concurrent.futures.Future[StatusEvent]):
         self.id = task_id
@@ -114,6 +115,10 @@ class TaskHandle:
 
     def done(self) -> bool:
         return self._future.done()
+
+    def _resolve(self, event: StatusEvent) -> None:
+        if not self._future.done():
+            self._future.set_result(event)
 
     def status(self, timeout: float | None = None) -> StatusEvent:
         """The final status event (blocks up to ``timeout``)."""
@@ -186,7 +191,9 @@ class TaskApp:
         self.reply_topic = self.topics.replies(self.client_id)
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
-        self._pending: dict[str, concurrent.futures.Future[StatusEvent]] = {}
+        # The handles waiting for a final event, held weakly: a handle the caller dropped (a task
+        # sent and forgotten, or one whose result never comes) costs this producer nothing.
+        self._pending: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
         self._pending_lock = threading.Lock()
 
     # -- registration ----------------------------------------------------------------
@@ -253,9 +260,9 @@ class TaskApp:
             body = signing.sign(body, self.settings.signing_key)
         payload = codec.encode(body)
         conn = self.connection()
-        future: concurrent.futures.Future[StatusEvent] = concurrent.futures.Future()
+        handle = TaskHandle(self, task_id, name, concurrent.futures.Future())
         with self._pending_lock:
-            self._pending[task_id] = future
+            self._pending[task_id] = handle
         try:
             # reply_to and the id in the body say what Response Topic and Correlation Data would;
             # leaving the MQTT 5 properties off saves building them for every task.
@@ -265,7 +272,7 @@ class TaskApp:
             with self._pending_lock:
                 self._pending.pop(task_id, None)
             raise
-        return TaskHandle(self, task_id, name, future)
+        return handle
 
     def submit(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle:
         """``app.submit("add", 2, 3)``: submit by name, with positional and keyword arguments."""
@@ -316,9 +323,9 @@ class TaskApp:
         if message.topic.startswith(self.topics.status_root) and not event.final:
             return  # a handle following P/status/{id} (``handle``) waits for the final event only
         with self._pending_lock:
-            future = self._pending.pop(event.id, None)
-        if future is not None and not future.done():
-            future.set_result(event)
+            handle = self._pending.pop(event.id, None)
+        if handle is not None:
+            handle._resolve(event)
 
     def handle(self, task_id: str, name: str = "") -> TaskHandle:
         """A handle for a task submitted earlier, possibly by another process.
@@ -334,11 +341,19 @@ class TaskApp:
         with self._pending_lock:
             existing = self._pending.get(task_id)
             if existing is not None:
-                return TaskHandle(self, task_id, name, existing)
-            self._pending[task_id] = future
+                return existing
+            handle = TaskHandle(self, task_id, name, future)
+            self._pending[task_id] = handle
         status_topic = self.topics.status(task_id)
         conn.subscribe(status_topic)
         future.add_done_callback(lambda _f: conn.unsubscribe(status_topic))
+        weakref.finalize(handle, conn.unsubscribe, status_topic)  # dropped before its result came
         conn.publish(self.topics.rpc, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
-        return TaskHandle(self, task_id, name, future)
+        return handle
+
+    @property
+    def awaiting(self) -> int:
+        """How many handles are waiting for a final event (handles the caller dropped do not count)."""
+        with self._pending_lock:
+            return len(self._pending)
 

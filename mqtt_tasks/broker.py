@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
+import os
 import signal
 import threading
 from collections import deque
@@ -78,7 +81,8 @@ class _SharedSubscriptionBroker(Broker):
 
     This relies on amqtt 0.12.1 private API (``_run_broadcast``, ``_subscriptions``,
     ``_matches``, ``_get_handler``, ``_topic_filtering``, ``_retain_broadcast_message``,
-    ``_publish_retained_messages_for_subscription``). The version is pinned in pyproject.toml
+    ``_publish_retained_messages_for_subscription``, ``_initialize_client_session`` and the
+    handler's ``handle_read_timeout`` and ``writer``). The version is pinned in pyproject.toml
     and tests/test_embedded_broker.py pins the behaviour.
     """
 
@@ -102,6 +106,17 @@ class _SharedSubscriptionBroker(Broker):
         if topic_filter.startswith(_SHARE_PREFIX) or not self._holds(session, topic_filter):
             return
         await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
+        """Keep-alive enforced (MQTT 3.1.1, 3.1.2.10): a client silent for 1.5 x its keep-alive is
+        dropped, so its Last Will goes out. amqtt 0.12.1 reads with that timeout and then does
+        nothing (``handle_read_timeout`` is a no-op): a worker whose host lost power stayed
+        "online" for ever. Its reader loop ends on end-of-stream, which closing the writer gives."""
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        if session.keep_alive > 0:  # the client's own (amqtt 0.12.1 adds no disconnect delay)
+            session.keep_alive = math.ceil(session.keep_alive * 1.5)
+            handler.handle_read_timeout = functools.partial(_drop_silent_client, handler, session)
+        return handler, session
 
     def _holds(self, session: Session, topic_filter: str) -> bool:
         subscribers = self._subscriptions.get(topic_filter, [])
@@ -152,6 +167,14 @@ class _SharedSubscriptionBroker(Broker):
         if handler:
             publish = handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
             running_tasks.append(asyncio.ensure_future(publish))
+
+
+def _drop_silent_client(handler: Any, session: Session) -> None:
+    logger.info("embedded broker: client %s silent for %s s (1.5 x keep-alive): dropping it",
+                session.client_id, session.keep_alive)
+    writer = handler.writer
+    if writer is not None:
+        asyncio.get_running_loop().create_task(writer.close())
 
 
 class EmbeddedBroker:
@@ -336,11 +359,23 @@ async def _connected_client_ids(broker: Broker) -> set[str]:
 
 
 def _quiet_noisy_loggers() -> None:
-    """amqtt logs every connection at INFO; keep WARNING unless the application chose a level."""
+    """amqtt logs every connection at INFO; keep WARNING unless the application chose a level.
+    Its traceback for a failed start is dropped: ``start`` raises one clear error instead."""
     for name in _NOISY_LOGGERS:
         noisy = logging.getLogger(name)
         if noisy.level == logging.NOTSET:
             noisy.setLevel(logging.WARNING)
+    startup = logging.getLogger("amqtt.broker")
+    if _STARTUP_FAILURE not in startup.filters:
+        startup.addFilter(_STARTUP_FAILURE)
+
+
+class _DropStartupFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Broker startup failed")
+
+
+_STARTUP_FAILURE = _DropStartupFailure()
 
 
 def _start_error(host: str, port: int, exc: BaseException) -> Exception:
@@ -348,5 +383,6 @@ def _start_error(host: str, port: int, exc: BaseException) -> Exception:
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     where = f"{host}:{port}"
     if isinstance(cause, OSError):
-        return OSError(cause.errno, f"embedded MQTT broker cannot listen on {where}: {cause}")
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        return OSError(cause.errno, f"embedded MQTT broker cannot listen on {where}: {reason.lower()}")
     return RuntimeError(f"embedded MQTT broker failed to start on {where}: {exc}")

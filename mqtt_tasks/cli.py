@@ -34,7 +34,7 @@ from .errors import (
     TransportError,
 )
 from .protocol import codec
-from .protocol.states import TASK_NAME_PATTERN
+from .protocol.states import ONLINE, RECORD_STATES, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
 from .transport import Connection, Message
 
@@ -55,6 +55,7 @@ RET_NOT_FOUND = 8  # status: the coordinator has no record of the task
 RET_INTERRUPTED = 130
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_WORKER_BROKER = "MQTT_TASKS_WORKER_BROKER"  # a supervisor's --broker for its children (not user-facing)
 WORKERS_QUIET_S = 0.4  # `workers`: stop listening once retained states stop arriving this long
 
 
@@ -200,6 +201,7 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
     from .worker import Worker
 
     configure_logging(log_level)
+    broker = broker or os.environ.pop(ENV_WORKER_BROKER, None)  # a supervisor's --broker, passed to its children
     app = load_app(app_ref)
     settings = worker_settings(app, broker, prefix, heartbeat)
     if processes > 1:
@@ -213,19 +215,30 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
                     defer_after=defer_after, started_after=started_after)
 
     def ready(w: Worker) -> None:
-        click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, queues "
-                   f"{','.join(w.queues)}, concurrency {w.concurrency}, group {w.group}", nl=True)
+        click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, prefix "
+                   f"{settings.prefix}, queues {','.join(w.queues)}, concurrency {w.concurrency}, group {w.group}",
+                   nl=True)
         sys.stdout.flush()
 
     serve(worker, on_ready=ready)
 
 
 def worker_settings(app: TaskApp, broker: str | None, prefix: str | None, heartbeat: float | None) -> Settings:
-    """--broker, else $MQTT_TASKS_BROKER, else the app's own settings; then --prefix, --heartbeat."""
+    """The app's own settings, with what the command line says on top (docs/configuration.md).
+
+    Broker: ``--broker``, else the app's ``broker=``; an app that names none was built from
+    ``$MQTT_TASKS_BROKER``, else mqtt://127.0.0.1:1883. Prefix: ``--prefix``, else a ``?prefix=``
+    in ``--broker``, else the app's. A command-line option always wins over the code, and the code
+    over the environment, so one exported variable cannot move a worker to another broker or
+    prefix behind its code's back."""
+    settings = app.settings
+    if broker:
+        from_url = Settings.from_url(broker, signing_key=settings.signing_key)
+        url_prefix = from_url.prefix if "prefix=" in broker.partition("?")[2] else settings.prefix
+        settings = from_url.with_(prefix=url_prefix, heartbeat_s=settings.heartbeat_s,
+                                  max_payload=settings.max_payload)
     overrides = {"prefix": prefix, "heartbeat_s": heartbeat}
-    if broker or os.environ.get(ENV_BROKER):
-        return Settings.from_env(broker, **overrides)
-    return app.settings.with_(**{k: v for k, v in overrides.items() if v is not None})
+    return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _supervise(app_ref: str, broker: str | None, worker_id: str | None, processes: int, grace: float,
@@ -246,7 +259,7 @@ def _supervise(app_ref: str, broker: str | None, worker_id: str | None, processe
                 argv += [f"--{name.replace('_', '-')}", str(value)]
         return argv
 
-    env = {ENV_BROKER: broker} if broker else {}  # the URL may hold a password: keep it out of argv
+    env = {ENV_WORKER_BROKER: broker} if broker else {}  # the URL may hold a password: keep it out of argv
     supervisor = Supervisor(command, ids, env=env, stop_timeout=grace + 15.0)
     click.echo(f"mqtt-worker supervisor (pid {os.getpid()}): {processes} worker processes {', '.join(ids)}")
     sys.stdout.flush()
@@ -270,10 +283,36 @@ def cli() -> None:
 cli.add_command(worker_command, "worker")
 
 
+class _NotJSON(ValueError):
+    """Text that Python's json module reads but JSON does not allow (NaN, Infinity, 1e400)."""
+
+
+def _strict_json(text: str) -> Any:
+    """``json.loads`` without Python's extensions: NaN and Infinity are refused, and so is a number
+    too large for a float (``1e400`` would become Infinity, which no JSON encoder can send)."""
+    def refuse(name: str) -> Any:
+        raise _NotJSON(f"{name} is not a JSON number")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            raise _NotJSON(f"{number} is out of range for a JSON number")
+        return value
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
+
+
 def parse_arg(text: str) -> Any:
-    """A positional task argument: JSON where it parses (2, 2.5, true, null, [1], {"a":1}), else the string."""
+    """A positional task argument: JSON where it parses (2, 2.5, true, null, [1], {"a":1}), else the string.
+
+    ``NaN`` and ``Infinity`` are not JSON, so they are sent as strings; a number out of a float's
+    range (``1e400``) or a NaN inside an array or object is refused with one line."""
     try:
-        return json.loads(text)
+        return _strict_json(text)
+    except _NotJSON as exc:
+        if text.strip() in ("NaN", "Infinity", "-Infinity"):
+            return text
+        raise CLIError(f"argument {text!r}: {exc}; quote it as a JSON string to send text", RET_USAGE) from None
     except ValueError:
         return text
 
@@ -282,7 +321,7 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text)
+        value = _strict_json(text)
     except ValueError as exc:
         raise CLIError(f"--kwargs is not valid JSON: {exc}", RET_USAGE) from None
     if not isinstance(value, dict):
@@ -312,16 +351,39 @@ def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str
     """Submit TASK with ARGS (each parsed as JSON where valid, else a string); print its id or, with --wait,
     its result. Put negative numbers after --: submit add -- -1 2."""
     kwargs = _parse_kwargs(kwargs_json)
+    positional = [parse_arg(a) for a in args]
     settings = Settings.from_env(broker, prefix=prefix)
     with TaskApp(settings=settings) as app:
-        handle = app.send(task, [parse_arg(a) for a in args], kwargs, options=TaskOptions(queue=queue))
+        handle = app.send(task, positional, kwargs, options=TaskOptions(queue=queue))
         if not wait:
             if not app.flush(timeout):
                 raise CLIError(f"the broker did not acknowledge task {handle.id} within {timeout}s", RET_CONNECT)
             click.echo(handle.id)
             return
-        result = handle.result(timeout)
+        try:
+            result = handle.result(timeout)
+        except KeyboardInterrupt:
+            raise CLIError(f"interrupted; task {handle.id} was submitted and may still run "
+                           f"(mqtt-tasks status {handle.id})", RET_INTERRUPTED) from None
+        except ResultTimeoutError:
+            raise CLIError(f"no result for task {handle.id} within {timeout}s: "
+                           f"{_why_no_result(settings, queue)}", RET_TIMEOUT) from None
     click.echo(json.dumps(result))
+
+
+def _why_no_result(settings: Settings, queue: str) -> str:
+    """A hint for a submit --wait that timed out, from the workers' retained states."""
+    try:
+        states = fetch_worker_states(settings)
+    except MqttTasksError:
+        return "and the workers' states could not be read"
+    serving = [s for s in states if s.state == ONLINE and queue in s.queues]
+    if not serving:
+        return (f"no online worker serves queue {queue!r} on {settings.prefix}/ "
+                f"(mqtt-tasks workers lists the fleet)")
+    held = sum(len(s.tasks) for s in serving)
+    return (f"{len(serving)} worker(s) serve queue {queue!r}, holding {held} task(s); it may still be "
+            "waiting or running (mqtt-tasks status ID, with a coordinator)")
 
 
 # -- mqtt-tasks workers --------------------------------------------------------------------
@@ -375,18 +437,25 @@ WORKER_COLUMNS = ("worker", "state", "queues", "concurrency", "held", "free", "l
 
 
 def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """A rich table, or aligned plain text where rich is not installed."""
+    """A rich table on a terminal; aligned plain text in a pipe or where rich is not installed.
+
+    The first column (an id) is never cut or folded, so it can be pasted into another command."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
+        Console = None  # type: ignore[assignment,misc]  # noqa: N806
+    if Console is None or not sys.stdout.isatty():
         widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
         for line in (columns, *rows):
             click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
         return
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+    for i, column in enumerate(columns):
+        if i == 0:
+            table.add_column(column, no_wrap=True, min_width=max((len(r[0]) for r in rows), default=len(column)))
+        else:
+            table.add_column(column)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
@@ -426,7 +495,7 @@ def broker_command(host: str, port: int) -> None:
     try:
         run_broker(host, port, ready=ready)
     except OSError as exc:
-        raise CLIError(str(exc), RET_ERROR) from None
+        raise CLIError(exc.strerror or str(exc), RET_ERROR) from None
 
 
 # -- mqtt-tasks demo -----------------------------------------------------------------------
@@ -504,12 +573,12 @@ def status(task_id: str, broker: str | None, prefix: str | None, timeout: float)
     click.echo(json.dumps(record, indent=2, default=str))
 
 
-TASK_COLUMNS = ("id", "task", "state", "attempt", "worker", "updated")
+TASK_COLUMNS = ("id", "task", "queue", "state", "attempt", "worker", "updated")
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
 @broker_options
-@click.option("--state", help="Only tasks in this state (backlog, started, succeeded, dead, ...).")
+@click.option("--state", type=click.Choice(RECORD_STATES), help="Only tasks in this state.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as a JSON array.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
@@ -525,7 +594,8 @@ def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int,
         return
     now = time.time()
     rows: list[tuple[str, ...]] = [
-        (str(r["id"]), str(r.get("task") or ""), str(r["state"]), str(r.get("attempt") or ""),
+        (str(r["id"]), str(r.get("task") or ""), str(r.get("queue") or ""), str(r["state"]),
+         str(r.get("attempt") or ""),
          str(r.get("worker") or ""), _age(float(r.get("updated") or now), now))
         for r in records
     ]

@@ -6,7 +6,7 @@ import os
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
 from .protocol.codec import DEFAULT_MAX_PAYLOAD
@@ -83,17 +83,13 @@ class Settings:
         url = url or DEFAULT_BROKER
         if "://" not in url:
             url = "mqtt://" + url
-        parts = urlsplit(url)
+        parts = _split_url(url)
         scheme = parts.scheme.lower()
-        if scheme not in _SCHEMES:
-            raise ConfigError(f"unsupported broker URL scheme {scheme!r} in {url!r}: use mqtt, mqtts, ws or wss")
         secure, transport, default_port = _SCHEMES[scheme]
         try:
             port = parts.port or default_port
         except ValueError as exc:
             raise ConfigError(f"invalid port in broker URL {url!r}") from exc
-        if not parts.hostname:
-            raise ConfigError(f"no host in broker URL {url!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         values: dict[str, object] = {
             "host": parts.hostname, "port": port, "transport": transport, "url": url,
@@ -150,3 +146,17 @@ class Settings:
         scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
         user = f"{self.username}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def _split_url(url: str) -> SplitResult:
+    """The URL's parts, or a ConfigError saying what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for mqtt://[::1
+        raise ConfigError(f"malformed broker URL {url!r}: {exc}") from None
+    if parts.scheme.lower() not in _SCHEMES:
+        raise ConfigError(f"unsupported broker URL scheme {parts.scheme.lower()!r} in {url!r}: "
+                          "use mqtt, mqtts, ws or wss")
+    if not parts.hostname:
+        raise ConfigError(f"no host in broker URL {url!r}")
+    return parts

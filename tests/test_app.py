@@ -14,6 +14,7 @@ from mqtt_tasks import (
     TaskExpiredError,
     TaskFailedError,
     TaskHandle,
+    TaskOptions,
 )
 from tests.tasks_fixture import DEADLINE, Harness
 
@@ -185,3 +186,31 @@ def test_oversize_payload_is_refused_before_publishing(h: Harness) -> None:
     small = h.app.registry["add"].submit(1, 2)
     listener.wait_json(h.topics.tasks("default"), lambda t: t["id"] == small.id)
     assert len(listener.on(h.topics.tasks("default"))) == 1, "the oversize task never reached the broker"
+
+
+def test_a_producer_keeps_nothing_for_handles_it_dropped(h: Harness) -> None:
+    """No worker serves this queue, so no result ever comes: a producer that sends and forgets
+    must not keep a future per task for ever (it did: memory grew with every task sent)."""
+    import gc
+
+    kept = [h.app.send("add", (1, 2), options=TaskOptions(queue="nobody")) for _ in range(3)]
+    for _ in range(500):
+        h.app.send("add", (1, 2), options=TaskOptions(queue="nobody"))
+    assert h.app.flush(DEADLINE)
+    gc.collect()
+    assert h.app.awaiting == len(kept)  # the three handles still held wait on; the 500 cost nothing
+    del kept
+    gc.collect()
+    assert h.app.awaiting == 0
+
+
+def test_a_kept_handle_still_gets_its_result_after_others_were_dropped(h: Harness) -> None:
+    import gc
+
+    h.worker(concurrency=2)
+    add = h.app.registry["add"]
+    for _ in range(20):
+        add.submit(1, 1)  # dropped at once
+    handle = add.submit(2, 3)
+    gc.collect()
+    assert handle.result(timeout=DEADLINE) == 5

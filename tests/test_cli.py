@@ -19,14 +19,18 @@ from click.testing import CliRunner, Result
 from mqtt_tasks import Settings, TaskApp, Worker
 from mqtt_tasks.cli import (
     RET_CONNECT,
+    RET_ERROR,
+    RET_INTERRUPTED,
     RET_MISSING_EXTRA,
     RET_OK,
     RET_TASK_FAILED,
+    RET_TIMEOUT,
     RET_USAGE,
     cli,
     fetch_worker_states,
     parse_arg,
     worker_command,
+    worker_settings,
 )
 from mqtt_tasks.protocol import codec
 from mqtt_tasks.protocol.messages import StatusEvent, WorkerState
@@ -349,7 +353,8 @@ def test_status_and_tasks_from_the_coordinator(mosquitto: Any, prefix: str) -> N
 
         assert wait_until(succeeded)["result"] == 42
         table = run("tasks", "--broker", url, "--prefix", prefix)
-        assert table.exit_code == RET_OK and task_id[:8] in table.stdout
+        assert table.exit_code == RET_OK and task_id in table.stdout  # whole, so it can be pasted
+        assert " default " in table.stdout  # the queue column
         assert_one_line_error(run("status", "no-such-task", "--broker", url, "--prefix", prefix), RET_NOT_FOUND)
     app.close()
 
@@ -357,3 +362,105 @@ def test_status_and_tasks_from_the_coordinator(mosquitto: Any, prefix: str) -> N
 def test_status_without_a_coordinator(mosquitto: Any, prefix: str) -> None:
     result = run("status", "x", "--broker", mosquitto.url, "--prefix", prefix, "--timeout", "0.3")
     assert "no coordinator answered" in assert_one_line_error(result, RET_CONNECT)
+
+
+# -- what a new user typed (each one printed a traceback or misled) -----------------------------
+@pytest.mark.parametrize("args", [
+    ["submit", "add", "1e400", "1"],
+    ["submit", "add", "[1,NaN]"],
+    ["submit", "add", "1", "--kwargs", '{"a": NaN}'],
+    ["submit", "add", "1", "--kwargs", '{"a": -1e999}'],
+    ["submit", "add", "1", "--kwargs", '{"a": Infinity}'],
+])
+def test_numbers_json_cannot_carry_are_refused_in_one_line(args: list[str]) -> None:
+    assert_one_line_error(run(*args), RET_USAGE)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_bare_nan_and_infinity_are_strings_as_any_non_json_argument(text: str) -> None:
+    assert parse_arg(text) == text
+
+
+def test_malformed_broker_url_is_one_line() -> None:
+    line = assert_one_line_error(run("workers", "--broker", "mqtt://[::1"), RET_USAGE)
+    assert "malformed broker URL" in line
+
+
+def test_acl_with_an_unwritable_password_file_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["acl", "worker", "w1", "--password", "secret-password",
+                                      "--password-file", str(tmp_path / "missing-dir" / "pw"),
+                                      "--acl-file", str(tmp_path / "acl")], prog_name="mqtt-tasks")
+    assert "cannot write" in assert_one_line_error(result, RET_USAGE)
+
+
+def test_broker_on_a_taken_port_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "mqtt_tasks", "broker", "--port", str(port)], cwd=REPO,
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == RET_ERROR
+    expected = f"Error: embedded MQTT broker cannot listen on 127.0.0.1:{port}: address already in use"
+    assert done.stderr.strip() == expected
+
+
+def test_tasks_refuses_an_unknown_state() -> None:
+    line = assert_one_line_error(run("tasks", "--state", "bogus"), RET_USAGE)
+    assert "'dead'" in line  # it lists the states there are
+
+
+def test_submit_wait_on_a_queue_nobody_serves_says_so(running_worker: Worker, broker_url: str, prefix: str) -> None:
+    result = run("submit", "add", "1", "2", "--wait", "--timeout", "1", "--queue", "nobody",
+                 "--broker", broker_url, "--prefix", prefix)
+    line = assert_one_line_error(result, RET_TIMEOUT)
+    assert "no online worker serves queue 'nobody'" in line
+
+
+def test_ctrl_c_during_submit_wait_prints_the_task_id(mosquitto: Any, prefix: str) -> None:
+    seen: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    watcher = Connection(Settings.from_url(mosquitto.url), f"watch-{prefix}", on_message=seen.put)
+    watcher.subscribe(f"{prefix}/tasks/+")
+    watcher.connect()
+    try:
+        proc = Proc([sys.executable, "-m", "mqtt_tasks", "submit", "add", "1", "2", "--wait",
+                     "--broker", mosquitto.url, "--prefix", prefix])
+        task_id = json.loads(seen.get(timeout=15).payload)["id"]  # it is waiting for the result now
+        code, stderr = proc.stop(signal.SIGINT)
+    finally:
+        watcher.close()
+    assert code == RET_INTERRUPTED
+    assert stderr.strip() == (f"Error: interrupted; task {task_id} was submitted and may still run "
+                              f"(mqtt-tasks status {task_id})")
+
+
+def test_the_command_line_overrides_the_app_and_the_app_overrides_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTT_TASKS_BROKER", "mqtt://env-host:1111?prefix=envprefix")
+    named = TaskApp("mqtt://code-host:2222", prefix="codeprefix")
+    unnamed = TaskApp()
+    try:
+        chosen = worker_settings(named, None, None, None)
+        assert (chosen.host, chosen.port, chosen.prefix) == ("code-host", 2222, "codeprefix")
+        chosen = worker_settings(unnamed, None, None, None)
+        assert (chosen.host, chosen.port, chosen.prefix) == ("env-host", 1111, "envprefix")
+        chosen = worker_settings(named, "mqtt://cli-host:3333", None, 9.0)
+        assert (chosen.host, chosen.port, chosen.prefix, chosen.heartbeat_s) == ("cli-host", 3333, "codeprefix", 9.0)
+        chosen = worker_settings(named, "mqtt://cli-host:3333?prefix=urlprefix", None, None)
+        assert chosen.prefix == "urlprefix"
+        assert worker_settings(named, "mqtt://cli-host:3333?prefix=urlprefix", "cliprefix", None).prefix == "cliprefix"
+    finally:
+        named.close()
+        unnamed.close()
+
+
+def test_worker_ready_line_names_broker_and_prefix(mosquitto: Any, prefix: str) -> None:
+    proc = Proc(worker_argv("examples.tasks:app", "--broker", mosquitto.url, "--prefix", prefix))
+    try:
+        line = proc.wait_line("ready")
+        assert f"on {mosquitto.url}, prefix {prefix}," in line
+    finally:
+        proc.stop(signal.SIGTERM)
+

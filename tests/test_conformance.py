@@ -370,3 +370,29 @@ def test_node_over_mqtt311_on_the_embedded_broker(node_example: Path, amqtt_brok
         service.close()
         worker.stop(grace=5)
         app.close()
+
+
+@pytest.mark.parametrize("body", [
+    {"task": "add", "args": "2,3"},         # Fastify's default coercion made this ["2,3"]: a 202 and a task
+    {"task": "add", "args": [2, 3], "wait": "yes"},
+    {"task": "add", "args": [2, 3], "timeout": "5"},
+    {"task": "add", "args": [2, 3], "max_attempts": "3"},
+    {"task": "add", "kwargs": [1]},
+])
+def test_node_malformed_bodies_get_400_and_publish_nothing(node: NodeService, body: dict[str, Any]) -> None:
+    status, error = node.request("POST", "/tasks", body)
+    assert status == 400, (body, error)
+    assert error.get("message")
+
+
+def test_node_example_needs_no_newer_node_than_it_says() -> None:
+    """Every pinned package runs on the Node.js version that package.json and README.md name."""
+    package = json.loads((NODE_DIR / "package.json").read_text())
+    claimed = int(package["engines"]["node"].lstrip(">=").split(".")[0])
+    assert f"Node.js {claimed} or later" in (NODE_DIR / "README.md").read_text()
+    lock = json.loads((NODE_DIR / "package-lock.json").read_text())
+    for name, entry in lock["packages"].items():
+        needed = entry.get("engines", {}).get("node", "") if isinstance(entry.get("engines"), dict) else ""
+        for bound in needed.replace(">= ", ">=").split():
+            if bound.startswith(">="):
+                assert int(bound[2:].split(".")[0]) <= claimed, f"{name or 'the example'} needs node {needed}"

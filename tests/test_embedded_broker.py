@@ -52,7 +52,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
 class Client:
     """A paho 3.1.1 client that records every message it receives."""
 
-    def __init__(self, port: int, client_id: str, *, transport: str = "tcp") -> None:
+    def __init__(self, port: int, client_id: str, *, transport: str = "tcp", keepalive: int = 60) -> None:
         self.client_id = client_id
         self.received: list[tuple[str, bytes, bool]] = []
         self._subacks: dict[int, list[int]] = {}
@@ -66,7 +66,7 @@ class Client:
         self._paho.on_connect = self._on_connect
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_message = self._on_message
-        self._paho.connect("127.0.0.1", port)
+        self._paho.connect("127.0.0.1", port, keepalive=keepalive)
         self._paho.loop_start()
         assert self._connected.wait(TIMEOUT), f"{client_id} did not connect"
 
@@ -460,3 +460,36 @@ def test_messages_with_no_member_connected_are_dropped_and_later_ones_flow(
     assert second.payloads(topic) == [b"kept-1", b"kept-2"]
     assert first.payloads(topic) == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def silent_connect(port: int, client_id: str, *, keepalive: int, will_topic: str, will: bytes) -> socket.socket:
+    """An MQTT 3.1.1 CONNECT with a Last Will, then silence: a host that lost power, seen from the broker."""
+    def text(value: bytes) -> bytes:
+        return len(value).to_bytes(2, "big") + value
+
+    flags = 0x02 | 0x04 | 0x08  # clean session, will, will QoS 1
+    body = (text(b"MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + text(client_id.encode())
+            + text(will_topic.encode()) + text(will))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    assert sock.recv(4) == b"\x20\x02\x00\x00", "no CONNACK"
+    return sock
+
+
+def test_a_silent_client_is_dropped_after_1_5_keep_alives_and_its_will_is_sent(
+        amqtt_broker: EmbeddedBroker, connect: Connect, topic: str) -> None:
+    watcher = connect("watcher")
+    watcher.subscribe(f"{topic}/will")
+    alive = Client(amqtt_broker.port, f"alive-{uuid.uuid4().hex[:8]}", keepalive=1)  # pings every second
+    silent = silent_connect(amqtt_broker.port, f"silent-{uuid.uuid4().hex[:8]}", keepalive=1,
+                            will_topic=f"{topic}/will", will=b"offline")
+    try:
+        started = time.monotonic()
+        assert wait_until(lambda: watcher.payloads(f"{topic}/will") == [b"offline"], timeout=10.0), \
+            "the silent client's Last Will never came: keep-alive is not enforced"
+        assert time.monotonic() - started >= 1.0  # not before its keep-alive ran out
+        assert alive.client_id in amqtt_broker.connected_client_ids()  # a client that pings stays
+    finally:
+        silent.close()
+        alive.close()
+

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,8 +49,20 @@ def test_producer_prints_what_the_readme_says(example_worker: dict[str, str]) ->
 
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
 def test_shell_submit_script(example_worker: dict[str, str], mosquitto: MosquittoProcess) -> None:
-    env = {**example_worker, "MQTT_PORT": str(mosquitto.port), "WAIT": "20"}
+    # WAIT is the script's own default: it must return at the final event, not when WAIT runs out.
+    env = {**example_worker, "MQTT_PORT": str(mosquitto.port)}
+    started = time.monotonic()
     out = subprocess.run(["sh", "examples/shell/submit.sh", "add", "[2,3]"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert '"state":"succeeded"' in out.stdout and '"result":5' in out.stdout
+    assert time.monotonic() - started < 15, "submit.sh lingered after the final event"
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_shell_submit_script_says_when_nothing_answers(mosquitto: MosquittoProcess) -> None:
+    env = {**os.environ, "MQTT_PORT": str(mosquitto.port), "QUEUE": "nobody-serves-this", "WAIT": "1"}
+    out = subprocess.run(["sh", "examples/shell/submit.sh", "add", "[2,3]"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "no final status for task sh-" in out.stderr

@@ -58,7 +58,9 @@ export async function createService(config) {
     if (statuses.size > config.maxTracked) statuses.delete(statuses.keys().next().value);
   };
 
-  const app = Fastify({ logger: { level: config.logLevel } });
+  // Fastify coerces types by default ("2" -> 2, "x" -> ["x"]): a malformed body would become
+  // another task. Strict validation answers 400 instead, as README.md promises.
+  const app = Fastify({ logger: { level: config.logLevel }, ajv: { customOptions: { coerceTypes: false } } });
   const client = await mqtt.connectAsync(config.mqttUrl, {
     clientId, protocolVersion: config.mqttVersion, clean: true, reconnectPeriod: 1000,
   });

@@ -1,0 +1,84 @@
+"""A TCP relay between one client and the broker that can partition and delay the link.
+
+This kernel has no netem qdisc, so faults on a link are made in userspace: ``partition()`` stops
+moving bytes in both directions while every socket stays open (what a cut cable looks like to
+both ends: silence, then keep-alive timeouts), ``heal()`` moves them again, ``delay`` holds each
+chunk back before forwarding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import select
+import socket
+import threading
+import time
+
+
+class TcpProxy:
+    """Listens on 127.0.0.1:<port> and relays every connection to ``target_port``."""
+
+    def __init__(self, target_port: int, *, delay: float = 0.0, jitter: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay, self.jitter = delay, jitter
+        self._open = threading.Event()
+        self._open.set()
+        self._closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def partition(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._open.set()
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump", daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        rng = random.Random()
+        try:
+            while not self._closed.is_set():
+                ready, _, _ = select.select([src], [], [], 0.2)
+                if not ready:
+                    continue
+                self._open.wait()  # partitioned: the bytes wait here, the sockets stay open
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.delay or self.jitter:
+                    time.sleep(self.delay + rng.uniform(0, self.jitter))  # the injected latency itself
+                self._open.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,252 @@
+"""Fault injection: the promise under faults, with real processes and three independent counts.
+
+With a coordinator, every task ends in exactly one terminal state, none is lost, and a task on
+a live worker is never run twice (README.md, docs/operations.md). Each scenario starts a private
+Mosquitto from the repository's mosquitto.conf, the installed ``mqtt-tasks coordinator`` and
+``mqtt-worker`` processes and a producer, injects one fault, and counts what happened from the
+status events on the wire, the ledger the task bodies wrote, and the coordinator's record. It
+asserts none lost, one final state each, and duplicates only where the fault explains them.
+The figures per scenario are in docs/operations.md ("Faults, measured").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import MosquittoProcess, wait_until
+from tests.faults.cluster import Cluster, Process, Verdict
+from tests.faults.proxy import TcpProxy
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def cluster(mosquitto: MosquittoProcess, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(mosquitto, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def settle(cluster: Cluster, coordinator: Process, timeout: float = 60.0) -> Verdict:
+    """Wait for every task's final event, stop the coordinator cleanly, and count three ways."""
+    cluster.wait_finished(timeout=timeout)
+    coordinator.signal(signal.SIGTERM)
+    assert coordinator.reap() == 0, coordinator.text()[-2000:]
+    verdict = cluster.verdict()
+    print(verdict.summary())
+    assert verdict.lost == [], f"{len(verdict.lost)} tasks lost"
+    assert verdict.several_finals == [], f"{len(verdict.several_finals)} tasks ended twice"
+    for ident in cluster.submitted:  # the coordinator's record agrees with the wire
+        assert verdict.record.get(ident) == cluster.observer.finals(ident)[0]["state"], ident
+    return verdict
+
+
+def assert_ledger_agrees(cluster: Cluster, verdict: Verdict) -> None:
+    """A task that ended ``succeeded`` ran to its end; one that ended ``expired`` never started."""
+    started = {ident for ident, _ in cluster.ledger_lines("start")}
+    for ident in cluster.submitted:
+        state = cluster.observer.finals(ident)[0]["state"]
+        if state == "succeeded":
+            assert verdict.executions[ident] >= 1, f"{ident} succeeded but its body never finished"
+        if state == "expired":
+            assert ident not in started, f"{ident} was started, then recorded as expired"
+
+
+# -- faults the promise already survived (kept, so it keeps surviving them) -------------------
+def test_a_worker_killed_mid_run_loses_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    victim = cluster.worker("w1")
+    cluster.worker("w2")
+    cluster.submit(40, 0.5)
+    wait_until(lambda: cluster.started_by(victim) >= 2, 30, message="the victim never started a task")
+    victim.kill()
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 40}
+    assert verdict.duplicates == 0  # the killed worker finished none of the tasks it held
+
+
+def test_a_partitioned_worker_that_keeps_running_is_presumed_dead_once(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    link = TcpProxy(cluster.mosquitto.port)
+    try:
+        cut = cluster.worker("cut", url=link.url, concurrency=2)
+        cluster.submit(2, 6.0)
+        wait_until(lambda: cluster.started_by(cut) == 2, 30)
+        link.partition()  # it keeps running both tasks, unheard, for longer than its lease
+        cluster.worker("spare")
+        cluster.wait_finished(timeout=60)
+        link.heal()
+    finally:
+        link.close()
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 2}
+    assert verdict.duplicates <= 2  # unheard past its lease it was presumed dead: the fault explains a re-run
+
+
+def test_a_worker_frozen_by_sigstop_comes_back_without_duplicating_long_tasks(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    frozen = cluster.worker("frozen", concurrency=2)
+    cluster.submit(2, 3.0)
+    wait_until(lambda: cluster.started_by(frozen) == 2, 30)
+    frozen.signal(signal.SIGSTOP)
+    cluster.worker("spare")
+    wait_until(lambda: len(cluster.ledger_lines("start")) >= 4, 60, message="the frozen worker's tasks were "
+               "never dispatched again")
+    frozen.signal(signal.SIGCONT)
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 2}
+    assert verdict.duplicates <= 2  # frozen past its lease, it was presumed dead
+
+
+def test_the_coordinator_killed_and_restarted_mid_run_loses_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    cluster.worker("w1")
+    cluster.worker("w2")
+    cluster.submit(200, 0.05)
+    wait_until(lambda: len(cluster.ledger_lines("end")) >= 40, 30)
+    coordinator.kill()
+    coordinator = cluster.coordinator()
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 200}
+    assert verdict.duplicates == 0
+
+
+def test_a_clean_broker_restart_loses_nothing(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    cluster.worker("w1")
+    cluster.submit(200, 0.05)
+    wait_until(lambda: len(cluster.ledger_lines("end")) >= 20, 30)
+    cluster.mosquitto.restart()  # SIGTERM: Mosquitto saves its sessions first
+    verdict = settle(cluster, coordinator, timeout=90)
+    assert verdict.outcomes == {"succeeded": 200}
+
+
+# -- faults that broke the promise (issue 13) ---------------------------------------------------
+def test_expiry_cannot_race_a_start(cluster: Cluster) -> None:
+    """Tasks started just in time are not recorded expired (and cancelled) before `started` arrives."""
+    coordinator = cluster.coordinator()
+    cluster.worker("w1", concurrency=8)
+    cluster.worker("w2", concurrency=8)
+    for _ in range(100):
+        cluster.submit(1, 0.3, expires_at=time.time() + 0.05)
+    verdict = settle(cluster, coordinator)
+    assert_ledger_agrees(cluster, verdict)
+    cut_short = {i for i, _ in cluster.ledger_lines("start")} - set(verdict.executions)
+    assert cut_short == set(), f"{len(cut_short)} tasks were stopped mid-run"
+
+
+@pytest.mark.parametrize("skew", [90.0, -90.0])
+def test_a_worker_with_a_wrong_clock_judges_expiry_right(cluster: Cluster, skew: float) -> None:
+    coordinator = cluster.coordinator()
+    cluster.worker("skewed", env=cluster.env(clock_skew=skew))
+    alive = cluster.submit(20, 0.05, expires_at=time.time() + 60)
+    dead = cluster.submit(20, 0.05, expires_at=time.time() - 1)
+    verdict = settle(cluster, coordinator)
+    assert_ledger_agrees(cluster, verdict)
+    assert {cluster.observer.finals(i)[0]["state"] for i in alive} == {"succeeded"}
+    assert {cluster.observer.finals(i)[0]["state"] for i in dead} == {"expired"}
+
+
+def test_a_coordinator_with_a_fast_clock_gives_each_task_one_final_state(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator(env=cluster.env(clock_skew=90.0))
+    cluster.worker("w1")
+    cluster.submit(20, 0.2, expires_at=time.time() + 60)
+    verdict = settle(cluster, coordinator)
+    assert_ledger_agrees(cluster, verdict)
+
+
+def test_poison_tasks_sink_only_themselves(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    pool = cluster.worker("pool", "--processes", "2", concurrency=4)
+    poison = []
+    for how in ("exit", "segv", "kill", "exit", "segv", "kill"):
+        cluster.submit(25, 0.05)
+        poison += cluster.submit(1, name="poison", how=how)
+    settle(cluster, coordinator, timeout=180)
+    jobs = set(cluster.submitted) - set(poison)
+    assert {cluster.observer.finals(i)[0]["state"] for i in jobs} == {"succeeded"}
+    assert {cluster.observer.finals(i)[0]["state"] for i in poison} == {"dead"}
+    assert pool.popen.poll() is None, "the supervisor gave up:\n" + pool.text()[-2000:]
+
+
+def test_a_broker_crash_before_its_first_autosave_loses_no_acknowledged_task(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    coordinator.signal(signal.SIGSTOP)  # it cannot record them before the crash
+    cluster.submit(300)                 # every one acknowledged by the broker
+    cluster.mosquitto.kill()            # nothing saved: sessions, subscriptions, queued messages
+    cluster.mosquitto.start()
+    coordinator.signal(signal.SIGCONT)
+    cluster.worker("w1")
+    verdict = settle(cluster, coordinator, timeout=120)
+    assert verdict.outcomes == {"succeeded": 300}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_coordinator_whose_disk_fails_stops_acknowledging_and_catches_up(
+        cluster: Cluster, tmp_path: Path, fault: str) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        cluster.db = disk / "coordinator.db"
+        coordinator = cluster.coordinator()
+        cluster.worker("w1")
+        cluster.submit(50)
+        cluster.wait_finished(timeout=60)
+        filler = disk / "filler"
+        if fault == "full":
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        cluster.submit(300, 0.01)
+        wait_until(lambda: "cannot commit" in coordinator.text() or "cannot write" in coordinator.text(), 30,
+                   message="the coordinator said nothing about its disk")
+        log_lines = coordinator.text().count("\n")
+        if fault == "full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        verdict = settle(cluster, coordinator, timeout=120)
+        assert verdict.outcomes == {"succeeded": 350}
+        assert log_lines < 60, "the coordinator flooded its log while the disk failed"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_task_that_outlives_the_grace_is_not_finished_by_the_stopped_worker(cluster: Cluster) -> None:
+    coordinator = cluster.coordinator()
+    old = cluster.worker("old", "--grace", "1", concurrency=1)
+    cluster.submit(1, 5.0)
+    wait_until(lambda: cluster.started_by(old) == 1, 30)
+    cluster.worker("new")
+    stopped_at = time.monotonic()
+    old.signal(signal.SIGTERM)
+    old.reap(timeout=30)
+    assert time.monotonic() - stopped_at < 5.0, "the stopped worker outlived its grace"
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 1}
+    ended_by = {pid for _, pid in cluster.ledger_lines("end")}
+    assert old.popen.pid not in ended_by and verdict.duplicates == 0
+
+
+def test_sigterm_to_the_whole_process_group_respects_the_grace(cluster: Cluster) -> None:
+    """systemd's default stop: SIGTERM reaches the supervisor and its children at once."""
+    coordinator = cluster.coordinator()
+    pool = cluster.worker("pool", "--processes", "2", "--grace", "20", concurrency=2)
+    cluster.submit(4, 2.0)
+    wait_until(lambda: len(cluster.ledger_lines("start")) == 4, 30)
+    os.killpg(pool.popen.pid, signal.SIGTERM)
+    assert pool.reap(timeout=60) == 0, pool.text()[-2000:]
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 4}
+    assert verdict.duplicates == 0 and len(cluster.ledger_lines("start")) == 4  # none requeued
