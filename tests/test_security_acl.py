@@ -315,3 +315,34 @@ def test_acl_cli_command(tmp_path: Path) -> None:
     assert pw.read_text().startswith("p1:$7$") and "user p1" in acl_path.read_text()
     half = runner.invoke(cli, ["acl", "worker", "w2", "--password", "x" * 12, "--acl-file", str(acl_path)])
     assert half.exit_code == 2 and "Traceback" not in half.output
+
+
+
+def test_a_worker_whose_shared_subscription_is_refused_fails_loudly(
+        monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """A broker that refuses the SUBACK of the worker's task filter (an ACL that denies it: EMQX,
+    HiveMQ and amqtt's topic ACL plugin answer 0x80). The worker used to log it, report ready and
+    wait for tasks that could never come. Mosquitto 2.0.11's acl_file grants such a SUBACK and
+    filters deliveries instead: docs/security.md says how to check a worker's ACL there."""
+    from mqtt_tasks import broker as embedded
+
+    refused_filter = f"$share/workers/{prefix}/tasks/default"
+    granting = embedded._SharedSubscriptionBroker.add_subscription
+
+    async def add_subscription(self: object, subscription: tuple[str, int], session: object) -> int:
+        if subscription[0] == refused_filter:
+            return 0x80
+        return await granting(self, subscription, session)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embedded._SharedSubscriptionBroker, "add_subscription", add_subscription)
+    with embedded.EmbeddedBroker() as broker:
+        settings = Settings.from_url(broker.url, prefix=prefix)
+        app = TaskApp(settings=settings)
+        worker = Worker(app, worker_id="w9", queues=["images", "default"], settings=settings)
+        with pytest.raises(ConnectError, match=rf"refused the subscription to \$share/workers/{prefix}/tasks/default"):
+            worker.start()
+        worker.stop()
+        allowed = Worker(app, worker_id="w9", queues=["images"], settings=settings)
+        with allowed:  # the same worker on the queue it is granted starts as before
+            assert allowed.snapshot().state == "online"
+        app.close()

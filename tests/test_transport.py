@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 import time
@@ -20,7 +21,7 @@ from mqtt_tasks import ConfigError, ConnectError, PayloadTooLargeError, Settings
 from mqtt_tasks.transport import Connection, Message, Will, paho_internals
 from mqtt_tasks.transport.inflight import Inflight
 from mqtt_tasks.transport.paho_internals import BufferedSocket, TunedClient
-from tests.brokers import MosquittoProcess, free_port
+from tests.brokers import MosquittoProcess, free_port, wait_until
 from tests.tasks_fixture import DEADLINE, Listener
 
 
@@ -447,3 +448,70 @@ def test_fast_puback_handling_matches_paho(protocol: int, packet: bytes) -> None
     else:  # is_published() raises here (never sent), hence _published
         reason = packet[2] if len(packet) > 2 else 0  # 0x10: "no matching subscribers", a success
         assert seen[True] == (0, [(info.mid, reason)], True, False)
+
+
+class ClosesOnMqtt5:
+    """A broker front that behaves as RabbitMQ 3.10's MQTT plugin does: an MQTT 5 CONNECT gets the
+    connection closed with no CONNACK; an MQTT 3.1.1 one is relayed to a real Mosquitto."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+
+        self.upstream_port = upstream_port
+        self.mqtt5_attempts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, name="closes-on-mqtt5", daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            first = client.recv(4096)  # CONNECT: fixed header, length, "\0\4MQTT", protocol level
+            level = first[first.index(b"MQTT") + 4] if b"MQTT" in first else 0
+            if level == 5:
+                self.mqtt5_attempts += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            upstream.sendall(first)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_auto_falls_back_to_mqtt311_when_the_broker_closes_on_an_mqtt5_connect(mosquitto: MosquittoProcess) -> None:
+    front = ClosesOnMqtt5(mosquitto.port)
+    try:
+        received: list[Message] = []
+        conn = Connection(Settings.from_url(f"mqtt://127.0.0.1:{front.port}"), "rabbit-like",
+                          on_message=received.append)
+        conn.subscribe("rabbit/t")
+        conn.connect(timeout=DEADLINE)
+        try:
+            assert front.mqtt5_attempts >= 1 and not conn.is_mqtt5
+            conn.publish("rabbit/t", b"x")
+            wait_until(lambda: received, DEADLINE, message="nothing came back over the 3.1.1 connection")
+            assert [m.payload for m in received] == [b"x"]
+        finally:
+            conn.close()
+    finally:
+        front.close()

@@ -112,6 +112,13 @@ class Connection:
         if not self._subscriptions.wait_ready(timeout):
             raise ConnectError(f"subscriptions not granted by {url} within {timeout}s",
                                url=url, reason="suback timeout")
+        denied = dict(self._subscriptions.refused)
+        if denied:
+            self.close(flush_timeout=1.0)
+            listed = ", ".join(f"{f} ({code})" for f, code in denied.items())
+            raise ConnectError(f"the broker at {url} refused the subscription to {listed}: check its ACL "
+                               f"for user {self.settings.username or '(anonymous)'}", url=url,
+                               reason="subscription refused")
         return self
 
     def close(self, flush_timeout: float = 5.0) -> None:

@@ -162,22 +162,31 @@ def refused(code: int, reason: str, url: str) -> ConnectError:
 def probe_refuses_mqtt5(settings: Settings, timeout: float) -> bool:
     """Ask with a bare MQTT 5 CONNECT whether the broker speaks MQTT 5.
 
-    amqtt (3.1.1 only) answers a CONNECT without properties with "unsupported protocol
-    version", but cannot parse one that carries properties (session expiry, receive maximum):
-    it waits for bytes that never come and no CONNACK arrives. So the real CONNECT, with its
-    properties and Last Will, is sent only once the broker has accepted a bare one.
+    A broker that refuses it (CONNACK "unsupported protocol version") or closes the connection
+    without any CONNACK (RabbitMQ 3.10's MQTT plugin does) does not. amqtt (3.1.1 only) answers a
+    CONNECT without properties with "unsupported protocol version", but cannot parse one that
+    carries properties (session expiry, receive maximum): it waits for bytes that never come and
+    no CONNACK arrives. So the real CONNECT, with its properties and Last Will, is sent only once
+    the broker has accepted a bare one.
     """
     answered = threading.Event()
     codes: list[int] = []
+    closed: list[bool] = []
 
     def on_connect(client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         codes.append(int(getattr(rc, "value", rc)))
         answered.set()
 
+    def on_disconnect(client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not codes:  # closed on us with no CONNACK: RabbitMQ 3.x's answer to an MQTT 5 CONNECT
+            closed.append(True)
+            answered.set()
+
     probe = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5,
                         transport=settings.transport, reconnect_on_failure=False)
     configure(probe, settings)
     probe.on_connect = on_connect
+    probe.on_disconnect = on_disconnect
     try:
         probe.connect(settings.host, settings.port, keepalive=settings.keepalive)
     except (OSError, ValueError):
@@ -188,4 +197,8 @@ def probe_refuses_mqtt5(settings: Settings, timeout: float) -> bool:
     finally:
         probe.disconnect()
         probe.loop_stop()
+    if closed:
+        log.info("%s closed the connection on an MQTT 5 CONNECT without answering it: trying MQTT 3.1.1",
+                 settings.display_url)
+        return True
     return bool(codes) and codes[0] in UNSUPPORTED_PROTOCOL

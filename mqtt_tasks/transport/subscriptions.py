@@ -8,7 +8,9 @@ nothing published after it returns can miss this client.
 Facts this module is built on (../shared/BROKER-FACTS.md): paho does not restore subscriptions
 after a reconnect, and Mosquitto 2.0.11 does not restore durable ``$share`` subscriptions after
 a restart with persistence, so every remembered subscription is re-sent on every connect; a
-refused filter (SUBACK code >= 0x80) is logged, as the broker then delivers nothing for it.
+refused filter (SUBACK code >= 0x80, e.g. an ACL that denies it) gets nothing delivered, so it is
+kept in ``refused`` and ``Connection.connect`` fails with a ``ConnectError`` naming it, instead of
+reporting ready (a worker would otherwise wait for tasks that can never come).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Subscriptions:
         self._client_id = client_id
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
-        self._pending: set[int] = set()  # mids of SUBSCRIBEs not yet answered
+        self._pending: dict[int, list[str]] = {}  # mids of SUBSCRIBEs not yet answered -> their filters
         self._ready = threading.Event()
+        self.refused: dict[str, str] = {}  # filter -> the broker's reason code, on this connection
 
     def remember(self, topic_filter: str, qos: int) -> None:
         with self._lock:
@@ -48,12 +51,13 @@ class Subscriptions:
         rc, mid = client.subscribe(subs)
         if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
             with self._lock:
-                self._pending.add(mid)
+                self._pending[mid] = [topic_filter for topic_filter, _ in subs]
 
     def resend_all(self, client: paho.Client) -> None:
         """A new connection: nothing is granted on it yet; subscribe to every remembered filter."""
         with self._lock:
             self._pending.clear()
+            self.refused.clear()
             subs = list(self._filters.items())
         self._ready.clear()
         self.send(client, subs)
@@ -66,11 +70,13 @@ class Subscriptions:
         return self._ready.wait(timeout)
 
     def on_suback(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        for code in codes:
-            if int(getattr(code, "value", code)) >= 0x80:
-                log.error("%s: subscription refused by the broker: %s", self._client_id, code)
         with self._lock:
-            self._pending.discard(mid)
+            filters = self._pending.pop(mid, [])
+            for topic_filter, code in zip(filters, codes, strict=False):
+                if int(getattr(code, "value", code)) >= 0x80:
+                    self.refused[topic_filter] = str(code)
+                    log.error("%s: the broker refused the subscription to %s: %s", self._client_id, topic_filter,
+                              code)
             done = not self._pending
         if done:
             self._ready.set()
