@@ -83,6 +83,7 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("read", t.inbox(ident)),
                 Rule("read", t.control(ident)),
                 Rule("read", t.coordinator),
+                Rule("readwrite", t.probe(ident)),  # the start-up check that the broker routes $share
                 Rule("write", t.all_status),
                 Rule("write", t.worker(ident)),
                 Rule("write", t.errors),

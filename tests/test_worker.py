@@ -4,6 +4,7 @@ heartbeats and Last Will, bad input, async tasks, time limits, the concurrency b
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mqtt_tasks import TaskFailedError, Worker
+from mqtt_tasks import Settings, TaskApp, TaskFailedError, Worker
 from mqtt_tasks.transport import Connection
 from tests.brokers import MosquittoProcess, wait_until
 from tests.tasks_fixture import BAD_TASKS, DEADLINE, Harness, Listener
@@ -357,3 +358,38 @@ def test_stopped_worker_leaves_no_task_behind(h: Harness) -> None:
     worker.stop(grace=1)
     assert time.monotonic() - started < 3
     assert worker.held == []
+
+
+def test_a_broker_without_shared_subscriptions_is_named_at_start(
+        monkeypatch: pytest.MonkeyPatch, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Stock amqtt (like NATS, aedes and RabbitMQ 3.x) grants `$share/...` and routes nothing
+    through it: the worker says so at start, in its log and on P/errors, instead of waiting in silence."""
+    from amqtt.broker import Broker
+
+    from mqtt_tasks import broker as embedded
+
+    monkeypatch.setattr(embedded, "_SharedSubscriptionBroker", Broker)  # amqtt without this project's $share
+    with embedded.EmbeddedBroker() as broker:
+        settings = Settings.from_url(broker.url, prefix=prefix)
+        reports = Listener(broker.url, [f"{prefix}/errors"]).start()
+        app = TaskApp(settings=settings)
+        try:
+            with caplog.at_level(logging.WARNING, logger="mqtt_tasks.worker"), \
+                    Worker(app, worker_id="w-noshare", settings=settings):
+                wait_until(lambda: reports.messages, DEADLINE, message="no report on P/errors")
+            assert "does not support $share" in caplog.text
+            assert b"does not support $share" in reports.messages[0].payload
+        finally:
+            reports.close()
+            app.close()
+
+
+def test_a_broker_with_shared_subscriptions_passes_the_probe_quietly(
+        broker_url: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    app = TaskApp(settings=Settings.from_url(broker_url, prefix=prefix))
+    try:
+        with caplog.at_level(logging.WARNING, logger="mqtt_tasks.worker"), Worker(app, worker_id="w-share") as w:
+            assert w.snapshot().state == "online"
+        assert "$share" not in caplog.text
+    finally:
+        app.close()

@@ -12,6 +12,7 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/coordinator            (extension) retained coordinator presence
     P/rpc/coordinator        (extension) queries to the coordinator
     P/replies/{client_id}    (extension) the default reply topic of a producer
+    P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Topics:
     """All topics for one prefix. Cheap to build; attributes are plain strings."""
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
-                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root")
+                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -67,6 +68,7 @@ class Topics:
         self.coordinator = f"{prefix}/coordinator"
         self.rpc = f"{prefix}/rpc/coordinator"
         self.replies_root = f"{prefix}/replies/"
+        self.probe_root = f"{prefix}/probe/"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:
@@ -92,6 +94,9 @@ class Topics:
 
     def replies(self, client_id: str) -> str:
         return self.replies_root + client_id
+
+    def probe(self, worker_id: str) -> str:
+        return self.probe_root + worker_id
 
     # -- wildcard filters -------------------------------------------------------
     @property

@@ -83,6 +83,7 @@ class Dispatcher:
         self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
         self.draining = False
         self._stopping = False
+        self.probe_arrived: Callable[[], None] = lambda: None  # set by the worker's ShareProbe
 
     # -- entry points: each takes the lock ---------------------------------------------------
     def receive(self, message: Message) -> None:
@@ -129,6 +130,9 @@ class Dispatcher:
         if topic == self._topics.coordinator:
             self._link.on_presence(message)
             self._acks.append(message)  # unacked, it would hold a Receive Maximum slot for good
+        elif topic.startswith(self._topics.probe_root):
+            self.probe_arrived()
+            self._acks.append(message)
         elif topic.startswith(self._topics.control_root):
             refusal = self._link.on_control(message)
             if refusal is not None:

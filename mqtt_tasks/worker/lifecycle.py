@@ -36,6 +36,7 @@ from .dispatch import Dispatcher
 from .heartbeat import Heartbeat, Identity, last_will
 from .intake import Intake
 from .link import CoordinatorLink
+from .probe import ShareProbe
 from .reporter import Reporter
 from .running import Running, WorkerSnapshot
 from .slots import Slots
@@ -142,13 +143,26 @@ class Worker:
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
         self._conn.subscribe(self.topics.coordinator)
+        probe = ShareProbe(self._conn, self.topics, self.worker_id, self.group)
+        self._dispatch.probe_arrived = probe.arrived
+        probe.arm()
         self._spawn("mqtt-worker-timer", self._dispatch.run_timer)
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
         self._conn.connect()
         self._started = True
+        if not probe.check():
+            self._share_unsupported()
         log.info("worker %s ready: queues %s, concurrency %d, group %s", self.worker_id,
                  ",".join(self.queues), self.concurrency, self.group)
         return self
+
+    def _share_unsupported(self) -> None:
+        reason = (f"the broker at {self.settings.display_url} accepted a shared subscription but routed nothing "
+                  f"through it: it does not support $share (NATS, aedes, RabbitMQ 3.x and stock amqtt do not), so "
+                  f"tasks published to {self.topics.tasks_root}... never reach this worker; use Mosquitto, EMQX, "
+                  "HiveMQ, VerneMQ or `mqtt-tasks broker` (docs/operations.md)")
+        log.warning("worker %s: %s", self.worker_id, reason)
+        self._reporter.error(reason, None, None, None)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: take no more, hand back what has not started, finish what runs.
