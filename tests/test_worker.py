@@ -393,3 +393,18 @@ def test_a_broker_with_shared_subscriptions_passes_the_probe_quietly(
         assert "$share" not in caplog.text
     finally:
         app.close()
+
+
+def test_each_finished_task_is_one_info_line(broker_url: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`mqtt-worker` logs at INFO: a Celery user expects `add[id] succeeded in 0.001s` there."""
+    with Harness(broker_url, prefix) as h:
+        h.worker(concurrency=2)
+        with caplog.at_level(logging.INFO, logger="mqtt_tasks.worker"):
+            ok = h.app.registry["add"].submit(2, 3)
+            assert ok.result(timeout=DEADLINE) == 5
+            bad = h.app.registry["boom"].submit("no")
+            with pytest.raises(TaskFailedError):
+                bad.result(timeout=DEADLINE)
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(f"add[{ok.id}] succeeded in " in line and "s (attempt 1)" in line for line in lines), lines
+        assert any(f"boom[{bad.id}] failed in " in line and "no" in line for line in lines), lines

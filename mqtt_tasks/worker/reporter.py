@@ -58,13 +58,16 @@ class Reporter:
             self._counters.add(SUCCEEDED)
             extra = {"result": outcome.value}
             state = SUCCEEDED
+            if log.isEnabledFor(logging.INFO):  # one line per task, as Celery's: mqtt-worker logs at INFO
+                log.info("worker %s: %s[%s] succeeded in %s (attempt %d)", self.worker_id, task.task, task.id,
+                         _seconds(self._running.ran_for(task)), task.attempt)
         else:
             self._counters.add(FAILED)
             extra = {"error": events.error_info(outcome.error_type, outcome.error_message, outcome.traceback or None),
                      "max_attempts": self.max_attempts(task)}
             state = FAILED
-            log.info("worker %s: task %s %s attempt %d failed: %s: %s", self.worker_id, task.task, task.id,
-                     task.attempt, outcome.error_type, outcome.error_message)
+            log.info("worker %s: %s[%s] failed in %s (attempt %d): %s: %s", self.worker_id, task.task, task.id,
+                     _seconds(self._running.ran_for(task)), task.attempt, outcome.error_type, outcome.error_message)
         # With a coordinator online it owns a failure's fate (retry, or `dead` to the reply topic).
         final = state == SUCCEEDED or not self._link.online
         if outcome.cancelled:
@@ -130,3 +133,8 @@ class Reporter:
         report = events.error_report(component="worker", source=self.worker_id, reason=reason,
                                      ts=time.time(), topic=topic, payload=payload, task_id=task_id)
         self._conn.publish(self._topics.errors, codec.encode(report))
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}s"
+

@@ -126,6 +126,13 @@ class Running:
         held = self._held.get(task_id)
         return held.task.attempt if held is not None else None
 
+    def ran_for(self, task: TaskData) -> float | None:
+        """Seconds since this attempt started here (one dict read, no lock), for the log line."""
+        held = self._held.get(task.id)
+        if held is None or held.task.attempt != task.attempt:
+            return None
+        return max(0.0, time.time() - held.started)
+
     def get(self, task_id: str) -> Held | None:
         with self._lock:
             return self._held.get(task_id)
