@@ -10,6 +10,7 @@
     │   └── CoordinatorTimeoutError no coordinator answered a query in time
     ├── ProtocolError               a message does not follow the wire contract
     │   ├── DecodeError             bytes that are not a valid message (carries the payload)
+    │   ├── EncodeError             a value JSON cannot carry (NaN, Infinity, an object): also a ValueError
     │   ├── PayloadTooLargeError    over the payload cap, refused before publishing
     │   └── SignatureError          a task's signature is missing or wrong (signing on)
     ├── TaskError                   about one task (carries ``task_id``)
@@ -72,6 +73,10 @@ class DecodeError(ProtocolError):
         self.payload = payload
         self.topic = topic
         self.task_id = task_id
+
+
+class EncodeError(ProtocolError, ValueError):
+    """A value the wire cannot carry: not JSON-serialisable, or NaN / Infinity (JSON has neither)."""
 
 
 class PayloadTooLargeError(ProtocolError):

@@ -268,3 +268,21 @@ def test_task_registration_rules() -> None:
         app.task(name="ok", queue="a/b")(lambda: None)
     with pytest.raises(ConfigError, match="invalid task id"):
         app.send("add", (1, 2), task_id="bad/id")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), object()])
+def test_what_json_cannot_carry_is_an_encode_error(value: object) -> None:
+    from mqtt_tasks import EncodeError
+
+    with pytest.raises(EncodeError, match="not JSON-serialisable") as info:
+        codec.encode({"args": [value]})
+    assert isinstance(info.value, ValueError)  # what callers caught before still catches it
+
+
+def test_bad_names_are_config_errors() -> None:
+    from mqtt_tasks import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid queue"):
+        check_name("queue", "a/b")
+    with pytest.raises(ConfigError, match="invalid topic prefix"):
+        check_prefix("$SYS")

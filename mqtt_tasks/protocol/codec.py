@@ -9,7 +9,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import DecodeError, PayloadTooLargeError
+from ..errors import DecodeError, EncodeError, PayloadTooLargeError
 from . import validate
 
 if TYPE_CHECKING:  # pydantic is imported only where a model is asked for: a worker never needs it
@@ -34,7 +34,7 @@ def encode(obj: dict[str, Any] | BaseModel) -> bytes:
     try:
         return _DUMPS(obj).encode()
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"not JSON-serialisable: {exc}") from exc
+        raise EncodeError(f"not JSON-serialisable: {exc}") from exc
 
 
 def check_size(payload: bytes, limit: int, topic: str = "") -> bytes:

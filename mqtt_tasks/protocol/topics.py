@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import ConfigError
+
 DEFAULT_PREFIX = "mqtt-tasks"
 DEFAULT_QUEUE = "default"
 DEFAULT_GROUP = "workers"
@@ -36,15 +38,15 @@ def is_valid_id(value: str) -> bool:
 
 
 def check_name(kind: str, value: str) -> str:
-    """Validate a queue, worker or group name; raise ValueError with a clear reason."""
+    """Validate a queue, worker or group name; raise ``ConfigError`` (a ``ValueError``) with a clear reason."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(f"invalid {kind} {value!r}: use 1-128 characters of A-Z a-z 0-9 _ . : -")
+        raise ConfigError(f"invalid {kind} {value!r}: use 1-128 characters of A-Z a-z 0-9 _ . : -")
     return value
 
 
 def check_prefix(value: str) -> str:
     if not isinstance(value, str) or not _PREFIX_RE.match(value) or value.startswith("$"):
-        raise ValueError(
+        raise ConfigError(
             f"invalid topic prefix {value!r}: topic levels of A-Z a-z 0-9 _ . : - separated by '/'"
         )
     return value
