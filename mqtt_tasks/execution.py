@@ -44,12 +44,6 @@ class Outcome:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(False, None, type(exc).__name__, str(exc), tb, cancelled=isinstance(exc, TaskCancelled))
 
-    def error(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"type": self.error_type, "message": self.error_message}
-        if self.traceback:
-            info["traceback"] = self.traceback
-        return info
-
 
 class Run:
     """One running task body. ``report`` and ``release`` each take effect once."""

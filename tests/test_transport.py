@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import threading
 import time
@@ -22,6 +21,7 @@ from mqtt_tasks.transport import Connection, Message, Will, paho_internals
 from mqtt_tasks.transport.inflight import Inflight
 from mqtt_tasks.transport.paho_internals import BufferedSocket, TunedClient
 from tests.brokers import MosquittoProcess, free_port, wait_until
+from tests.faults.proxy import relay
 from tests.tasks_fixture import DEADLINE, Listener
 
 
@@ -480,19 +480,7 @@ class ClosesOnMqtt5:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             upstream.sendall(first)
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: Any, dst: Any) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.close()
+                threading.Thread(target=relay, args=(src, dst), daemon=True).start()
 
     def close(self) -> None:
         self._listener.close()
