@@ -84,7 +84,7 @@ def lease_s(policy: LeasePolicy, heartbeat_s: float | None) -> float:
 
 def backoff(policy: LeasePolicy, failures: int, rng: Rng) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped."""
-    ceiling = min(policy.backoff_cap, policy.backoff_base * (2 ** max(failures - 1, 0)))
+    ceiling = min(policy.backoff_cap, policy.backoff_base * (2.0 ** max(failures - 1, 0)))
     return ceiling / 2 + rng() * ceiling / 2
 
 

@@ -106,7 +106,7 @@ class RestartPolicy:
         count = len(self.recent(crashes, now))
         if count >= self.max_crashes:
             return None
-        return min(self.max_delay, self.base_delay * 2 ** max(count - 1, 0))
+        return min(self.max_delay, self.base_delay * 2.0 ** max(count - 1, 0))
 
 
 # -- N children ----------------------------------------------------------------------------

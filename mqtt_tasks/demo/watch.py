@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..errors import DecodeError
 from ..protocol import codec
-from ..protocol.messages import TERMINAL_STATES, StatusEvent
+from ..protocol.messages import StatusEvent
+from ..protocol.states import TERMINAL_STATES
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
 

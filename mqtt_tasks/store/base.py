@@ -131,3 +131,8 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+__all__ = ["BACKLOG", "CANCELLED", "DEAD", "DISPATCHED", "EXPIRED", "LIVE_STATES", "MAX_HISTORY", "QUEUED",
+           "RETRYING", "STARTED", "SUCCEEDED", "TERMINAL", "Store", "TaskRecord"]
+

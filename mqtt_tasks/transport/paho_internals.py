@@ -39,7 +39,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -175,24 +175,24 @@ class TunedClient(paho.Client):
         sock = super()._create_socket()
         return BufferedSocket(sock) if self._buffered_reads and type(sock) is socket.socket else sock
 
-    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = self._read_buffered() if self._buffered_reads else super().loop_read(max_packets)
-        if rc == paho.MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet and self._sock is not None:
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet and self._sock is not None:
             return self.loop_write()  # acks and released publishes, without another select()
         return rc
 
-    def _read_buffered(self) -> paho.MQTTErrorCode:
+    def _read_buffered(self) -> MQTTErrorCode:
         for _ in range(READ_BUDGET):
             if self._sock is None:
-                return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
-            if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _handle_publish(self) -> paho.MQTTErrorCode:
+    def _handle_publish(self) -> MQTTErrorCode:
         handler = self.on_publish_received
         if handler is None:
             return super()._handle_publish()
@@ -208,9 +208,9 @@ class TunedClient(paho.Client):
                     raise
         if decoded[2] == 1 and not self._manual_ack:
             return self._send_puback(decoded[4])
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _handle_pubackcomp(self, cmd: Any) -> paho.MQTTErrorCode:
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
@@ -218,11 +218,11 @@ class TunedClient(paho.Client):
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _PUBACK_SUCCESS, _PUBACK_NO_PROPERTIES)
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- writes -----------------------------------------------------------------------------------
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: paho.MQTTMessageInfo | None = None) -> paho.MQTTErrorCode:
+                      info: paho.MQTTMessageInfo | None = None) -> MQTTErrorCode:
         thread = self._thread
         if thread is None or self._sockpairW is None:  # no network thread: paho writes at once
             return super()._packet_queue(command, packet, mid, qos, info)
@@ -233,7 +233,7 @@ class TunedClient(paho.Client):
         # queue until it is empty (or, if the socket is full, selects for writing while any is left).
         if len(out) == 1 and threading.get_ident() != thread.ident and not getattr(self._holding, "on", False):
             self._wake()
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _wake(self) -> None:
         pair = self._sockpairW  # None once the client is closed
