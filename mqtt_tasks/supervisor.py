@@ -251,6 +251,7 @@ class Supervisor:
         for child in self.children:
             child.proc = None
             child.restart_at = None
+        log.info("supervisor: %d worker(s) stopped", len(procs))
 
     def hurry(self) -> None:
         """Cut the children's grace short: forward SIGINT, which a stopping worker takes as that."""
