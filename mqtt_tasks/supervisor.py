@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 ENV_SUPERVISOR_PID = "MQTT_TASKS_SUPERVISOR_PID"
 EXIT_USAGE = 2  # a child exiting with this code is misconfigured: never restarted
-EXIT_FORCED = 130  # a second signal during a graceful stop
+EXIT_FORCED = 130  # a SIGINT after the one that cut the grace short
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _POLL_S = 0.1
 
