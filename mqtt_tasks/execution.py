@@ -83,6 +83,11 @@ class Run:
     def reported(self) -> bool:
         return self._reported
 
+    @property
+    def released(self) -> bool:
+        """True once the body's thread or coroutine is free again (it returned, raised, or was cancelled)."""
+        return self._released
+
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
@@ -139,6 +144,27 @@ class DeadlineWatcher:
                 run.future.cancel()
 
 
+UNWIND_S = 2.0
+"""Seconds the event loop keeps running at shutdown for coroutines still pending (cancelled ones:
+handed back by a stopping worker) to unwind, so that their ``finally`` clauses run."""
+
+
+def _stop_when_unwound(loop: asyncio.AbstractEventLoop) -> None:
+    """In the loop: stop it once every pending coroutine is done (bounded by ``UNWIND_S``)."""
+    import asyncio
+
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        loop.stop()
+        return
+
+    async def settle() -> None:
+        await asyncio.wait(pending, timeout=UNWIND_S)
+        loop.stop()
+
+    loop.create_task(settle())
+
+
 class Executor:
     """Bounded execution of task bodies. Callers keep the slot count; this runs what it is given."""
 
@@ -189,7 +215,7 @@ class Executor:
             self._deadlines.stop()
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            loop.call_soon_threadsafe(_stop_when_unwound, loop)
 
     # -- internals ---------------------------------------------------------------------
     @staticmethod

@@ -225,6 +225,24 @@ def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapp
     return _to_backlog(record, now, event="deferred", worker=worker)
 
 
+def on_handed_back(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
+                   reason: str | None, now: float) -> list[Effect]:
+    """A stopping worker gave up on an attempt it had started (its grace ran out) and will never
+    report it: dispatch the task again as attempt + 1 (fencing, should a result of the old one
+    arrive all the same), without counting a failure: stopping a worker is not the task's fault."""
+    if body is not None and record.body is None:
+        adopt_body(record, body)
+    if record.terminal or attempt < record.attempt:
+        return []
+    if attempt == record.attempt and record.worker not in (None, worker):
+        return []  # the record has it running on another worker: not this worker's to hand back
+    why = reason or f"worker {worker} stopped while running it"
+    record.note(attempt=attempt, worker=worker, event="handed-back", reason=why, ts=now)
+    record.attempt = attempt + 1
+    record.reason = why
+    return _to_backlog(record, now, event="requeued")
+
+
 def on_worker_event_final(record: TaskRecord, state: str, attempt: int, worker: str | None,
                           reason: str | None, now: float) -> list[Effect]:
     """A worker ended the task itself (``expired`` before it started)."""

@@ -1,8 +1,20 @@
 """Running workers in the foreground: one in this process, or N child processes.
 
 ``serve(worker)`` starts one ``Worker``, blocks until SIGTERM or SIGINT, then stops it
-gracefully (running tasks finish within the worker's grace period). A second signal during
-that drain exits at once; the broker then publishes the worker's Last Will (``offline``).
+gracefully: running tasks finish within the worker's grace period; what still runs then is
+handed back (the coordinator dispatches it again) and the process exits at once, so that a
+task thread Python cannot stop dies with it instead of finishing a task already handed on.
+
+Signals, decided so that the grace holds however the stop arrives (docs/operations.md):
+
+- SIGTERM means "stop gracefully", however often it comes. systemd's default stop
+  (``KillMode=control-group``) sends it to the supervisor *and* to every child at once, so a
+  child gets it twice (from systemd, and forwarded); an operator may repeat ``systemctl stop``.
+  A repeated SIGTERM is logged and changes nothing: the escalation of SIGTERM is SIGKILL
+  (systemd's, after ``TimeoutStopSec``), not another SIGTERM.
+- SIGINT is a person at a terminal: the first stops gracefully; one during the stop cuts the
+  grace short (what still runs is handed back now; a supervisor forwards it to its children);
+  the next exits at once with ``EXIT_FORCED``, and the broker publishes the Last Will (``offline``).
 
 ``Supervisor`` keeps N worker processes running (``mqtt-worker --processes N``). Each child is
 its own MQTT client in the same share group, started with ``start_new_session`` so that a
@@ -12,7 +24,8 @@ waits for them to drain. A child that exits on its own is restarted after a back
 with ``EXIT_USAGE`` (bad module, bad option) is never restarted: restarting cannot fix it.
 
 Children watch ``MQTT_TASKS_SUPERVISOR_PID``: when the supervisor disappears (``kill -9``),
-they drain and exit instead of running on as orphans.
+they drain and exit instead of running on as orphans. Once the supervisor is stopping it never
+restarts a child: a child that exits then (its grace over, or stopped by systemd directly) is done.
 """
 
 from __future__ import annotations
@@ -21,11 +34,13 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import NoReturn
 
 from .worker import Worker
 
@@ -33,18 +48,21 @@ log = logging.getLogger(__name__)
 
 ENV_SUPERVISOR_PID = "MQTT_TASKS_SUPERVISOR_PID"
 EXIT_USAGE = 2  # a child exiting with this code is misconfigured: never restarted
-EXIT_FORCED = 130  # a second signal during a graceful stop
+EXIT_FORCED = 130  # a SIGINT after the one that cut the grace short
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _POLL_S = 0.1
 
 
 # -- one worker, in the foreground ---------------------------------------------------------
 class SignalLatch:
-    """SIGTERM/SIGINT set ``event``; a second one exits at once with ``EXIT_FORCED``."""
+    """The first SIGTERM/SIGINT sets ``event``. Later SIGTERMs change nothing; a SIGINT after that
+    calls ``on_hurry`` (cut the grace short), the next exits at once with ``EXIT_FORCED``."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_hurry: Callable[[], None] | None = None) -> None:
         self.event = threading.Event()
         self.signame = ""
+        self.on_hurry = on_hurry
+        self._hurried = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> SignalLatch:
@@ -56,11 +74,19 @@ class SignalLatch:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
-            log.warning("second %s: exiting without waiting for running tasks", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if not self.event.is_set():
+            self.signame = name
+            self.event.set()
+        elif signum != signal.SIGINT:
+            log.info("%s again: already stopping, the grace period still holds", name)
+        elif not self._hurried and self.on_hurry is not None:
+            self._hurried = True
+            log.warning("SIGINT while stopping: handing back what still runs now (another exits at once)")
+            self.on_hurry()
+        else:
+            log.warning("SIGINT again: exiting without waiting for running tasks")
             os._exit(EXIT_FORCED)
-        self.signame = signal.Signals(signum).name
-        self.event.set()
 
 
 def _parent_gone(parent_pid: int | None) -> bool:
@@ -74,7 +100,7 @@ def serve(worker: Worker, *, on_ready: Callable[[Worker], None] | None = None) -
     """
     parent = os.environ.get(ENV_SUPERVISOR_PID)
     parent_pid = int(parent) if parent and parent.isdigit() else None
-    with SignalLatch() as latch:
+    with SignalLatch(on_hurry=worker.hurry) as latch:
         worker.start()
         if on_ready is not None:
             on_ready(worker)
@@ -85,6 +111,20 @@ def serve(worker: Worker, *, on_ready: Callable[[Worker], None] | None = None) -
         log.info("worker %s: %s, stopping (grace %.1fs)", worker.worker_id, latch.signame or "orphaned",
                  worker.grace)
         worker.stop()
+        if worker.stale_runs:  # handed back, still running in threads Python cannot stop
+            log.warning("worker %s: exiting now; the %d task(s) it handed back end with the process",
+                        worker.worker_id, worker.stale_runs)
+            exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush the log and standard streams, then ``os._exit``: the interpreter's own exit would
+    wait for every pool thread, so a task body handed back would run on, and finish."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 # -- restart policy (pure) ---------------------------------------------------------------
@@ -211,6 +251,13 @@ class Supervisor:
         for child in self.children:
             child.proc = None
             child.restart_at = None
+        log.info("supervisor: %d worker(s) stopped", len(procs))
+
+    def hurry(self) -> None:
+        """Cut the children's grace short: forward SIGINT, which a stopping worker takes as that."""
+        for child in self.children:
+            if child.proc is not None:
+                _send(child.proc, signal.SIGINT)
 
     def run(self) -> str | None:
         """Start the children and keep them running until SIGTERM/SIGINT.
@@ -218,7 +265,7 @@ class Supervisor:
         Returns None after a clean stop, else why it gave up (the other children are stopped
         gracefully first). Call from the main thread.
         """
-        with SignalLatch() as latch:
+        with SignalLatch(on_hurry=self.hurry) as latch:
             self.start()
             while not latch.event.wait(_POLL_S):
                 self.failure = self.check()

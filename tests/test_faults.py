@@ -237,16 +237,53 @@ def test_a_task_that_outlives_the_grace_is_not_finished_by_the_stopped_worker(cl
     assert verdict.outcomes == {"succeeded": 1}
     ended_by = {pid for _, pid in cluster.ledger_lines("end")}
     assert old.popen.pid not in ended_by and verdict.duplicates == 0
+    assert_handed_back_without_a_failure(cluster)
+
+
+def assert_handed_back_without_a_failure(cluster: Cluster) -> None:
+    """Each task was handed back as a started attempt (``deferred``, ``abandoned``) and succeeded as
+    the next attempt; no attempt failed: stopping a worker is not the task's fault."""
+    for ident in cluster.submitted:
+        events = cluster.observer.events[ident]
+        assert [e["attempt"] for e in events if e["state"] == "deferred" and e.get("abandoned")] == [1], events
+        assert not [e for e in events if e["state"] in ("failed", "retrying")], events
+        assert cluster.observer.finals(ident)[0]["attempt"] == 2
 
 
 def test_sigterm_to_the_whole_process_group_respects_the_grace(cluster: Cluster) -> None:
-    """systemd's default stop: SIGTERM reaches the supervisor and its children at once."""
+    """systemd's default stop: SIGTERM reaches the supervisor and its children at once.
+
+    The children run in sessions of their own, so a process-group signal reaches only the
+    supervisor; systemd signals every process of the service's control group instead. Each child
+    then gets SIGTERM twice (from systemd, and forwarded by the supervisor), and an operator may
+    repeat the stop: none of that may cut the grace short."""
     coordinator = cluster.coordinator()
     pool = cluster.worker("pool", "--processes", "2", "--grace", "20", concurrency=2)
-    cluster.submit(4, 2.0)
+    cluster.submit(4, 3.0)
     wait_until(lambda: len(cluster.ledger_lines("start")) == 4, 30)
-    os.killpg(pool.popen.pid, signal.SIGTERM)
+    pool.signal_tree(signal.SIGTERM)  # the children first, then the supervisor
+    pool.signal_tree(signal.SIGTERM)  # `systemctl stop` again
     assert pool.reap(timeout=60) == 0, pool.text()[-2000:]
     verdict = settle(cluster, coordinator)
     assert verdict.outcomes == {"succeeded": 4}
     assert verdict.duplicates == 0 and len(cluster.ledger_lines("start")) == 4  # none requeued
+
+
+def test_a_systemd_stop_of_a_pool_hands_back_what_outlives_the_grace_and_restarts_nothing(cluster: Cluster) -> None:
+    """The same control-group stop, with tasks longer than the grace: every child hands its tasks
+    back and exits after the grace, the supervisor restarts none of them and exits cleanly, and
+    another worker runs each task once more, to its end."""
+    coordinator = cluster.coordinator()
+    pool = cluster.worker("pool", "--processes", "2", "--grace", "1", concurrency=2)
+    cluster.submit(4, 6.0)
+    wait_until(lambda: len(cluster.ledger_lines("start")) == 4, 30)
+    new = cluster.worker("new", concurrency=4)
+    stopped_at = time.monotonic()
+    pool.signal_tree(signal.SIGTERM)
+    assert pool.reap(timeout=60) == 0, pool.text()[-2000:]
+    assert time.monotonic() - stopped_at < 5.0, "the pool outlived its grace"
+    assert "restarting" not in pool.text() and pool.text().count("started worker") == 2
+    verdict = settle(cluster, coordinator)
+    assert verdict.outcomes == {"succeeded": 4}
+    assert {pid for _, pid in cluster.ledger_lines("end")} == {new.popen.pid} and verdict.duplicates == 0
+    assert_handed_back_without_a_failure(cluster)

@@ -160,6 +160,30 @@ def test_deferred_task_joins_the_backlog_and_stale_deferrals_are_ignored() -> No
     assert leases.on_deferred(r, 1, "w3", BODY, 1.2) == [] and r.state == "started"
 
 
+def test_a_started_attempt_handed_back_past_the_grace_runs_again_as_the_next_attempt_without_a_failure() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 1.0, P)
+    assert leases.on_handed_back(r, 1, "w1", BODY, "grace over", 2.0) == [Enqueue("t1")]
+    assert (r.state, r.attempt, r.failures, r.worker) == ("backlog", 2, 0, None)
+    assert leases.on_worker_lost(r, "w1", 2.1, P) == []  # its `offline` right after changes nothing
+    leases.on_dispatched(r, "w2", 2.2, P)
+    leases.on_started(r, 2, "w2", 1.0, 2.3, P)
+    assert leases.on_handed_back(r, 1, "w1", BODY, "grace over", 2.4) == [] and r.state == "started"
+    assert leases.on_handed_back(r, 2, "w3", BODY, "not its own", 2.5) == [] and r.worker == "w2"
+    leases.on_succeeded(r, 2, "w2", 3, 3.0)
+    assert leases.on_handed_back(r, 2, "w2", BODY, "too late", 3.1) == [] and r.state == "succeeded"
+
+
+def test_a_late_result_of_an_attempt_handed_back_is_a_duplicate_once_the_next_attempt_won() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w1", 1.0, 1.0, P)
+    leases.on_handed_back(r, 1, "w1", BODY, "grace over", 2.0)
+    leases.on_dispatched(r, "w2", 2.1, P)
+    leases.on_succeeded(r, 2, "w2", 3, 3.0)
+    leases.on_succeeded(r, 1, "w1", 3, 3.5)
+    assert (r.state, r.winner, r.duplicates) == ("succeeded", {"attempt": 2, "worker": "w2"}, 1)
+
+
 def test_dispatched_then_worker_lost_counts_as_a_failure_but_a_dispatch_timeout_does_not() -> None:
     r = leases.new_record("t1", 0.0)
     leases.on_deferred(r, 1, "w1", BODY, 0.0)

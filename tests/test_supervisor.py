@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from mqtt_tasks import TaskApp
 from mqtt_tasks.cli import RET_CONNECT, RET_USAGE
-from mqtt_tasks.supervisor import RestartPolicy, Supervisor, describe_exit
+from mqtt_tasks.supervisor import EXIT_FORCED, RestartPolicy, Supervisor, describe_exit
 from tests.brokers import free_port, wait_until
 from tests.test_cli import Monitor, Proc, worker_argv
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the policy (pure) ---------------------------------------------------------------------
@@ -32,6 +36,34 @@ def test_gives_up_after_max_crashes_within_the_window_only() -> None:
 def test_describe_exit() -> None:
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(3) == "exited with code 3"
+
+
+# -- signals -----------------------------------------------------------------------------------
+LATCH_SCRIPT = """
+import os, signal, sys, threading
+from mqtt_tasks.supervisor import SignalLatch
+hurried = threading.Event()
+def say(text):
+    print(text, flush=True)
+with SignalLatch(on_hurry=hurried.set) as latch:
+    for _ in range(3):  # systemd's SIGTERM, the supervisor's forwarded one, a second `systemctl stop`
+        os.kill(os.getpid(), signal.SIGTERM)
+    say(f"stopping={latch.event.wait(5)} hurried={hurried.is_set()}")
+    os.kill(os.getpid(), signal.SIGINT)
+    say(f"hurried={hurried.wait(5)}")
+    os.kill(os.getpid(), signal.SIGINT)
+    say("still running")
+"""
+
+
+def test_a_repeated_sigterm_keeps_the_grace_and_a_sigint_while_stopping_cuts_it_short() -> None:
+    """SIGTERM means "stop gracefully" however often it comes (systemd signals the supervisor and
+    every child at once, so each child gets it twice); Ctrl-C during the stop hands back now, the
+    next one exits at once."""
+    done = subprocess.run([sys.executable, "-c", LATCH_SCRIPT], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.splitlines() == ["stopping=True hurried=False", "hurried=True"], done.stderr
+    assert done.returncode == EXIT_FORCED
 
 
 # -- the supervisor with stand-in children ------------------------------------------------------

@@ -408,3 +408,56 @@ def test_each_finished_task_is_one_info_line(broker_url: str, prefix: str, caplo
         lines = [r.getMessage() for r in caplog.records]
         assert any(f"add[{ok.id}] succeeded in " in line and "s (attempt 1)" in line for line in lines), lines
         assert any(f"boom[{bad.id}] failed in " in line and "no" in line for line in lines), lines
+
+
+# -- a stop whose grace runs out: hand back, and never report the stale attempt ------------------------
+
+
+def test_a_task_past_the_grace_is_handed_back_as_the_next_attempt_and_its_late_result_never_published(
+        h: Harness) -> None:
+    """No coordinator online: the attempt goes back onto its queue as attempt 2 before stop()
+    returns; the stale body, still blocked in C code, returns later and nothing of it is published."""
+    first = h.worker(concurrency=1, worker_id=f"a-{h.prefix}")
+    status = h.listener(h.topics.all_status)
+    handle = h.app.registry["hold"].submit("late")
+    h.probe.wait_started("late")
+    second = h.worker(concurrency=1, worker_id=f"b-{h.prefix}")
+    started = time.monotonic()
+    first.stop(grace=0.3)
+    assert time.monotonic() - started < 3
+    assert first.stats["handed_back"] == 1 and first.stale_runs == 1
+    h.probe.wait_for(lambda p: p.started.count("late") == 2, what="attempt 2 started on the second worker")
+    h.probe.gate.set()
+    assert handle.result(DEADLINE) == "late"
+    h.probe.wait_for(lambda p: p.finished.count("late") == 2, what="both bodies returned")
+    wait_until(lambda: first.stale_runs == 0, DEADLINE)
+    status.wait_json(h.topics.status(handle.id), lambda e: e["state"] == "succeeded")
+    finals = [m.json() for m in status.on(h.topics.status(handle.id)) if m.json()["state"] != "started"]
+    assert [(e["state"], e["attempt"], e["worker"]) for e in finals] == [("succeeded", 2, second.worker_id)]
+
+
+def test_an_async_task_past_the_grace_is_cancelled_and_handed_back(h: Harness) -> None:
+    worker = h.worker(concurrency=1)
+    queue_topic = h.listener(h.topics.tasks("default"))
+    h.app.registry["async_nap"].submit(30)
+    h.probe.wait_started("async_nap")
+    worker.stop(grace=0.3)
+    h.probe.wait_for(lambda p: "async_nap" in p.finished, what="the coroutine cancelled")
+    assert worker.stale_runs == 0
+    again = queue_topic.wait_json(h.topics.tasks("default"), lambda t: t.get("attempt") == 2)
+    assert again["task"] == "async_nap" and again["args"] == [30]
+
+
+def test_hurry_cuts_a_stop_short(h: Harness) -> None:
+    """What a second Ctrl-C does (supervisor.serve): hand back what runs now, not after the grace."""
+    worker = h.worker(concurrency=1)
+    h.app.registry["hold"].submit("hurried")
+    h.probe.wait_started("hurried")
+    stopper = threading.Thread(target=worker.stop, kwargs={"grace": 60.0}, name="stopper")
+    started = time.monotonic()
+    stopper.start()
+    wait_until(lambda: worker.snapshot().state == "draining", DEADLINE)
+    worker.hurry()
+    stopper.join(DEADLINE)
+    assert not stopper.is_alive() and time.monotonic() - started < 10
+    assert worker.stats["handed_back"] == 1

@@ -14,7 +14,9 @@ Built on these facts (DESIGN.md "Wire contract"):
 - Events the coordinator published itself (``source: "coordinator"``) and events no worker sent
   come back on ``P/status/+`` and are ignored. An event must be on its own task's topic.
 - A heartbeat lists the attempts its worker holds: that renews their leases in one message
-  (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held.
+  (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held. A
+  ``deferred`` marked ``abandoned`` is a started attempt a stopping worker handed back when its
+  grace ran out: dispatched again as attempt + 1, no failure counted (``leases.on_handed_back``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ class Handlers:
         assert event.worker is not None
         record = self._records.get_or_new(event.id, event.body, task=event.task, queue=event.queue)
         self._fleet.deferred(event.worker, record)
+        if event.abandoned:  # a stopping worker's started attempt, past its grace
+            log.info("coordinator: worker %s handed back task %s attempt %d (%s); dispatching it again",
+                     event.worker, event.id, event.attempt, event.reason or "stopped")
+            self._records.save(record, leases.on_handed_back(record, event.attempt, event.worker, event.body,
+                                                             event.reason, self._clock()))
+            return
         self._records.save(record, leases.on_deferred(record, event.attempt, event.worker, event.body,
                                                       self._clock()))
 

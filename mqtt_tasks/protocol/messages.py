@@ -94,6 +94,8 @@ class StatusEvent(_Message):
     reason: str | None = Field(default=None, description="why: dead, expired, cancelled, retrying, deferred")
     correlation: str | None = None
     body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")
+    abandoned: bool | None = Field(default=None, description="on deferred: the attempt had started and its "
+                                   "stopping worker gave up on it after its grace period; it will never report it")
 
 
 class HeldTask(_Message):

@@ -219,6 +219,18 @@ class Dispatcher:
         self._conn.publish(self._topics.tasks(task.queue or "default"), codec.encode(task))
         self._acks.append(message)
 
+    def hand_back_started(self, task: TaskData, reason: str) -> None:
+        """After the grace: a started attempt this worker abandons (see ``Running.abandon``) goes to
+        the coordinator as a ``deferred`` event marked ``abandoned``, which it dispatches again as
+        attempt + 1 without counting a failure; with no coordinator online, back onto its queue as
+        attempt + 1. Its message was acknowledged when it started: nothing to acknowledge."""
+        self._counters.add("handed_back")
+        if self._link.online:
+            self._reporter.status(task, DEFERRED, {"reason": reason, "abandoned": True, "body": dict(task)})
+            return
+        self._conn.publish(self._topics.tasks(task.queue or "default"),
+                           codec.encode({**task, "attempt": task.attempt + 1}))
+
     def _on_drain(self) -> None:
         self.draining = True
         for topic_filter in self._task_filters:

@@ -14,6 +14,12 @@ Facts it is built on:
   vanishes without a DISCONNECT, so the coordinator re-dispatches its tasks at once.
 - Shutdown follows dramatiq's order: stop taking work, finish or hand back what is running while
   still heartbeating (the heartbeat keeps the leases of running tasks alive), then disconnect.
+- Python cannot kill a thread. A task still running when the grace is over is handed back (to the
+  coordinator, which dispatches it again as attempt + 1, or onto its queue) *before* ``offline``
+  says the worker is gone, and its result is never published afterwards (running.py): the
+  coroutine is cancelled, the thread gets ``TaskCancelled`` raised in it (a call blocked in C sees
+  it only when it returns), and a process that serves the worker (``supervisor.serve``) exits at
+  once with ``os._exit`` so that such a thread dies with it (``stale_runs``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Callable
 
 from ..app import TaskApp
 from ..config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
-from ..execution import Executor
+from ..execution import Executor, Run
 from ..protocol.states import DRAINING, OFFLINE, ONLINE
 from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
 from ..transport import Connection, Message, Will
@@ -43,6 +49,9 @@ from .slots import Slots
 from .stats import Counters
 
 log = logging.getLogger(__name__)
+
+FINISHING_WAIT = 5.0
+"""Seconds ``stop`` waits, after the grace, for results already being published when it ran out."""
 
 
 class Worker:
@@ -61,8 +70,9 @@ class Worker:
     - ``mqtt-worker-heartbeat``: the retained worker state every ``heartbeat_s``.
 
     Shutdown order (``stop``): 1. stop taking tasks (unsubscribe) and hand back what has not
-    started; 2. let running tasks finish within ``grace`` while still heartbeating; 3. stop the
-    timer and heartbeat threads; 4. publish ``offline``; 5. disconnect; 6. release the pool.
+    started; 2. let running tasks finish within ``grace`` while still heartbeating; 3. hand back
+    what still runs, and cancel it; 4. stop the timer and heartbeat threads; 5. publish
+    ``offline``; 6. disconnect, once every hand-back is acknowledged; 7. release the pool.
 
     ``connection``: a ``transport.Connection``-like object used instead of building one (tests,
     embedding). The worker subscribes, connects and closes it; it must acknowledge manually and
@@ -103,6 +113,7 @@ class Worker:
         self._stopped = threading.Event()
         self._beat_now = threading.Event()
         self._started = False
+        self._stale: list[Run] = []  # runs handed back by stop(); see stale_runs
         self._threads: list[threading.Thread] = []
         self._conn = connection if connection is not None else self._make_connection()
         self._build_parts()
@@ -175,16 +186,41 @@ class Worker:
         grace = self.grace if grace is None else grace
         self._dispatch.drain()
         self._beat_now.set()  # say `draining` now
-        unfinished = self._running.wait_idle(grace)
-        if unfinished:
-            log.warning("worker %s: %d task(s) still running after %.1fs grace: %s", self.worker_id,
-                        len(unfinished), grace, ", ".join(unfinished))
+        if self._running.wait_idle(grace):
+            self._hand_back_running(grace)
         self._halt()
         for thread in self._threads:
             thread.join(5.0)
         self._heartbeat.publish(OFFLINE)
         self._conn.close()
         log.info("worker %s stopped", self.worker_id)
+
+    def _hand_back_running(self, grace: float) -> None:
+        """The grace is over: hand back every attempt still running (not one whose result is being
+        published: that one is waited for), and stop its body where Python can."""
+        reason = f"the worker stopped; still running after its {grace:g}s grace period"
+        abandoned = self._running.abandon()
+        for held in abandoned:
+            self._dispatch.hand_back_started(held.task, reason)
+            if held.run is not None:
+                self._executor.cancel(held.run, reason)
+                self._stale.append(held.run)
+        if abandoned:
+            log.warning("worker %s: %d task(s) still running after the %.1fs grace, handed back: %s", self.worker_id,
+                        len(abandoned), grace, ", ".join(h.task.id for h in abandoned))
+        self._running.wait_idle(FINISHING_WAIT, interruptible=False)
+
+    def hurry(self) -> None:
+        """Cut the grace short: a ``stop`` under way (or the next one) hands back what still runs
+        now. Safe to call from a signal handler (``serve`` does on a second Ctrl-C)."""
+        self._running.cut_short()
+
+    @property
+    def stale_runs(self) -> int:
+        """Bodies handed back by ``stop`` that still run (threads Python cannot stop). Their results
+        will never be published; a process that is about to exit should ``os._exit``, which ends
+        them, rather than wait for them as the interpreter's exit would."""
+        return sum(1 for run in self._stale if not run.released)
 
     def abort(self) -> None:
         """Stop as a crash would: drop the connection without a DISCONNECT (the broker then

@@ -15,7 +15,7 @@ Facts it is built on:
   forever, BROKER-FACTS.md): a result too large to publish fails the attempt, finally, with
   ``PayloadTooLargeError``; a result that is not JSON fails it with ``TypeError``.
 - The status event and the reply leave behind one wake-up of the network thread (``held_writes``).
-- Publish first, forget second (see running.py).
+- Publish first, forget second (see running.py); nothing about an attempt handed back.
 """
 
 from __future__ import annotations
@@ -53,7 +53,14 @@ class Reporter:
         self._counters = counters
 
     def outcome(self, task: TaskData, message: Message, outcome: Outcome) -> None:
-        """An attempt's run ended (task threads, the event loop, or intake for an unknown task)."""
+        """An attempt's run ended (task threads, the event loop, or intake for an unknown task).
+        An attempt handed back when the worker's grace ran out is no longer this worker's to
+        report: its outcome is dropped (see running.py)."""
+        if not self._running.begin_finish(task):
+            log.info("worker %s: task %s %s attempt %d was handed back; its outcome (%s) is dropped",
+                     self.worker_id, task.task, task.id, task.attempt,
+                     "succeeded" if outcome.ok else outcome.error_type)
+            return
         if outcome.ok:
             self._counters.add(SUCCEEDED)
             extra = {"result": outcome.value}
@@ -72,11 +79,15 @@ class Reporter:
         final = state == SUCCEEDED or not self._link.online
         if outcome.cancelled:
             final = False  # a superseded attempt: the coordinator owns the task's fate
-        self.finish(task, message, state, extra, final=final)
+        self._publish_last(task, message, state, extra, final=final)
 
     def finish(self, task: TaskData, message: Message, state: str, extra: dict[str, Any], *, final: bool) -> None:
         """Publish an attempt's last event (and the reply, if final), then stop holding it."""
-        self._running.begin_finish(task)
+        if self._running.begin_finish(task):
+            self._publish_last(task, message, state, extra, final=final)
+
+    def _publish_last(self, task: TaskData, message: Message, state: str, extra: dict[str, Any], *,
+                      final: bool) -> None:
         with self._conn.held_writes():  # the status event and the reply behind one wake-up
             payload = self.status(task, state, {**extra, "final": final or None})
             if final and payload is not None:

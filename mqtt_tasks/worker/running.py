@@ -13,6 +13,10 @@ Facts it is built on:
   before its result was queued would lose that result.
 - Fencing: an attempt is known by id *and* attempt number; an event about another attempt of the
   same id (a re-dispatch that reached this worker) leaves this one alone.
+- Handed back, never reported: once a stopping worker's grace is over, the attempts still running
+  are ``abandon``-ed (and handed back by the worker); the choice between "its result is being
+  published" and "it is handed back" is made once, under the lock, so a body that returns after
+  the hand-back can never have its result published (``begin_finish`` says no).
 
 Locks: ``Running`` has its own (a condition, which ``wait_idle`` waits on), taken after the
 dispatch lock and never before it. The announcement heap is the dispatcher's: it is touched
@@ -73,6 +77,8 @@ class Running:
         self._held: dict[str, Held] = {}
         self._lock = threading.Condition()
         self._to_announce: list[tuple[float, str, int]] = []  # heap of (due, task id, attempt)
+        self._abandoned: set[tuple[str, int]] = set()  # (task id, attempt) handed back while running
+        self._cut_short = False  # wait_idle returns at once: the grace was cut short
 
     # -- starting (under the dispatch lock) ------------------------------------------------
     def add(self, task: TaskData, message: Message) -> Held:
@@ -105,12 +111,34 @@ class Running:
                 announce(held)
 
     # -- finishing (any thread) ----------------------------------------------------------
-    def begin_finish(self, task: TaskData) -> None:
-        """The attempt's final event is about to be published: a `started` due now must not follow."""
+    def begin_finish(self, task: TaskData) -> bool:
+        """The attempt's final event is about to be published: a `started` due now must not follow.
+        False if the attempt was handed back (``abandon``): its final event must not be published."""
         with self._lock:
+            if self._abandoned and (task.id, task.attempt) in self._abandoned:
+                return False
             held = self._held.get(task.id)
             if held is not None and held.task.attempt == task.attempt:
                 held.finishing = True
+            return True
+
+    def abandon(self) -> list[Held]:
+        """The grace is over: every attempt held and not already publishing its final event stops
+        being held here, for good; returns them (the worker hands them back). Those publishing
+        their final event finish as they are."""
+        with self._lock:
+            gone = [held for held in self._held.values() if not held.finishing]
+            for held in gone:
+                del self._held[held.task.id]
+                self._abandoned.add((held.task.id, held.task.attempt))
+            self._lock.notify_all()
+            return gone
+
+    def cut_short(self) -> None:
+        """End a ``wait_idle`` now, and any later one at once (a second Ctrl-C)."""
+        with self._lock:
+            self._cut_short = True
+            self._lock.notify_all()
 
     def forget(self, task: TaskData) -> None:
         """The attempt's final event is queued for sending: it is no longer held."""
@@ -145,10 +173,12 @@ class Running:
         with self._lock:
             return tuple(HeldAttempt(h.task.id, h.task.attempt, h.started) for h in self._held.values())
 
-    def wait_idle(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` seconds until nothing is held; returns the ids still held."""
+    def wait_idle(self, timeout: float, *, interruptible: bool = True) -> list[str]:
+        """Wait up to ``timeout`` seconds until nothing is held, or (``interruptible``) until
+        ``cut_short``; returns the ids still held."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._held and (left := deadline - time.monotonic()) > 0:
+            while self._held and not (interruptible and self._cut_short) and \
+                    (left := deadline - time.monotonic()) > 0:
                 self._lock.wait(left)
             return list(self._held)

@@ -2,7 +2,8 @@
 
 They are incremented by the network thread (``started``, ``deferred``, ``rejected``, ``dropped``,
 under the dispatch lock), by task threads (``succeeded``, ``failed``, under no lock of the
-worker's) and read from anywhere. A ``+=`` on a shared dict from several threads can lose counts;
+worker's), by ``stop`` (``handed_back``: still running when the grace ran out) and read from
+anywhere. A ``+=`` on a shared dict from several threads can lose counts;
 one lock of their own, held for one addition, costs about a tenth of a microsecond per count.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-NAMES = ("started", "succeeded", "failed", "deferred", "rejected", "dropped")
+NAMES = ("started", "succeeded", "failed", "deferred", "rejected", "dropped", "handed_back")
 
 
 class Counters:

@@ -11,6 +11,7 @@ that subscribed before anything was submitted), the ledger the task bodies write
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -64,6 +65,15 @@ class Process:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
 
+    def signal_tree(self, sig: int) -> None:
+        """Signal every process of this one's tree, its children first, as systemd's default stop
+        (``KillMode=control-group``) does: the children get it straight from the service manager,
+        whether or not their supervisor forwards it too (they run in sessions of their own, so a
+        process-group signal would not reach them)."""
+        for pid in [*descendants(self.popen.pid), self.popen.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
         self.reap()
@@ -72,6 +82,28 @@ class Process:
         code = self.popen.wait(timeout)
         self._out.close()
         return code
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of ``pid``'s descendants, deepest first (read from /proc)."""
+    parents: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and parentheses
+        parents[ppid].append(int(entry.name))
+    return descendants_of(parents, pid)
+
+
+def descendants_of(parents: dict[int, list[int]], pid: int) -> list[int]:
+    found: list[int] = []
+    for child in parents.get(pid, []):
+        found += [*descendants_of(parents, child), child]
+    return found
 
 
 @dataclass
