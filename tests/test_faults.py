@@ -140,8 +140,11 @@ def test_expiry_cannot_race_a_start(cluster: Cluster) -> None:
         cluster.submit(1, 0.3, expires_at=time.time() + 0.05)
     verdict = settle(cluster, coordinator)
     assert_ledger_agrees(cluster, verdict)
-    cut_short = {i for i, _ in cluster.ledger_lines("start")} - set(verdict.executions)
+    started = {i for i, _ in cluster.ledger_lines("start")}
+    assert started, "no task started in time: the race was not run"
+    cut_short = started - set(verdict.executions)
     assert cut_short == set(), f"{len(cut_short)} tasks were stopped mid-run"
+    assert verdict.outcomes["succeeded"] == len(started)  # each one started in time ran to its end
 
 
 @pytest.mark.parametrize("skew", [90.0, -90.0])
