@@ -13,6 +13,9 @@ Built on these facts:
   when they come back on ``P/status/+``.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
   and ``queue`` changed.
+- The coordinator's clock is the fleet's (docs/coordinator.md, "Where time is judged"): a presence
+  published live (not retained) is a reading of it for the workers (worker/fleet_clock.py), so its
+  ``ts`` is read when the outbox is taken, after the commit, to leave as fresh as it can.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
-from ..protocol.states import DEAD, EXPIRED, SUCCEEDED
+from ..protocol.states import DEAD, EXPIRED, ONLINE, SUCCEEDED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,11 +56,21 @@ class Effects:
         self._clock = clock
         self._stats = stats
         self._outbox: list[Outgoing] = []
+        self._time_wanted = False
 
     def take(self) -> list[Outgoing]:
-        """Everything sent since the last call, in order; the outbox starts empty again."""
+        """Everything sent since the last call, in order (a reading of the clock first, when one was
+        asked for); the outbox starts empty again."""
         outbox, self._outbox = self._outbox, []
+        if self._time_wanted:
+            self._time_wanted = False
+            outbox.insert(0, (self._topics.coordinator, self.presence(ONLINE), {}))
         return outbox
+
+    def tell_the_time(self) -> None:
+        """Send the workers a reading of the fleet's clock with this batch: ``online`` on
+        ``P/coordinator``, not retained, ``ts`` read in ``take``. Once per batch however often asked."""
+        self._time_wanted = True
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
         self._outbox.append((topic, payload, options))
@@ -132,7 +145,7 @@ class Effects:
         self.send(self._topics.errors, codec.encode(report))
 
     def presence(self, state: str) -> bytes:
-        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        """The coordinator's presence (``online``, ``offline``) on ``P/coordinator``."""
         return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
 
 
