@@ -134,8 +134,8 @@ def test_a_clean_broker_restart_loses_nothing(cluster: Cluster) -> None:
 def test_expiry_cannot_race_a_start(cluster: Cluster) -> None:
     """Tasks started just in time are not recorded expired (and cancelled) before `started` arrives."""
     coordinator = cluster.coordinator()
-    cluster.worker("w1", concurrency=8)
-    cluster.worker("w2", concurrency=8)
+    for name in ("w1", "w2"):  # each has read the fleet's clock: it judges, instead of deferring
+        cluster.worker(name, concurrency=8).started("by the coordinator's clock")
     for _ in range(100):
         cluster.submit(1, 0.3, expires_at=time.time() + 0.05)
     verdict = settle(cluster, coordinator)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..leases import Announce, Cancel, Effect, Enqueue
@@ -43,6 +44,12 @@ SOURCE = "coordinator"
 
 Outgoing = tuple[str, bytes, dict[str, Any]]
 
+READING_GAP = 0.25
+"""Seconds (monotonic) at least between two readings of the clock: after a coordinator restart
+every worker's next heartbeat asks for one, and each reading goes to every worker, so N workers
+cost about N x heartbeat_s / READING_GAP messages once, not N x N; a joining worker waits at most
+this long for its reading."""
+
 
 class Effects:
     """Carries out effects into an outbox of (topic, payload, publish options)."""
@@ -57,19 +64,22 @@ class Effects:
         self._stats = stats
         self._outbox: list[Outgoing] = []
         self._time_wanted = False
+        self._last_reading = -READING_GAP
 
     def take(self) -> list[Outgoing]:
         """Everything sent since the last call, in order (a reading of the clock first, when one was
         asked for); the outbox starts empty again."""
         outbox, self._outbox = self._outbox, []
-        if self._time_wanted:
-            self._time_wanted = False
+        if self._time_wanted and time.monotonic() - self._last_reading >= READING_GAP:
+            self._time_wanted = False  # else it waits for a later batch (the loop runs every tick_s)
+            self._last_reading = time.monotonic()
             outbox.insert(0, (self._topics.coordinator, self.presence(ONLINE), {}))
         return outbox
 
     def tell_the_time(self) -> None:
         """Send the workers a reading of the fleet's clock with this batch: ``online`` on
-        ``P/coordinator``, not retained, ``ts`` read in ``take``. Once per batch however often asked."""
+        ``P/coordinator``, not retained, ``ts`` read in ``take``. Once however often asked, at most
+        one per ``READING_GAP``."""
         self._time_wanted = True
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
