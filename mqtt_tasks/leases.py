@@ -75,6 +75,11 @@ class Enqueue:
 Effect = Cancel | Announce | Enqueue
 Rng = Callable[[], float]
 
+HELD = {BACKLOG: "expired before it was started", RETRYING: "expired before it could be tried again"}
+"""The states in which the coordinator itself holds the task, and so judges its expiry at once
+(with the reason it gives). A ``queued`` or ``dispatched`` task may be in a worker's hands: the
+worker judges whether it started in time (see ``_expire_unaccounted``)."""
+
 
 # -- small rules ---------------------------------------------------------------------------
 def lease_s(policy: LeasePolicy, heartbeat_s: float | None) -> float:
@@ -280,13 +285,17 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
 def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died: bool = False) -> list[Effect]:
     """Whatever is due for a live record at ``now``: expiry, lost dispatch, lease end, retry.
 
+    Expiry is judged by whoever holds the task: here at once for what the coordinator holds
+    (``HELD``: backlog, retrying); a queued or dispatched task is the worker's to judge, and ends
+    ``expired`` here only if nobody accounted for it by its expiry + ``dispatch_timeout``.
+
     ``worker_died``: a worker that could have taken this queued task went offline since it was
     seen. A task that kills its worker at once (before the worker announced it ``started``) is
     lost that way, so the loss counts as a failed attempt and a poison task still ends ``dead``."""
     if record.terminal:
         return []
-    if record.state != STARTED and record.expires_at is not None and record.expires_at <= now:
-        return _finish(record, EXPIRED, "expired before it was started", now)
+    if record.state in HELD and record.expires_at is not None and record.expires_at <= now:
+        return _finish(record, EXPIRED, HELD[record.state], now)
     if record.state == STARTED and record.run_deadline is not None and record.run_deadline <= now:
         effects: list[Effect] = [Cancel(record.worker, record.id, record.attempt, "time limit exceeded")] \
             if record.worker else []
@@ -298,6 +307,8 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
         return _redispatch(record, now, f"lease of worker {record.worker} expired (no heartbeat)",
                            failed=True, policy=policy)
     if record.state in (QUEUED, DISPATCHED):
+        if record.expires_at is not None and record.expires_at <= now:
+            return _expire_unaccounted(record, now, policy)
         if worker_died and record.state == QUEUED:
             return _redispatch(record, now, "not accounted for within the dispatch timeout, and a worker "
                                "of its queue went offline meanwhile", failed=True, policy=policy)
@@ -314,7 +325,10 @@ def next_due(record: TaskRecord) -> float | None:
     if record.terminal:
         return None
     times = [record.deadline]
-    times.append(record.run_deadline if record.state == STARTED else record.expires_at)
+    if record.state == STARTED:
+        times.append(record.run_deadline)
+    elif record.state in HELD:
+        times.append(record.expires_at)
     known = [t for t in times if t is not None]
     return min(known) if known else None
 
@@ -387,6 +401,18 @@ def _redispatch(record: TaskRecord, now: float, reason: str, *, failed: bool, po
     record.attempt += 1
     record.reason = reason
     return _to_backlog(record, now, event="requeued")
+
+
+def _expire_unaccounted(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """A queued or dispatched record past its expiry and its dispatch timeout: a worker that took
+    it in time would have said ``started`` (or ``expired``) by its expiry + ``dispatch_timeout``;
+    until then the worker is the judge. Nobody did: it ends ``expired`` here."""
+    assert record.expires_at is not None
+    settle_at = record.expires_at + policy.dispatch_timeout
+    if now < settle_at:
+        record.deadline = settle_at
+        return []
+    return _finish(record, EXPIRED, "expired: no worker reported it started by then", now)
 
 
 def _to_backlog(record: TaskRecord, now: float, *, event: str, worker: str | None = None) -> list[Effect]:

@@ -134,34 +134,46 @@ def test_a_clean_broker_restart_loses_nothing(cluster: Cluster) -> None:
 def test_expiry_cannot_race_a_start(cluster: Cluster) -> None:
     """Tasks started just in time are not recorded expired (and cancelled) before `started` arrives."""
     coordinator = cluster.coordinator()
-    cluster.worker("w1", concurrency=8)
-    cluster.worker("w2", concurrency=8)
+    for name in ("w1", "w2"):  # each has read the fleet's clock: it judges, instead of deferring
+        cluster.worker(name, concurrency=8).started("by the coordinator's clock")
     for _ in range(100):
         cluster.submit(1, 0.3, expires_at=time.time() + 0.05)
     verdict = settle(cluster, coordinator)
     assert_ledger_agrees(cluster, verdict)
-    cut_short = {i for i, _ in cluster.ledger_lines("start")} - set(verdict.executions)
+    started = {i for i, _ in cluster.ledger_lines("start")}
+    assert started, "no task started in time: the race was not run"
+    cut_short = started - set(verdict.executions)
     assert cut_short == set(), f"{len(cut_short)} tasks were stopped mid-run"
+    assert verdict.outcomes["succeeded"] == len(started)  # each one started in time ran to its end
 
 
 @pytest.mark.parametrize("skew", [90.0, -90.0])
 def test_a_worker_with_a_wrong_clock_judges_expiry_right(cluster: Cluster, skew: float) -> None:
+    """Time is judged by the fleet's clock (the coordinator's), whatever the worker's own says.
+    The expired tasks go first, to an idle worker, so that it is the worker that judges them (not
+    the coordinator's timer while they wait in the worker's line)."""
     coordinator = cluster.coordinator()
     cluster.worker("skewed", env=cluster.env(clock_skew=skew))
-    alive = cluster.submit(20, 0.05, expires_at=time.time() + 60)
     dead = cluster.submit(20, 0.05, expires_at=time.time() - 1)
+    alive = cluster.submit(20, 0.05, expires_at=time.time() + 60)
     verdict = settle(cluster, coordinator)
     assert_ledger_agrees(cluster, verdict)
     assert {cluster.observer.finals(i)[0]["state"] for i in alive} == {"succeeded"}
     assert {cluster.observer.finals(i)[0]["state"] for i in dead} == {"expired"}
+    started = {i for i, _ in cluster.ledger_lines("start")}
+    assert started & set(dead) == set(), "a task already past its expiry was started"
 
 
 def test_a_coordinator_with_a_fast_clock_gives_each_task_one_final_state(cluster: Cluster) -> None:
+    """The coordinator's clock is the fleet's: 90 s fast, it makes tasks with 60 s left by the
+    producer's clock already expired, for the workers too. Wrong, but consistently so: each task
+    ends once, ``expired``, never started (docs/coordinator.md, "Where time is judged")."""
     coordinator = cluster.coordinator(env=cluster.env(clock_skew=90.0))
     cluster.worker("w1")
     cluster.submit(20, 0.2, expires_at=time.time() + 60)
     verdict = settle(cluster, coordinator)
     assert_ledger_agrees(cluster, verdict)
+    assert verdict.outcomes == {"expired": 20} and cluster.ledger_lines("start") == []
 
 
 def test_poison_tasks_sink_only_themselves(cluster: Cluster) -> None:

@@ -141,14 +141,60 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert leases.backoff(P, 10, lambda: 0.0) == 4.0
 
 
-def test_expiry_ends_a_waiting_task_but_not_a_started_one() -> None:
-    r = fresh(expires_at=3.0)
+def test_expiry_ends_a_task_the_coordinator_holds_but_not_a_started_one() -> None:
+    r = leases.new_record("t1", 0.0)
+    leases.on_deferred(r, 1, "w1", {**BODY, "expires_at": 3.0}, 0.0)
+    assert leases.next_due(r) == 3.0 and leases.on_timer(r, 2.9, P) == []
     effects = leases.on_timer(r, 3.0, P)
     assert r.state == "expired" and effects[0].final and effects[0].reply  # type: ignore[union-attr]
     r2 = fresh(expires_at=3.0)
     leases.on_started(r2, 1, "w1", 1.0, 1.0, P)
     leases.on_started(r2, 1, "w1", 1.0, 3.0, P)
     assert leases.on_timer(r2, 3.5, P) == [] and r2.state == "started"
+
+
+def test_a_retrying_task_expires_while_it_waits_out_its_backoff() -> None:
+    r = fresh(expires_at=1.2)
+    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+    leases.on_failed(r, 1, "w1", None, False, 3, 1.0, P, lambda: 0.5)
+    assert r.state == "retrying" and leases.next_due(r) == 1.2
+    assert leases.on_timer(r, 1.2, P)[0] == Announce("expired", "expired before it could be tried again",
+                                                     final=True, reply=True)
+
+
+@pytest.mark.parametrize("dispatched", [False, True])
+def test_expiry_cannot_race_the_start_of_a_task_a_worker_may_hold(dispatched: bool) -> None:
+    """Issue 13: a worker judges "started in time" for what reached it and says `started` only
+    after `started_after`; the coordinator must not record `expired` (and cancel the run) meanwhile."""
+    r = fresh(expires_at=0.05)
+    if dispatched:
+        leases.on_deferred(r, 1, "w1", None, 0.01)
+        leases.on_dispatched(r, "w2", 0.02, P)
+    assert leases.next_due(r) == r.deadline  # not the expiry: a worker may hold it
+    assert leases.on_timer(r, 0.05, P) == [] and leases.on_timer(r, 1.0, P) == []
+    assert leases.on_started(r, 1, "w2" if dispatched else "w1", 1.0, 0.15, P) == []
+    assert leases.on_timer(r, 0.5, P) == [] and r.state == "started"
+    assert leases.on_succeeded(r, 1, r.worker, 3, 0.4) == [] and r.state == "succeeded"
+
+
+def test_a_task_nobody_accounts_for_expires_a_dispatch_timeout_after_its_expiry() -> None:
+    r = fresh(expires_at=1.0)
+    assert leases.on_timer(r, 5.0, P) == [] and r.state == "queued"  # its dispatch timeout: expired by now,
+    assert leases.next_due(r) == 6.0                                 # but a worker may still report it
+    effects = leases.on_timer(r, 6.0, P)
+    assert r.state == "expired" and effects[0].final and effects[0].reply  # type: ignore[union-attr]
+    late = fresh(expires_at=7.0)  # expires after its dispatch timeout: dispatched again, then expires held
+    assert leases.on_timer(late, 5.0, P) == [Enqueue("t1")] and leases.next_due(late) == 7.0
+
+
+def test_after_the_coordinators_expiry_the_first_final_state_wins() -> None:
+    r = fresh(expires_at=1.0)
+    leases.on_timer(r, 5.0, P)
+    leases.on_timer(r, 6.0, P)
+    assert leases.on_started(r, 1, "w1", 1.0, 6.5, P) == [Cancel("w1", "t1", 1, "task already expired")]
+    assert leases.on_succeeded(r, 1, "w1", 3, 7.0) == [] and leases.on_worker_event_final(
+        r, "expired", 1, "w1", "expired", 7.1) == []
+    assert (r.state, r.duplicates, r.result) == ("expired", 1, None)
 
 
 def test_deferred_task_joins_the_backlog_and_stale_deferrals_are_ignored() -> None:

@@ -13,17 +13,21 @@ Built on these facts:
   when they come back on ``P/status/+``.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
   and ``queue`` changed.
+- The coordinator's clock is the fleet's (docs/coordinator.md, "Where time is judged"): a presence
+  published live (not retained) is a reading of it for the workers (worker/fleet_clock.py), so its
+  ``ts`` is read when the outbox is taken, after the commit, to leave as fresh as it can.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
-from ..protocol.states import DEAD, EXPIRED, SUCCEEDED
+from ..protocol.states import DEAD, EXPIRED, ONLINE, SUCCEEDED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +44,12 @@ SOURCE = "coordinator"
 
 Outgoing = tuple[str, bytes, dict[str, Any]]
 
+READING_GAP = 0.25
+"""Seconds (monotonic) at least between two readings of the clock: after a coordinator restart
+every worker's next heartbeat asks for one, and each reading goes to every worker, so N workers
+cost about N x heartbeat_s / READING_GAP messages once, not N x N; a joining worker waits at most
+this long for its reading."""
+
 
 class Effects:
     """Carries out effects into an outbox of (topic, payload, publish options)."""
@@ -53,11 +63,24 @@ class Effects:
         self._clock = clock
         self._stats = stats
         self._outbox: list[Outgoing] = []
+        self._time_wanted = False
+        self._last_reading = -READING_GAP
 
     def take(self) -> list[Outgoing]:
-        """Everything sent since the last call, in order; the outbox starts empty again."""
+        """Everything sent since the last call, in order (a reading of the clock first, when one was
+        asked for); the outbox starts empty again."""
         outbox, self._outbox = self._outbox, []
+        if self._time_wanted and time.monotonic() - self._last_reading >= READING_GAP:
+            self._time_wanted = False  # else it waits for a later batch (the loop runs every tick_s)
+            self._last_reading = time.monotonic()
+            outbox.insert(0, (self._topics.coordinator, self.presence(ONLINE), {}))
         return outbox
+
+    def tell_the_time(self) -> None:
+        """Send the workers a reading of the fleet's clock with this batch: ``online`` on
+        ``P/coordinator``, not retained, ``ts`` read in ``take``. Once however often asked, at most
+        one per ``READING_GAP``."""
+        self._time_wanted = True
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
         self._outbox.append((topic, payload, options))
@@ -132,7 +155,7 @@ class Effects:
         self.send(self._topics.errors, codec.encode(report))
 
     def presence(self, state: str) -> bytes:
-        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        """The coordinator's presence (``online``, ``offline``) on ``P/coordinator``."""
         return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
 
 

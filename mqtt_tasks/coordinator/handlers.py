@@ -17,6 +17,9 @@ Built on these facts (DESIGN.md "Wire contract"):
   (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held. A
   ``deferred`` marked ``abandoned`` is a started attempt a stopping worker handed back when its
   grace ran out: dispatched again as attempt + 1, no failure counted (``leases.on_handed_back``).
+- A live heartbeat from a worker that was not live (it just started or came back) is answered
+  with a reading of the fleet's clock (``Effects.tell_the_time``): the worker judges absolute
+  expiries by it, and hands them to the coordinator until it has one (worker/fleet_clock.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 from .. import leases
 from ..errors import DecodeError
 from ..protocol import codec
-from ..protocol.states import DEFERRED, DISPATCHED, EXPIRED, FAILED, OFFLINE, STARTED, SUCCEEDED
+from ..protocol.states import DEFERRED, DISPATCHED, EXPIRED, FAILED, OFFLINE, ONLINE, STARTED, SUCCEEDED
 from .effects import SOURCE
 
 if TYPE_CHECKING:
@@ -167,6 +170,10 @@ class Handlers:
         state = codec.decode_worker_state(message.payload, topic=message.topic, max_payload=self._max_payload)
         worker = self._topics.worker_of(message.topic) or state.worker
         now = self._clock()
+        known = self._fleet.views.get(worker)
+        if state.state == ONLINE and not message.retain and (known is None or not leases.is_live(
+                known, now, self._policy)):
+            self._effects.tell_the_time()  # a worker joined: it needs a reading of the fleet's clock
         self._fleet.heard(worker, state, now, message.retain)
         if state.state == OFFLINE:
             self._worker_lost(worker, now)

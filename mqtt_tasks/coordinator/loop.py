@@ -8,7 +8,8 @@ The paho network thread only hands off (``Coordinator.receive``, ``connected`` a
     -> decide each message (handlers -> leases.*), changing records, fleet, backlog, timers
     -> when idle (or FORCED_TICK_S went by) and online: fire due timers (leases, dispatch
        timeouts, retries, expiry)
-    -> when online: dispatch backlog tasks to workers with free slots
+    -> when online: dispatch backlog tasks to workers with free slots; every PRESENCE_EVERY
+       seconds, a reading of the fleet's clock for the workers (``Effects.tell_the_time``)
     -> store.commit()            one commit per batch
     -> ack the batch             the broker may now forget these messages
     -> publish the effects       status, replies, dead letters, inbox dispatches, cancels, answers
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 
 FORCED_TICK_S = 2.0
 """Timers run at least this often while messages keep arriving."""
+PRESENCE_EVERY = 15.0
+"""Seconds between the live presences that let workers read the fleet's clock (besides one on
+every (re)connect and one when a worker that was not live is heard): workers keep the least
+delayed of their recent readings, so a few a minute keep them true (worker/fleet_clock.py)."""
 
 # The kinds of items on the loop's queue.
 MSG = "msg"
@@ -105,6 +110,7 @@ class Loop:
         self._tick_s = tick_s
         self._online = False
         self._last_tick = 0.0
+        self._next_reading = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -167,6 +173,9 @@ class Loop:
             self._last_tick = now
             self._timers.tick(now, self._records)
         self._backlog.dispatch(now, self._records, self._effects)
+        if now >= self._next_reading:
+            self._next_reading = now + PRESENCE_EVERY
+            self._effects.tell_the_time()
 
     def _prefetch(self, batch: list[Item]) -> None:
         """Read the records of the batch's tasks that are not live in one query, not one per message."""

@@ -12,6 +12,7 @@ Its parts, in the order a task meets them:
 - ``reporter``: outcomes -> status events, replies, error reports;
 - ``heartbeat``: the retained worker state;
 - ``link``: the coordinator's presence and its control ops (cancel);
+- ``fleet_clock``: the coordinator's clock as read from its presence, by which expiry is judged;
 - ``stats``: thread-safe counters;
 - ``lifecycle``: the ``Worker`` that builds the parts, names its threads and stops them in order.
 """

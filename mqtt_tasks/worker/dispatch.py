@@ -67,6 +67,7 @@ class Dispatcher:
                  task_filters: list[str], slots: Slots, running: Running, intake: Intake, reporter: Reporter,
                  link: CoordinatorLink, executor: Executor, counters: Counters) -> None:
         self.worker_id = worker_id
+        self._clock = link.clock  # the fleet's time, for expiries (fleet_clock.py)
         self._topics = topics
         self._conn = conn
         self._registry = registry
@@ -166,7 +167,7 @@ class Dispatcher:
         if self._link.online:
             self._wake_timer(now + self.slots.defer_after / 4)
         if task.expires_at is not None:
-            self._wake_timer(now + max(0.0, task.expires_at - time.time()))
+            self._wake_timer(now + max(0.0, task.expires_at - self._clock.now()))
 
     def _start(self, task: TaskData, message: Message, now: float) -> None:
         tdef: TaskDef[Any] = self._registry[task.task]
@@ -207,8 +208,7 @@ class Dispatcher:
 
     # -- handing tasks on ----------------------------------------------------------------------
     def _defer(self, task: TaskData, message: Message) -> None:
-        self._counters.add(DEFERRED)
-        self._reporter.status(task, DEFERRED, {"reason": "no free slot", "body": dict(task)})
+        self._reporter.defer(task, "no free slot")
         self._acks.append(message)
 
     def _hand_back(self, task: TaskData, message: Message) -> None:
@@ -242,7 +242,7 @@ class Dispatcher:
         """Tasks whose expiry passed while they waited here for a slot end ``expired``."""
         if not self.slots.expiring:  # the usual case: a release costs no clock read
             return
-        for w in self.slots.take_expired(time.time()):
+        for w in self.slots.take_expired(self._clock.now()):
             self._reporter.finish(w.task, w.message, EXPIRED, {"reason": "expired while waiting for a free slot"},
                                   final=True)
             self._acks.append(w.message)
@@ -287,7 +287,7 @@ class Dispatcher:
     def _until_next_wakeup(self) -> float | None:
         """Seconds until the timer thread has something to do unprompted: a waiting task expires
         or is due to be handed to the coordinator, or a running task's `started` is due."""
-        wait = self.slots.next_check(time.time(), self._link.online)
+        wait = self.slots.next_check(self._clock.now(), self._link.online)
         due = self._running.next_announcement()
         if due is not None:
             until = due - time.monotonic()

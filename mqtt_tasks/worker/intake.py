@@ -3,7 +3,9 @@ here with a verdict, without taking a slot. In order:
 
 1. undecodable, oversize, not a task, bad signature: rejected (an error report, nothing runs);
 2. the same id and attempt already running here: a duplicate (a QoS 1 redelivery), ignored;
-3. ``expires_at`` (or the MQTT 5 Message Expiry) already past: ``expired``, final;
+3. ``expires_at`` (or the MQTT 5 Message Expiry) already past by the fleet's clock: ``expired``,
+   final; an absolute ``expires_at`` while that clock is not read yet: handed to the coordinator
+   (``deferred``), which judges it by its own clock (fleet_clock.py);
 4. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
@@ -39,15 +41,17 @@ from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..signing import SignatureError, verify_payload
 from ..transport import Message
+from .fleet_clock import FleetClock
 from .reporter import Reporter
 from .running import Running
 from .stats import Counters
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["duplicate", "expired", "unknown"]
+Verdict = Literal["duplicate", "expired", "unsure", "unknown"]
 DUPLICATE: Verdict = "duplicate"
 EXPIRED_VERDICT: Verdict = "expired"
+UNSURE: Verdict = "unsure"
 UNKNOWN: Verdict = "unknown"
 
 
@@ -57,7 +61,6 @@ def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key
                                   max_payload=max_payload)
     if signing_key is not None:
         verify_payload(message.payload, signing_key)
-    apply_message_expiry(task, message)
     return task
 
 
@@ -71,13 +74,18 @@ def apply_message_expiry(task: TaskData, message: Message, clock: Callable[[], f
 
 
 def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
-          clock: Callable[[], float] = time.time) -> Verdict | None:
+          clock: Callable[[], float | None] = time.time) -> Verdict | None:
     """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
-    (wall time) is read only for a task that has an expiry."""
+    (the fleet's time, None when this worker cannot tell it yet) is read only for a task that
+    has an expiry."""
     if running_attempt == task.attempt:
         return DUPLICATE
-    if task.expires_at is not None and task.expires_at < clock():
-        return EXPIRED_VERDICT
+    if task.expires_at is not None:
+        now = clock()
+        if now is None:
+            return UNSURE
+        if task.expires_at < now:
+            return EXPIRED_VERDICT
     if task.task not in registry:
         return UNKNOWN
     return None
@@ -87,8 +95,9 @@ class Intake:
     """Applies the verdicts: reads each task message, settles what may not start."""
 
     def __init__(self, worker_id: str, topics: Topics, settings: Settings, registry: dict[str, TaskDef[Any]],
-                 running: Running, reporter: Reporter, counters: Counters) -> None:
+                 running: Running, reporter: Reporter, counters: Counters, clock: FleetClock) -> None:
         self.worker_id = worker_id
+        self._clock = clock
         self._topics = topics
         self._max_payload = settings.max_payload
         self._signing_key = settings.signing_key
@@ -104,7 +113,11 @@ class Intake:
         except (DecodeError, SignatureError) as exc:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
-        verdict = judge(task, self._running.attempt_of(task.id), self._registry)
+        clock = self._clock
+        absolute = task.expires_at is not None  # judged by the fleet's clock; a relative one by any
+        apply_message_expiry(task, message, clock.now)
+        verdict = judge(task, self._running.attempt_of(task.id), self._registry,
+                        clock.now_or_none if absolute else clock.now)
         if verdict is None:
             return task
         self._settle(verdict, task, message)
@@ -121,6 +134,8 @@ class Intake:
                      task.id, task.attempt)
         elif verdict == EXPIRED_VERDICT:
             self._reporter.finish(task, message, EXPIRED, {"reason": "expired before it was started"}, final=True)
+        elif verdict == UNSURE:
+            self._reporter.defer(task, "its expiry is the coordinator's to judge until this worker has read its clock")
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))

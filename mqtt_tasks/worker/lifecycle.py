@@ -136,7 +136,7 @@ class Worker:
         self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
                                   self._counters)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
-                        self._counters)
+                        self._counters, self._link.clock)
         self._dispatch = Dispatcher(
             worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
             task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],
@@ -149,11 +149,11 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Worker:
         """Connect, subscribe and start the threads; returns when ready to take tasks."""
+        self._conn.subscribe(self.topics.coordinator)  # first: whether a coordinator runs, before any task
         for q in self.queues:
             self._conn.subscribe(self.topics.shared_tasks(self.group, q))
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
-        self._conn.subscribe(self.topics.coordinator)
         probe = ShareProbe(self._conn, self.topics, self.worker_id, self.group)
         self._dispatch.probe_arrived = probe.arrived
         probe.arm()

@@ -6,6 +6,8 @@ Facts it is built on:
   ``offline``; an empty retained message clears it). Anything but a readable ``online`` counts as
   offline: then nobody would take a deferred task or retry a failure, so the worker keeps its
   waiting tasks and sends final ``failed`` events itself.
+- A presence that arrives with the retain flag clear was published just now: its ``ts`` is a
+  reading of the coordinator's clock, the fleet's clock (fleet_clock.py).
 - Commands arrive on ``P/control/{worker}``. ``cancel`` stops a stale attempt (the coordinator
   gave the task to someone else): only the attempt named, if this worker still runs it. Anything
   else is rejected with an error report; bad input never stops the worker.
@@ -16,6 +18,8 @@ Facts it is built on:
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any
 
 from ..errors import DecodeError
@@ -23,6 +27,7 @@ from ..execution import Executor
 from ..protocol import codec
 from ..protocol.states import ONLINE
 from ..transport import Message
+from .fleet_clock import FleetClock
 from .running import Running
 
 log = logging.getLogger(__name__)
@@ -31,22 +36,38 @@ log = logging.getLogger(__name__)
 class CoordinatorLink:
     """Presence and control ops. ``online`` is read without a lock: one attribute, set by one thread."""
 
-    def __init__(self, worker_id: str, running: Running, executor: Executor, max_payload: int) -> None:
+    def __init__(self, worker_id: str, running: Running, executor: Executor, max_payload: int,
+                 clock: FleetClock | None = None) -> None:
         self.worker_id = worker_id
         self.online = False
+        self.clock = clock or FleetClock()
         self._running = running
         self._executor = executor
         self._max_payload = max_payload
 
     def on_presence(self, message: Message) -> None:
+        received = time.monotonic()
         try:
-            state = codec.decode_json_object(message.payload, topic=message.topic).get("state")
+            presence = codec.decode_json_object(message.payload, topic=message.topic)
         except DecodeError:
-            state = None  # an empty retained message clears the presence
-        online = state == ONLINE
+            presence = {}  # an empty retained message clears the presence
+        online = presence.get("state") == ONLINE
         if online != self.online:
             log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
+            if online:
+                self.clock.expect()
+            else:
+                self.clock.give_up_waiting()
         self.online = online  # waiting tasks are handed on as they become overdue
+        ts = presence.get("ts")
+        if online and not message.retain and isinstance(ts, (int, float)) and not isinstance(ts, bool) \
+                and math.isfinite(ts):
+            self._read_clock(float(ts), (str(presence.get("client")), str(presence.get("pid"))), received)
+
+    def _read_clock(self, ts: float, source: tuple[str, str], received: float) -> None:
+        if self.clock.observe(ts, source, received):
+            log.info("worker %s: judging expiry by the coordinator's clock (this host's is %+.3f s off)",
+                     self.worker_id, self.clock.skew() or 0.0)
 
     def on_control(self, message: Message) -> str | None:
         """Carry out a command; returns why it was rejected (for an error report), or None."""

@@ -28,7 +28,7 @@ from ..app import TaskDef
 from ..errors import PayloadTooLargeError
 from ..execution import Outcome
 from ..protocol import codec, events
-from ..protocol.states import DEFAULT_MAX_ATTEMPTS, FAILED, SUCCEEDED
+from ..protocol.states import DEFAULT_MAX_ATTEMPTS, DEFERRED, FAILED, SUCCEEDED
 from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..transport import Connection, Message
@@ -93,6 +93,11 @@ class Reporter:
             if final and payload is not None:
                 self.reply(task, message, payload)
         self._running.forget(task)
+
+    def defer(self, task: TaskData, reason: str) -> None:
+        """Hand a task that has not started to the coordinator: ``deferred``, with the whole task."""
+        self._counters.add(DEFERRED)
+        self.status(task, DEFERRED, {"reason": reason, "body": dict(task)})
 
     def max_attempts(self, task: TaskData) -> int:
         tdef = self._registry.get(task.task)
