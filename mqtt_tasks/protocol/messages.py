@@ -61,6 +61,8 @@ class Task(_Message):
     expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
     queue: str | None = Field(default=None, pattern=ID_PATTERN,
                               description="the queue; taken from the topic when absent")
+    alone: bool | None = Field(default=None, description="set by the coordinator on a task lost with its worker "
+                               "before: run it with nothing else running in the worker process")
 
     @field_validator("reply_to")
     @classmethod
