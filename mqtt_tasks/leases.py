@@ -263,7 +263,7 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
     """The worker holding the record went offline (Last Will or clean stop)."""
     if record.terminal or record.worker != worker or record.state not in (STARTED, DISPATCHED):
         return []
-    doing = "running it" if record.state == STARTED else "with the task dispatched to it"
+    doing = "while running it" if record.state == STARTED else "with the task dispatched to it"
     return _lost_with_worker(record, now, f"worker {worker} went offline {doing}", policy)
 
 

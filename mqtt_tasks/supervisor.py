@@ -211,8 +211,8 @@ class Supervisor:
                       "(backoff capped at %.0fs; a task that keeps killing it ends dead at the coordinator)",
                       child.worker_id, how, count, window, delay, self.policy.max_delay)
         else:
-            log.warning("supervisor: worker %s %s (%d crash%s within %.0fs); restarting it in %.1fs",
-                        child.worker_id, how, count, "" if count == 1 else "es", window, delay)
+            log.warning("supervisor: worker %s %s; restarting it in %.1fs (%d crash%s within %.0fs)",
+                        child.worker_id, how, delay, count, "" if count == 1 else "es", window)
         child.restart_at = now + delay
         return None
 

@@ -96,6 +96,7 @@ class StatusEvent(_Message):
     reason: str | None = Field(default=None, description="why: dead, expired, cancelled, retrying, deferred")
     correlation: str | None = None
     body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")
+    alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
 
 
 class HeldTask(_Message):

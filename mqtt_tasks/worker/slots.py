@@ -92,8 +92,9 @@ class Slots:
         self.last_release = now
 
     def full_ago(self, now: float) -> float | None:
-        """Seconds since the worker last had no free slot: 0 while full, None if it never was."""
-        if self.free <= 0:
+        """Seconds since the worker last had no free slot: 0 while full (or isolated: an ``alone``
+        task waiting its turn here is held up, not lost), None if it never was."""
+        if self.free <= 0 or self.isolated:
             return 0.0
         return round(now - self.full_at, 3) if self.full_at else None
 
