@@ -10,8 +10,19 @@ the record it is given and returns the *effects* the coordinator must carry out:
 - ``Enqueue``: the record entered the backlog; hand it to a worker with a free slot.
 
 Attempts are fencing tokens: every re-dispatch after a possible loss gets ``attempt + 1``, and
-only events of the current attempt move a live task. ``failures`` counts attempts that failed
-or died with their worker; the task is dead when ``failures`` reaches ``max_attempts``.
+only events of the current attempt move a live task. ``failures`` counts attempts that failed;
+the task is dead when ``failures`` reaches ``max_attempts``.
+
+Poison isolation (issue 13): a worker process that dies takes every task it holds with it, and
+nothing says which one killed it (a task that kills at once never even announces ``started``).
+So a task lost with its worker is not charged an attempt: it becomes a *suspect* (``losses`` > 0)
+and is from then on dispatched *alone* (``"alone": true`` in the body: the worker runs nothing
+else meanwhile, and announces ``started``, acknowledged by the broker, before the body runs).
+A suspect lost with its worker while it ran alone killed that worker: that conviction counts as
+a failed attempt (``kills``), so a poison task ends ``dead`` ("killed its worker N times") after
+``max_attempts`` convictions, while its neighbours only run once more, alone. A suspect lost
+before it started (its worker died of something else while it waited its turn) is not charged;
+``max_losses`` bounds those, so no task circulates for ever.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ class LeasePolicy:
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_losses: int = 10                # lost with its worker this often, never convicted: dead all the same
 
 
 @dataclass(frozen=True)
@@ -274,12 +286,13 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
     """The worker holding the record went offline (Last Will or clean stop)."""
     if record.terminal or record.worker != worker or record.state not in (STARTED, DISPATCHED):
         return []
-    if record.state == DISPATCHED:
-        # Its `started` may not have left a worker that a poison task killed at once: count it, so
-        # such a task still ends dead instead of killing every worker in turn.
-        return _redispatch(record, now, f"worker {worker} went offline with the task dispatched to it",
-                           failed=True, policy=policy)
-    return _redispatch(record, now, f"worker {worker} went offline while running it", failed=True, policy=policy)
+    doing = "while running it" if record.state == STARTED else "with the task dispatched to it"
+    return _lost_with_worker(record, now, f"worker {worker} went offline {doing}", policy)
+
+
+def is_suspect(record: TaskRecord) -> bool:
+    """Lost with a worker before: dispatched alone until it finishes."""
+    return record.losses > 0
 
 
 def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died: bool = False) -> list[Effect]:
@@ -291,7 +304,7 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
 
     ``worker_died``: a worker that could have taken this queued task went offline since it was
     seen. A task that kills its worker at once (before the worker announced it ``started``) is
-    lost that way, so the loss counts as a failed attempt and a poison task still ends ``dead``."""
+    lost that way: it becomes a suspect, and runs alone next (see the module docstring)."""
     if record.terminal:
         return []
     if record.state in HELD and record.expires_at is not None and record.expires_at <= now:
@@ -304,14 +317,13 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
     if record.deadline is None or record.deadline > now:
         return []
     if record.state == STARTED:
-        return _redispatch(record, now, f"lease of worker {record.worker} expired (no heartbeat)",
-                           failed=True, policy=policy)
+        return _lost_with_worker(record, now, f"lease of worker {record.worker} expired (no heartbeat)", policy)
     if record.state in (QUEUED, DISPATCHED):
         if record.expires_at is not None and record.expires_at <= now:
             return _expire_unaccounted(record, now, policy)
         if worker_died and record.state == QUEUED:
-            return _redispatch(record, now, "not accounted for within the dispatch timeout, and a worker "
-                               "of its queue went offline meanwhile", failed=True, policy=policy)
+            return _lost_with_worker(record, now, "not accounted for within the dispatch timeout, and a "
+                                     "worker of its queue went offline meanwhile", policy)
         return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
                            failed=False, policy=policy)
     if record.state == RETRYING:
@@ -390,6 +402,29 @@ def observe_duration(view: WorkerView, seconds: float, weight: float = 0.2) -> N
 
 
 # -- internals --------------------------------------------------------------------------------
+def _lost_with_worker(record: TaskRecord, now: float, reason: str, policy: LeasePolicy) -> list[Effect]:
+    """The record went down with its worker (dead, or silent past its lease): convict or suspect."""
+    alone = is_suspect(record) and record.state == STARTED  # it ran alone: nothing else could have
+    record.losses += 1
+    if not alone:
+        if record.losses >= policy.max_losses:
+            return _finish(record, DEAD, f"lost with its worker {record.losses} times, never convicted "
+                           f"running alone; last: {reason}", now)
+        return _redispatch(record, now, f"{reason}; a suspect now, it runs alone next", failed=False,
+                           policy=policy)
+    record.kills += 1
+    record.failures += 1
+    verdict = f"killed its worker {record.kills} time{'s' if record.kills > 1 else ''} running alone"
+    record.note(attempt=record.attempt, worker=record.worker, event="killed-worker", reason=reason, ts=now)
+    record.error = {"type": "WorkerLost", "message": f"{verdict}; last: {reason}"}
+    if record.failures >= max_attempts(policy, record):
+        return _finish(record, DEAD, f"{verdict} ({record.failures} failed attempts of "
+                       f"{max_attempts(policy, record)}); last: {reason}", now)
+    record.attempt += 1
+    record.reason = f"{verdict}; last: {reason}"
+    return _to_backlog(record, now, event="requeued")
+
+
 def _redispatch(record: TaskRecord, now: float, reason: str, *, failed: bool, policy: LeasePolicy) -> list[Effect]:
     record.note(attempt=record.attempt, worker=record.worker, event="lost", reason=reason, ts=now)
     if failed:

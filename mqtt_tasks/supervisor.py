@@ -19,9 +19,10 @@ Signals, decided so that the grace holds however the stop arrives (docs/operatio
 ``Supervisor`` keeps N worker processes running (``mqtt-worker --processes N``). Each child is
 its own MQTT client in the same share group, started with ``start_new_session`` so that a
 Ctrl-C in the terminal reaches only the supervisor, which forwards SIGTERM to every child and
-waits for them to drain. A child that exits on its own is restarted after a backoff;
-``RestartPolicy`` (pure, tested with a fake clock) decides when to give up. A child that exits
-with ``EXIT_USAGE`` (bad module, bad option) is never restarted: restarting cannot fix it.
+waits for them to drain. A child that exits on its own is restarted after a backoff that
+``RestartPolicy`` (pure, tested with a fake clock) decides: exponential, jittered, capped, and
+never giving up. A child that exits with ``EXIT_USAGE`` (bad module, bad option) is never
+restarted: restarting cannot fix it.
 
 Children watch ``MQTT_TASKS_SUPERVISOR_PID``: when the supervisor disappears (``kill -9``),
 they drain and exit instead of running on as orphans. Once the supervisor is stopping it never
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -130,23 +132,37 @@ def exit_now(code: int) -> NoReturn:
 # -- restart policy (pure) ---------------------------------------------------------------
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Restart a crashed child after ``base_delay * 2**(n-1)`` seconds (capped), where n is its
-    number of crashes within ``window_s``; give up once that number reaches ``max_crashes``."""
+    """When to restart a crashed child: never give up, back off.
 
-    max_crashes: int = 5
+    The delay is exponential in n, the child's crashes within ``window_s`` (so a quiet spell
+    forgives old ones): a ceiling of ``base_delay * 2**(n-1)`` capped at ``max_delay``, of which
+    half is fixed and half random (equal jitter, so children that crash together do not restart
+    together). A crash that a task causes (a segfault in a C extension, ``os._exit``, the OOM
+    killer) says nothing about the next task, and the coordinator isolates and dead-letters the
+    task that keeps doing it (docs/coordinator.md, "Poison tasks"): giving up would stop the
+    whole fleet for one bad task. The cap keeps a crash loop at one start per ``max_delay`` at
+    most; from ``loop_after`` crashes within the window the supervisor says so at error level.
+    """
+
     window_s: float = 60.0
     base_delay: float = 0.5
     max_delay: float = 10.0
+    loop_after: int = 5
 
     def recent(self, crashes: Sequence[float], now: float) -> list[float]:
         return [t for t in crashes if now - t <= self.window_s]
 
-    def delay(self, crashes: Sequence[float], now: float) -> float | None:
-        """Seconds to wait before restarting, or None to give up."""
+    def ceiling(self, crashes: Sequence[float], now: float) -> float:
         count = len(self.recent(crashes, now))
-        if count >= self.max_crashes:
-            return None
         return min(self.max_delay, self.base_delay * 2.0 ** max(count - 1, 0))
+
+    def delay(self, crashes: Sequence[float], now: float, rng: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before restarting a child with these crash times (the last one now)."""
+        ceiling = self.ceiling(crashes, now)
+        return ceiling / 2 + rng() * ceiling / 2
+
+    def looping(self, crashes: Sequence[float], now: float) -> bool:
+        return len(self.recent(crashes, now)) >= self.loop_after
 
 
 # -- N children ----------------------------------------------------------------------------
@@ -183,6 +199,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         stop_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.command = command
         self.children = [Child(i, wid) for i, wid in enumerate(worker_ids)]
@@ -190,6 +207,7 @@ class Supervisor:
         self.env = dict(env or {})
         self.stop_timeout = stop_timeout
         self.clock = clock
+        self.rng = rng
         self.failure: str | None = None
 
     def start(self) -> Supervisor:
@@ -226,11 +244,15 @@ class Supervisor:
         if code == EXIT_USAGE:
             return f"worker {child.worker_id} {how} (a usage or configuration error); not restarting it"
         child.crashes = [*self.policy.recent(child.crashes, now), now]
-        delay = self.policy.delay(child.crashes, now)
-        if delay is None:
-            return (f"worker {child.worker_id} {how}; it crashed {len(child.crashes)} times within "
-                    f"{self.policy.window_s:.0f}s, giving up")
-        log.warning("supervisor: worker %s %s; restarting it in %.1fs", child.worker_id, how, delay)
+        delay = self.policy.delay(child.crashes, now, self.rng)
+        count, window = len(child.crashes), self.policy.window_s
+        if self.policy.looping(child.crashes, now):
+            log.error("supervisor: worker %s %s: %d crashes within %.0fs, a crash loop; restarting it in %.1fs "
+                      "(backoff capped at %.0fs; a task that keeps killing it ends dead at the coordinator)",
+                      child.worker_id, how, count, window, delay, self.policy.max_delay)
+        else:
+            log.warning("supervisor: worker %s %s; restarting it in %.1fs (%d crash%s within %.0fs)",
+                        child.worker_id, how, delay, count, "" if count == 1 else "es", window)
         child.restart_at = now + delay
         return None
 

@@ -63,8 +63,9 @@ def test_a_dead_worker_s_task_runs_again_elsewhere(mosquitto, prefix: str, tmp_p
         with worker(url, prefix, "w2", log=log):
             wait_until(lambda: query_status(settings(url, prefix), h.id)["attempt"] == 2, 10)
             status = query_status(settings(url, prefix), h.id)
-            assert status["failures"] == 1 and status["worker"] == "w2"
-            assert status["history"][1]["reason"] == "worker w1 went offline while running it"
+            assert (status["failures"], status["losses"], status["worker"]) == (0, 1, "w2")  # a suspect
+            assert status["history"][1]["reason"] == ("worker w1 went offline while running it; a suspect now, "
+                                                      "it runs alone next")
 
 
 def test_a_task_three_times_the_lease_runs_exactly_once(mosquitto, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -174,20 +175,21 @@ def test_a_dead_task_s_reply_never_lands_on_the_prefix_s_own_topics(mosquitto, p
 
 @pytest.mark.parametrize("task", ["die", "die_now"])
 def test_a_poison_task_that_kills_its_workers_ends_dead(mosquitto, prefix: str, tmp_path: Path, task: str) -> None:  # type: ignore[no-untyped-def]
-    """``die_now`` kills its worker before the worker announces `started` (started_after): the
-    loss is still counted against the task (a worker of its queue died meanwhile)."""
+    """The first kill makes it a suspect (nothing says it was the culprit); each of the next three,
+    running alone, convicts it. ``die_now`` kills its worker before the worker announces `started`
+    (started_after): it is still found out (a worker of its queue died meanwhile)."""
     from tests.coord_helpers import spawn_worker
 
     url = mosquitto.url
-    procs = [spawn_worker(url, prefix, f"p{i}", 1, str(tmp_path / "log")) for i in range(3)]
+    procs = [spawn_worker(url, prefix, f"p{i}", 1, str(tmp_path / "log")) for i in range(4)]
     try:
         with coordinator(url, prefix) as c, producer(url, prefix) as app:
-            wait_until(lambda: len(c.workers()) == 3, 10)
+            wait_until(lambda: len(c.workers()) == 4, 10)
             h = app.submit(task)
             with pytest.raises(TaskDeadError) as info:
                 h.result(30)
-            assert "attempts exhausted (3)" in str(info.value)
-            assert sorted(p.wait(10) for p in procs) == [17, 17, 17]
+            assert "killed its worker 3 times running alone" in str(info.value)
+            assert sorted(p.wait(10) for p in procs) == [17, 17, 17, 17]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -44,23 +44,58 @@ def test_heartbeats_renew_the_lease_so_a_long_task_is_never_redispatched() -> No
     assert r.state == "started" and r.attempt == 1 and len(r.history) == 1
 
 
-def test_lease_expiry_redispatches_and_counts_a_failure() -> None:
+def test_lease_expiry_makes_a_suspect_not_a_failure_until_it_runs_alone() -> None:
     r = fresh()
     leases.on_started(r, 1, "w1", 1.0, 0.0, P)
     assert leases.on_timer(r, 2.9, P) == []
     assert leases.on_timer(r, 3.0, P) == [Enqueue("t1")]
-    assert (r.state, r.attempt, r.failures, r.worker) == ("backlog", 2, 1, None)
+    assert (r.state, r.attempt, r.failures, r.losses, r.worker) == ("backlog", 2, 0, 1, None)
+    assert leases.is_suspect(r)
+    leases.on_dispatched(r, "w2", 4.0, P)
+    leases.on_started(r, 2, "w2", 1.0, 4.0, P)  # alone: its worker went silent running it only
+    assert leases.on_timer(r, 7.0, P) == [Enqueue("t1")]
+    assert (r.attempt, r.failures, r.kills) == (3, 1, 1)
 
 
-def test_worker_offline_redispatches_at_once_and_a_poison_task_ends_dead() -> None:
+def test_neighbours_lost_with_a_worker_are_suspects_not_failures() -> None:
+    """A worker killed by one of the four tasks it held: none of them is charged an attempt."""
+    held = [fresh() for _ in range(4)]
+    for r in held:
+        leases.on_started(r, 1, "w1", 1.0, 0.0, P)
+        assert leases.on_worker_lost(r, "w1", 0.1, P) == [Enqueue("t1")]
+        assert (r.state, r.attempt, r.failures, r.losses) == ("backlog", 2, 0, 1)
+        assert "suspect" in (r.reason or "")
+
+
+def test_a_suspect_that_kills_its_worker_running_alone_is_convicted_and_ends_dead() -> None:
     r = fresh()
-    for attempt in (1, 2):
-        leases.on_started(r, attempt, f"w{attempt}", 1.0, 0.0, P)
-        assert leases.on_worker_lost(r, f"w{attempt}", 0.1, P) == [Enqueue("t1")]
-    leases.on_started(r, 3, "w3", 1.0, 0.0, P)
-    effects = leases.on_worker_lost(r, "w3", 0.1, P)
-    assert r.state == "dead" and r.failures == 3
+    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
+    leases.on_worker_lost(r, "w0", 0.1, P)  # among others: a suspect
+    for attempt in (2, 3):
+        leases.on_dispatched(r, f"w{attempt}", 1.0, P)
+        leases.on_started(r, attempt, f"w{attempt}", 1.0, 1.0, P)
+        assert leases.on_worker_lost(r, f"w{attempt}", 1.1, P) == [Enqueue("t1")]
+        assert r.failures == r.kills == attempt - 1
+    leases.on_dispatched(r, "w4", 2.0, P)
+    leases.on_started(r, 4, "w4", 1.0, 2.0, P)
+    effects = leases.on_worker_lost(r, "w4", 2.1, P)
+    assert (r.state, r.failures, r.kills, r.losses) == ("dead", 3, 3, 4)
+    assert (r.reason or "").startswith("killed its worker 3 times running alone")
     assert effects == [Announce("dead", r.reason or "", final=True, reply=True, dead_letter=True)]
+
+
+def test_a_suspect_lost_before_it_started_is_not_convicted_but_losses_are_bounded() -> None:
+    """Dispatched alone, it waited for its worker's running tasks, and one of them killed it."""
+    r = fresh()
+    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
+    leases.on_worker_lost(r, "w0", 0.1, P)
+    for n in range(2, P.max_losses):
+        leases.on_dispatched(r, "w1", float(n), P)
+        assert leases.on_worker_lost(r, "w1", n + 0.1, P) == [Enqueue("t1")]
+        assert (r.failures, r.kills, r.losses) == (0, 0, n)
+    leases.on_dispatched(r, "w1", 99.0, P)
+    leases.on_worker_lost(r, "w1", 99.1, P)
+    assert r.state == "dead" and f"lost with its worker {P.max_losses} times" in (r.reason or "")
 
 
 def test_losing_another_workers_task_does_nothing() -> None:
@@ -230,31 +265,33 @@ def test_a_late_result_of_an_attempt_handed_back_is_a_duplicate_once_the_next_at
     assert (r.state, r.winner, r.duplicates) == ("succeeded", {"attempt": 2, "worker": "w2"}, 1)
 
 
-def test_dispatched_then_worker_lost_counts_as_a_failure_but_a_dispatch_timeout_does_not() -> None:
+def test_dispatched_then_worker_lost_is_a_suspect_and_a_dispatch_timeout_is_not() -> None:
     r = leases.new_record("t1", 0.0)
     leases.on_deferred(r, 1, "w1", BODY, 0.0)
     leases.on_dispatched(r, "w2", 1.0, P)
     assert leases.on_worker_lost(r, "w2", 2.0, P) == [Enqueue("t1")]
-    assert (r.attempt, r.failures) == (2, 1)  # a poison task may kill its worker before `started` leaves
+    assert (r.attempt, r.failures, r.losses) == (2, 0, 1)
     leases.on_dispatched(r, "w3", 3.0, P)
     assert leases.on_timer(r, 8.0, P) == [Enqueue("t1")]
-    assert (r.attempt, r.failures) == (3, 1)
+    assert (r.attempt, r.failures, r.losses) == (3, 0, 1)
 
 
-def test_a_queued_task_lost_while_a_worker_of_its_queue_died_counts_as_a_failure() -> None:
+def test_a_queued_task_lost_while_a_worker_of_its_queue_died_becomes_a_suspect() -> None:
     """A task that kills its worker before `started` leaves is only ever seen queued: when a
-    worker of its queue died meanwhile, the loss counts, so it ends dead after max_attempts."""
+    worker of its queue died meanwhile, it is a suspect and runs alone next; a kill then, with
+    its `started` acknowledged before the body ran, convicts it."""
     r = leases.new_record("t1", 0.0, body=BODY)
     leases.on_task(r, BODY, 0.0, P)
     assert leases.on_timer(r, 6.0, P) == [Enqueue("t1")]
-    assert (r.attempt, r.failures) == (2, 0)  # lost in the broker, say: not the task's fault
-    r2 = leases.new_record("t2", 0.0, body={**BODY, "id": "t2", "max_attempts": 2})
-    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 2}, 0.0, P)
+    assert (r.attempt, r.failures, r.losses) == (2, 0, 0)  # lost in the broker, say: not the task's fault
+    r2 = leases.new_record("t2", 0.0, body={**BODY, "id": "t2", "max_attempts": 1})
+    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 1}, 0.0, P)
     assert leases.on_timer(r2, 6.0, P, worker_died=True) == [Enqueue("t2")]
-    assert (r2.attempt, r2.failures) == (2, 1) and "went offline" in (r2.reason or "")
+    assert (r2.attempt, r2.failures, r2.losses) == (2, 0, 1) and "went offline" in (r2.reason or "")
     leases.on_dispatched(r2, "w2", 7.0, P)
+    leases.on_started(r2, 2, "w2", 1.0, 7.1, P)
     leases.on_worker_lost(r2, "w2", 7.5, P)
-    assert r2.state == "dead" and "attempts exhausted (2)" in (r2.reason or "")
+    assert r2.state == "dead" and "killed its worker 1 time running alone" in (r2.reason or "")
 
 
 def test_a_task_without_a_body_cannot_be_redispatched_and_ends_dead() -> None:

@@ -19,18 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the policy (pure) ---------------------------------------------------------------------
-def test_backoff_doubles_per_recent_crash_and_is_capped() -> None:
-    policy = RestartPolicy(max_crashes=10, window_s=60, base_delay=0.5, max_delay=3)
-    assert policy.delay([100.0], now=100.0) == 0.5
-    assert policy.delay([99.0, 100.0], now=100.0) == 1.0
-    assert policy.delay([98.0, 99.0, 100.0], now=100.0) == 2.0
-    assert policy.delay([96.0, 97.0, 98.0, 99.0, 100.0], now=100.0) == 3.0
+def test_backoff_doubles_per_recent_crash_is_capped_and_jittered() -> None:
+    policy = RestartPolicy(window_s=60, base_delay=0.5, max_delay=3)
+    low, high = (lambda: 0.0), (lambda: 1.0)
+    assert [policy.delay([100.0], now=100.0, rng=r) for r in (low, high)] == [0.25, 0.5]
+    assert [policy.delay([99.0, 100.0], now=100.0, rng=r) for r in (low, high)] == [0.5, 1.0]
+    assert policy.delay([98.0, 99.0, 100.0], now=100.0, rng=high) == 2.0
+    assert [policy.delay([float(t) for t in range(80, 101)], now=100.0, rng=r) for r in (low, high)] == [1.5, 3.0]
 
 
-def test_gives_up_after_max_crashes_within_the_window_only() -> None:
-    policy = RestartPolicy(max_crashes=3, window_s=10)
-    assert policy.delay([1.0, 2.0, 3.0], now=3.0) is None
-    assert policy.delay([1.0, 2.0, 30.0], now=30.0) == policy.base_delay  # old crashes are forgiven
+def test_never_gives_up_and_forgives_old_crashes() -> None:
+    policy = RestartPolicy(window_s=10, base_delay=0.5, max_delay=8, loop_after=3)
+    crashes = [float(t) for t in range(1000)]  # a crash a second for 1000 s
+    assert policy.delay(crashes, now=999.0, rng=lambda: 1.0) == 8.0 and policy.looping(crashes, now=999.0)
+    assert policy.delay([1.0, 2.0, 30.0], now=30.0, rng=lambda: 1.0) == policy.base_delay  # old ones forgiven
+    assert not policy.looping([1.0, 2.0, 30.0], now=30.0)
 
 
 def test_describe_exit() -> None:
@@ -71,15 +74,39 @@ def _exits_with(code: int) -> Any:
     return lambda index, worker_id: [sys.executable, "-c", f"import sys; sys.exit({code})"]
 
 
-def test_a_child_that_keeps_crashing_makes_it_give_up() -> None:
-    policy = RestartPolicy(max_crashes=3, window_s=60, base_delay=0.01, max_delay=0.02)
-    supervisor = Supervisor(_exits_with(1), ["a", "b"], policy=policy).start()
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_child_that_keeps_crashing_is_restarted_with_backoff_and_never_given_up(caplog: Any) -> None:
+    """Sixty crashes in a row (a poison task each time, say): restarted every time, the delay
+    growing to its cap, the crash loop logged at error level; old crashes forgiven later."""
+    clock = FakeClock()
+    policy = RestartPolicy(window_s=60, base_delay=0.5, max_delay=4, loop_after=5)
+    supervisor = Supervisor(_exits_with(1), ["a"], policy=policy, clock=clock, rng=lambda: 1.0).start()
+    child = supervisor.children[0]
+    delays = []
     try:
-        reason = wait_until(supervisor.check, timeout=15)
+        for _ in range(12):
+            assert child.proc is not None
+            child.proc.wait(15)
+            assert supervisor.check() is None and child.proc is None and child.restart_at is not None
+            delays.append(child.restart_at - clock.now)
+            clock.now = child.restart_at
+            assert supervisor.check() is None and child.proc is not None  # restarted when due
+        assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+        assert child.restarts == 12
+        assert "crash loop" in caplog.text and "restarting it in 4.0s" in caplog.text
+        clock.now += 120.0  # a quiet spell
+        child.proc.wait(15)
+        supervisor.check()
+        assert child.restart_at is not None and child.restart_at - clock.now == 0.5
     finally:
         supervisor.stop()
-    assert "crashed 3 times" in reason
-    assert sum(c.restarts for c in supervisor.children) >= 2
 
 
 def test_a_usage_error_is_never_restarted() -> None:

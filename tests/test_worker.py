@@ -461,3 +461,27 @@ def test_hurry_cuts_a_stop_short(h: Harness) -> None:
     stopper.join(DEADLINE)
     assert not stopper.is_alive() and time.monotonic() - started < 10
     assert worker.stats["handed_back"] == 1
+# -- suspects run alone ------------------------------------------------------------------------------
+
+
+def test_a_task_sent_alone_waits_for_the_running_ones_and_runs_with_nothing_else(h: Harness) -> None:
+    """A suspect (lost with a worker before) comes from the coordinator marked ``alone``: it starts
+    once the running tasks are done, nothing starts beside it, and its `started` event (published,
+    and acknowledged by the broker, before its body runs) says so."""
+    worker = h.worker(concurrency=3, started_after=5.0)
+    status = h.listener(h.topics.all_status)
+    before = h.app.registry["hold"].submit("before")
+    h.probe.wait_started("before")
+    status.publish(h.topics.inbox(worker.worker_id),
+                   _task("suspect-1", "tracked", args=["alone", 0.05], alone=True, attempt=2))
+    wait_until(lambda: worker.snapshot().free == 0, DEADLINE, message="the worker still offers free slots")
+    after = h.app.registry["tracked"].submit("after", 0.0)
+    wait_until(lambda: worker.snapshot().waiting == 1, DEADLINE, message="the next task did not wait its turn")
+    assert h.probe.started == ["before"]
+    h.probe.gate.set()
+    assert (before.result(DEADLINE), after.result(DEADLINE)) == ("before", "after")
+    status.wait_finished([h.topics.status("suspect-1")])
+    assert h.probe.started == ["before", "alone", "after"] and h.probe.max_running == 1
+    started = status.wait_json(h.topics.status("suspect-1"), lambda e: e["state"] == "started")
+    assert started["alone"] is True and started["attempt"] == 2
+    assert worker.snapshot().free == 3

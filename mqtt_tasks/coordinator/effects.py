@@ -11,6 +11,8 @@ Built on these facts:
   shares, decides; a refused reply becomes an error report on ``P/errors`` (docs/security.md).
 - The coordinator's own status events carry ``source: "coordinator"``, so that it ignores them
   when they come back on ``P/status/+``.
+- A suspect (a task lost with its worker before) is dispatched with ``"alone": true``
+  (``leases`` module docstring: poison isolation).
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
   and ``queue`` changed.
 - The coordinator's clock is the fleet's (docs/coordinator.md, "Where time is judged"): a presence
@@ -141,6 +143,8 @@ class Effects:
         """Send the record's task, as its next attempt, to ``worker``'s inbox."""
         body = dict(record.body or {})
         body.update(attempt=record.attempt, queue=record.queue)
+        if record.losses:  # a suspect (leases.is_suspect): its worker runs nothing else meanwhile
+            body["alone"] = True
         key = getattr(self._settings, "signing_key", None)
         if key is not None:
             from .. import signing

@@ -103,7 +103,7 @@ def record_summary(record: TaskRecord) -> dict[str, Any]:
     return {"id": record.id, "state": record.state, "task": record.task, "queue": record.queue,
             "attempt": record.attempt, "failures": record.failures, "worker": record.worker,
             "created": record.created, "updated": record.updated, "reason": record.reason,
-            "duplicates": record.duplicates}
+            "duplicates": record.duplicates, "losses": record.losses, "kills": record.kills}
 
 
 def record_view(record: TaskRecord) -> dict[str, Any]:

@@ -10,8 +10,8 @@ Built on these facts:
 - A task nobody accounts for is more likely waiting than lost while a live worker of its queue has
   been full within the dispatch timeout (``Fleet.held_up``): its deadline moves on instead.
 - A queued task whose queue lost a worker since it was seen may have killed that worker before it
-  could announce ``started``; the loss then counts as a failed attempt (``Fleet.died_since``), so
-  a poison task still ends ``dead``.
+  could announce ``started`` (``Fleet.died_since``): it becomes a suspect and runs alone next, so
+  a poison task is still found out and ends ``dead`` (leases.py, poison isolation).
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ class Task(_Message):
     expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
     queue: str | None = Field(default=None, pattern=ID_PATTERN,
                               description="the queue; taken from the topic when absent")
+    alone: bool | None = Field(default=None, description="set by the coordinator on a task lost with its worker "
+                               "before: run it with nothing else running in the worker process")
 
     @field_validator("reply_to")
     @classmethod
@@ -96,6 +98,7 @@ class StatusEvent(_Message):
     body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")
     abandoned: bool | None = Field(default=None, description="on deferred: the attempt had started and its "
                                    "stopping worker gave up on it after its grace period; it will never report it")
+    alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
 
 
 class HeldTask(_Message):

@@ -100,6 +100,7 @@ class TaskData(dict[str, Any]):
     correlation = property(lambda self: self.get("correlation"))
     expires_at = property(lambda self: self.get("expires_at"))
     queue = property(lambda self: self.get("queue"))
+    alone = property(lambda self: self.get("alone"))  # true: run it with nothing else (a suspect)
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -120,6 +121,8 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "correlation", max_len=1024)
     _check_number(obj, "expires_at")
     _check_str(obj, "queue", _ID)
+    if "alone" in obj and not isinstance(obj["alone"], bool | None):
+        raise Invalid("field 'alone': Input should be a valid boolean")
     return TaskData(obj)
 
 

@@ -44,7 +44,9 @@ class TaskRecord:
     id: str
     state: str = QUEUED
     attempt: int = 1                # the highest attempt issued: the fencing token
-    failures: int = 0               # attempts that failed or were lost with their worker
+    failures: int = 0               # attempts that failed, or killed their worker while running alone
+    losses: int = 0                 # times lost with a worker that died or went silent (suspect: runs alone)
+    kills: int = 0                  # of those, times it was running alone: it killed its worker
     task: str | None = None
     queue: str = "default"
     body: dict[str, Any] | None = None  # the task as published (None when only status events were seen)

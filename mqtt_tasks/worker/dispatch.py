@@ -22,6 +22,10 @@ Facts it is built on:
 - paho's callbacks must not raise (an exception kills the network thread while
   ``is_connected()`` still says True, BROKER-FACTS.md): a failed decision is logged, and the acks
   decided so far are still sent.
+- A task marked ``alone`` by the coordinator (a suspect, see leases.py) runs with nothing else
+  running here: it waits for the running tasks to end, others arriving meanwhile are handed to the
+  coordinator, and its body runs only once the broker acknowledged its ``started`` event, so a
+  crash while it runs is pinned on it alone (docs/coordinator.md, "Poison tasks").
 - The lock is reentrant: a run can end inside the call that starts or cancels it (an async task
   done at once, a cancelled future's callbacks), and its slot is given back in that same thread.
   Order: the dispatch lock, then ``Running``'s lock; never the other way.
@@ -151,7 +155,11 @@ class Dispatcher:
         slots = self.slots
         if self.draining:
             self._hand_back(task, message)
-        elif slots.free > 0:
+        elif task.alone:
+            self._on_alone(task, message, now)
+        elif slots.isolated and self._link.online:
+            self._defer(task, message)  # an `alone` task runs or waits its turn here
+        elif slots.free > 0 and not slots.isolated:
             self._start(task, message, now)
         elif self._link.online and slots.defer_on_arrival(now):
             self._defer(task, message)
@@ -169,12 +177,30 @@ class Dispatcher:
         if task.expires_at is not None:
             self._wake_timer(now + max(0.0, task.expires_at - self._clock.now()))
 
-    def _start(self, task: TaskData, message: Message, now: float) -> None:
+    def _on_alone(self, task: TaskData, message: Message, now: float) -> None:
+        """A suspect the coordinator sent to run alone: now if nothing runs, else once the running
+        tasks are done; the tasks waiting in line meanwhile go to the coordinator."""
+        slots = self.slots
+        if slots.isolated:
+            self._hand_back(task, message)  # one suspect at a time
+        elif slots.idle():
+            self._start(task, message, now, alone=True)
+        else:
+            slots.alone_next = Waiting(message, task, now)
+            if self._link.online:
+                for waiting in slots.take_all():
+                    self._defer(waiting.task, waiting.message)
+
+    def _start(self, task: TaskData, message: Message, now: float, *, alone: bool = False) -> None:
         tdef: TaskDef[Any] = self._registry[task.task]
         self.slots.take(now)
         held = self._running.add(task, message)
         self._counters.add(STARTED)
-        if self._running.started_after == 0:
+        if alone:  # announced before the body runs: a crash from now on convicts this task only
+            self.slots.alone_running = True
+            held.announced = True
+            self._reporter.status(task, STARTED, {"alone": True})
+        elif self._running.started_after == 0:
             held.announced = True
             self._reporter.status(task, STARTED, {})
         else:  # announced only if still running then: see Running.announce_due
@@ -187,10 +213,11 @@ class Dispatcher:
         if timeout is not None:
             timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
         reporter = self._reporter
+        fn = alone_body(tdef.fn, tdef.is_async, self._conn, task.id) if alone else tdef.fn
         held.run = self._executor.submit(
-            tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
+            fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
             on_report=lambda outcome: reporter.outcome(task, message, outcome),
-            on_release=self.release,
+            on_release=self.release_alone if alone else self.release,
         )
 
     def release(self) -> None:
@@ -200,11 +227,28 @@ class Dispatcher:
 
     def _on_release(self) -> None:
         now = time.monotonic()
-        self.slots.give_back(now)
+        slots = self.slots
+        slots.give_back(now)
         self._expire_waiting()
-        if self.slots.line and not (self.draining or self._stopping):
-            waiting = self.slots.next()
+        if slots.alone_next is not None:
+            if slots.idle() and not slots.alone_running:
+                waiting, slots.alone_next = slots.alone_next, None
+                self._start(waiting.task, waiting.message, now, alone=True)
+            return
+        if slots.line and not (self.draining or self._stopping or slots.alone_running):
+            waiting = slots.next()
             self._start(waiting.task, waiting.message, now)
+
+    def release_alone(self) -> None:
+        """An ``alone`` task's run is over: the worker takes other tasks again."""
+        self.decide(self._on_release_alone)
+
+    def _on_release_alone(self) -> None:
+        self.slots.alone_running = False
+        self._on_release()
+        while self.slots.line and self.slots.free > 0 and not (self.draining or self._stopping):
+            waiting = self.slots.next()
+            self._start(waiting.task, waiting.message, time.monotonic())
 
     # -- handing tasks on ----------------------------------------------------------------------
     def _defer(self, task: TaskData, message: Message) -> None:
@@ -236,6 +280,9 @@ class Dispatcher:
         for topic_filter in self._task_filters:
             self._conn.unsubscribe(topic_filter)
         for waiting in self.slots.take_all():
+            self._hand_back(waiting.task, waiting.message)
+        if self.slots.alone_next is not None:
+            waiting, self.slots.alone_next = self.slots.alone_next, None
             self._hand_back(waiting.task, waiting.message)
 
     def _expire_waiting(self) -> None:
@@ -299,3 +346,29 @@ class Dispatcher:
         if due < self._timer_due:
             self._timer_due = due
             self._lock.notify()
+
+
+ALONE_ANNOUNCE_TIMEOUT = 10.0
+"""Seconds an ``alone`` task's body waits for the broker to acknowledge its ``started`` event."""
+
+
+def alone_body(fn: Callable[..., Any], is_async: bool, conn: Connection, task_id: str) -> Callable[..., Any]:
+    """``fn``, run only once the broker acknowledged the ``started`` event published just before:
+    if the body then kills the process, the coordinator knows it was running, alone."""
+    def announced() -> None:
+        if not conn.flush(ALONE_ANNOUNCE_TIMEOUT):
+            log.warning("task %s: its `started` was not acknowledged within %.0fs; running it anyway",
+                        task_id, ALONE_ANNOUNCE_TIMEOUT)
+
+    if is_async:
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
+            await asyncio.get_running_loop().run_in_executor(None, announced)
+            return await fn(*args, **kwargs)
+        return run_async
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        announced()
+        return fn(*args, **kwargs)
+    return run

@@ -90,5 +90,5 @@ class Heartbeat:
         slots = self._dispatch.slots
         tasks = [{"id": a.id, "attempt": a.attempt, "started": a.started}
                  for a in self._running.attempts()] if state != OFFLINE else []
-        return state_payload(self._identity, state, tasks=tasks, free=max(slots.free, 0) if state == ONLINE else 0,
+        return state_payload(self._identity, state, tasks=tasks, free=slots.offered() if state == ONLINE else 0,
                              waiting=len(slots.line), full_ago=slots.full_ago(time.monotonic()))

@@ -292,7 +292,7 @@ class Worker:
             state = OFFLINE
         else:
             state = DRAINING if self._dispatch.draining else ONLINE
-        return WorkerSnapshot(self.worker_id, state, self._link.online, self.concurrency, free=max(slots.free, 0),
+        return WorkerSnapshot(self.worker_id, state, self._link.online, self.concurrency, free=slots.offered(),
                               waiting=len(slots.line), held=self._running.attempts(), stats=self._counters.read())
 
 

@@ -15,6 +15,10 @@ Facts it is built on:
   not expected to start within ``defer_after`` seconds of its arrival: its wait so far plus its
   place in line times the recent gap between freed slots, or at once when no slot has freed for
   ``defer_after`` (long tasks ahead, or a line that stopped moving).
+- A task the coordinator marks ``alone`` (a suspect: it was lost with a worker before) runs with
+  nothing else running in this process, so that a crash while it runs convicts it and no
+  neighbour: it waits (``alone_next``) until the running tasks are done, and from its arrival to
+  its end the worker offers no free slot (``offered``) and starts nothing else.
 - Most tasks have no expiry: the line counts the ones that have, so a freed slot costs no scan of
   the line (Mosquitto can make the line long).
 """
@@ -57,6 +61,20 @@ class Slots:
         self.last_release = now
         self.release_gap = 0.0  # moving average of the time between freed slots
         self.full_at: float | None = None  # when the worker last had no free slot
+        self.alone_next: Waiting | None = None  # an `alone` task waiting for the running ones to end
+        self.alone_running = False  # an `alone` task runs: nothing else may start
+
+    @property
+    def isolated(self) -> bool:
+        """An ``alone`` task runs or waits its turn: no other task may start."""
+        return self.alone_running or self.alone_next is not None
+
+    def offered(self) -> int:
+        """The free slots to offer the coordinator (none while isolated)."""
+        return 0 if self.isolated else max(self.free, 0)
+
+    def idle(self) -> bool:
+        return self.free >= self.concurrency
 
     # -- slots ---------------------------------------------------------------------------
     def take(self, now: float) -> None:
@@ -74,8 +92,9 @@ class Slots:
         self.last_release = now
 
     def full_ago(self, now: float) -> float | None:
-        """Seconds since the worker last had no free slot: 0 while full, None if it never was."""
-        if self.free <= 0:
+        """Seconds since the worker last had no free slot: 0 while full (or isolated: an ``alone``
+        task waiting its turn here is held up, not lost), None if it never was."""
+        if self.free <= 0 or self.isolated:
             return 0.0
         return round(now - self.full_at, 3) if self.full_at else None
 
