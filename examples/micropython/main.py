@@ -1,6 +1,7 @@
-# On the device: copy taskworker.py and this file (as main.py); install umqtt.simple with
+# On the device: copy taskworker.py and this file (as main.py); install umqtt.simple (>= 1.5) with
 #   mpremote mip install umqtt.simple
-# and edit the settings below.
+# and edit the settings below. The worker reconnects by itself when the broker or Wi-Fi goes away
+# (keep keepalive above heartbeat_s: the heartbeat is what keeps the connection alive).
 import network
 import ntptime
 from taskworker import Worker
@@ -19,7 +20,7 @@ while not wlan.isconnected():
 ntptime.settime()  # status events carry wall-clock timestamps
 
 worker = Worker(MQTTClient(WORKER_ID, BROKER, port=PORT, keepalive=30), WORKER_ID, prefix=PREFIX,
-                queues=["default"], heartbeat_s=10)
+                queues=["default"], heartbeat_s=10, max_pending=4, max_held=64)
 
 
 @worker.task("add")

@@ -1,9 +1,16 @@
 """A minimal mqtt-tasks worker for MicroPython's umqtt.simple (MQTT 3.1.1, one task at a time).
 
-Speaks docs/protocol.md: takes tasks from $share/{group}/P/tasks/{queue}, publishes started /
-succeeded / failed events on P/status/{id} (and the final one on the task's reply_to), a
-retained heartbeat on P/workers/{id} with a retained Last Will "offline", and reports input it
-rejects on P/errors. Runs under CPython too (the tests drive it against a real Mosquitto).
+Speaks docs/protocol.md: takes tasks from $share/{group}/P/tasks/{queue} and, from a coordinator,
+P/inbox/{id}; publishes started / succeeded / failed events on P/status/{id} (and the final one on
+the task's reply_to), a retained heartbeat on P/workers/{id} with a retained Last Will "offline",
+and reports input it rejects on P/errors. Reconnects with back-off when the connection drops.
+
+Written for umqtt.simple (>= 1.5; tested with 1.8.0) as it is:
+- it writes len() of a topic or payload as its length, so a str with a non-ASCII character makes
+  a malformed packet: everything given to it here is UTF-8 bytes;
+- it acknowledges a message when its callback returns, and a QoS 1 publish reads (and hands to the
+  callback) whatever arrives before its PUBACK: the callback only stores messages;
+- a dropped connection surfaces as OSError, or IndexError / AssertionError on a short read.
 
     from umqtt.simple import MQTTClient
     from taskworker import Worker
@@ -17,17 +24,20 @@ rejects on P/errors. Runs under CPython too (the tests drive it against a real M
 
 Limits, by design: one task at a time (concurrency 1); a task's `timeout` is not enforced; no
 heartbeat while a task runs (keep tasks shorter than a heartbeat interval, or call
-``worker.heartbeat()`` from inside long ones).
+``worker.heartbeat()`` from inside long ones); no cancellation (P/control is not read).
 """
 
 import json
 import time
 
 try:
-    from time import sleep_ms, ticks_diff, ticks_ms
+    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 except ImportError:  # CPython
     def ticks_ms():
         return int(time.monotonic() * 1000)
+
+    def ticks_add(ticks, delta):
+        return ticks + delta
 
     def ticks_diff(a, b):
         return a - b
@@ -59,7 +69,8 @@ class BadTask(ValueError):
 
 class Worker:
     def __init__(self, client, worker_id, prefix="mqtt-tasks", queues=("default",), group="workers",
-                 heartbeat_s=10, max_pending=4):
+                 heartbeat_s=10, max_pending=4, max_held=64, backoff_ms=1000, max_backoff_ms=30000,
+                 connect_timeout_s=10):
         if not valid_id(worker_id):
             raise ValueError("invalid worker id")
         self.client = client
@@ -68,12 +79,21 @@ class Worker:
         self.queues = list(queues)
         self.group = group
         self.heartbeat_s = heartbeat_s
-        self.max_pending = max_pending
+        self.max_pending = max_pending  # held while a coordinator can take the rest (deferred)
+        self.max_held = max_held  # held with no coordinator; beyond, a task fails ("WorkerFull")
+        self.backoff_ms = backoff_ms
+        self.max_backoff_ms = max_backoff_ms
+        self.connect_timeout_s = connect_timeout_s
         self.functions = {}
-        self.inbox = []  # (topic, payload) received; the PUBACK went out when the callback returned
+        self.waiting = []  # (topic, payload) received and acknowledged, not started yet
+        self.unsent = []  # (topic, payload, retain) as bytes, to publish once connected again
         self.running = None
+        self.connected = False
         self.coordinator_online = False
-        self._last_beat = None
+        self._inbox = self._topic("inbox", worker_id)
+        self._last_beat = ticks_ms()
+        self._backoff = backoff_ms
+        self._retry_at = ticks_ms()
 
     # -- registration --------------------------------------------------------------------
     def task(self, name):
@@ -86,74 +106,133 @@ class Worker:
     def _topic(self, *levels):
         return "/".join((self.prefix,) + levels)
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- connection ----------------------------------------------------------------------
     def start(self):
+        """Connect, subscribe, heartbeat. Raises if the broker cannot be reached (poll() and
+        run_forever() retry with back-off instead)."""
         self.client.set_callback(self._on_message)
-        self.client.set_last_will(self._topic("workers", self.worker_id), self._state("offline"), retain=True, qos=1)
-        self.client.connect(clean_session=True)
+        self.client.set_last_will(_b(self._topic("workers", self.worker_id)), _b(self._state("offline")),
+                                  retain=True, qos=1)
+        self.client.connect(clean_session=True, timeout=self.connect_timeout_s)
+        self.connected = True
+        # umqtt.simple writes a packet in pieces: with Nagle on, each publish waits ~40 ms.
+        try:  # noqa: SIM105 (no contextlib on MicroPython); a port without it is just slower
+            self.client.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (Linux and lwIP)
+        except Exception:
+            pass
+        # Presence first: the retained P/coordinator says whether to defer what it cannot hold.
+        self.client.subscribe(_b(self._topic("coordinator")), qos=1)
+        self.client.subscribe(_b(self._inbox), qos=1)
         for queue in self.queues:
-            self.client.subscribe("$share/{}/{}".format(self.group, self._topic("tasks", queue)), qos=1)
-        self.client.subscribe(self._topic("coordinator"), qos=1)
+            self.client.subscribe(_b("$share/{}/{}".format(self.group, self._topic("tasks", queue))), qos=1)
         self.heartbeat()
+        pending, self.unsent = self.unsent, []
+        for message in pending:
+            self._send(message)
         return self
 
     def stop(self):
-        self._publish(self._topic("workers", self.worker_id), self._state("offline"), retain=True)
-        self.client.disconnect()
+        """Publish "offline" and disconnect (no Last Will)."""
+        if self.connected:
+            self._publish(self._topic("workers", self.worker_id), self._state("offline"), retain=True)
+        if self.connected:  # still: that publish may have found the connection gone
+            self.connected = False
+            try:
+                self.client.disconnect()
+            except OSError as exc:
+                print("taskworker: disconnect:", repr(exc))
 
+    def _reconnect(self):
+        try:
+            self.start()
+        except Exception as exc:  # OSError, umqtt's MQTTException, IndexError / AssertionError (short read)
+            self._lost(exc)
+        if self.connected:
+            self._backoff = self.backoff_ms
+        else:
+            self._backoff = min(self._backoff * 2, self.max_backoff_ms)
+
+    def _lost(self, exc):
+        """The connection dropped (or could not be made): try again after the back-off, plus a
+        little jitter so that devices do not all come back at the same moment."""
+        self.connected = False
+        delay = self._backoff + ticks_ms() % (self._backoff // 4 + 1)
+        self._retry_at = ticks_add(ticks_ms(), delay)
+        print("taskworker: connection lost (" + repr(exc) + "); next try in", delay, "ms")
+
+    # -- main loop -----------------------------------------------------------------------
     def run_forever(self, idle_ms=50):
-        self.start()
         while True:
             if not self.poll():
                 sleep_ms(idle_ms)
 
     def poll(self):
-        """Read what arrived, run at most one task, heartbeat when due. True if it did work."""
-        while self.client.check_msg() is not None:
-            pass
-        if self._last_beat is None or ticks_diff(ticks_ms(), self._last_beat) >= self.heartbeat_s * 1000:
+        """Reconnect if due, read what arrived, heartbeat when due, run at most one task.
+        True if it ran one. Tasks held in memory run while disconnected; their events wait."""
+        if not self.connected and ticks_diff(ticks_ms(), self._retry_at) >= 0:
+            self._reconnect()
+        if self.connected:
+            try:
+                while self.client.check_msg() is not None:
+                    pass
+            except Exception as exc:  # see _reconnect
+                self._lost(exc)
+        if self.connected and ticks_diff(ticks_ms(), self._last_beat) >= self.heartbeat_s * 1000:
             self.heartbeat()
-        if not self.inbox:
+        self._make_room()
+        if not self.waiting:
             return False
-        while len(self.inbox) > self.max_pending:
-            self._hand_back(*self.inbox.pop())
-        topic, payload = self.inbox.pop(0)
-        self._handle(topic, payload)
+        self._handle(*self.waiting.pop(0))
         return True
 
     def heartbeat(self):
+        """Publish the retained worker state (call it from inside a long task to stay alive)."""
         self._last_beat = ticks_ms()
         self._publish(self._topic("workers", self.worker_id), self._state("online"), retain=True)
 
     # -- receiving (the umqtt callback: store, never publish from here) --------------------
     def _on_message(self, topic, payload):
-        topic = topic.decode() if isinstance(topic, bytes) else topic
+        topic = topic.decode()  # a topic is UTF-8: the broker checks it
         if topic == self._topic("coordinator"):
-            try:
-                self.coordinator_online = json.loads(payload).get("state") == "online"
-            except (ValueError, AttributeError):
-                self.coordinator_online = False
+            presence = _loads(payload)
+            self.coordinator_online = isinstance(presence, dict) and presence.get("state") == "online"
             return
-        self.inbox.append((topic, bytes(payload)))
+        self.waiting.append((topic, bytes(payload)))
+
+    def _make_room(self):
+        """Hand back the newest tasks over the limit: deferred to the coordinator when one is
+        online (it sends them back through P/inbox/{id} when this worker has a free slot; those
+        are kept), else failed over max_held. Never re-published to the shared queue, where this
+        worker, maybe its only member, would get them straight back."""
+        limit = self.max_pending if self.coordinator_online else self.max_held
+        index = len(self.waiting) - 1
+        while len(self.waiting) > limit and index >= 0:
+            if self.waiting[index][0] != self._inbox:
+                self._hand_back(*self.waiting.pop(index))  # may append newer ones: index stays valid
+            index -= 1
 
     def _hand_back(self, topic, payload):
-        """Over max_pending: the coordinator takes it (deferred), else it goes back to its queue."""
         try:
             task = self._decode(topic, payload)
         except BadTask as exc:
-            self._report(topic, payload, str(exc))
+            self._report(topic, payload, str(exc), _guess_id(payload))
             return
         if self.coordinator_online:
             self._status(task, "deferred", {"reason": "no free slot", "body": task})
         else:
-            self._publish(topic, payload)
+            message = "worker " + self.worker_id + " holds " + str(len(self.waiting)) + " tasks; no coordinator online"
+            self._finish(task, "failed", {"error": {"type": "WorkerFull", "message": message}}, final=True)
 
     # -- one task ------------------------------------------------------------------------
     def _decode(self, topic, payload):
         try:
-            task = json.loads(payload)
-        except (ValueError, UnicodeError):
-            raise BadTask("not valid UTF-8 JSON") from None
+            text = payload.decode()  # MicroPython's json.loads would take bytes unchecked
+        except UnicodeError:
+            raise BadTask("not valid UTF-8") from None
+        try:
+            task = json.loads(text)
+        except ValueError:
+            raise BadTask("not valid JSON") from None
         if not isinstance(task, dict):
             raise BadTask("expected a JSON object")
         if "id" not in task:
@@ -169,7 +248,7 @@ class Worker:
         attempt = task.setdefault("attempt", 1)
         if not isinstance(attempt, int) or attempt < 1:
             raise BadTask("field 'attempt': expected an integer >= 1")
-        task.setdefault("queue", topic.rsplit("/", 1)[-1])
+        task.setdefault("queue", self.queues[0] if topic == self._inbox else topic.rsplit("/", 1)[-1])
         return task
 
     def _handle(self, topic, payload):
@@ -225,22 +304,36 @@ class Worker:
 
     def _report(self, topic, payload, reason, task_id=None):
         report = {"component": "worker", "source": self.worker_id, "topic": topic, "reason": reason,
-                  "payload": bytes(payload[:512]).decode("utf-8", "replace"), "size": len(payload), "ts": now()}
+                  "payload": _text(payload, 512), "size": len(payload), "ts": now()}
         if task_id is not None:
             report["id"] = task_id
         self._publish(self._topic("errors"), json.dumps(report))
 
     def _state(self, state):
         held = [] if self.running is None else [{"id": self.running["id"], "attempt": self.running["attempt"]}]
+        online = state == "online"
         return json.dumps({
             "worker": self.worker_id, "state": state, "queues": self.queues, "concurrency": 1,
-            "free": 0 if (state != "online" or self.running is not None) else 1,
-            "tasks": held if state == "online" else [], "ts": now(), "heartbeat_s": self.heartbeat_s,
+            "free": 1 if (online and self.running is None and not self.waiting) else 0,
+            "waiting": len(self.waiting) if online else 0,
+            "tasks": held if online else [], "ts": now(), "heartbeat_s": self.heartbeat_s,
             "group": self.group, "version": VERSION,
         })
 
     def _publish(self, topic, payload, retain=False):
-        self.client.publish(topic, payload, retain=retain, qos=1)
+        self._send((_b(topic), _b(payload), retain))
+
+    def _send(self, message):
+        """QoS 1 publish of (topic, payload, retain) bytes. If the connection is down (or drops
+        now) an event waits in `unsent` for the next connection; a heartbeat is just dropped."""
+        if self.connected:
+            try:
+                self.client.publish(message[0], message[1], retain=message[2], qos=1)
+                return
+            except Exception as exc:  # see _reconnect
+                self._lost(exc)
+        if not message[2] and len(self.unsent) < self.max_held:
+            self.unsent.append(message)
 
 
 def _forbidden_reply(topic, prefix):
@@ -250,9 +343,32 @@ def _forbidden_reply(topic, prefix):
     return topic.startswith(prefix + "/") and not topic.startswith(prefix + "/replies/")
 
 
-def _guess_id(payload):
+def _b(text):
+    """UTF-8 bytes: umqtt.simple takes len() of what it is given as its length in bytes."""
+    return text.encode() if isinstance(text, str) else text
+
+
+def _loads(payload):
+    """The JSON value of a payload, or None if it is not UTF-8 JSON."""
     try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeError):
+        return json.loads(payload.decode())
+    except ValueError:  # UnicodeError is a ValueError, on MicroPython too
         return None
+
+
+def _guess_id(payload):
+    value = _loads(payload)
     return value.get("id") if isinstance(value, dict) and valid_id(value.get("id")) else None
+
+
+def _text(payload, limit):
+    """The first `limit` bytes as text for an error report: UTF-8 where it is (dropping a character
+    cut at the limit), else ASCII with U+FFFD for each other byte. (MicroPython's bytes.decode()
+    ignores errors="replace" and raises.)"""
+    data = bytes(payload[:limit])
+    for cut in range(4 if len(payload) > limit else 1):
+        try:
+            return data[:len(data) - cut].decode()
+        except UnicodeError:
+            pass
+    return "".join(chr(b) if b < 128 else "\ufffd" for b in data)
