@@ -11,6 +11,9 @@ Built on these facts:
   shares, decides; a refused reply becomes an error report on ``P/errors`` (docs/security.md).
 - The coordinator's own status events carry ``source: "coordinator"``, so that it ignores them
   when they come back on ``P/status/+``.
+- A task's ``receipt_to`` gets one receipt per commit listing every id recorded for it (not a
+  message per task); a receipt goes out after the commit like every effect, so a producer that has
+  it can forget the task. The reply guard applies to receipt topics too.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
   and ``queue`` changed.
 """
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 SOURCE = "coordinator"
 """The ``source`` of the coordinator's own status events (it ignores them on ``P/status/+``)."""
 
+RECEIPT_IDS = 1000
+"""Ids per receipt message at most: 1,000 ids of 128 characters stay well below the payload cap."""
+
 Outgoing = tuple[str, bytes, dict[str, Any]]
 
 
@@ -53,11 +59,37 @@ class Effects:
         self._clock = clock
         self._stats = stats
         self._outbox: list[Outgoing] = []
+        self._receipts: dict[str, list[str]] = {}
 
     def take(self) -> list[Outgoing]:
-        """Everything sent since the last call, in order; the outbox starts empty again."""
+        """Everything sent since the last call, in order, then one receipt per receipt topic; the
+        outbox starts empty again."""
         outbox, self._outbox = self._outbox, []
+        if self._receipts:
+            receipts, self._receipts = self._receipts, {}
+            outbox.extend(self._receipt_messages(receipts))
         return outbox
+
+    def receipt(self, topic: str, task_id: str) -> None:
+        """Confirm ``task_id`` on ``topic`` after the commit: one receipt per topic and batch."""
+        ids = self._receipts.get(topic)
+        if ids is None:
+            self._receipts[topic] = [task_id]
+        else:
+            ids.append(task_id)
+
+    def _receipt_messages(self, receipts: dict[str, list[str]]) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        now = self._clock()
+        for topic, ids in receipts.items():
+            refusal = events.reply_refusal(self._topics, topic)
+            if refusal is not None:
+                log.warning("coordinator: no receipt for %d task(s): %s", len(ids), refusal)
+                continue
+            for start in range(0, len(ids), RECEIPT_IDS):
+                receipt = events.receipt(ids[start:start + RECEIPT_IDS], now, self._client_id)
+                messages.append((topic, codec.encode(receipt), {}))
+        return messages
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
         self._outbox.append((topic, payload, options))
@@ -131,9 +163,9 @@ class Effects:
                                      ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
         self.send(self._topics.errors, codec.encode(report))
 
-    def presence(self, state: str) -> bytes:
+    def presence(self, state: str, resumed: bool | None = None) -> bytes:
         """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
-        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
+        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed))
 
 
 def final_event(record: TaskRecord) -> dict[str, Any]:
