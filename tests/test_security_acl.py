@@ -315,3 +315,11 @@ def test_acl_cli_command(tmp_path: Path) -> None:
     assert pw.read_text().startswith("p1:$7$") and "user p1" in acl_path.read_text()
     half = runner.invoke(cli, ["acl", "worker", "w2", "--password", "x" * 12, "--acl-file", str(acl_path)])
     assert half.exit_code == 2 and "Traceback" not in half.output
+
+
+def test_producer_and_coordinator_may_exchange_receipts_and_re_sends() -> None:
+    t = Topics("P")
+    producer = {(r.access, r.topic) for r in role_rules("producer", "p1", prefix="P", queues=["default"])}
+    coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
+    assert {("write", t.record("default")), ("read", t.receipts("p1")), ("read", t.coordinator)} <= producer
+    assert {("read", t.all_record), ("write", "P/replies/+/receipts")} <= coordinator
