@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
     TransportError,
     UnknownTaskError,
 )
+from .receipts import ReceiptPolicy  # noqa: E402
 from .worker import Worker  # noqa: E402
 
 _MODELS = ("ErrorReport", "StatusEvent", "Task", "WorkerState")
@@ -70,6 +71,7 @@ __all__ = [
     "NotConnectedError",
     "PayloadTooLargeError",
     "ProtocolError",
+    "ReceiptPolicy",
     "ResultTimeoutError",
     "Settings",
     "SignatureError",

@@ -74,9 +74,13 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
     t = Topics(prefix)
     task_topics = [t.tasks(check_name("queue", q)) for q in queues] if queues else [t.all_tasks]
     replies_any = t.replies_root + "+"
-    if role == "producer":
+    record_topics = [t.record(check_name("queue", q)) for q in queues] if queues else [t.all_record]
+    if role == "producer":  # P/coordinator, receipts and P/record: keeping tasks until the coordinator has them
         return [*(Rule("write", q) for q in task_topics),
+                *(Rule("write", q) for q in record_topics),
                 Rule("read", t.replies(ident)),
+                Rule("read", t.receipts(ident)),
+                Rule("read", t.coordinator),
                 Rule("read", t.all_status)]
     if role == "worker":
         return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
@@ -90,6 +94,8 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", replies_any)]
     if role == "coordinator":
         return [Rule("readwrite", t.all_tasks),
+                Rule("read", t.all_record),
+                Rule("write", t.receipts("+")),
                 Rule("readwrite", t.all_status),
                 Rule("readwrite", t.all_workers),  # read heartbeats; clear a dead worker's retained state
                 Rule("read", t.rpc),

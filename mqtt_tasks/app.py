@@ -7,6 +7,10 @@ the caller asks for the result (``handle.result(timeout)`` or ``await handle``).
 Results come back on the producer's own reply topic ``P/replies/{client_id}`` (and, over
 MQTT 5, as a Response Topic with Correlation Data). The network thread only decodes the
 reply and resolves the waiting future.
+
+While a coordinator exists on the prefix, each task also asks for a receipt
+(``receipt_to``) and is kept until the coordinator's receipt says it recorded it: a PUBACK from
+the broker is no proof that the task survives a broker crash (``receipts``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .errors import (
 from .protocol import codec
 from .protocol.states import CANCELLED, DEAD, EXPIRED, SUCCEEDED, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_QUEUE, Topics, check_name, is_valid_id
+from .receipts import ReceiptKeeper, ReceiptPolicy
 from .transport import Connection, Message
 
 if TYPE_CHECKING:  # replies are decoded with pydantic only when they arrive: a worker never needs it
@@ -147,6 +152,22 @@ class TaskHandle:
         return self.wait().__await__()
 
 
+def task_body(task_id: str, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, opts: TaskOptions,
+              reply_to: str, receipt_to: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The task as published: the producer's own fields (``extra``) first, the contract's over them."""
+    body: dict[str, Any] = {"id": task_id, "task": name, "args": list(args), "kwargs": kwargs or {},
+                            "attempt": 1, "reply_to": reply_to}
+    if receipt_to is not None:
+        body["receipt_to"] = receipt_to
+    if opts.timeout is not None:
+        body["timeout"] = opts.timeout
+    if opts.max_attempts is not None:
+        body["max_attempts"] = opts.max_attempts
+    if opts.expires is not None:
+        body["expires_at"] = time.time() + opts.expires
+    return {**extra, **body} if extra else body
+
+
 def outcome(event: StatusEvent) -> Any:
     """Turn a final status event into the value, or raise the matching error."""
     if event.state == SUCCEEDED:
@@ -168,6 +189,9 @@ class TaskApp:
 
     ``TaskApp(broker="mqtt://host:1883", prefix="mqtt-tasks")``; every argument is optional and
     the broker defaults to ``$MQTT_TASKS_BROKER``, then mqtt://127.0.0.1:1883.
+    ``receipts``: keep each task sent until a coordinator confirms it recorded it, and re-send it
+    to the coordinator when it may have been lost (``receipts.py``; on while a coordinator exists
+    on the prefix); ``receipt_policy``: how long and how much.
     """
 
     def __init__(
@@ -178,6 +202,8 @@ class TaskApp:
         settings: Settings | None = None,
         client_id: str | None = None,
         default_queue: str = DEFAULT_QUEUE,
+        receipts: bool = True,
+        receipt_policy: ReceiptPolicy | None = None,
     ) -> None:
         if settings is None:
             settings = Settings.from_env(broker, prefix=prefix)
@@ -189,6 +215,10 @@ class TaskApp:
         self.registry: dict[str, TaskDef[Any]] = {}
         self.client_id = client_id or f"mqtt-tasks-p-{uuid.uuid4().hex[:12]}"
         self.reply_topic = self.topics.replies(self.client_id)
+        self.receipt_topic = self.topics.receipts(self.client_id)
+        self._receipts = ReceiptKeeper(self.client_id, receipt_policy or ReceiptPolicy(), self._publish_raw,
+                                       self._generation) if receipts else None
+        self._record_topics: dict[str, str] = {}
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         # The handles waiting for a final event, held weakly: a handle the caller dropped (a task
@@ -246,16 +276,9 @@ class TaskApp:
         task_id = task_id or uuid.uuid4().hex
         if not is_valid_id(task_id):
             raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
-        body: dict[str, Any] = {"id": task_id, "task": name, "args": list(args), "kwargs": kwargs or {},
-                                "attempt": 1, "reply_to": self.reply_topic}
-        if opts.timeout is not None:
-            body["timeout"] = opts.timeout
-        if opts.max_attempts is not None:
-            body["max_attempts"] = opts.max_attempts
-        if opts.expires is not None:
-            body["expires_at"] = time.time() + opts.expires
-        if extra:
-            body = {**extra, **body}
+        keeper = self._receipts if self._receipts is not None and self._receipts.keeping else None
+        body = task_body(task_id, name, args, kwargs, opts, self.reply_topic,
+                         self.receipt_topic if keeper is not None else None, extra)
         if self.settings.signing_key is not None:
             body = signing.sign(body, self.settings.signing_key)
         payload = codec.encode(body)
@@ -263,6 +286,8 @@ class TaskApp:
         handle = TaskHandle(self, task_id, name, concurrent.futures.Future())
         with self._pending_lock:
             self._pending[task_id] = handle
+        if keeper is not None:  # kept before it is published: its receipt may come back at once
+            keeper.keep(task_id, self._record_topic(opts.queue), payload)
         try:
             # reply_to and the id in the body say what Response Topic and Correlation Data would;
             # leaving the MQTT 5 properties off saves building them for every task.
@@ -271,8 +296,16 @@ class TaskApp:
         except Exception:
             with self._pending_lock:
                 self._pending.pop(task_id, None)
+            if keeper is not None:
+                keeper.forget(task_id)
             raise
         return handle
+
+    def _record_topic(self, queue: str) -> str:
+        topic = self._record_topics.get(queue)
+        if topic is None:
+            topic = self._record_topics[queue] = self.topics.record(queue)
+        return topic
 
     def submit(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle:
         """``app.submit("add", 2, 3)``: submit by name, with positional and keyword arguments."""
@@ -286,8 +319,13 @@ class TaskApp:
             return conn
         with self._conn_lock:
             if self._conn is None:
-                conn = Connection(self.settings, self.client_id, on_message=self._on_reply, receive_maximum=65535)
+                keeper = self._receipts
+                conn = Connection(self.settings, self.client_id, on_message=self._on_message, receive_maximum=65535,
+                                  on_connect=(lambda _first: keeper.connected()) if keeper else None)
                 conn.subscribe(self.reply_topic)
+                if keeper is not None:
+                    conn.subscribe(self.receipt_topic)
+                    conn.subscribe(self.topics.coordinator)
                 conn.connect()
                 self._conn = conn
             return self._conn
@@ -300,7 +338,28 @@ class TaskApp:
         """Wait until every task published so far is acknowledged by the broker."""
         return self._conn.flush(timeout) if self._conn is not None else True
 
+    def wait_recorded(self, timeout: float = 30.0) -> bool:
+        """Wait until a coordinator has recorded every task sent so far (or none exists, or a task
+        was given up: see ``receipts``); False on timeout. ``close`` does not wait for it."""
+        return self._receipts.wait_recorded(timeout) if self._receipts is not None else True
+
+    @property
+    def unconfirmed(self) -> int:
+        """Tasks sent and kept here until the coordinator's receipt comes."""
+        return len(self._receipts.unconfirmed) if self._receipts is not None else 0
+
+    def _publish_raw(self, topic: str, payload: bytes) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.publish(topic, payload)
+
+    def _generation(self) -> int:
+        conn = self._conn
+        return conn.generation if conn is not None else 0
+
     def close(self) -> None:
+        if self._receipts is not None:
+            self._receipts.stop()
         with self._conn_lock:
             conn, self._conn = self._conn, None
         if conn is not None:
@@ -313,6 +372,17 @@ class TaskApp:
         self.close()
 
     # -- replies (network thread: decode and resolve, nothing else) ----------------------
+    def _on_message(self, message: Message) -> None:
+        keeper = self._receipts
+        if keeper is not None:
+            if message.topic == self.receipt_topic:
+                keeper.on_receipt(message)
+                return
+            if message.topic == self.topics.coordinator:
+                keeper.on_presence(message)
+                return
+        self._on_reply(message)
+
     def _on_reply(self, message: Message) -> None:
         try:
             event = codec.decode_status(message.payload, topic=message.topic,

@@ -605,7 +605,7 @@ def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int,
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("kind", required=False, type=click.Choice(["task", "status", "worker", "error"]))
+@click.argument("kind", required=False, type=click.Choice(["task", "status", "worker", "error", "presence", "receipt"]))
 def schema(kind: str | None) -> None:
     """Print the JSON Schema of the wire messages (all of them, or one KIND)."""
     from .protocol.schema import json_schemas

@@ -152,6 +152,22 @@ def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: Lea
     return []
 
 
+def on_resent(record: TaskRecord, body: Mapping[str, Any], seen: bool, now: float) -> list[Effect]:
+    """A task a producer re-sent to the coordinator alone (``P/record/{queue}``): it had no receipt.
+
+    ``seen``: the coordinator already had a record of the id (the first copy, a status event or an
+    earlier re-send got here first); nothing changes then, the producer only needs its receipt. A
+    task never seen is presumed lost by the broker: no worker took it from the shared topic as far
+    as anyone knows, so it joins the backlog as the next attempt, and should the first copy still
+    reach a worker, that attempt is stale (fencing) and is cancelled when it starts."""
+    if record.body is None:
+        adopt_body(record, body)
+    if seen or record.terminal:
+        return []
+    record.attempt = int(body.get("attempt") or 1) + 1
+    return _to_backlog(record, now, event="resent")
+
+
 def on_started(record: TaskRecord, attempt: int, worker: str, heartbeat_s: float | None, now: float,
                policy: LeasePolicy) -> list[Effect]:
     """A worker started an attempt, or lists it in a heartbeat: the lease starts or is renewed."""

@@ -346,3 +346,9 @@ def test_a_worker_whose_shared_subscription_is_refused_fails_loudly(
         with allowed:  # the same worker on the queue it is granted starts as before
             assert allowed.snapshot().state == "online"
         app.close()
+def test_producer_and_coordinator_may_exchange_receipts_and_re_sends() -> None:
+    t = Topics("P")
+    producer = {(r.access, r.topic) for r in role_rules("producer", "p1", prefix="P", queues=["default"])}
+    coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
+    assert {("write", t.record("default")), ("read", t.receipts("p1")), ("read", t.coordinator)} <= producer
+    assert {("read", t.all_record), ("write", "P/replies/+/receipts")} <= coordinator

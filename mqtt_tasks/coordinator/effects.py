@@ -13,6 +13,9 @@ Built on these facts:
   when they come back on ``P/status/+``.
 - A suspect (a task lost with its worker before) is dispatched with ``"alone": true``
   (``leases`` module docstring: poison isolation).
+- A task's ``receipt_to`` gets one receipt per commit listing every id recorded for it (not a
+  message per task); a receipt goes out after the commit like every effect, so a producer that has
+  it can forget the task. The reply guard applies to receipt topics too.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
   and ``queue`` changed.
 - The coordinator's clock is the fleet's (docs/coordinator.md, "Where time is judged"): a presence
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 SOURCE = "coordinator"
 """The ``source`` of the coordinator's own status events (it ignores them on ``P/status/+``)."""
 
+RECEIPT_IDS = 1000
+"""Ids per receipt message at most: 1,000 ids of 128 characters stay well below the payload cap."""
+
 Outgoing = tuple[str, bytes, dict[str, Any]]
 
 READING_GAP = 0.25
@@ -67,15 +73,19 @@ class Effects:
         self._outbox: list[Outgoing] = []
         self._time_wanted = False
         self._last_reading = -READING_GAP
+        self._receipts: dict[str, list[str]] = {}
 
     def take(self) -> list[Outgoing]:
         """Everything sent since the last call, in order (a reading of the clock first, when one was
-        asked for); the outbox starts empty again."""
+        asked for), then one receipt per receipt topic; the outbox starts empty again."""
         outbox, self._outbox = self._outbox, []
         if self._time_wanted and time.monotonic() - self._last_reading >= READING_GAP:
             self._time_wanted = False  # else it waits for a later batch (the loop runs every tick_s)
             self._last_reading = time.monotonic()
             outbox.insert(0, (self._topics.coordinator, self.presence(ONLINE), {}))
+        if self._receipts:
+            receipts, self._receipts = self._receipts, {}
+            outbox.extend(self._receipt_messages(receipts))
         return outbox
 
     def tell_the_time(self) -> None:
@@ -83,6 +93,27 @@ class Effects:
         ``P/coordinator``, not retained, ``ts`` read in ``take``. Once however often asked, at most
         one per ``READING_GAP``."""
         self._time_wanted = True
+
+    def receipt(self, topic: str, task_id: str) -> None:
+        """Confirm ``task_id`` on ``topic`` after the commit: one receipt per topic and batch."""
+        ids = self._receipts.get(topic)
+        if ids is None:
+            self._receipts[topic] = [task_id]
+        else:
+            ids.append(task_id)
+
+    def _receipt_messages(self, receipts: dict[str, list[str]]) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        now = self._clock()
+        for topic, ids in receipts.items():
+            refusal = events.reply_refusal(self._topics, topic)
+            if refusal is not None:
+                log.warning("coordinator: no receipt for %d task(s): %s", len(ids), refusal)
+                continue
+            for start in range(0, len(ids), RECEIPT_IDS):
+                receipt = events.receipt(ids[start:start + RECEIPT_IDS], now, self._client_id)
+                messages.append((topic, codec.encode(receipt), {}))
+        return messages
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
         self._outbox.append((topic, payload, options))
@@ -158,9 +189,9 @@ class Effects:
                                      ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
         self.send(self._topics.errors, codec.encode(report))
 
-    def presence(self, state: str) -> bytes:
-        """The coordinator's presence (``online``, ``offline``) on ``P/coordinator``."""
-        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
+    def presence(self, state: str, resumed: bool | None = None) -> bytes:
+        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed))
 
 
 def final_event(record: TaskRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Built on these facts (DESIGN.md "Wire contract"):
 
 - The coordinator reads ``P/tasks/+`` (a task seen: recorded, its dispatch timer starts),
+  ``P/record/+`` (a producer's re-send of a task it has no receipt for: ``leases.on_resent``),
   ``P/status/+`` (the workers' events), ``P/workers/+`` (heartbeats and Last Wills) and the query
   topic (``queries``). Each payload is decoded by ``protocol.codec`` into a validated model; a
   payload that does not decode is reported on ``P/errors`` and the next message is processed.
@@ -13,6 +14,8 @@ Built on these facts (DESIGN.md "Wire contract"):
   else its registration's), which the record adopts when the task did not say.
 - Events the coordinator published itself (``source: "coordinator"``) and events no worker sent
   come back on ``P/status/+`` and are ignored. An event must be on its own task's topic.
+- A task with a ``receipt_to`` gets a receipt there once the batch that recorded it is committed,
+  whether it was new, a redelivery or a re-send (``Effects.receipt``).
 - A heartbeat lists the attempts its worker holds: that renews their leases in one message
   (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held. A
   ``deferred`` marked ``abandoned`` is a started attempt a stopping worker handed back when its
@@ -79,6 +82,8 @@ class Handlers:
         try:
             if topic.startswith(topics.tasks_root):
                 self.on_task(message)
+            elif topic.startswith(topics.record_root):
+                self.on_resent(message)
             elif topic.startswith(topics.status_root):
                 self.on_status(message)
             elif topic.startswith(topics.workers_root):
@@ -103,6 +108,18 @@ class Handlers:
             if message.correlation_data is not None:
                 record.correlation_data = message.correlation_data.hex()
         self._records.save(record, leases.on_task(record, body, self._clock(), self._policy))
+        if task.receipt_to:
+            self._effects.receipt(task.receipt_to, task.id)
+
+    def on_resent(self, message: Message) -> None:
+        """A task re-sent to the coordinator alone (``P/record/{queue}``) by a producer that had no receipt."""
+        task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),
+                                 max_payload=self._max_payload)
+        seen = self._records.get(task.id) is not None
+        record = self._records.get_or_create(task.id)
+        self._records.save(record, leases.on_resent(record, task.model_dump(exclude_none=True), seen, self._clock()))
+        if task.receipt_to:
+            self._effects.receipt(task.receipt_to, task.id)
 
     # -- status events ---------------------------------------------------------------------
     def on_status(self, message: Message) -> None:

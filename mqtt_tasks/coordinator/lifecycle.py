@@ -5,7 +5,9 @@ Built on these facts:
 - The coordinator's MQTT session is persistent (``session_expiry``, manual acks, a Receive
   Maximum of 65535) so that what it has not acknowledged is redelivered after a crash; its Last
   Will and its retained presence on ``P/coordinator`` tell workers whether a coordinator runs
-  (a worker without one replies and gives up on failures itself).
+  (a worker without one replies and gives up on failures itself). ``online`` says whether the
+  broker still had the session (``resumed``): when it had not, what was queued for the coordinator
+  is gone, and producers that keep unconfirmed tasks re-send them to ``P/record/{queue}``.
 - Subscriptions are made before connecting, so none is missing after a reconnect; the loop thread
   runs before the first message can arrive.
 - Stopping finishes the batch at hand (committed, acknowledged, published), then announces
@@ -115,7 +117,8 @@ class Coordinator:
         """Load the live record, subscribe, connect; returns when running."""
         recovered = self._records.recover()
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
-        for topic in (self.topics.all_tasks, self.topics.all_status, self.topics.all_workers, self.topics.rpc):
+        for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
+                      self.topics.rpc):
             self._connection.subscribe(topic)
         self._loop.start()
         self._connection.connect()
@@ -147,7 +150,8 @@ class Coordinator:
     def _went_online(self) -> None:
         """On the loop's thread, after every (re)connect."""
         self._records.extend_leases(self._clock())
-        self._effects.send(self.topics.coordinator, self._effects.presence(ONLINE), retain=True)
+        resumed = getattr(self._connection, "session_present", None)
+        self._effects.send(self.topics.coordinator, self._effects.presence(ONLINE, resumed), retain=True)
         log.info("coordinator %s online at %s (%d live tasks)", self.client_id, self.settings.display_url,
                  len(self._records.live))
 

@@ -186,7 +186,7 @@ class Loop:
                 continue
             if message.topic.startswith(topics.status_root):
                 task_id = topics.task_id_of_status(message.topic)
-            elif message.topic.startswith(topics.tasks_root):
+            elif message.topic.startswith(topics.tasks_root) or message.topic.startswith(topics.record_root):
                 task_id = codec.guess_id(message.payload)
             else:
                 continue

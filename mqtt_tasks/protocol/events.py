@@ -6,7 +6,8 @@ Each builder returns the JSON object as a plain dict with ``None`` fields left o
 
 Built here and nowhere else: status events (``P/status/{id}`` and reply topics), worker states
 (``P/workers/{id}``), error reports (``P/errors``), dead letters (``P/dead/{queue}``), commands to a
-worker (``P/control/{id}``) and the coordinator's presence (``P/coordinator``).
+worker (``P/control/{id}``), the coordinator's presence (``P/coordinator``) and its receipts
+(a task's ``receipt_to``).
 """
 
 from __future__ import annotations
@@ -67,10 +68,19 @@ def cancel_command(task_id: str, attempt: int | None, reason: str) -> dict[str, 
     return _compact({"op": "cancel", "id": task_id, "attempt": attempt, "reason": reason})
 
 
-def presence(state: str, ts: float | None, client: str, pid: int | None) -> dict[str, Any]:
+def presence(state: str, ts: float | None, client: str, pid: int | None,
+             resumed: bool | None = None) -> dict[str, Any]:
     """The coordinator's retained presence on ``P/coordinator``. Its Last Will (``offline``) is
-    fixed when it connects, long before the broker sends it: built with neither ``ts`` nor ``pid``."""
-    return _compact({"state": state, "ts": ts, "client": client, "pid": pid})
+    fixed when it connects, long before the broker sends it: built with neither ``ts`` nor ``pid``.
+    ``resumed`` (on ``online``): whether the broker still had the coordinator's session, so the
+    tasks queued for it while it was away are coming; false tells producers to re-send theirs."""
+    return _compact({"state": state, "ts": ts, "client": client, "pid": pid, "resumed": resumed})
+
+
+def receipt(ids: list[str], ts: float, client: str) -> dict[str, Any]:
+    """The coordinator recorded (committed) these tasks: sent to each task's ``receipt_to``, one
+    message per topic per commit."""
+    return {"ids": ids, "ts": ts, "client": client}
 
 
 def excerpt(payload: bytes, limit: int = PAYLOAD_EXCERPT) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
@@ -63,12 +63,15 @@ class Task(_Message):
                               description="the queue; taken from the topic when absent")
     alone: bool | None = Field(default=None, description="set by the coordinator on a task lost with its worker "
                                "before: run it with nothing else running in the worker process")
+    receipt_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                   description="topic that receives the coordinator's receipt once it recorded the "
+                                               "task (a Receipt, batched per commit)")
 
-    @field_validator("reply_to")
+    @field_validator("reply_to", "receipt_to")
     @classmethod
-    def _reply_to_is_a_topic(cls, value: str | None) -> str | None:
+    def _reply_to_is_a_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and ("+" in value or "#" in value or value.startswith("$")):
-            raise ValueError("reply_to must be a plain topic name (no wildcards, not $...)")
+            raise ValueError(f"{info.field_name} must be a plain topic name (no wildcards, not $...)")
         return value
 
 
@@ -125,6 +128,25 @@ class WorkerState(_Message):
     pid: int | None = None
     host: str | None = None
     version: str | None = None
+
+
+class Presence(_Message):
+    """Retained on ``P/coordinator``: the coordinator's presence; its Last Will says ``offline``."""
+
+    state: Literal["online", "offline"]
+    ts: float | None = None
+    client: str | None = None
+    pid: int | None = None
+    resumed: bool | None = Field(default=None, description="on online: the broker still had the coordinator's "
+                                                            "session; false: what was queued for it is gone")
+
+
+class Receipt(_Message):
+    """Sent to a task's ``receipt_to`` once the coordinator's record of it is committed."""
+
+    ids: list[str] = Field(description="the ids of the tasks recorded, one commit's worth per receipt topic")
+    ts: float
+    client: str | None = Field(default=None, description="the coordinator's client id")
 
 
 class ErrorReport(_Message):

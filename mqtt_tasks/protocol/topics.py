@@ -11,8 +11,10 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/control/{worker_id}    (extension) commands to one worker, e.g. stop a stale attempt
     P/coordinator            (extension) retained coordinator presence
     P/rpc/coordinator        (extension) queries to the coordinator
+    P/record/{queue}         (extension) tasks for the coordinator alone: a producer's re-send
     P/replies/{client_id}    (extension) the default reply topic of a producer
     P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
+    P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Topics:
     """All topics for one prefix. Cheap to build; attributes are plain strings."""
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
-                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root")
+                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -71,6 +73,7 @@ class Topics:
         self.rpc = f"{prefix}/rpc/coordinator"
         self.replies_root = f"{prefix}/replies/"
         self.probe_root = f"{prefix}/probe/"
+        self.record_root = f"{prefix}/record/"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:
@@ -99,6 +102,11 @@ class Topics:
 
     def probe(self, worker_id: str) -> str:
         return self.probe_root + worker_id
+    def receipts(self, client_id: str) -> str:
+        return self.replies_root + client_id + "/receipts"
+
+    def record(self, queue: str) -> str:
+        return self.record_root + queue
 
     # -- wildcard filters -------------------------------------------------------
     @property
@@ -110,12 +118,17 @@ class Topics:
         return self.status_root + "+"
 
     @property
+    def all_record(self) -> str:
+        return self.record_root + "+"
+
+    @property
     def all_workers(self) -> str:
         return self.workers_root + "+"
 
     # -- parsers: return the last level, or None when the topic is not of that kind --
     def queue_of(self, topic: str) -> str | None:
-        return _tail(topic, self.tasks_root)
+        """The queue of a task topic: ``P/tasks/{queue}`` or ``P/record/{queue}``."""
+        return _tail(topic, self.tasks_root) or _tail(topic, self.record_root)
 
     def task_id_of_status(self, topic: str) -> str | None:
         return _tail(topic, self.status_root)

@@ -101,6 +101,7 @@ class TaskData(dict[str, Any]):
     expires_at = property(lambda self: self.get("expires_at"))
     queue = property(lambda self: self.get("queue"))
     alone = property(lambda self: self.get("alone"))  # true: run it with nothing else (a suspect)
+    receipt_to = property(lambda self: self.get("receipt_to"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -114,10 +115,11 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_int(obj, "attempt", 1, nullable=False)
     _check_int(obj, "max_attempts", 1, 1000)
     _check_number(obj, "timeout", positive=True)
-    _check_str(obj, "reply_to", max_len=512, min_len=1)
-    reply_to = obj.get("reply_to")
-    if reply_to is not None and ("+" in reply_to or "#" in reply_to or reply_to.startswith("$")):
-        raise Invalid("field 'reply_to': must be a plain topic name (no wildcards, not $...)")
+    for name in ("reply_to", "receipt_to"):
+        _check_str(obj, name, max_len=512, min_len=1)
+        topic = obj.get(name)
+        if topic is not None and ("+" in topic or "#" in topic or topic.startswith("$")):
+            raise Invalid(f"field '{name}': must be a plain topic name (no wildcards, not $...)")
     _check_str(obj, "correlation", max_len=1024)
     _check_number(obj, "expires_at")
     _check_str(obj, "queue", _ID)

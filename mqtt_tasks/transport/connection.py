@@ -90,6 +90,7 @@ class Connection:
         self._inflight = Inflight(client_id, manual_ack=manual_ack, on_message=on_message)
         self._connack = Connack()
         self._closed = False
+        self.session_present = False  # the last CONNACK's flag: the broker still had our session
         self.is_mqtt5 = settings.protocol != "3.1.1"
         self._client = self._make_client()
 
@@ -275,6 +276,7 @@ class Connection:
             log.warning("%s: connection refused by %s: %s", self.client_id, self.settings.display_url, rc)
             self._connack.answered()
             return
+        self.session_present = bool(getattr(flags, "session_present", False))
         client.set_nodelay()
         client.set_send_window(send_window(self._options.max_inflight, props))
         first = self._inflight.new_connection()
