@@ -17,9 +17,12 @@ from .states import (  # noqa: F401 - re-exported: the states belong to the cont
     DUPLICATE,
     EXPIRED,
     FAILED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     PROGRESS,
     QUEUED,
     RETRYING,
+    SCHEDULED,
     STARTED,
     STATUS_STATES,
     SUCCEEDED,
@@ -61,6 +64,11 @@ class Task(_Message):
     expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
     queue: str | None = Field(default=None, pattern=ID_PATTERN,
                               description="the queue; taken from the topic when absent")
+    not_before: float | None = Field(default=None, description="epoch seconds (the fleet's clock, the "
+                                     "coordinator's); the task does not start before then: the coordinator "
+                                     "holds it (state scheduled)")
+    priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="0-9, higher "
+                                 "first; orders the coordinator's backlog, not the shared topic; absent: 5")
 
     @field_validator("reply_to")
     @classmethod

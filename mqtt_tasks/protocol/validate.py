@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from .states import STATUS_STATES, TASK_NAME_PATTERN
+from .states import PRIORITY_MAX, PRIORITY_MIN, STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
@@ -100,6 +100,8 @@ class TaskData(dict[str, Any]):
     correlation = property(lambda self: self.get("correlation"))
     expires_at = property(lambda self: self.get("expires_at"))
     queue = property(lambda self: self.get("queue"))
+    not_before = property(lambda self: self.get("not_before"))
+    priority = property(lambda self: self.get("priority"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -120,6 +122,8 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "correlation", max_len=1024)
     _check_number(obj, "expires_at")
     _check_str(obj, "queue", _ID)
+    _check_number(obj, "not_before")
+    _check_int(obj, "priority", PRIORITY_MIN, PRIORITY_MAX)
     return TaskData(obj)
 
 
