@@ -247,6 +247,23 @@ def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapp
     return _to_backlog(record, now, event="deferred", worker=worker)
 
 
+def on_delayed_handover(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
+                        now: float) -> list[Effect]:
+    """A worker handed over a task from the shared topic because its ``not_before`` was ahead by its
+    reading of the fleet's clock. The coordinator saw that task too, and whatever it made of it
+    stands (scheduled, or already due, dispatched, run): only a task it has not taken charge of
+    (``queued``: not seen, or seen as due by its own clock) changes, held or put in the backlog.
+    A late hand-over must never send a task it already dispatched out a second time."""
+    if body is not None and record.body is None:
+        adopt_body(record, body)
+    if record.terminal or record.state != QUEUED or attempt < record.attempt:
+        return []
+    record.attempt = attempt
+    if is_delayed(record, now):
+        return _schedule(record, now, worker=worker)
+    return _to_backlog(record, now, event="deferred", worker=worker)
+
+
 def on_handed_back(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
                    reason: str | None, now: float) -> list[Effect]:
     """A stopping worker gave up on an attempt it had started (its grace ran out) and will never

@@ -104,6 +104,8 @@ class StatusEvent(_Message):
     body: dict[str, Any] | None = Field(default=None, description="the task itself, on deferred events")
     abandoned: bool | None = Field(default=None, description="on deferred: the attempt had started and its "
                                    "stopping worker gave up on it after its grace period; it will never report it")
+    delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
+                                 "ahead; the coordinator holds it until then")
 
 
 class HeldTask(_Message):

@@ -161,7 +161,8 @@ class Intake:
         now = self._clock.now()
         ahead = f"{task.not_before - now:.0f} s ahead" if task.not_before > now else "not judged yet"
         if self._link is None or self._link.online:
-            self._reporter.defer(task, f"not_before {task.not_before} is {ahead}: the coordinator holds it")
+            self._reporter.defer(task, f"not_before {task.not_before} is {ahead}: the coordinator holds it",
+                                 delayed=True)
             return
         reason = (f"task {task.id}: not_before {task.not_before} is {ahead} and no coordinator is online to hold "
                   "it; refused rather than run early")
