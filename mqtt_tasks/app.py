@@ -16,8 +16,10 @@ the broker is no proof that the task survives a broker crash (``receipts``).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import inspect
 import logging
+import math
 import re
 import threading
 import time
@@ -39,7 +41,15 @@ from .errors import (
     TaskFailedError,
 )
 from .protocol import codec
-from .protocol.states import CANCELLED, DEAD, EXPIRED, SUCCEEDED, TASK_NAME_PATTERN
+from .protocol.states import (
+    CANCELLED,
+    DEAD,
+    EXPIRED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SUCCEEDED,
+    TASK_NAME_PATTERN,
+)
 from .protocol.topics import DEFAULT_QUEUE, Topics, check_name, is_valid_id
 from .receipts import ReceiptKeeper, ReceiptPolicy
 from .transport import Connection, Message
@@ -93,15 +103,55 @@ class TaskDef(Generic[R]):
         timeout: float | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
+        priority: int | None = None,
     ) -> TaskHandle:
-        """Submit with per-submission options overriding the registration's."""
+        """Submit with per-submission options overriding the registration's.
+
+        ``delay`` (seconds) or ``at`` (a datetime, naive meaning local time, or epoch seconds): the
+        task does not start before then; it is sent at once with ``not_before`` and the coordinator
+        holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog."""
         opts = TaskOptions(
             queue=queue or self.options.queue,
             timeout=timeout if timeout is not None else self.options.timeout,
             max_attempts=max_attempts if max_attempts is not None else self.options.max_attempts,
             expires=expires if expires is not None else self.options.expires,
         )
-        return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id)
+        extra = scheduling_fields(delay=delay, at=at, priority=priority)
+        return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id, extra=extra)
+
+
+def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | float | None = None,
+                      priority: int | None = None, now: float | None = None) -> dict[str, Any] | None:
+    """The task fields ``not_before`` and ``priority`` for a submission, checked: a delay or a time
+    in the past, both at once, or a priority out of 0-9 is a ``ConfigError`` naming the value."""
+    fields: dict[str, Any] = {}
+    now = time.time() if now is None else now
+    if delay is not None and at is not None:
+        raise ConfigError("give a delay or a time (at), not both")
+    if delay is not None:
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not math.isfinite(delay) or delay < 0:
+            raise ConfigError(f"delay {delay!r} is in the past or not a number: give seconds >= 0")
+        if delay > 0:
+            fields["not_before"] = now + delay
+    elif at is not None:
+        when = at.timestamp() if isinstance(at, datetime.datetime) else at
+        if not isinstance(when, int | float) or isinstance(when, bool) or not math.isfinite(when):
+            raise ConfigError(f"at {at!r} is not a datetime or epoch seconds")
+        if when < now:
+            raise ConfigError(f"at {_iso(when)} is in the past (now {_iso(now)})")
+        fields["not_before"] = float(when)
+    if priority is not None:
+        if not isinstance(priority, int) or isinstance(priority, bool) or not (
+                PRIORITY_MIN <= priority <= PRIORITY_MAX):
+            raise ConfigError(f"priority {priority!r} is out of range: give an integer {PRIORITY_MIN}-{PRIORITY_MAX}")
+        fields["priority"] = priority
+    return fields or None
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 class TaskHandle:

@@ -7,6 +7,7 @@ a code (``exit_code_for``); click usage errors keep click's exit 2.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .app import TaskApp, TaskOptions
+from .app import TaskApp, TaskOptions, scheduling_fields
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
     ConfigError,
@@ -34,7 +35,7 @@ from .errors import (
     TransportError,
 )
 from .protocol import codec
-from .protocol.states import ONLINE, RECORD_STATES, TASK_NAME_PATTERN
+from .protocol.states import ONLINE, PRIORITY_MAX, PRIORITY_MIN, RECORD_STATES, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
 from .transport import Connection, Message
 
@@ -344,17 +345,27 @@ def _check_task_name(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--queue", "-q", default=DEFAULT_QUEUE, show_default=True, callback=_name_callback("queue"))
 @click.option("--wait", "-w", is_flag=True, help="Wait for the result and print it as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Seconds to wait for the broker's ack, or with --wait for the result.")
+              help="Seconds to wait for the broker's ack, or with --wait for the result (counted from the "
+                   "task's start time when delayed).")
+@click.option("--delay", type=float, metavar="SECONDS", help="Do not start it before SECONDS from now (the "
+              "coordinator holds it meanwhile).")
+@click.option("--at", "at", metavar="WHEN", help="Do not start it before WHEN: ISO 8601 (2030-01-31T08:00, "
+              "local time unless it has an offset or Z) or epoch seconds.")
+@click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), metavar=f"{PRIORITY_MIN}-{PRIORITY_MAX}",
+              help="Higher first in the coordinator's backlog [default: 5].")
 @broker_options
 def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str, wait: bool, timeout: float,
-           broker: str | None, prefix: str | None) -> None:
+           delay: float | None, at: str | None, priority: int | None, broker: str | None, prefix: str | None) -> None:
     """Submit TASK with ARGS (each parsed as JSON where valid, else a string); print its id or, with --wait,
     its result. Put negative numbers after --: submit add -- -1 2."""
     kwargs = _parse_kwargs(kwargs_json)
     positional = [parse_arg(a) for a in args]
+    extra = scheduling_fields(delay=delay, at=None if at is None else parse_when(at), priority=priority)
     settings = Settings.from_env(broker, prefix=prefix)
+    if extra and "not_before" in extra:
+        timeout += max(0.0, extra["not_before"] - time.time())
     with TaskApp(settings=settings) as app:
-        handle = app.send(task, positional, kwargs, options=TaskOptions(queue=queue))
+        handle = app.send(task, positional, kwargs, options=TaskOptions(queue=queue), extra=extra)
         if not wait:
             if not app.flush(timeout):
                 raise CLIError(f"the broker did not acknowledge task {handle.id} within {timeout}s", RET_CONNECT)
@@ -369,6 +380,20 @@ def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str
             raise CLIError(f"no result for task {handle.id} within {timeout}s: "
                            f"{_why_no_result(settings, queue)}", RET_TIMEOUT) from None
     click.echo(json.dumps(result))
+
+
+def parse_when(text: str) -> float:
+    """``--at``: epoch seconds, or an ISO 8601 date and time (local time unless it has an offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CLIError(f"--at {text!r}: not a time; use ISO 8601 (2030-01-31T08:00, 2030-01-31T08:00+02:00) "
+                       "or epoch seconds", RET_USAGE) from None
+    return when.timestamp()
 
 
 def _why_no_result(settings: Settings, queue: str) -> str:
@@ -602,6 +627,34 @@ def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int,
         for r in records
     ]
     print_table(f"tasks on {settings.display_url}", TASK_COLUMNS, rows)
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("task_id")
+@broker_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def retry(task_id: str, broker: str | None, prefix: str | None, timeout: float) -> None:
+    """Run the dead, cancelled or expired task TASK_ID again, as a new attempt (its history is kept)."""
+    from .coordinator import retry_task
+
+    record = retry_task(Settings.from_env(broker, prefix=prefix), task_id, timeout=timeout)
+    click.echo(f"task {record['id']} will run again as attempt {record['attempt']} ({record['state']})")
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("queue", callback=_name_callback("queue"))
+@click.option("--keep-scheduled", is_flag=True, help="Spare the delayed tasks (state scheduled).")
+@broker_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def purge(queue: str, keep_scheduled: bool, broker: str | None, prefix: str | None, timeout: float) -> None:
+    """Cancel every task of QUEUE that waits in the coordinator: its backlog, its retries and its delayed
+    tasks. Tasks a worker may hold (queued, dispatched, started) are not touched."""
+    from .coordinator import purge_queue
+
+    answer = purge_queue(Settings.from_env(broker, prefix=prefix), queue, keep_scheduled=keep_scheduled,
+                         timeout=timeout)
+    detail = ", ".join(f"{n} {state}" for state, n in sorted(answer.get("by_state", {}).items()))
+    click.echo(f"purged {answer['purged']} task(s) from queue {queue} ({detail})")
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})

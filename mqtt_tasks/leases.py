@@ -9,6 +9,9 @@ the record it is given and returns the *effects* the coordinator must carry out:
   ones also go to the task's reply topic, ``dead`` ones also to ``P/dead/{queue}``.
 - ``Enqueue``: the record entered the backlog; hand it to a worker with a free slot.
 
+A task whose ``not_before`` is ahead is *scheduled*: the coordinator holds it (no worker does)
+until then, by its own clock (the fleet's), then it joins the backlog (docs/scheduling.md).
+
 Attempts are fencing tokens: every re-dispatch after a possible loss gets ``attempt + 1``, and
 only events of the current attempt move a live task. ``failures`` counts attempts that failed;
 the task is dead when ``failures`` reaches ``max_attempts``.
@@ -34,11 +37,13 @@ from typing import Any
 from .protocol.states import DEFAULT_MAX_ATTEMPTS, ONLINE
 from .store.base import (
     BACKLOG,
+    CANCELLED,
     DEAD,
     DISPATCHED,
     EXPIRED,
     QUEUED,
     RETRYING,
+    SCHEDULED,
     STARTED,
     SUCCEEDED,
     TaskRecord,
@@ -87,7 +92,8 @@ class Enqueue:
 Effect = Cancel | Announce | Enqueue
 Rng = Callable[[], float]
 
-HELD = {BACKLOG: "expired before it was started", RETRYING: "expired before it could be tried again"}
+HELD = {BACKLOG: "expired before it was started", RETRYING: "expired before it could be tried again",
+        SCHEDULED: "expired before its not_before time"}
 """The states in which the coordinator itself holds the task, and so judges its expiry at once
 (with the reason it gives). A ``queued`` or ``dispatched`` task may be in a worker's hands: the
 worker judges whether it started in time (see ``_expire_unaccounted``)."""
@@ -107,6 +113,11 @@ def backoff(policy: LeasePolicy, failures: int, rng: Rng) -> float:
 
 def max_attempts(policy: LeasePolicy, record: TaskRecord) -> int:
     return record.max_attempts or policy.default_max_attempts
+
+
+def is_delayed(record: TaskRecord, now: float) -> bool:
+    """The task may not start yet: its ``not_before`` is ahead of ``now`` (the coordinator's clock)."""
+    return record.not_before is not None and record.not_before > now
 
 
 def _is_winner(record: TaskRecord, attempt: int, worker: str | None) -> bool:
@@ -134,6 +145,8 @@ def adopt_body(record: TaskRecord, body: Mapping[str, Any]) -> None:
     record.expires_at = body.get("expires_at") or record.expires_at
     record.reply_to = body.get("reply_to") or record.reply_to
     record.correlation = body.get("correlation") or record.correlation
+    record.not_before = body.get("not_before") or record.not_before
+    record.priority = body.get("priority", record.priority)
 
 
 def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: LeasePolicy) -> list[Effect]:
@@ -146,6 +159,8 @@ def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: Lea
     if attempt == record.attempt and record.state != QUEUED:
         return []  # a redelivery or an echo: the record already knows more
     record.attempt = attempt
+    if is_delayed(record, now):
+        return _schedule(record, now)
     record.state = QUEUED
     record.deadline = now + policy.dispatch_timeout
     record.updated = now
@@ -252,9 +267,28 @@ def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapp
         return []
     if record.state == STARTED and attempt == record.attempt:
         return []  # it runs elsewhere already
-    if record.state == BACKLOG and attempt == record.attempt:
+    if record.state in (BACKLOG, SCHEDULED) and attempt == record.attempt:
         return []
     record.attempt = attempt
+    if is_delayed(record, now):  # a worker handed over a task that may not start yet
+        return _schedule(record, now, worker=worker)
+    return _to_backlog(record, now, event="deferred", worker=worker)
+
+
+def on_delayed_handover(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
+                        now: float) -> list[Effect]:
+    """A worker handed over a task from the shared topic because its ``not_before`` was ahead by its
+    reading of the fleet's clock. The coordinator saw that task too, and whatever it made of it
+    stands (scheduled, or already due, dispatched, run): only a task it has not taken charge of
+    (``queued``: not seen, or seen as due by its own clock) changes, held or put in the backlog.
+    A late hand-over must never send a task it already dispatched out a second time."""
+    if body is not None and record.body is None:
+        adopt_body(record, body)
+    if record.terminal or record.state != QUEUED or attempt < record.attempt:
+        return []
+    record.attempt = attempt
+    if is_delayed(record, now):
+        return _schedule(record, now, worker=worker)
     return _to_backlog(record, now, event="deferred", worker=worker)
 
 
@@ -332,6 +366,11 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
                                      failed=True, policy=policy)
     if record.deadline is None or record.deadline > now:
         return []
+    return _deadline_passed(record, now, policy, worker_died)
+
+
+def _deadline_passed(record: TaskRecord, now: float, policy: LeasePolicy, worker_died: bool) -> list[Effect]:
+    """``on_timer`` once the record's state timer (``deadline``) ran out."""
     if record.state == STARTED:
         return _lost_with_worker(record, now, f"lease of worker {record.worker} expired (no heartbeat)", policy)
     if record.state in (QUEUED, DISPATCHED):
@@ -345,6 +384,8 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
     if record.state == RETRYING:
         record.attempt += 1
         return _to_backlog(record, now, event="retry")
+    if record.state == SCHEDULED:
+        return _to_backlog(record, now, event="due")
     return []
 
 
@@ -365,6 +406,48 @@ def extend(record: TaskRecord, now: float, seconds: float) -> None:
     """Push a live record's timer to at least ``now + seconds`` (after a restart or reconnect)."""
     if record.state in (QUEUED, DISPATCHED, STARTED) and record.deadline is not None:
         record.deadline = max(record.deadline, now + seconds)
+
+
+# -- an operator's requests (rpc ops retry and purge) -------------------------------------------
+RETRYABLE = frozenset({DEAD, CANCELLED, EXPIRED})
+"""The states ``retry`` runs a task again from: a ``succeeded`` task is never run again."""
+PURGEABLE = (BACKLOG, RETRYING, SCHEDULED)
+"""What ``purge`` cancels: the states in which the coordinator, and no worker, holds the task."""
+
+
+def retry_refusal(record: TaskRecord) -> str | None:
+    """Why the operator's ``retry`` cannot run this task again, or None when it can."""
+    if record.state not in RETRYABLE:
+        return (f"task {record.id} is {record.state}: only a dead, cancelled or expired task can be retried"
+                + (" (it is still live)" if not record.terminal else ""))
+    if record.body is None:
+        return f"task {record.id} cannot run again: the task itself was never seen, only its events"
+    return None
+
+
+def on_retry(record: TaskRecord, now: float) -> list[Effect]:
+    """An operator runs a finished task again (``retry_refusal`` said it may): a new attempt with a
+    fresh attempt budget, its history kept. Its expiry is dropped (the operator decided it runs)
+    and a ``not_before`` still ahead holds it again."""
+    was = record.state
+    record.note(attempt=record.attempt, event="rerun", reason=f"run again by an operator (was {was})", ts=now)
+    record.attempt += 1
+    record.failures = 0
+    record.winner = record.result = record.error = None
+    record.reason = f"run again by an operator (was {was}: {record.reason})"
+    if record.expires_at is not None and record.body is not None:
+        record.expires_at = None
+        record.body.pop("expires_at", None)
+    if is_delayed(record, now):
+        return _schedule(record, now)
+    return _to_backlog(record, now, event="requeued")
+
+
+def on_purged(record: TaskRecord, queue: str, now: float) -> list[Effect]:
+    """An operator purged the record's queue while the coordinator held the task: ``cancelled``."""
+    if record.terminal or record.state not in PURGEABLE:
+        return []
+    return _finish(record, CANCELLED, f"purged from queue {queue} by an operator", now)
 
 
 # -- dispatch ---------------------------------------------------------------------------------
@@ -475,6 +558,19 @@ def _to_backlog(record: TaskRecord, now: float, *, event: str, worker: str | Non
     record.note(attempt=record.attempt, worker=worker, event=event, ts=now)
     record.updated = now
     return [Enqueue(record.id)]
+
+
+def _schedule(record: TaskRecord, now: float, *, worker: str | None = None) -> list[Effect]:
+    """Hold the task until its ``not_before``: no worker holds it meanwhile, none is charged a slot."""
+    assert record.not_before is not None
+    record.state = SCHEDULED
+    record.worker = None
+    record.deadline = record.not_before
+    record.run_deadline = None
+    record.note(attempt=record.attempt, worker=worker, event=SCHEDULED, not_before=record.not_before, ts=now)
+    record.updated = now
+    return [Announce(SCHEDULED, f"held by the coordinator until not_before ({record.not_before - now:.0f} s)",
+                     next_at=record.not_before)]
 
 
 def _finish(record: TaskRecord, state: str, reason: str, now: float, *, reply: bool = True) -> list[Effect]:

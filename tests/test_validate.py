@@ -24,6 +24,7 @@ fields = {
     "attempt": json_values | st.integers(-2, 3), "max_attempts": json_values | st.integers(0, 1002),
     "timeout": json_values, "reply_to": json_values | st.sampled_from(["a/b", "a/+", "$x", ""]),
     "correlation": json_values, "expires_at": json_values, "queue": json_values | ids, "extra": json_values,
+    "not_before": json_values, "priority": json_values | st.integers(-1, 10),
 }
 tasks = st.fixed_dictionaries({}, optional=fields)
 

@@ -13,6 +13,8 @@ Its parts, one module each (read them in this order):
 - ``effects``: the policy's effects as topics and payloads, published after the commit.
 - ``queries``: the answers on the query topic, and ``query_status`` / ``query_tasks`` /
   ``query_stats`` that ask them.
+- ``admin``: the operator's ops on the query topic, ``retry`` and ``purge``, and ``retry_task`` /
+  ``purge_queue`` that ask for them.
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
@@ -26,6 +28,7 @@ from ..errors import (  # the query errors are importable from here too
     TaskNotFoundError,
     TransportError,
 )
+from .admin import purge_queue, retry_task
 from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
@@ -43,10 +46,12 @@ __all__ = [
     "TaskNotFoundError",
     "TransportError",
     "final_event",
+    "purge_queue",
     "query_stats",
     "query_status",
     "query_tasks",
     "record_summary",
     "record_view",
+    "retry_task",
     "run_coordinator",
 ]

@@ -6,19 +6,20 @@ Built on these facts (DESIGN.md, BROKER-FACTS.md):
   retry after a backoff and a re-dispatch after a loss land here too (``leases.Enqueue``).
 - Mosquitto hands shared-subscription messages out round-robin whatever a member's load, so the
   backlog is not given back to the shared topic: each task goes to the inbox of one worker the
-  fleet knows has a free slot (``P/inbox/{worker}``), oldest first across the queues.
+  fleet knows has a free slot (``P/inbox/{worker}``): highest ``priority`` first, then oldest, across
+  the queues (docs/scheduling.md). A heap per queue: O(log n) a push or a pop.
 - A dispatch pass costs O(queues x workers) to find the free slots, then O(placed): a queue without
   a free slot is not looked at, and the pass stops when nothing more can be placed.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import leases
-from ..protocol.states import BACKLOG
+from ..protocol.states import BACKLOG, DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from ..leases import LeasePolicy, WorkerView
@@ -29,44 +30,46 @@ if TYPE_CHECKING:
 
 
 class Backlog:
-    """Per queue, a FIFO of (arrival, task id); an entry whose record moved on is skipped."""
+    """Per queue, a heap of (-priority, arrival, task id); an entry whose record moved on is skipped."""
 
     def __init__(self, policy: LeasePolicy, fleet: Fleet, stats: dict[str, int]) -> None:
         self._policy = policy
         self._fleet = fleet
         self._stats = stats
-        self._queues: dict[str, deque[tuple[int, str]]] = {}
+        self._queues: dict[str, list[tuple[int, int, str]]] = {}
         self._members: set[str] = set()
         self._arrivals = itertools.count()
 
     def __len__(self) -> int:
         return len(self._members)
 
-    def push(self, task_id: str, queue_name: str) -> None:
+    def push(self, task_id: str, queue_name: str, priority: int | None = None) -> None:
         if task_id not in self._members:
             self._members.add(task_id)
-            self._queues.setdefault(queue_name, deque()).append((next(self._arrivals), task_id))
+            rank = -(DEFAULT_PRIORITY if priority is None else priority)
+            heapq.heappush(self._queues.setdefault(queue_name, []), (rank, next(self._arrivals), task_id))
 
     def discard(self, task_id: str) -> None:
         self._members.discard(task_id)
 
     def dispatch(self, now: float, records: Records, effects: Effects) -> None:
-        """Hand backlog tasks to workers with free slots, oldest first, across the queues that have one."""
+        """Hand backlog tasks to workers with free slots, highest priority then oldest first, across the
+        queues that have one."""
         if not self._queues:
             return
         serving = self._fleet.serving(self._queues, now)
         while serving:
-            name = min(serving, key=lambda q: self._queues[q][0][0])
+            name = min(serving, key=lambda q: self._queues[q][0][:2])
             workers = serving[name]
             if not any(w.free > 0 for w in workers):
                 del serving[name]
                 continue
             entries = self._queues[name]
-            entry = entries.popleft()
-            record = self._take(entry[1], name, records)
+            entry = heapq.heappop(entries)
+            record = self._take(entry[2], name, records)
             if record is not None and not self._place(record, workers, len(entries) + 1, now, records, effects):
-                entries.appendleft(entry)  # no worker fits it now: it stays first
-                self._members.add(entry[1])
+                heapq.heappush(entries, entry)  # no worker fits it now: it stays first
+                self._members.add(entry[2])
                 del serving[name]
             if not entries:
                 del self._queues[name]
@@ -79,7 +82,7 @@ class Backlog:
         if record is None or record.state != BACKLOG:
             return None
         if record.queue != name:
-            self.push(task_id, record.queue)
+            self.push(task_id, record.queue, record.priority)
             return None
         return record
 

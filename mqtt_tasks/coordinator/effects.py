@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
-from ..protocol.states import DEAD, EXPIRED, ONLINE, SUCCEEDED
+from ..protocol.states import DEAD, EXPIRED, ONLINE, RETRYING, SUCCEEDED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -120,7 +120,7 @@ class Effects:
 
     def apply(self, record: TaskRecord, effect: Effect) -> None:
         if isinstance(effect, Enqueue):
-            self._backlog.push(effect.task_id, record.queue)
+            self._backlog.push(effect.task_id, record.queue, record.priority)
         elif isinstance(effect, Cancel):
             self._stats["cancels"] += 1
             log.info("coordinator: telling %s to stop task %s attempt %d: %s", effect.worker, effect.task_id,
@@ -151,9 +151,11 @@ class Effects:
             log.warning("coordinator: task %s is dead: %s", record.id, effect.reason)
         elif effect.state == EXPIRED:
             self._stats["expired"] += 1
-        else:
+        elif effect.state == RETRYING:
             self._stats["retried"] += 1
             log.info("coordinator: task %s will be retried: %s", record.id, effect.reason)
+        else:
+            log.info("coordinator: task %s %s: %s", record.id, effect.state, effect.reason)
 
     def _reply(self, record: TaskRecord, payload: bytes) -> None:
         if record.reply_to:

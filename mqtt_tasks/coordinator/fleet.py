@@ -71,9 +71,11 @@ class Fleet:
             return
         view.free = min(view.free + 1, view.concurrency or view.free + 1)
 
-    def deferred(self, worker: str, record: TaskRecord) -> None:
-        """``worker`` handed the task back: it has no free slot."""
-        self.view(worker).free = 0
+    def deferred(self, worker: str, record: TaskRecord, *, full: bool = True) -> None:
+        """``worker`` handed the task back: it has no free slot (``full``; not so for a task it handed
+        over because its ``not_before`` is ahead)."""
+        if full:
+            self.view(worker).free = 0
         if record.state == DISPATCHED and record.worker == worker:
             self._inflight.get(worker, set()).discard(record.id)
 

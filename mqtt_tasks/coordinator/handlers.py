@@ -164,7 +164,11 @@ class Handlers:
     def on_deferred(self, event: StatusEvent) -> None:
         assert event.worker is not None
         record = self._records.get_or_new(event.id, event.body, task=event.task, queue=event.queue)
-        self._fleet.deferred(event.worker, record)
+        self._fleet.deferred(event.worker, record, full=not event.delayed)  # not_before ahead: not a full worker
+        if event.delayed:
+            self._records.save(record, leases.on_delayed_handover(record, event.attempt, event.worker, event.body,
+                                                                  self._clock()))
+            return
         if event.abandoned:  # a stopping worker's started attempt, past its grace
             log.info("coordinator: worker %s handed back task %s attempt %d (%s); dispatching it again",
                      event.worker, event.id, event.attempt, event.reason or "stopped")

@@ -37,6 +37,7 @@ from ..store.base import Store
 from ..store.memory import MemoryStore
 from ..store.sqlite import SQLiteStore
 from ..transport import Connection, Message, Will
+from .admin import Admin
 from .backlog import Backlog
 from .effects import Effects
 from .fleet import Fleet
@@ -106,6 +107,7 @@ class Coordinator:
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
                                 self._effects, stats)
+        self._queries.ops.update(Admin(self._records, clock).ops())
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
                             policy, clock, rng, stats)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,

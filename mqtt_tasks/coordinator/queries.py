@@ -28,6 +28,8 @@ from ..transport import Connection, Message
 from .effects import final_event
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import Settings
     from ..store.base import TaskRecord
     from .backlog import Backlog
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from .fleet import Fleet
     from .records import Records
 
-OPS = ("status", "tasks", "stats", "result")
+OPS = ("status", "tasks", "stats", "result", "retry", "purge")
 
 
 class Queries:
@@ -50,6 +52,7 @@ class Queries:
         self._backlog = backlog
         self._effects = effects
         self._stats = stats
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}  # more ops (admin.Admin.ops)
 
     def on_rpc(self, message: Message) -> None:
         request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
@@ -90,6 +93,8 @@ class Queries:
             return {"ok": True, "tasks": [record_summary(r) for r in records]}
         if op == "stats":
             return {"ok": True, **self.snapshot(), "counts": self._records.store.counts()}
+        if isinstance(op, str) and op in self.ops:
+            return self.ops[op](request)
         return {"ok": False, "error": f"unknown op {op!r}: use {', '.join(OPS[:-1])} or {OPS[-1]}"}
 
     def snapshot(self) -> dict[str, Any]:

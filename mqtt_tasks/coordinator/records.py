@@ -51,7 +51,7 @@ class Records:
             leases.extend(record, now, self._policy.reconnect_grace)
             self._timers.schedule(record)
             if record.state == BACKLOG:
-                self._backlog.push(record.id, record.queue)
+                self._backlog.push(record.id, record.queue, record.priority)
         return len(self.live)
 
     def extend_leases(self, now: float) -> None:

@@ -17,9 +17,12 @@ from .states import (  # noqa: F401 - re-exported: the states belong to the cont
     DUPLICATE,
     EXPIRED,
     FAILED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     PROGRESS,
     QUEUED,
     RETRYING,
+    SCHEDULED,
     STARTED,
     STATUS_STATES,
     SUCCEEDED,
@@ -66,6 +69,11 @@ class Task(_Message):
     receipt_to: str | None = Field(default=None, min_length=1, max_length=512,
                                    description="topic that receives the coordinator's receipt once it recorded the "
                                                "task (a Receipt, batched per commit)")
+    not_before: float | None = Field(default=None, description="epoch seconds (the fleet's clock, the "
+                                     "coordinator's); the task does not start before then: the coordinator "
+                                     "holds it (state scheduled)")
+    priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="0-9, higher "
+                                 "first; orders the coordinator's backlog, not the shared topic; absent: 5")
 
     @field_validator("reply_to", "receipt_to")
     @classmethod
@@ -102,6 +110,8 @@ class StatusEvent(_Message):
     abandoned: bool | None = Field(default=None, description="on deferred: the attempt had started and its "
                                    "stopping worker gave up on it after its grace period; it will never report it")
     alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
+    delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
+                                 "ahead; the coordinator holds it until then")
 
 
 class HeldTask(_Message):

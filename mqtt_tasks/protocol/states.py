@@ -25,9 +25,11 @@ DEAD = "dead"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
 DUPLICATE = "duplicate"
+SCHEDULED = "scheduled"
+"""The coordinator holds the task until its ``not_before`` time (a record state and a status event)."""
 
 STATUS_STATES = (QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, RETRYING, DEFERRED, DEAD, CANCELLED, EXPIRED,
-                 DUPLICATE)
+                 DUPLICATE, SCHEDULED)
 """Every state a status event may carry, in the order the JSON Schema lists them."""
 
 TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
@@ -39,10 +41,14 @@ only when no retry follows (see ``StatusEvent.final``)."""
 DISPATCHED = "dispatched"
 BACKLOG = "backlog"
 
-RECORD_STATES = (QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SUCCEEDED, DEAD, CANCELLED, EXPIRED)
+RECORD_STATES = (QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SUCCEEDED, DEAD, CANCELLED, EXPIRED, SCHEDULED)
 """Every state a coordinator's record may be in (``mqtt-tasks tasks --state``)."""
 
-LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING})
+LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SCHEDULED})
+
+PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = 0, 9, 5
+"""A task's ``priority``: 0-9, higher first; absent means 5. It orders the coordinator's backlog
+only (docs/scheduling.md): workers take the shared topic in arrival order."""
 
 # Worker states (retained on ``P/workers/{id}``) and the coordinator's presence.
 ONLINE = "online"

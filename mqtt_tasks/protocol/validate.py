@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from .states import STATUS_STATES, TASK_NAME_PATTERN
+from .states import PRIORITY_MAX, PRIORITY_MIN, STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN.replace("$", r"\Z"))
@@ -102,6 +102,8 @@ class TaskData(dict[str, Any]):
     queue = property(lambda self: self.get("queue"))
     alone = property(lambda self: self.get("alone"))  # true: run it with nothing else (a suspect)
     receipt_to = property(lambda self: self.get("receipt_to"))
+    not_before = property(lambda self: self.get("not_before"))
+    priority = property(lambda self: self.get("priority"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -125,6 +127,8 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "queue", _ID)
     if "alone" in obj and not isinstance(obj["alone"], bool | None):
         raise Invalid("field 'alone': Input should be a valid boolean")
+    _check_number(obj, "not_before")
+    _check_int(obj, "priority", PRIORITY_MIN, PRIORITY_MAX)
     return TaskData(obj)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 # Record states (protocol/states.py). ``queued``: seen on P/tasks, no worker has reported it yet.
 # ``dispatched``: the coordinator sent it to one worker's inbox. ``started``: a worker holds it under
 # a lease. ``backlog``: the coordinator holds it until a worker has a free slot (on the wire:
-# ``deferred``). ``retrying``: waiting out a backoff before the next attempt.
+# ``deferred``). ``retrying``: waiting out a backoff before the next attempt. ``scheduled``: held
+# until its ``not_before`` time (docs/scheduling.md).
 from ..protocol.states import (  # noqa: F401 - re-exported for the store's users
     BACKLOG,
     CANCELLED,
@@ -26,6 +27,7 @@ from ..protocol.states import (  # noqa: F401 - re-exported for the store's user
     LIVE_RECORD_STATES,
     QUEUED,
     RETRYING,
+    SCHEDULED,
     STARTED,
     SUCCEEDED,
     TERMINAL_STATES,
@@ -69,6 +71,8 @@ class TaskRecord:
     reason: str | None = None
     duplicates: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    not_before: float | None = None  # the task's own: not started before then (scheduled until)
+    priority: int | None = None     # the task's own: orders the backlog (None: the default, 5)
 
     @property
     def terminal(self) -> bool:
@@ -136,5 +140,5 @@ class Store(abc.ABC):
 
 
 __all__ = ["BACKLOG", "CANCELLED", "DEAD", "DISPATCHED", "EXPIRED", "LIVE_STATES", "MAX_HISTORY", "QUEUED",
-           "RETRYING", "STARTED", "SUCCEEDED", "TERMINAL", "Store", "TaskRecord"]
+           "RETRYING", "SCHEDULED", "STARTED", "SUCCEEDED", "TERMINAL", "Store", "TaskRecord"]
 

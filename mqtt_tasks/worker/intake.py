@@ -6,7 +6,11 @@ here with a verdict, without taking a slot. In order:
 3. ``expires_at`` (or the MQTT 5 Message Expiry) already past by the fleet's clock: ``expired``,
    final; an absolute ``expires_at`` while that clock is not read yet: handed to the coordinator
    (``deferred``), which judges it by its own clock (fleet_clock.py);
-4. no function registered under its name: ``failed`` with ``UnknownTaskError``.
+4. ``not_before`` still ahead by the fleet's clock (or that clock not read yet), on a task topic:
+   handed to the coordinator (``deferred``), which holds it until then (``scheduled``); with no
+   coordinator online, refused: an error report and a final ``failed`` (``NotBeforeError``), never
+   run early. A task from this worker's inbox was judged due by the coordinator: it runs;
+5. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
 
@@ -35,24 +39,26 @@ from ..app import TaskDef
 from ..config import Settings
 from ..errors import DecodeError, UnknownTaskError
 from ..execution import Outcome
-from ..protocol import codec
-from ..protocol.states import EXPIRED
+from ..protocol import codec, events
+from ..protocol.states import EXPIRED, FAILED
 from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..signing import SignatureError, verify_payload
 from ..transport import Message
 from .fleet_clock import FleetClock
+from .link import CoordinatorLink
 from .reporter import Reporter
 from .running import Running
 from .stats import Counters
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["duplicate", "expired", "unsure", "unknown"]
+Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet"]
 DUPLICATE: Verdict = "duplicate"
 EXPIRED_VERDICT: Verdict = "expired"
 UNSURE: Verdict = "unsure"
 UNKNOWN: Verdict = "unknown"
+NOT_YET: Verdict = "not_yet"
 
 
 def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key: str | bytes | None) -> TaskData:
@@ -74,10 +80,10 @@ def apply_message_expiry(task: TaskData, message: Message, clock: Callable[[], f
 
 
 def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
-          clock: Callable[[], float | None] = time.time) -> Verdict | None:
+          clock: Callable[[], float | None] = time.time, *, due: bool = False) -> Verdict | None:
     """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
     (the fleet's time, None when this worker cannot tell it yet) is read only for a task that
-    has an expiry."""
+    has an expiry or a ``not_before``; ``due``: the coordinator judged its ``not_before`` already."""
     if running_attempt == task.attempt:
         return DUPLICATE
     if task.expires_at is not None:
@@ -86,6 +92,10 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
             return UNSURE
         if task.expires_at < now:
             return EXPIRED_VERDICT
+    if task.not_before is not None and not due:
+        now = clock()
+        if now is None or task.not_before > now:
+            return NOT_YET
     if task.task not in registry:
         return UNKNOWN
     return None
@@ -95,9 +105,11 @@ class Intake:
     """Applies the verdicts: reads each task message, settles what may not start."""
 
     def __init__(self, worker_id: str, topics: Topics, settings: Settings, registry: dict[str, TaskDef[Any]],
-                 running: Running, reporter: Reporter, counters: Counters, clock: FleetClock) -> None:
+                 running: Running, reporter: Reporter, counters: Counters, clock: FleetClock,
+                 link: CoordinatorLink | None = None) -> None:
         self.worker_id = worker_id
         self._clock = clock
+        self._link = link
         self._topics = topics
         self._max_payload = settings.max_payload
         self._signing_key = settings.signing_key
@@ -114,10 +126,12 @@ class Intake:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
         clock = self._clock
-        absolute = task.expires_at is not None  # judged by the fleet's clock; a relative one by any
+        # judged by the fleet's clock; a relative expiry by any
+        absolute = task.expires_at is not None or task.not_before is not None
         apply_message_expiry(task, message, clock.now)
+        due = task.not_before is not None and message.topic.startswith(self._topics.inbox_root)
         verdict = judge(task, self._running.attempt_of(task.id), self._registry,
-                        clock.now_or_none if absolute else clock.now)
+                        clock.now_or_none if absolute else clock.now, due=due)
         if verdict is None:
             return task
         self._settle(verdict, task, message)
@@ -136,6 +150,23 @@ class Intake:
             self._reporter.finish(task, message, EXPIRED, {"reason": "expired before it was started"}, final=True)
         elif verdict == UNSURE:
             self._reporter.defer(task, "its expiry is the coordinator's to judge until this worker has read its clock")
+        elif verdict == NOT_YET:
+            self._not_yet(task, message)
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))
+
+    def _not_yet(self, task: TaskData, message: Message) -> None:
+        """A task that may not start yet: the coordinator holds it; with none online, refused."""
+        now = self._clock.now()
+        ahead = f"{task.not_before - now:.0f} s ahead" if task.not_before > now else "not judged yet"
+        if self._link is None or self._link.online:
+            self._reporter.defer(task, f"not_before {task.not_before} is {ahead}: the coordinator holds it",
+                                 delayed=True)
+            return
+        reason = (f"task {task.id}: not_before {task.not_before} is {ahead} and no coordinator is online to hold "
+                  "it; refused rather than run early")
+        log.warning("worker %s: %s", self.worker_id, reason)
+        self._reporter.error(reason, message.topic, None, task.id)
+        error = events.error_info("NotBeforeError", reason)
+        self._reporter.finish(task, message, FAILED, {"error": error}, final=True)

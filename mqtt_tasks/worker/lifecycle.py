@@ -136,7 +136,7 @@ class Worker:
         self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
                                   self._counters)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
-                        self._counters, self._link.clock)
+                        self._counters, self._link.clock, self._link)
         self._dispatch = Dispatcher(
             worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
             task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],

@@ -94,10 +94,11 @@ class Reporter:
                 self.reply(task, message, payload)
         self._running.forget(task)
 
-    def defer(self, task: TaskData, reason: str) -> None:
-        """Hand a task that has not started to the coordinator: ``deferred``, with the whole task."""
+    def defer(self, task: TaskData, reason: str, *, delayed: bool = False) -> None:
+        """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
+        (``delayed``: because its ``not_before`` is ahead)."""
         self._counters.add(DEFERRED)
-        self.status(task, DEFERRED, {"reason": reason, "body": dict(task)})
+        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None})
 
     def max_attempts(self, task: TaskData) -> int:
         tdef = self._registry.get(task.task)
