@@ -5,6 +5,9 @@ Built on these facts:
 - ``leases`` returns effects (``Cancel``, ``Announce``, ``Enqueue``) and never publishes; every
   outgoing message is built by ``protocol.events`` (one builder per wire message) and waits in the
   outbox until the loop has committed the batch that decided it and acknowledged its messages.
+  What states no decision (answers to queries, the presence) goes into a second outbox
+  (``send_now``) that the loop publishes after every batch, even one whose commit failed
+  (``outage``): answers from memory stay available while the store is down.
 - A final event also goes to the task's ``reply_to`` and its MQTT 5 Response Topic (with the
   Correlation Data echoed), but never onto the prefix's own topics: a ``dead`` event on
   ``P/tasks/q`` decodes as a runnable task. ``events.reply_refusal``, the guard every component
@@ -53,14 +56,26 @@ class Effects:
         self._clock = clock
         self._stats = stats
         self._outbox: list[Outgoing] = []
+        self._now: list[Outgoing] = []
 
     def take(self) -> list[Outgoing]:
-        """Everything sent since the last call, in order; the outbox starts empty again."""
+        """Everything sent since the last call (decisions, then answers); both outboxes start empty again."""
         outbox, self._outbox = self._outbox, []
-        return outbox
+        return outbox + self.take_now() if self._now else outbox
+
+    def take_now(self) -> list[Outgoing]:
+        """Only what ``send_now`` sent since the last call: publishable before a commit."""
+        now, self._now = self._now, []
+        return now
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
+        """A message the batch's decisions produced: published once the batch is committed."""
         self._outbox.append((topic, payload, options))
+
+    def send_now(self, topic: str, payload: bytes, **options: Any) -> None:
+        """A message that states no decision (an answer, the presence): published after the batch,
+        committed or not."""
+        self._now.append((topic, payload, options))
 
     def apply(self, record: TaskRecord, effect: Effect) -> None:
         if isinstance(effect, Enqueue):
@@ -131,8 +146,15 @@ class Effects:
                                      ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
         self.send(self._topics.errors, codec.encode(report))
 
+    def store_outage(self, reason: str, presence: str) -> None:
+        """An outage of the store began or ended: an error report and the retained presence, at once."""
+        report = events.error_report(component="coordinator", source=self._client_id, reason=reason,
+                                     ts=self._clock())
+        self.send_now(self._topics.errors, codec.encode(report))
+        self.send_now(self._topics.coordinator, self.presence(presence), retain=True)
+
     def presence(self, state: str) -> bytes:
-        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        """The coordinator's retained presence (``online``, ``degraded``, ``offline``) on ``P/coordinator``."""
         return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid()))
 
 

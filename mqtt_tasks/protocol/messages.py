@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
+    COORDINATOR_STATES,
     DEAD,
     DEFERRED,
     DUPLICATE,
@@ -32,9 +33,11 @@ from .topics import ID_PATTERN
 if TYPE_CHECKING:
     StatusState = str
     WorkerStateName = str
+    CoordinatorStateName = str
 else:  # the vocabulary of states.py, as enums in the JSON Schema
     StatusState = Literal[STATUS_STATES]
     WorkerStateName = Literal[WORKER_STATES]
+    CoordinatorStateName = Literal[COORDINATOR_STATES]
 
 
 class _Message(BaseModel):
@@ -120,6 +123,16 @@ class WorkerState(_Message):
     pid: int | None = None
     host: str | None = None
     version: str | None = None
+
+
+class CoordinatorPresence(_Message):
+    """Retained on ``P/coordinator``: ``online``; ``degraded`` while its store cannot commit (it records
+    in memory and dispatches nothing: workers treat it as absent); ``offline``, also its Last Will."""
+
+    state: CoordinatorStateName
+    ts: float | None = Field(default=None, description="absent in the Last Will")
+    client: str | None = Field(default=None, description="the coordinator's client id")
+    pid: int | None = Field(default=None, description="absent in the Last Will")
 
 
 class ErrorReport(_Message):

@@ -48,5 +48,10 @@ LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING})
 ONLINE = "online"
 DRAINING = "draining"
 OFFLINE = "offline"
+DEGRADED = "degraded"
+"""The coordinator's presence while its store cannot commit: it records in memory, dispatches and
+acknowledges nothing until the store is back; workers treat it as absent (docs/coordinator.md)."""
 
 WORKER_STATES = (ONLINE, DRAINING, OFFLINE)
+COORDINATOR_STATES = (ONLINE, DEGRADED, OFFLINE)
+"""The states of the coordinator's retained presence on ``P/coordinator``."""

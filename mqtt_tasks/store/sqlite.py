@@ -6,11 +6,18 @@ a power cut can lose the last batches. Pass ``synchronous="FULL"`` to survive th
 The boundary for SQLite's errors: every ``sqlite3.Error`` (a path that cannot be opened as a
 database, a full disk, a corrupt or locked file) leaves this module as ``errors.StoreError`` naming
 the file, with the driver's exception as its cause.
+
+A commit that fails (a full or read-only disk) is rolled back whole and keeps the buffered
+records, so it can be tried again: the coordinator does, with backoff, until the disk is back
+(measured on a 2 MiB tmpfs: a full disk fails the commit with "database or disk is full", and
+reads still work; after space returns the same connection commits again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
@@ -56,7 +63,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
-            raise self._error("cannot open", exc) from exc
+            raise self._error("cannot open" + _why_not(path), exc) from exc
         return db
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
@@ -78,13 +85,18 @@ class SQLiteStore(Store):
         return len(rows)
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        self._db.execute("BEGIN")
+        db = self._db
+        if db.in_transaction:  # a rollback after an earlier failure failed too
+            db.execute("ROLLBACK")
+        db.execute("BEGIN")
         try:
-            self._db.executemany(_UPSERT, rows)
+            db.executemany(_UPSERT, rows)
+            db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def get(self, task_id: str) -> TaskRecord | None:
         pending = self._pending.get(task_id)
@@ -144,6 +156,20 @@ class SQLiteStore(Store):
                 self._db.close()
             except sqlite3.Error as exc:
                 raise self._error("cannot close", exc) from exc
+
+
+def _why_not(path: str) -> str:
+    """What SQLite's "unable to open database file" does not say: which part of the path is wrong."""
+    if path == ":memory:" or path.startswith("file:"):
+        return ""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return " (it is a directory)"
+    if not os.path.isdir(parent):
+        return f" (the directory {parent} does not exist)"
+    if not os.access(parent if not os.path.exists(path) else path, os.W_OK):
+        return " (not writable)"
+    return ""
 
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode

@@ -5,7 +5,9 @@ Facts it is built on:
 - The coordinator's presence is a retained message on ``P/coordinator`` (its Last Will says
   ``offline``; an empty retained message clears it). Anything but a readable ``online`` counts as
   offline: then nobody would take a deferred task or retry a failure, so the worker keeps its
-  waiting tasks and sends final ``failed`` events itself.
+  waiting tasks and sends final ``failed`` events itself. That includes ``degraded``: a
+  coordinator whose store cannot commit records nothing durably and dispatches nothing, so it is
+  given nothing to hold (docs/coordinator.md, "When the store cannot commit").
 - Commands arrive on ``P/control/{worker}``. ``cancel`` stops a stale attempt (the coordinator
   gave the task to someone else): only the attempt named, if this worker still runs it. Anything
   else is rejected with an error report; bad input never stops the worker.
@@ -45,7 +47,7 @@ class CoordinatorLink:
             state = None  # an empty retained message clears the presence
         online = state == ONLINE
         if online != self.online:
-            log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
+            log.info("worker %s: coordinator %s", self.worker_id, state if isinstance(state, str) else "offline")
         self.online = online  # waiting tasks are handed on as they become overdue
 
     def on_control(self, message: Message) -> str | None:
