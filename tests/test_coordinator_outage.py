@@ -250,3 +250,44 @@ def test_a_bad_db_path_is_one_line_naming_it(tmp_path: Path, read_only_dir: Path
         assert done.returncode == RET_ERROR, (case, done.stderr)
         assert done.stdout == "" and done.stderr.count("\n") == 1, (case, done.stderr)
         assert str(path) in done.stderr and why in done.stderr and "Traceback" not in done.stderr, case
+
+
+def test_a_message_whose_record_cannot_be_read_is_kept_until_it_can(harness: Harness) -> None:
+    harness.task("old")
+    wait_until(lambda: harness.store.get("old") is not None and harness.conn.acked, 5)
+    real_get = harness.store.get
+    failing = threading.Event()
+    failing.set()
+
+    def get(task_id: str) -> TaskRecord | None:
+        if failing.is_set() and task_id == "read-me":
+            raise StoreError(f"store {harness.store.path}: cannot read: disk I/O error", path=harness.store.path)
+        return real_get(task_id)
+
+    harness.store.get = get  # type: ignore[method-assign]
+    harness.store.prefetch = lambda ids: None  # type: ignore[method-assign]
+    mid = harness.event("read-me", "succeeded", result=1)
+    wait_until(lambda: harness.conn.on(TOPICS.errors), 5, message="the failed read was not reported")
+    assert mid not in harness.conn.acked and harness.presence() == "degraded"
+    failing.clear()
+    wait_until(lambda: mid in harness.conn.acked, 10, message="the kept message was never decided")
+    assert (real_get("read-me") or TaskRecord("?")).state == "succeeded"
+    assert harness.presence() == "online"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_the_wal_never_fills_a_small_disk_by_itself(tmp_path: Path) -> None:
+    """With SQLite's default checkpoint (1,000 pages, about 4 MB) the WAL alone filled a 2 MiB disk
+    and every later commit failed, with nothing else on it (the record 'never recovered')."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        store = SQLiteStore(str(disk / "tasks.db"))
+        for batch in range(60):  # 500 tasks, each written 12 times
+            for n in range(100):
+                store.put(TaskRecord(f"t{batch % 5}-{n}", body={"pad": "x" * 800}, updated=batch))
+            store.commit()
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -108,6 +108,7 @@ class Loop:
         self._effects = effects
         self._outage = outage
         self._unacked: list[Message] = []  # decided, not yet covered by a commit (an outage)
+        self._again: list[Item] = []  # messages a failed store read left undecided: retried with the commit
         self._on_message = on_message
         self._on_connected = on_connected
         self._clock = clock
@@ -131,8 +132,8 @@ class Loop:
         while True:
             batch = self._take_batch()
             if batch is None:
-                if not self._flush([], stopping=True):
-                    self._outage.stopping(len(self._unacked))
+                if not self._flush([], stopping=True) or self._again:
+                    self._outage.stopping(len(self._unacked) + len(self._again))
                 return
             try:
                 self._process(batch)
@@ -141,6 +142,8 @@ class Loop:
 
     def _take_batch(self) -> list[Item] | None:
         batch: list[Item] = []
+        if self._again and self._outage.due():
+            batch, self._again = self._again, []
         try:
             batch.append(self.items.get(timeout=self._tick_s))
         except queue.Empty:
@@ -161,7 +164,12 @@ class Loop:
         on_message = self._on_message
         for kind, value in batch:
             if kind == MSG:
-                on_message(value)
+                try:
+                    on_message(value)
+                except StoreError as exc:  # a read failed: undecided, so neither acked nor lost
+                    self._again.append((kind, value))
+                    self._outage.failed(exc, len(self._unacked) + len(acks))
+                    continue
                 acks.append(value)
             elif kind == CONNECTED:
                 self._online = True
@@ -225,7 +233,7 @@ class Loop:
         except StoreError as exc:
             outage.failed(exc, len(acks))
             return False
-        if outage.down:
+        if outage.down and not self._again:  # over when the reads that failed have succeeded too
             outage.recovered(getattr(store, "path", type(store).__name__), written, len(acks))
         return True
 
