@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_tasks.protocol.messages import ErrorReport, Presence, Receipt, StatusEvent, Task, WorkerState
+from mqtt_tasks.protocol.messages import CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
 from mqtt_tasks.protocol.schema import json_schemas
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -29,7 +29,7 @@ def documented_fields(section: str) -> set[str]:
 @pytest.mark.parametrize(
     ("section", "model"),
     [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport),
-     ("Coordinator presence", Presence), ("Receipt", Receipt)],
+     ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt)],
 )
 def test_documented_fields_match_the_model(section: str, model: type) -> None:
     assert documented_fields(section) == set(model.model_fields)

@@ -5,6 +5,9 @@ Built on these facts:
 - ``leases`` returns effects (``Cancel``, ``Announce``, ``Enqueue``) and never publishes; every
   outgoing message is built by ``protocol.events`` (one builder per wire message) and waits in the
   outbox until the loop has committed the batch that decided it and acknowledged its messages.
+  What states no decision (answers to queries, the presence) goes into a second outbox
+  (``send_now``) that the loop publishes after every batch, even one whose commit failed
+  (``outage``): answers from memory stay available while the store is down.
 - A final event also goes to the task's ``reply_to`` and its MQTT 5 Response Topic (with the
   Correlation Data echoed), but never onto the prefix's own topics: a ``dead`` event on
   ``P/tasks/q`` decodes as a runnable task. ``events.reply_refusal``, the guard every component
@@ -74,10 +77,12 @@ class Effects:
         self._time_wanted = False
         self._last_reading = -READING_GAP
         self._receipts: dict[str, list[str]] = {}
+        self._now: list[Outgoing] = []
 
     def take(self) -> list[Outgoing]:
         """Everything sent since the last call, in order (a reading of the clock first, when one was
-        asked for), then one receipt per receipt topic; the outbox starts empty again."""
+        asked for), then one receipt per receipt topic, then what ``send_now`` sent; the outboxes
+        start empty again."""
         outbox, self._outbox = self._outbox, []
         if self._time_wanted and time.monotonic() - self._last_reading >= READING_GAP:
             self._time_wanted = False  # else it waits for a later batch (the loop runs every tick_s)
@@ -86,7 +91,12 @@ class Effects:
         if self._receipts:
             receipts, self._receipts = self._receipts, {}
             outbox.extend(self._receipt_messages(receipts))
-        return outbox
+        return outbox + self.take_now() if self._now else outbox
+
+    def take_now(self) -> list[Outgoing]:
+        """Only what ``send_now`` sent since the last call: publishable before a commit."""
+        now, self._now = self._now, []
+        return now
 
     def tell_the_time(self) -> None:
         """Send the workers a reading of the fleet's clock with this batch: ``online`` on
@@ -116,7 +126,13 @@ class Effects:
         return messages
 
     def send(self, topic: str, payload: bytes, **options: Any) -> None:
+        """A message the batch's decisions produced: published once the batch is committed."""
         self._outbox.append((topic, payload, options))
+
+    def send_now(self, topic: str, payload: bytes, **options: Any) -> None:
+        """A message that states no decision (an answer, the presence): published after the batch,
+        committed or not."""
+        self._now.append((topic, payload, options))
 
     def apply(self, record: TaskRecord, effect: Effect) -> None:
         if isinstance(effect, Enqueue):
@@ -191,8 +207,15 @@ class Effects:
                                      ts=self._clock(), topic=topic, payload=payload, task_id=task_id)
         self.send(self._topics.errors, codec.encode(report))
 
+    def store_outage(self, reason: str, presence: str) -> None:
+        """An outage of the store began or ended: an error report and the retained presence, at once."""
+        report = events.error_report(component="coordinator", source=self._client_id, reason=reason,
+                                     ts=self._clock())
+        self.send_now(self._topics.errors, codec.encode(report))
+        self.send_now(self._topics.coordinator, self.presence(presence), retain=True)
+
     def presence(self, state: str, resumed: bool | None = None) -> bytes:
-        """The coordinator's retained presence (``online``, ``offline``) on ``P/coordinator``."""
+        """The coordinator's presence (``online``, ``degraded``, ``offline``) on ``P/coordinator``."""
         return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed))
 
 

@@ -31,7 +31,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import leases
-from ..errors import DecodeError
+from ..errors import DecodeError, StoreError
 from ..protocol import codec
 from ..protocol.states import DEFERRED, DISPATCHED, EXPIRED, FAILED, OFFLINE, ONLINE, STARTED, SUCCEEDED
 from .effects import SOURCE
@@ -94,6 +94,8 @@ class Handlers:
             self._stats["rejected"] += 1
             log.warning("coordinator rejected a message on %s: %s", topic, exc.reason)
             self._effects.report(exc.reason, topic, message.payload, exc.task_id)
+        except StoreError:
+            raise  # the store could not be read: the loop keeps the message for later (outage.py)
         except Exception as exc:
             log.exception("coordinator: error handling a message on %s", topic)
             self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)

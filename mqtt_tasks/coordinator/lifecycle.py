@@ -28,10 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
-from ..errors import MqttTasksError
+from ..errors import MqttTasksError, StoreError
 from ..leases import LeasePolicy, Rng, WorkerView
 from ..protocol import codec, events
-from ..protocol.states import OFFLINE, ONLINE
+from ..protocol.states import OFFLINE
 from ..protocol.topics import Topics
 from ..store.base import Store
 from ..store.memory import MemoryStore
@@ -43,6 +43,7 @@ from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
 from .loop import CONNECTED, DISCONNECTED, MSG, ConnectionLike, Loop
+from .outage import Outage
 from .queries import Queries
 from .records import Records
 from .timers import Timers
@@ -110,8 +111,9 @@ class Coordinator:
         self._queries.ops.update(Admin(self._records, clock).ops())
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
                             policy, clock, rng, stats)
+        self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
-                          handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
+                          self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
         self._put = self._loop.items.put
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -137,10 +139,13 @@ class Coordinator:
         except MqttTasksError as exc:
             log.warning("coordinator: could not announce offline: %s", exc)
         self._connection.close()
-        if self._owns_store:
-            self.store.close()
-        else:
-            self.store.commit()
+        try:
+            if self._owns_store:
+                self.store.close()
+            else:
+                self.store.commit()
+        except StoreError as exc:  # the outage was said; its messages stay with the broker
+            log.error("coordinator: %s", exc)
         log.info("coordinator %s stopped", self.client_id)
 
     def __enter__(self) -> Coordinator:
@@ -152,9 +157,10 @@ class Coordinator:
     def _went_online(self) -> None:
         """On the loop's thread, after every (re)connect."""
         self._records.extend_leases(self._clock())
+        presence = self._outage.presence  # online, or degraded while the store cannot commit
         resumed = getattr(self._connection, "session_present", None)
-        self._effects.send(self.topics.coordinator, self._effects.presence(ONLINE, resumed), retain=True)
-        log.info("coordinator %s online at %s (%d live tasks)", self.client_id, self.settings.display_url,
+        self._effects.send_now(self.topics.coordinator, self._effects.presence(presence, resumed), retain=True)
+        log.info("coordinator %s %s at %s (%d live tasks)", self.client_id, presence, self.settings.display_url,
                  len(self._records.live))
 
     # -- hand-offs from the network thread ---------------------------------------------

@@ -14,6 +14,11 @@ The paho network thread only hands off (``Coordinator.receive``, ``connected`` a
     -> ack the batch             the broker may now forget these messages
     -> publish the effects       status, replies, dead letters, inbox dispatches, cancels, answers
 
+While the store cannot commit (``outage``): the batch's acks and effects are held, the next
+batches are decided in memory on top of it, the commit is retried with backoff, and only
+answers and the presence (``degraded``) go out; the first commit that succeeds writes every
+record that waited, and the loop acks and publishes everything it held.
+
 Built on these facts:
 
 - A message is acknowledged only after the commit that records it, and the MQTT session is
@@ -27,6 +32,7 @@ Built on these facts:
   must not starve lease expiry, and a lease check per batch would cost more than the batch.
 - An unexpected error in a batch is logged and the loop goes on; the batch's messages are not
   acknowledged, so the broker delivers them again after a reconnect.
+- A ``StoreError`` from ``commit`` is no unexpected error: it is an outage, said once (``outage``).
 
 See docs/coordinator.md.
 """
@@ -39,7 +45,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import MqttTasksError
+from ..errors import MqttTasksError, StoreError
 from ..protocol import codec
 
 if TYPE_CHECKING:
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
     from ..transport import Message
     from .backlog import Backlog
     from .effects import Effects
+    from .outage import Outage
     from .records import Records
     from .timers import Timers
 
@@ -94,8 +101,9 @@ class Loop:
     """The owner thread: batch -> decide -> commit -> ack -> publish; timers and backlog when idle."""
 
     def __init__(self, connection: ConnectionLike, topics: Topics, records: Records, timers: Timers, backlog: Backlog,
-                 effects: Effects, on_message: Callable[[Message], None], on_connected: Callable[[], None],
-                 clock: Callable[[], float], batch_size: int, tick_s: float) -> None:
+                 effects: Effects, outage: Outage, on_message: Callable[[Message], None],
+                 on_connected: Callable[[], None], clock: Callable[[], float], batch_size: int,
+                 tick_s: float) -> None:
         self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._conn = connection
         self._topics = topics
@@ -103,6 +111,9 @@ class Loop:
         self._timers = timers
         self._backlog = backlog
         self._effects = effects
+        self._outage = outage
+        self._unacked: list[Message] = []  # decided, not yet covered by a commit (an outage)
+        self._again: list[Item] = []  # messages a failed store read left undecided: retried with the commit
         self._on_message = on_message
         self._on_connected = on_connected
         self._clock = clock
@@ -127,7 +138,8 @@ class Loop:
         while True:
             batch = self._take_batch()
             if batch is None:
-                self._flush([])
+                if not self._flush([], stopping=True) or self._again:
+                    self._outage.stopping(len(self._unacked) + len(self._again))
                 return
             try:
                 self._process(batch)
@@ -136,6 +148,8 @@ class Loop:
 
     def _take_batch(self) -> list[Item] | None:
         batch: list[Item] = []
+        if self._again and self._outage.due():
+            batch, self._again = self._again, []
         try:
             batch.append(self.items.get(timeout=self._tick_s))
         except queue.Empty:
@@ -156,14 +170,19 @@ class Loop:
         on_message = self._on_message
         for kind, value in batch:
             if kind == MSG:
-                on_message(value)
+                try:
+                    on_message(value)
+                except StoreError as exc:  # a read failed: undecided, so neither acked nor lost
+                    self._again.append((kind, value))
+                    self._outage.failed(exc, len(self._unacked) + len(acks))
+                    continue
                 acks.append(value)
             elif kind == CONNECTED:
                 self._online = True
                 self._on_connected()
             elif kind == DISCONNECTED:
                 self._online = False
-        if self._online:
+        if self._online and not self._outage.down:
             self._when_idle(self._clock())
         self._flush(acks)
 
@@ -193,12 +212,42 @@ class Loop:
             if task_id and task_id not in live:
                 ids.append(task_id)
         if ids:
-            self._records.store.prefetch(ids)
+            try:
+                self._records.store.prefetch(ids)
+            except StoreError as exc:  # a hint only: each get() reads for itself
+                log.debug("coordinator: prefetch failed: %s", exc)
 
-    def _flush(self, acks: list[Message]) -> None:
-        self._records.store.commit()
+    def _flush(self, acks: list[Message], stopping: bool = False) -> bool:
+        """Commit, then ack and publish; while the store fails, hold the acks and effects and
+        publish only answers. Whether everything decided so far is committed."""
+        if self._unacked:
+            self._unacked += acks
+            acks = self._unacked
+        if not self._commit(acks, stopping):
+            self._unacked = acks
+            self._publish(self._effects.take_now())
+            return False
+        self._unacked = []
         self._conn.ack_many(acks)
-        for topic, payload, options in self._effects.take():
+        self._publish(self._effects.take())
+        return True
+
+    def _commit(self, acks: list[Message], stopping: bool) -> bool:
+        outage = self._outage
+        if not (stopping or outage.due()):
+            return False
+        store = self._records.store
+        try:
+            written = store.commit()
+        except StoreError as exc:
+            outage.failed(exc, len(acks))
+            return False
+        if outage.down and not self._again:  # over when the reads that failed have succeeded too
+            outage.recovered(getattr(store, "path", type(store).__name__), written, len(acks))
+        return True
+
+    def _publish(self, outgoing: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        for topic, payload, options in outgoing:
             try:
                 self._conn.publish(topic, payload, **options)
             except (MqttTasksError, ValueError) as exc:

@@ -7,7 +7,10 @@ Built on these facts:
   Response Topic). The answer goes to that topic with the correlation echoed (and the MQTT 5
   Correlation Data); the reply guard of ``protocol.events`` applies, as to every reply.
 - Answers are read from the live cache and the store on the loop's thread, like everything else:
-  a query sees every record of the batches before it. ``result`` answers only a finished task,
+  a query sees every record of the batches before it. They state no decision, so they are
+  published even while the store cannot commit (``outage``): ``status`` and ``result`` answer
+  from memory and the store's reads as usual; ``tasks`` lists only the live tasks, and ``stats``
+  has no ``counts``, each with a ``store_error`` saying why. ``result`` answers only a finished task,
   with its final event; otherwise it stays silent and the asker keeps waiting for the event.
 - An answer over the payload cap is replaced by a short refusal, never dropped.
 - The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
@@ -21,7 +24,14 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CoordinatorTimeoutError, DecodeError, MqttTasksError, PayloadTooLargeError, TaskNotFoundError
+from ..errors import (
+    CoordinatorTimeoutError,
+    DecodeError,
+    MqttTasksError,
+    PayloadTooLargeError,
+    StoreError,
+    TaskNotFoundError,
+)
 from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
@@ -66,7 +76,7 @@ class Queries:
         if request.get("op") == "result":
             record = self._records.get(str(request.get("id", "")))
             if record is not None and record.terminal:
-                self._effects.send(reply_to, codec.encode(final_event(record)),
+                self._effects.send_now(reply_to, codec.encode(final_event(record)),
                                    correlation_data=message.correlation_data)
             return
         answer = self.answer(request)
@@ -75,7 +85,7 @@ class Queries:
             payload = codec.check_size(codec.encode(answer), self._max_payload, reply_to)
         except PayloadTooLargeError as exc:
             payload = codec.encode({"ok": False, "error": str(exc), "correlation": request.get("correlation")})
-        self._effects.send(reply_to, payload, correlation_data=message.correlation_data)
+        self._effects.send_now(reply_to, payload, correlation_data=message.correlation_data)
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -87,15 +97,27 @@ class Queries:
         if op == "tasks":
             state = request.get("state")
             limit = max(1, min(int(request.get("limit") or 100), 1000))
-            store = self._records.store
-            store.commit()
-            records = store.list_tasks(state if isinstance(state, str) else None, limit)
-            return {"ok": True, "tasks": [record_summary(r) for r in records]}
+            return self._tasks(state if isinstance(state, str) else None, limit)
         if op == "stats":
-            return {"ok": True, **self.snapshot(), "counts": self._records.store.counts()}
+            try:
+                counts: dict[str, Any] = {"counts": self._records.store.counts()}
+            except StoreError as exc:
+                counts = {"store_error": str(exc)}
+            return {"ok": True, **self.snapshot(), **counts}
         if isinstance(op, str) and op in self.ops:
             return self.ops[op](request)
         return {"ok": False, "error": f"unknown op {op!r}: use {', '.join(OPS[:-1])} or {OPS[-1]}"}
+
+    def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
+        """From the store; while it cannot commit, the live tasks from memory, saying so."""
+        try:
+            records = self._records.store.list_tasks(state, limit)  # commits first: sees this batch too
+        except StoreError as exc:
+            live = sorted((r for r in self._records.live.values() if state in (None, r.state)),
+                          key=lambda r: r.updated, reverse=True)[:limit]
+            return {"ok": True, "tasks": [record_summary(r) for r in live],
+                    "store_error": f"{exc}: only the live tasks, from memory"}
+        return {"ok": True, "tasks": [record_summary(r) for r in records]}
 
     def snapshot(self) -> dict[str, Any]:
         """The counters, live and backlog sizes, and the view of the workers (no store access)."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
+    COORDINATOR_STATES,
     DEAD,
     DEFERRED,
     DUPLICATE,
@@ -35,9 +36,11 @@ from .topics import ID_PATTERN
 if TYPE_CHECKING:
     StatusState = str
     WorkerStateName = str
+    CoordinatorStateName = str
 else:  # the vocabulary of states.py, as enums in the JSON Schema
     StatusState = Literal[STATUS_STATES]
     WorkerStateName = Literal[WORKER_STATES]
+    CoordinatorStateName = Literal[COORDINATOR_STATES]
 
 
 class _Message(BaseModel):
@@ -140,13 +143,15 @@ class WorkerState(_Message):
     version: str | None = None
 
 
-class Presence(_Message):
-    """Retained on ``P/coordinator``: the coordinator's presence; its Last Will says ``offline``."""
+class CoordinatorPresence(_Message):
+    """Retained on ``P/coordinator``: ``online``; ``degraded`` while its store cannot commit (it records
+    in memory and dispatches nothing: workers treat it as absent); ``offline``, also its Last Will.
+    Also sent live (not retained) as a reading of the fleet's clock (docs/protocol.md)."""
 
-    state: Literal["online", "offline"]
-    ts: float | None = None
-    client: str | None = None
-    pid: int | None = None
+    state: CoordinatorStateName
+    ts: float | None = Field(default=None, description="absent in the Last Will")
+    client: str | None = Field(default=None, description="the coordinator's client id")
+    pid: int | None = Field(default=None, description="absent in the Last Will")
     resumed: bool | None = Field(default=None, description="on online: the broker still had the coordinator's "
                                                             "session; false: what was queued for it is gone")
 

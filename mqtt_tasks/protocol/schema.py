@@ -6,10 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .messages import ErrorReport, Presence, Receipt, StatusEvent, Task, WorkerState
+from .messages import CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
 
 MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
-                                      "presence": Presence, "receipt": Receipt}
+                                      "presence": CoordinatorPresence, "receipt": Receipt}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

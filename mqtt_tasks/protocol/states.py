@@ -54,5 +54,10 @@ only (docs/scheduling.md): workers take the shared topic in arrival order."""
 ONLINE = "online"
 DRAINING = "draining"
 OFFLINE = "offline"
+DEGRADED = "degraded"
+"""The coordinator's presence while its store cannot commit: it records in memory, dispatches and
+acknowledges nothing until the store is back; workers treat it as absent (docs/coordinator.md)."""
 
 WORKER_STATES = (ONLINE, DRAINING, OFFLINE)
+COORDINATOR_STATES = (ONLINE, DEGRADED, OFFLINE)
+"""The states of the coordinator's retained presence on ``P/coordinator``."""

@@ -106,7 +106,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def commit(self) -> int:
-        """Make every buffered put durable; return how many records were written."""
+        """Make every buffered put durable; return how many records were written.
+
+        All or nothing: a commit that fails raises ``StoreError`` and keeps every buffered put, so
+        that a later ``commit`` (once the disk is back) writes them."""
 
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:

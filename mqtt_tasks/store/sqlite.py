@@ -6,11 +6,19 @@ a power cut can lose the last batches. Pass ``synchronous="FULL"`` to survive th
 The boundary for SQLite's errors: every ``sqlite3.Error`` (a path that cannot be opened as a
 database, a full disk, a corrupt or locked file) leaves this module as ``errors.StoreError`` naming
 the file, with the driver's exception as its cause.
+
+A commit that fails (a full or read-only disk) is rolled back whole and keeps the buffered
+records, so it can be tried again: the coordinator does, with backoff, until the disk is back
+(measured on a 2 MiB tmpfs: a full disk fails the commit with "database or disk is full", and
+reads still work; after space returns the same connection commits again). A failed commit also
+checkpoints the WAL (``_checkpoint``): on a small disk the WAL alone can fill it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
@@ -33,6 +41,10 @@ CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, queue=excluded.queue, "
            "updated=excluded.updated, data=excluded.data")
+WAL_CHECKPOINT_PAGES = 256
+"""Checkpoint the WAL when it passes this many pages (1 MiB with 4 KiB pages; SQLite's default is
+1,000). The WAL is what grows on a busy coordinator; a smaller one leaves room to recover on a small
+disk (a 2 MiB tmpfs in tests/test_faults.py filled up with WAL alone), at no measurable cost."""
 _CHUNK = 500  # ids per SELECT ... IN (...): below SQLite's oldest variable limit (999)
 _LIVE = ",".join(f"'{s}'" for s in sorted(LIVE_STATES))
 
@@ -52,11 +64,12 @@ class SQLiteStore(Store):
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
-            raise self._error("cannot open", exc) from exc
+            raise self._error("cannot open" + _why_not(path), exc) from exc
         return db
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
@@ -73,18 +86,35 @@ class SQLiteStore(Store):
         try:
             self._write(rows)
         except sqlite3.Error as exc:
+            self._checkpoint()
             raise self._error("cannot commit", exc) from exc
         self._pending.clear()
         return len(rows)
 
+    def _checkpoint(self) -> None:
+        """After a failed commit: move the WAL into the database and truncate it, if that can be done.
+
+        SQLite checkpoints by itself only when the WAL passes 1,000 pages (about 4 MB): on a disk
+        with less room than that the WAL fills it and every later commit fails, even one that
+        would fit once the WAL's pages are back in the database file (measured: a 2 MiB tmpfs
+        holding nothing else fails forever without this). Best effort: on a disk that is really
+        full or read-only this fails too, and the next retry tries again."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        self._db.execute("BEGIN")
+        db = self._db
+        if db.in_transaction:  # a rollback after an earlier failure failed too
+            db.execute("ROLLBACK")
+        db.execute("BEGIN")
         try:
-            self._db.executemany(_UPSERT, rows)
+            db.executemany(_UPSERT, rows)
+            db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def get(self, task_id: str) -> TaskRecord | None:
         pending = self._pending.get(task_id)
@@ -144,6 +174,20 @@ class SQLiteStore(Store):
                 self._db.close()
             except sqlite3.Error as exc:
                 raise self._error("cannot close", exc) from exc
+
+
+def _why_not(path: str) -> str:
+    """What SQLite's "unable to open database file" does not say: which part of the path is wrong."""
+    if path == ":memory:" or path.startswith("file:"):
+        return ""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return " (it is a directory)"
+    if not os.path.isdir(parent):
+        return f" (the directory {parent} does not exist)"
+    if not os.access(parent if not os.path.exists(path) else path, os.W_OK):
+        return " (not writable)"
+    return ""
 
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode

@@ -5,7 +5,9 @@ Facts it is built on:
 - The coordinator's presence is a retained message on ``P/coordinator`` (its Last Will says
   ``offline``; an empty retained message clears it). Anything but a readable ``online`` counts as
   offline: then nobody would take a deferred task or retry a failure, so the worker keeps its
-  waiting tasks and sends final ``failed`` events itself.
+  waiting tasks and sends final ``failed`` events itself. That includes ``degraded``: a
+  coordinator whose store cannot commit records nothing durably and dispatches nothing, so it is
+  given nothing to hold (docs/coordinator.md, "When the store cannot commit").
 - A presence that arrives with the retain flag clear was published just now: its ``ts`` is a
   reading of the coordinator's clock, the fleet's clock (fleet_clock.py).
 - Commands arrive on ``P/control/{worker}``. ``cancel`` stops a stale attempt (the coordinator
@@ -53,7 +55,8 @@ class CoordinatorLink:
             presence = {}  # an empty retained message clears the presence
         online = presence.get("state") == ONLINE
         if online != self.online:
-            log.info("worker %s: coordinator %s", self.worker_id, "online" if online else "offline")
+            state = presence.get("state")
+            log.info("worker %s: coordinator %s", self.worker_id, state if isinstance(state, str) else "offline")
             if online:
                 self.clock.expect()
             else:
