@@ -13,6 +13,7 @@ Its parts, one module each (read them in this order):
 - ``effects``: the policy's effects as topics and payloads, published after the commit.
 - ``queries``: the answers on the query topic, and ``query_status`` / ``query_tasks`` /
   ``query_stats`` that ask them.
+- ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
@@ -26,6 +27,7 @@ from ..errors import (  # the query errors are importable from here too
     TaskNotFoundError,
     TransportError,
 )
+from .cancels import request_cancel
 from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
@@ -48,5 +50,6 @@ __all__ = [
     "query_tasks",
     "record_summary",
     "record_view",
+    "request_cancel",
     "run_coordinator",
 ]

@@ -36,6 +36,7 @@ from ..store.memory import MemoryStore
 from ..store.sqlite import SQLiteStore
 from ..transport import Connection, Message, Will
 from .backlog import Backlog
+from .cancels import CancelRequests
 from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
@@ -47,7 +48,7 @@ from .timers import Timers
 log = logging.getLogger(__name__)
 
 STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired", "succeeded", "duplicates",
-         "cancels", "rejected")
+         "cancels", "rejected", "cancelled")
 
 
 class Coordinator:
@@ -104,8 +105,9 @@ class Coordinator:
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
                                 self._effects, stats)
+        cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
-                            policy, clock, rng, stats)
+                            policy, clock, rng, stats, cancels)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
         self._put = self._loop.items.put
@@ -115,7 +117,8 @@ class Coordinator:
         """Load the live record, subscribe, connect; returns when running."""
         recovered = self._records.recover()
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
-        for topic in (self.topics.all_tasks, self.topics.all_status, self.topics.all_workers, self.topics.rpc):
+        for topic in (self.topics.all_tasks, self.topics.all_status, self.topics.all_workers, self.topics.rpc,
+                      self.topics.all_cancel):
             self._connection.subscribe(topic)
         self._loop.start()
         self._connection.connect()

@@ -100,6 +100,7 @@ class TaskData(dict[str, Any]):
     correlation = property(lambda self: self.get("correlation"))
     expires_at = property(lambda self: self.get("expires_at"))
     queue = property(lambda self: self.get("queue"))
+    step_timeout = property(lambda self: self.get("step_timeout"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -120,6 +121,7 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "correlation", max_len=1024)
     _check_number(obj, "expires_at")
     _check_str(obj, "queue", _ID)
+    _check_number(obj, "step_timeout", positive=True)
     return TaskData(obj)
 
 

@@ -67,6 +67,9 @@ class TaskRecord:
     reason: str | None = None
     duplicates: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    step_timeout: float | None = None  # a started attempt must report progress this often
+    step_deadline: float | None = None  # its last progress (or start) + step_timeout
+    progress: dict[str, Any] | None = None  # the latest progress event: fraction, message, attempt, ts
 
     @property
     def terminal(self) -> bool:

@@ -33,9 +33,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..app import TaskDef
+from ..context import TaskContext
+from ..errors import DecodeError
 from ..execution import Executor
 from ..protocol import codec
 from ..protocol.states import DEFERRED, EXPIRED, STARTED
@@ -43,11 +45,15 @@ from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..transport import Connection, Message
 from .intake import Intake
-from .link import CoordinatorLink
+from .link import CANCEL_TASK, CoordinatorLink
 from .reporter import Reporter
 from .running import Held, Running
 from .slots import Slots, Waiting
 from .stats import Counters
+
+if TYPE_CHECKING:
+    from .cancel import Cancels
+    from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +66,21 @@ under load a task starts every fraction of a millisecond, and a wake-up per task
 more than the events themselves."""
 
 
+class Ticker(Protocol):
+    """Something else the timer thread does when it is due (cancel graces, held-back progress)."""
+
+    def next_due(self) -> float | None: ...
+
+    def tick(self, now: float) -> None: ...
+
+
 class Dispatcher:
     """The decisions under one lock, and the timer thread's loop."""
 
     def __init__(self, *, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
                  task_filters: list[str], slots: Slots, running: Running, intake: Intake, reporter: Reporter,
-                 link: CoordinatorLink, executor: Executor, counters: Counters) -> None:
+                 link: CoordinatorLink, executor: Executor, counters: Counters, cancels: Cancels | None = None,
+                 progress: Progress | None = None) -> None:
         self.worker_id = worker_id
         self._clock = link.clock  # the fleet's time, for expiries (fleet_clock.py)
         self._topics = topics
@@ -79,6 +94,9 @@ class Dispatcher:
         self._link = link
         self._executor = executor
         self._counters = counters
+        self.cancels = cancels
+        self._progress = progress
+        self.tickers: list[Ticker] = [t for t in (cancels, progress) if t is not None]
         self._lock = threading.Condition(threading.RLock())
         self._acks: list[Message] = []  # decided under _lock, sent when it is let go
         self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
@@ -136,15 +154,34 @@ class Dispatcher:
             self._acks.append(message)
         elif topic.startswith(self._topics.control_root):
             refusal = self._link.on_control(message)
-            if refusal is not None:
+            if refusal == CANCEL_TASK:
+                self._on_cancel(message, control=True)
+            elif refusal is not None:
                 self._reporter.error(refusal, message.topic, message.payload, None)
+            self._acks.append(message)
+        elif topic.startswith(self._topics.cancel_root):
+            self._on_cancel(message, control=False)
             self._acks.append(message)
         else:
             self._on_task_message(message)
 
+    def _on_cancel(self, message: Message, *, control: bool) -> None:
+        """A cancel request (``P/cancel/{id}``, or the coordinator's control op for a cancelled task)."""
+        if self.cancels is None:
+            return
+        try:
+            task_id, attempt, reason = self._link.cancel_request(message, control=control)
+        except DecodeError as exc:
+            self._reporter.error(f"invalid cancel request: {exc.reason}", message.topic, message.payload, None)
+            return
+        self._acks.extend(self.cancels.cancel(task_id, reason, self.slots, attempt))
+        due = self.cancels.next_due()
+        if due is not None:
+            self._wake_timer(due)
+
     def _on_task_message(self, message: Message) -> None:
         task = self._intake.admit(message)
-        if task is None:
+        if task is None or (self.cancels is not None and self.cancels.refuses(task, message)):
             self._acks.append(message)
             return
         now = time.monotonic()
@@ -187,10 +224,12 @@ class Dispatcher:
         if timeout is not None:
             timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
         reporter = self._reporter
+        held.context = TaskContext(task.id, task.task, task.attempt, task.queue or "default", self.worker_id,
+                                   self._progress)
         held.run = self._executor.submit(
             tdef.fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
             on_report=lambda outcome: reporter.outcome(task, message, outcome),
-            on_release=self.release,
+            on_release=self.release, context=held.context,
         )
 
     def release(self) -> None:
@@ -280,6 +319,10 @@ class Dispatcher:
         if self.slots.line and self._link.online:
             for waiting in self.slots.take_overdue(now):
                 self._defer(waiting.task, waiting.message)
+        for ticker in self.tickers:
+            due = ticker.next_due()
+            if due is not None and due <= now:
+                ticker.tick(now)
 
     def _announce(self, held: Held) -> None:
         self._reporter.status(held.task, STARTED, {}, ts=held.started)
@@ -288,11 +331,16 @@ class Dispatcher:
         """Seconds until the timer thread has something to do unprompted: a waiting task expires
         or is due to be handed to the coordinator, or a running task's `started` is due."""
         wait = self.slots.next_check(self._clock.now(), self._link.online)
-        due = self._running.next_announcement()
-        if due is not None:
-            until = due - time.monotonic()
-            wait = until if wait is None else min(wait, until)
+        for due in (self._running.next_announcement(), *(t.next_due() for t in self.tickers)):
+            if due is not None:
+                until = due - time.monotonic()
+                wait = until if wait is None else min(wait, until)
         return None if wait is None else max(0.0, wait)
+
+    def wake(self, due: float) -> None:
+        """From any thread: make the timer thread wake by ``due`` (time.monotonic())."""
+        with self._lock:
+            self._wake_timer(due)
 
     def _wake_timer(self, due: float) -> None:
         """Under the lock: make the timer thread wake by ``due`` (time.monotonic()) if it sleeps longer."""
