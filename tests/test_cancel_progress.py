@@ -47,7 +47,12 @@ class Seen:
 
 def make_app(url: str, prefix: str, seen: Seen) -> TaskApp:
     app = TaskApp(settings=settings(url, prefix))
+    _cancel_tasks(app, seen)
+    _progress_tasks(app, seen)
+    return app
 
+
+def _cancel_tasks(app: TaskApp, seen: Seen) -> None:
     @app.task(name="sleepy")
     def sleepy(ident: str, seconds: float = 30.0) -> str:
         seen.add("start", ident)
@@ -81,6 +86,8 @@ def make_app(url: str, prefix: str, seen: Seen) -> TaskApp:
         seen.add("end", ident)
         return ident
 
+
+def _progress_tasks(app: TaskApp, seen: Seen) -> None:
     @app.task(name="steps")
     def steps(ident: str, n: int = 20) -> dict[str, Any]:
         task = current_task()
@@ -104,8 +111,6 @@ def make_app(url: str, prefix: str, seen: Seen) -> TaskApp:
                 seen.add("stopped", ident)
                 raise
         return task.attempt
-
-    return app
 
 
 @contextmanager
