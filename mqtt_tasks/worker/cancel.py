@@ -79,7 +79,8 @@ class Cancels:
         acks = []
         for waiting in slots.take_id(task_id):
             self._counters.add("cancelled")
-            self._reporter.finish(waiting.task, waiting.message, CANCELLED, {"reason": reason}, final=True)
+            self._reporter.finish(waiting.task, waiting.message, CANCELLED, {"reason": reason},
+                                  final=not self._link.online)
             acks.append(waiting.message)
         held = self._running.get(task_id)
         if held is not None and held.run is not None and attempt in (None, held.task.attempt):
