@@ -7,8 +7,9 @@ that needs neither never loads pydantic or amqtt.
 
 __version__ = "0.1.0"
 
-from .app import TaskApp, TaskDef, TaskHandle, TaskOptions  # noqa: E402
+from .app import TaskApp, TaskDef, TaskHandle, TaskOptions, TaskProgress  # noqa: E402
 from .config import Settings, TLSSettings  # noqa: E402
+from .context import TaskContext, current_task  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
     ConnectError,
@@ -82,6 +83,7 @@ __all__ = [
     "TaskApp",
     "TaskCancelled",
     "TaskCancelledError",
+    "TaskContext",
     "TaskDeadError",
     "TaskDef",
     "TaskError",
@@ -90,10 +92,12 @@ __all__ = [
     "TaskHandle",
     "TaskNotFoundError",
     "TaskOptions",
+    "TaskProgress",
     "TaskTimeLimitExceeded",
     "TransportError",
     "UnknownTaskError",
     "Worker",
     "WorkerState",
     "__version__",
+    "current_task",
 ]

@@ -81,12 +81,14 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("read", t.replies(ident)),
                 Rule("read", t.receipts(ident)),
                 Rule("read", t.coordinator),
-                Rule("read", t.all_status)]
+                Rule("read", t.all_status),
+                Rule("write", t.all_cancel)]  # handle.cancel(): any task id (docs/scheduling.md)
     if role == "worker":
         return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
                 Rule("read", t.inbox(ident)),
                 Rule("read", t.control(ident)),
                 Rule("read", t.coordinator),
+                Rule("read", t.all_cancel),  # cancel requests, which work without a coordinator
                 Rule("readwrite", t.probe(ident)),  # the start-up check that the broker routes $share
                 Rule("write", t.all_status),
                 Rule("write", t.worker(ident)),
@@ -99,6 +101,7 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("readwrite", t.all_status),
                 Rule("readwrite", t.all_workers),  # read heartbeats; clear a dead worker's retained state
                 Rule("read", t.rpc),
+                Rule("read", t.all_cancel),
                 Rule("write", t.dead_root + "+"),
                 Rule("write", t.errors),
                 Rule("write", t.inbox_root + "+"),

@@ -40,13 +40,14 @@ from .errors import (
     TaskExpiredError,
     TaskFailedError,
 )
-from .protocol import codec
+from .protocol import codec, events
 from .protocol.states import (
     CANCELLED,
     DEAD,
     EXPIRED,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    PROGRESS,
     SUCCEEDED,
     TASK_NAME_PATTERN,
 )
@@ -71,6 +72,7 @@ class TaskOptions:
     timeout: float | None = None
     max_attempts: int | None = None
     expires: float | None = None  # seconds after submission
+    step_timeout: float | None = None  # a started attempt must report progress this often (coordinator)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class TaskDef(Generic[R]):
         delay: float | None = None,
         at: datetime.datetime | float | None = None,
         priority: int | None = None,
+        step_timeout: float | None = None,
     ) -> TaskHandle:
         """Submit with per-submission options overriding the registration's.
 
@@ -117,6 +120,7 @@ class TaskDef(Generic[R]):
             timeout=timeout if timeout is not None else self.options.timeout,
             max_attempts=max_attempts if max_attempts is not None else self.options.max_attempts,
             expires=expires if expires is not None else self.options.expires,
+            step_timeout=step_timeout if step_timeout is not None else self.options.step_timeout,
         )
         extra = scheduling_fields(delay=delay, at=at, priority=priority)
         return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id, extra=extra)
@@ -154,16 +158,43 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class TaskProgress:
+    """The latest progress a running task reported (``handle.progress()``)."""
+
+    fraction: float | None
+    message: str | None
+    attempt: int
+    worker: str | None
+    ts: float
+
+
 class TaskHandle:
     """The future result of one submitted task."""
 
-    __slots__ = ("id", "name", "_app", "_future", "__weakref__")
+    __slots__ = ("id", "name", "_app", "_future", "_progress", "_following", "__weakref__")
 
     def __init__(self, app: TaskApp, task_id: str, name: str, future: concurrent.futures.Future[StatusEvent]):
         self.id = task_id
         self.name = name
         self._app = app
         self._future = future
+        self._progress: TaskProgress | None = None
+        self._following = False
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Ask for the task to be cancelled (``P/cancel/{id}``); returns at once. A task not
+        started yet ends ``cancelled``; a running one is stopped. ``result()`` then raises
+        ``TaskCancelledError``, unless the task had already ended (its outcome stands)."""
+        self._app.cancel(self.id, reason)
+
+    def progress(self) -> TaskProgress | None:
+        """The latest progress the task reported, or None. The first call starts following the
+        task's status events (``P/status/{id}``): progress reported before it is not seen here
+        (``mqtt-tasks status ID`` shows the coordinator's latest)."""
+        if not self._following:
+            self._app.follow(self)
+        return self._progress
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name} id={self.id} done={self.done()}>"
@@ -215,6 +246,8 @@ def task_body(task_id: str, name: str, args: Iterable[Any], kwargs: dict[str, An
         body["max_attempts"] = opts.max_attempts
     if opts.expires is not None:
         body["expires_at"] = time.time() + opts.expires
+    if opts.step_timeout is not None:
+        body["step_timeout"] = opts.step_timeout
     return {**extra, **body} if extra else body
 
 
@@ -286,8 +319,12 @@ class TaskApp:
         timeout: float | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
+        step_timeout: float | None = None,
     ) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., queue=...)``."""
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., queue=...)``.
+
+        ``step_timeout``: with a coordinator, a started attempt that reports no progress
+        (``current_task().progress``) for this many seconds is presumed hung, stopped and tried again."""
         def register(func: Callable[..., R]) -> TaskDef[R]:
             task_name = name or func.__name__
             if not _TASK_NAME_RE.match(task_name):
@@ -295,7 +332,7 @@ class TaskApp:
             if task_name in self.registry:
                 raise ConfigError(f"a task named {task_name!r} is already registered")
             opts = TaskOptions(queue=check_name("queue", queue or self.default_queue), timeout=timeout,
-                               max_attempts=max_attempts, expires=expires)
+                               max_attempts=max_attempts, expires=expires, step_timeout=step_timeout)
             tdef: TaskDef[R] = TaskDef(self, func, task_name, opts)
             self.registry[task_name] = tdef
             return tdef
@@ -441,6 +478,8 @@ class TaskApp:
             log.warning("undecodable reply on %s: %s", message.topic, exc)
             return
         if message.topic.startswith(self.topics.status_root) and not event.final:
+            if event.state == PROGRESS:
+                self._on_progress(event)
             return  # a handle following P/status/{id} (``handle``) waits for the final event only
         with self._pending_lock:
             handle = self._pending.pop(event.id, None)
@@ -464,12 +503,39 @@ class TaskApp:
                 return existing
             handle = TaskHandle(self, task_id, name, future)
             self._pending[task_id] = handle
-        status_topic = self.topics.status(task_id)
-        conn.subscribe(status_topic)
-        future.add_done_callback(lambda _f: conn.unsubscribe(status_topic))
-        weakref.finalize(handle, conn.unsubscribe, status_topic)  # dropped before its result came
+        self.follow(handle)
         conn.publish(self.topics.rpc, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
         return handle
+
+    def _on_progress(self, event: StatusEvent) -> None:
+        with self._pending_lock:
+            handle = self._pending.get(event.id)
+        if handle is None:
+            return
+        info = event.progress if isinstance(event.progress, dict) else {"message": str(event.progress)}
+        fraction = info.get("fraction")
+        message = info.get("message")
+        handle._progress = TaskProgress(float(fraction) if isinstance(fraction, (int, float)) else None,
+                                        message if isinstance(message, str) else None, event.attempt, event.worker,
+                                        event.ts)
+
+    def follow(self, handle: TaskHandle) -> None:
+        """Follow ``P/status/{id}`` for ``handle``: its progress, and its final event (until it comes)."""
+        if handle._following or handle.done():
+            return
+        handle._following = True
+        conn = self.connection()
+        status_topic = self.topics.status(handle.id)
+        conn.subscribe(status_topic)
+        handle._future.add_done_callback(lambda _f: conn.unsubscribe(status_topic))
+        weakref.finalize(handle, conn.unsubscribe, status_topic)  # dropped before its result came
+
+    def cancel(self, task_id: str, reason: str | None = None) -> None:
+        """Ask for ``task_id`` to be cancelled: one message on ``P/cancel/{task_id}``, read by the
+        coordinator (which ends the task) and by every worker (which stops it if it holds it)."""
+        if not is_valid_id(task_id):
+            raise ConfigError(f"invalid task id {task_id!r}")
+        self.connection().publish(self.topics.cancel(task_id), codec.encode(events.cancel_request(reason=reason)))
 
     @property
     def awaiting(self) -> int:

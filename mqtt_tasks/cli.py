@@ -600,6 +600,24 @@ def status(task_id: str, broker: str | None, prefix: str | None, timeout: float)
     click.echo(json.dumps(record, indent=2, default=str))
 
 
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("task_id")
+@broker_options
+@click.option("--reason", help="Why; recorded and sent in the task's cancelled event.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for the coordinator's answer.")
+def cancel(task_id: str, broker: str | None, prefix: str | None, reason: str | None, timeout: float) -> None:
+    """Cancel TASK_ID: a task not started ends cancelled at once, a running one is stopped.
+
+    Exits 8 when the coordinator has no record of it, 1 when it already ended otherwise, 3 when no
+    coordinator answered (the request still reaches the workers: docs/scheduling.md)."""
+    from .coordinator import request_cancel
+
+    answer = request_cancel(Settings.from_env(broker, prefix=prefix), task_id, reason, timeout=timeout)
+    click.echo(f"{task_id} {answer.get('state') or 'cancelled'}")
+
+
+SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "cancel")  # protocol/schema.py
 TASK_COLUMNS = ("id", "task", "queue", "state", "attempt", "worker", "updated")
 
 
@@ -658,7 +676,7 @@ def purge(queue: str, keep_scheduled: bool, broker: str | None, prefix: str | No
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("kind", required=False, type=click.Choice(["task", "status", "worker", "error", "presence", "receipt"]))
+@click.argument("kind", required=False, type=click.Choice(sorted(SCHEMA_KINDS)))
 def schema(kind: str | None) -> None:
     """Print the JSON Schema of the wire messages (all of them, or one KIND)."""
     from .protocol.schema import json_schemas

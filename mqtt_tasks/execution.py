@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .context import CURRENT, TaskContext
 from .errors import TaskCancelled, TaskTimeLimitExceeded
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ class Run:
         except Exception:
             log.exception("reporting a task outcome failed")
         return True
+
+    def claim(self) -> bool:
+        """Take the report for the caller, who reports the run's end itself (a cancel); the body's
+        own outcome is then dropped. False if the run has reported already."""
+        with self._lock:
+            if self._reported:
+                return False
+            self._reported = True
+            return True
 
     def release(self) -> None:
         with self._lock:
@@ -186,18 +196,21 @@ class Executor:
         is_async: bool,
         on_report: Callable[[Outcome], None],
         on_release: Callable[[], None],
+        context: TaskContext | None = None,
     ) -> Run:
+        """Run ``fn``; ``context`` is what ``current_task()`` returns inside it."""
         run = Run(on_report, on_release)
         if is_async:
             import asyncio  # loaded with the first async task only (~3.6 MB a sync worker never pays)
 
             loop = self._event_loop()
-            run.future = asyncio.run_coroutine_threadsafe(self._run_async(run, fn, args, kwargs, timeout), loop)
+            coro = self._run_async(run, fn, args, kwargs, timeout, context)
+            run.future = asyncio.run_coroutine_threadsafe(coro, loop)
             run.future.add_done_callback(lambda _f: run.release())  # also when cancelled before it ran
         else:
             if timeout is not None:
                 self._watcher().add(run, timeout)
-            self._pool.submit(self._run_sync, run, fn, args, kwargs)
+            self._pool.submit(self._run_sync, run, fn, args, kwargs, context)
         return run
 
     def cancel(self, run: Run, reason: str) -> None:
@@ -209,6 +222,19 @@ class Executor:
             elif run.future is not None:
                 run.future.cancel()
 
+    @staticmethod
+    def interrupt(run: Run, reason: str) -> bool:
+        """Stop a running body without reporting for it (the caller reports its end): raise
+        ``TaskCancelled`` in its thread, or cancel its coroutine. False if it had reported already."""
+        run.cancel_reason = reason
+        if not run.claim():
+            return False
+        if run.thread_id is not None:
+            _raise_in_thread(run.thread_id, TaskCancelled)
+        elif run.future is not None:
+            run.future.cancel()
+        return True
+
     def shutdown(self, wait: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
         if self._deadlines is not None:
@@ -219,8 +245,10 @@ class Executor:
 
     # -- internals ---------------------------------------------------------------------
     @staticmethod
-    def _run_sync(run: Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    def _run_sync(run: Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                  context: TaskContext | None) -> None:
         run.thread_id = threading.get_ident()
+        token = CURRENT.set(context) if context is not None else None
         try:
             try:
                 if run.reported:  # timed out or cancelled before it could start
@@ -228,6 +256,8 @@ class Executor:
                 outcome = Outcome(True, fn(*args, **kwargs))
             finally:
                 run.thread_id = None
+                if token is not None:
+                    CURRENT.reset(token)
         except BaseException as exc:  # noqa: BLE001 - every task failure is reported, none escapes
             outcome = Outcome.from_exception(exc)
         finally:
@@ -237,9 +267,11 @@ class Executor:
 
     @staticmethod
     async def _run_async(run: Run, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                         timeout: float | None) -> None:
+                         timeout: float | None, context: TaskContext | None) -> None:
         import asyncio
 
+        if context is not None:
+            CURRENT.set(context)  # this asyncio task's own copy of the context
         try:
             value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
             outcome = Outcome(True, value)

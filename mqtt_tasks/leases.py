@@ -4,7 +4,8 @@ No sockets, threads or clocks: every function takes ``now`` (epoch seconds, beca
 outlive the process) and, where randomness is needed, an ``rng``. Each event function updates
 the record it is given and returns the *effects* the coordinator must carry out:
 
-- ``Cancel``: tell a worker to stop a stale attempt (``P/control/{worker}``).
+- ``Cancel``: tell a worker to stop a stale attempt, or the attempt of a cancelled task
+  (``P/control/{worker}``).
 - ``Announce``: publish a coordinator status event (``retrying``, ``dead``, ``expired``); final
   ones also go to the task's reply topic, ``dead`` ones also to ``P/dead/{queue}``.
 - ``Enqueue``: the record entered the backlog; hand it to a worker with a free slot.
@@ -72,6 +73,7 @@ class Cancel:
     task_id: str
     attempt: int
     reason: str
+    task_cancelled: bool = False  # the task itself was cancelled, not only this attempt superseded
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ def adopt_body(record: TaskRecord, body: Mapping[str, Any]) -> None:
     record.correlation = body.get("correlation") or record.correlation
     record.not_before = body.get("not_before") or record.not_before
     record.priority = body.get("priority", record.priority)
+    record.step_timeout = body.get("step_timeout") or record.step_timeout
 
 
 def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: LeasePolicy) -> list[Effect]:
@@ -189,7 +192,8 @@ def on_started(record: TaskRecord, attempt: int, worker: str, heartbeat_s: float
     if record.terminal:
         if _is_winner(record, attempt, worker):
             return []
-        return [Cancel(worker, record.id, attempt, f"task already {record.state}")]
+        return [Cancel(worker, record.id, attempt, record.reason if record.state == CANCELLED and record.reason
+                       else f"task already {record.state}", task_cancelled=record.state == CANCELLED)]
     if attempt < record.attempt:
         return [Cancel(worker, record.id, attempt, f"superseded by attempt {record.attempt}")]
     fresh = record.state != STARTED or record.worker != worker or attempt != record.attempt
@@ -200,9 +204,35 @@ def on_started(record: TaskRecord, attempt: int, worker: str, heartbeat_s: float
     if fresh:
         record.started_at = now
         record.run_deadline = now + record.timeout + policy.timeout_grace if record.timeout else None
+        record.step_deadline = now + record.step_timeout if record.step_timeout else None
         record.note(attempt=attempt, worker=worker, event="started", ts=now)
         record.updated = now
     return []
+
+
+def on_progress(record: TaskRecord, attempt: int, worker: str, heartbeat_s: float | None, progress: Any,
+                now: float, policy: LeasePolicy) -> list[Effect]:
+    """A running attempt reported progress: as a heartbeat would, it renews the lease (and says the
+    attempt started); and it restarts the step timer (``step_timeout``)."""
+    effects = on_started(record, attempt, worker, heartbeat_s, now, policy)
+    if record.terminal or attempt != record.attempt:
+        return effects
+    record.progress = {**(progress if isinstance(progress, dict) else {"value": progress}), "attempt": attempt,
+                       "ts": now}
+    record.step_deadline = now + record.step_timeout if record.step_timeout else None
+    record.updated = now
+    return effects
+
+
+def on_cancel(record: TaskRecord, reason: str, now: float, attempt: int | None = None) -> list[Effect]:
+    """A cancel request (or a worker's ``cancelled`` event about ``attempt``): a live task ends
+    ``cancelled`` at once, and the worker running or sent it is told to stop it."""
+    if record.terminal or (attempt is not None and attempt < record.attempt):
+        return []
+    effects: list[Effect] = []
+    if record.state in (STARTED, DISPATCHED) and record.worker:
+        effects.append(Cancel(record.worker, record.id, record.attempt, reason, task_cancelled=True))
+    return effects + _finish(record, CANCELLED, reason, now)
 
 
 def on_succeeded(record: TaskRecord, attempt: int, worker: str | None, result: Any, now: float) -> list[Effect]:
@@ -359,11 +389,10 @@ def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died
         return []
     if record.state in HELD and record.expires_at is not None and record.expires_at <= now:
         return _finish(record, EXPIRED, HELD[record.state], now)
-    if record.state == STARTED and record.run_deadline is not None and record.run_deadline <= now:
-        effects: list[Effect] = [Cancel(record.worker, record.id, record.attempt, "time limit exceeded")] \
-            if record.worker else []
-        return effects + _redispatch(record, now, f"still running past its timeout of {record.timeout}s",
-                                     failed=True, policy=policy)
+    if record.state == STARTED and (overran := _overran(record, now)) is not None:
+        cancel, reason = overran
+        effects: list[Effect] = [Cancel(record.worker, record.id, record.attempt, cancel)] if record.worker else []
+        return effects + _redispatch(record, now, reason, failed=True, policy=policy)
     if record.deadline is None or record.deadline > now:
         return []
     return _deadline_passed(record, now, policy, worker_died)
@@ -395,7 +424,7 @@ def next_due(record: TaskRecord) -> float | None:
         return None
     times = [record.deadline]
     if record.state == STARTED:
-        times.append(record.run_deadline)
+        times += [record.run_deadline, record.step_deadline]
     elif record.state in HELD:
         times.append(record.expires_at)
     known = [t for t in times if t is not None]
@@ -537,6 +566,18 @@ def _redispatch(record: TaskRecord, now: float, reason: str, *, failed: bool, po
     return _to_backlog(record, now, event="requeued")
 
 
+def _overran(record: TaskRecord, now: float) -> tuple[str, str] | None:
+    """(what the worker is told, the reason) if a started attempt ran past its timeout (+ grace),
+    or reported no progress within its ``step_timeout`` while its worker lives (its heartbeats renew
+    the lease, not the step timer): presumed stuck, it is stopped and tried again."""
+    if record.run_deadline is not None and record.run_deadline <= now:
+        return "time limit exceeded", f"still running past its timeout of {record.timeout}s"
+    if record.step_deadline is not None and record.step_deadline <= now:
+        reason = f"no progress within its step_timeout of {record.step_timeout:g}s"
+        return reason, reason
+    return None
+
+
 def _expire_unaccounted(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
     """A queued or dispatched record past its expiry and its dispatch timeout: a worker that took
     it in time would have said ``started`` (or ``expired``) by its expiry + ``dispatch_timeout``;
@@ -554,7 +595,7 @@ def _to_backlog(record: TaskRecord, now: float, *, event: str, worker: str | Non
         return _finish(record, DEAD, "cannot dispatch, the task itself was never seen", now)
     record.state = BACKLOG
     record.worker = None
-    record.deadline = record.run_deadline = None
+    record.deadline = record.run_deadline = record.step_deadline = None
     record.note(attempt=record.attempt, worker=worker, event=event, ts=now)
     record.updated = now
     return [Enqueue(record.id)]
@@ -577,7 +618,7 @@ def _finish(record: TaskRecord, state: str, reason: str, now: float, *, reply: b
     record.state = state
     record.reason = reason
     record.winner = {"attempt": record.attempt, "worker": None}
-    record.deadline = record.run_deadline = None
+    record.deadline = record.run_deadline = record.step_deadline = None
     record.note(attempt=record.attempt, event=state, reason=reason, ts=now)
     record.updated = now
     return [Announce(state, reason, final=True, reply=reply, dead_letter=state == DEAD)]

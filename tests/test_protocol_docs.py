@@ -43,7 +43,7 @@ def test_required_task_fields_are_the_contracts() -> None:
 
 def test_every_schema_is_a_json_object_schema() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt"}
+    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel"}
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")

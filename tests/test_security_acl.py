@@ -127,7 +127,8 @@ def test_worker_role_is_least_privilege() -> None:
     rules = {(r.access, r.topic) for r in role_rules("worker", "w1", prefix="P", queues=["default"])}
     assert rules == {("readwrite", t.tasks("default")), ("read", t.inbox("w1")), ("read", t.control("w1")),
                      ("read", t.coordinator), ("readwrite", t.probe("w1")), ("write", "P/status/+"),
-                     ("write", t.worker("w1")), ("write", t.errors), ("write", "P/replies/+")}
+                     ("write", t.worker("w1")), ("write", t.errors), ("write", "P/replies/+"),
+                     ("read", "P/cancel/+")}
 
 
 def test_monitor_role_is_read_only() -> None:

@@ -15,6 +15,7 @@ Its parts, one module each (read them in this order):
   ``query_stats`` that ask them.
 - ``admin``: the operator's ops on the query topic, ``retry`` and ``purge``, and ``retry_task`` /
   ``purge_queue`` that ask for them.
+- ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
@@ -29,6 +30,7 @@ from ..errors import (  # the query errors are importable from here too
     TransportError,
 )
 from .admin import purge_queue, retry_task
+from .cancels import request_cancel
 from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
@@ -52,6 +54,7 @@ __all__ = [
     "query_tasks",
     "record_summary",
     "record_view",
+    "request_cancel",
     "retry_task",
     "run_coordinator",
 ]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
-from ..protocol.states import DEAD, EXPIRED, ONLINE, RETRYING, SUCCEEDED
+from ..protocol.states import CANCELLED, DEAD, EXPIRED, ONLINE, RETRYING, SUCCEEDED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,7 +141,8 @@ class Effects:
             self._stats["cancels"] += 1
             log.info("coordinator: telling %s to stop task %s attempt %d: %s", effect.worker, effect.task_id,
                      effect.attempt, effect.reason)
-            command = events.cancel_command(effect.task_id, effect.attempt, effect.reason)
+            command = events.cancel_command(effect.task_id, effect.attempt, effect.reason,
+                                            cancelled=effect.task_cancelled)
             self.send(self._topics.control(effect.worker), codec.encode(command))
         elif isinstance(effect, Announce):
             self._announce(record, effect)
@@ -167,6 +168,8 @@ class Effects:
             log.warning("coordinator: task %s is dead: %s", record.id, effect.reason)
         elif effect.state == EXPIRED:
             self._stats["expired"] += 1
+        elif effect.state == CANCELLED:
+            self._stats["cancelled"] += 1
         elif effect.state == RETRYING:
             self._stats["retried"] += 1
             log.info("coordinator: task %s will be retried: %s", record.id, effect.reason)

@@ -33,7 +33,18 @@ from typing import TYPE_CHECKING
 from .. import leases
 from ..errors import DecodeError, StoreError
 from ..protocol import codec
-from ..protocol.states import DEFERRED, DISPATCHED, EXPIRED, FAILED, OFFLINE, ONLINE, STARTED, SUCCEEDED
+from ..protocol.states import (
+    CANCELLED,
+    DEFERRED,
+    DISPATCHED,
+    EXPIRED,
+    FAILED,
+    OFFLINE,
+    ONLINE,
+    PROGRESS,
+    STARTED,
+    SUCCEEDED,
+)
 from .effects import SOURCE
 
 if TYPE_CHECKING:
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
     from ..protocol.messages import StatusEvent
     from ..protocol.topics import Topics
     from ..transport import Message
+    from .cancels import CancelRequests
     from .effects import Effects
     from .fleet import Fleet
     from .queries import Queries
@@ -57,7 +69,7 @@ class Handlers:
 
     def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, effects: Effects,
                  queries: Queries, policy: LeasePolicy, clock: Callable[[], float], rng: Rng,
-                 stats: dict[str, int]) -> None:
+                 stats: dict[str, int], cancels: CancelRequests | None = None) -> None:
         self._max_payload = settings.max_payload
         self._topics = topics
         self._records = records
@@ -68,12 +80,15 @@ class Handlers:
         self._clock = clock
         self._rng = rng
         self._stats = stats
+        self._cancels = cancels
         self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
             STARTED: self.on_started,
             SUCCEEDED: self.on_succeeded,
             FAILED: self.on_failed,
             DEFERRED: self.on_deferred,
             EXPIRED: self.on_expired,
+            PROGRESS: self.on_progress,
+            CANCELLED: self.on_cancelled,
         }
 
     def on_message(self, message: Message) -> None:
@@ -90,6 +105,8 @@ class Handlers:
                 self.on_worker_state(message)
             elif topic == topics.rpc:
                 self._queries.on_rpc(message)
+            elif self._cancels is not None and topic.startswith(topics.cancel_root):
+                self._cancels.on_request(message)
         except DecodeError as exc:
             self._stats["rejected"] += 1
             log.warning("coordinator rejected a message on %s: %s", topic, exc.reason)
@@ -184,6 +201,26 @@ class Handlers:
         record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
         effects = leases.on_worker_event_final(record, EXPIRED, event.attempt, event.worker, event.reason,
                                                self._clock())
+        self._records.save(record, effects)
+
+    def on_progress(self, event: StatusEvent) -> None:
+        assert event.worker is not None
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        view = self._fleet.views.get(event.worker)
+        self._records.save(record, leases.on_progress(record, event.attempt, event.worker,
+                                                      view.heartbeat_s if view else None, event.progress,
+                                                      self._clock(), self._policy))
+
+    def on_cancelled(self, event: StatusEvent) -> None:
+        """A worker cancelled an attempt it held or was sent (a cancel request reached it): final
+        when it saw no coordinator (it replied itself), else the coordinator ends the task here."""
+        record = self._records.get_or_create(event.id, task=event.task, queue=event.queue)
+        reason = event.reason or "cancelled"
+        if event.final:
+            effects = leases.on_worker_event_final(record, CANCELLED, event.attempt, event.worker, reason,
+                                                   self._clock())
+        else:
+            effects = leases.on_cancel(record, reason, self._clock(), attempt=event.attempt)
         self._records.save(record, effects)
 
     # -- worker states ---------------------------------------------------------------------

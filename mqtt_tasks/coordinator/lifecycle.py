@@ -39,6 +39,7 @@ from ..store.sqlite import SQLiteStore
 from ..transport import Connection, Message, Will
 from .admin import Admin
 from .backlog import Backlog
+from .cancels import CancelRequests
 from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
@@ -51,7 +52,7 @@ from .timers import Timers
 log = logging.getLogger(__name__)
 
 STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired", "succeeded", "duplicates",
-         "cancels", "rejected")
+         "cancels", "rejected", "cancelled")
 
 
 class Coordinator:
@@ -109,8 +110,9 @@ class Coordinator:
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
                                 self._effects, stats)
         self._queries.ops.update(Admin(self._records, clock).ops())
+        cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
-                            policy, clock, rng, stats)
+                            policy, clock, rng, stats, cancels)
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
@@ -122,7 +124,7 @@ class Coordinator:
         recovered = self._records.recover()
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
-                      self.topics.rpc):
+                      self.topics.rpc, self.topics.all_cancel):
             self._connection.subscribe(topic)
         self._loop.start()
         self._connection.connect()

@@ -136,7 +136,8 @@ def record_summary(record: TaskRecord) -> dict[str, Any]:
 def record_view(record: TaskRecord) -> dict[str, Any]:
     view = record_summary(record)
     view.update(history=record.history, result=record.result, error=record.error,
-                max_attempts=record.max_attempts, winner=record.winner, expires_at=record.expires_at)
+                max_attempts=record.max_attempts, winner=record.winner, expires_at=record.expires_at,
+                progress=record.progress, step_timeout=record.step_timeout)
     return view
 
 

@@ -63,9 +63,28 @@ def dead_letter(task_id: str, *, body: dict[str, Any] | None, queue: str, reason
                      "attempts": attempts, "error": error, "ts": ts})
 
 
-def cancel_command(task_id: str, attempt: int | None, reason: str) -> dict[str, Any]:
-    """Tell one worker (on ``P/control/{worker}``) to stop an attempt it holds."""
-    return _compact({"op": "cancel", "id": task_id, "attempt": attempt, "reason": reason})
+def cancel_command(task_id: str, attempt: int | None, reason: str, *, cancelled: bool = False) -> dict[str, Any]:
+    """Tell one worker (on ``P/control/{worker}``) to stop an attempt it holds. ``cancelled``: the
+    task itself was cancelled (``P/cancel/{id}``), not just this attempt superseded."""
+    return _compact({"op": "cancel", "id": task_id, "attempt": attempt, "reason": reason,
+                     "cancelled": True if cancelled else None})
+
+
+def cancel_request(*, reason: str | None = None, reply_to: str | None = None,
+                   correlation: str | None = None) -> dict[str, Any]:
+    """A request to cancel a task, on ``P/cancel/{task_id}`` (every field optional: ``{}`` will do)."""
+    return _compact({"reason": reason, "reply_to": reply_to, "correlation": correlation})
+
+
+def cancel_answer(task_id: str, ok: bool, state: str | None, *, error: str | None = None,
+                  correlation: str | None = None) -> dict[str, Any]:
+    """The coordinator's answer to a cancel request that named a ``reply_to``."""
+    return _compact({"id": task_id, "ok": ok, "state": state, "error": error, "correlation": correlation})
+
+
+def progress_info(fraction: float | None, message: str | None) -> dict[str, Any]:
+    """The ``progress`` of a ``progress`` status event: a fraction in [0, 1] and/or a message."""
+    return _compact({"fraction": fraction, "message": message})
 
 
 def presence(state: str, ts: float | None, client: str, pid: int | None,

@@ -77,6 +77,8 @@ class Task(_Message):
                                      "holds it (state scheduled)")
     priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="0-9, higher "
                                  "first; orders the coordinator's backlog, not the shared topic; absent: 5")
+    step_timeout: float | None = Field(default=None, gt=0, description="seconds a started attempt may go without "
+                                       "reporting progress before the coordinator presumes it hung")
 
     @field_validator("reply_to", "receipt_to")
     @classmethod
@@ -104,7 +106,8 @@ class StatusEvent(_Message):
     queue: str | None = None
     result: Any = None
     error: ErrorInfo | None = None
-    progress: Any = None
+    progress: Any = Field(default=None, description='on progress: {"fraction": 0-1, "message": "..."} as the '
+                          "task reported it (a worker of this library); any JSON from other senders")
     final: bool | None = Field(default=None, description="true on the last event of the task")
     max_attempts: int | None = Field(default=None, description="on failed: the attempt limit the worker applied")
     reason: str | None = Field(default=None, description="why: dead, expired, cancelled, retrying, deferred")
@@ -137,6 +140,8 @@ class WorkerState(_Message):
     waiting: int | None = Field(default=None, description="tasks received and waiting here for a free slot")
     full_ago: float | None = Field(default=None, description="seconds since the worker last had no free slot "
                                                               "(0: now; absent: not since it started)")
+    stuck: int | None = Field(default=None, description="slots taken by cancelled task bodies that did not stop "
+                              "within the cancel grace (Python cannot stop a thread)")
     group: str | None = None
     pid: int | None = None
     host: str | None = None
@@ -162,6 +167,13 @@ class Receipt(_Message):
     ids: list[str] = Field(description="the ids of the tasks recorded, one commit's worth per receipt topic")
     ts: float
     client: str | None = Field(default=None, description="the coordinator's client id")
+class CancelRequest(_Message):
+    """Published on ``P/cancel/{task_id}``; read by the coordinator and by every worker."""
+
+    reason: str | None = Field(default=None, max_length=1024, description="why; echoed in the cancelled event")
+    reply_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                 description="topic that receives the coordinator's answer")
+    correlation: str | None = Field(default=None, max_length=1024, description="echoed in the answer")
 
 
 class ErrorReport(_Message):

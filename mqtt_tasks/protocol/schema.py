@@ -6,14 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .messages import CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
+from .messages import CancelRequest, CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
 
 MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
-                                      "presence": CoordinatorPresence, "receipt": Receipt}
+                                      "presence": CoordinatorPresence, "receipt": Receipt, "cancel": CancelRequest}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error."""
+    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error/cancel."""
     schemas = {}
     for kind, model in MODELS.items():
         schema = model.model_json_schema()

@@ -15,6 +15,7 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/replies/{client_id}    (extension) the default reply topic of a producer
     P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
     P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
+    P/cancel/{task_id}       (extension) a request to cancel a task: the coordinator and every worker read it
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class Topics:
     """All topics for one prefix. Cheap to build; attributes are plain strings."""
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
-                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root")
+                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root",
+                 "cancel_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -74,6 +76,7 @@ class Topics:
         self.replies_root = f"{prefix}/replies/"
         self.probe_root = f"{prefix}/probe/"
         self.record_root = f"{prefix}/record/"
+        self.cancel_root = f"{prefix}/cancel/"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:
@@ -108,6 +111,9 @@ class Topics:
     def record(self, queue: str) -> str:
         return self.record_root + queue
 
+    def cancel(self, task_id: str) -> str:
+        return self.cancel_root + task_id
+
     # -- wildcard filters -------------------------------------------------------
     @property
     def all_tasks(self) -> str:
@@ -125,6 +131,10 @@ class Topics:
     def all_workers(self) -> str:
         return self.workers_root + "+"
 
+    @property
+    def all_cancel(self) -> str:
+        return self.cancel_root + "+"
+
     # -- parsers: return the last level, or None when the topic is not of that kind --
     def queue_of(self, topic: str) -> str | None:
         """The queue of a task topic: ``P/tasks/{queue}`` or ``P/record/{queue}``."""
@@ -135,6 +145,9 @@ class Topics:
 
     def worker_of(self, topic: str) -> str | None:
         return _tail(topic, self.workers_root)
+
+    def task_id_of_cancel(self, topic: str) -> str | None:
+        return _tail(topic, self.cancel_root)
 
 
 def _tail(topic: str, root: str) -> str | None:

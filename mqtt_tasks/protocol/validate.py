@@ -104,6 +104,7 @@ class TaskData(dict[str, Any]):
     receipt_to = property(lambda self: self.get("receipt_to"))
     not_before = property(lambda self: self.get("not_before"))
     priority = property(lambda self: self.get("priority"))
+    step_timeout = property(lambda self: self.get("step_timeout"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -129,6 +130,7 @@ def task(obj: dict[str, Any]) -> TaskData:
         raise Invalid("field 'alone': Input should be a valid boolean")
     _check_number(obj, "not_before")
     _check_int(obj, "priority", PRIORITY_MIN, PRIORITY_MAX)
+    _check_number(obj, "step_timeout", positive=True)
     return TaskData(obj)
 
 

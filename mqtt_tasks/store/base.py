@@ -73,6 +73,9 @@ class TaskRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     not_before: float | None = None  # the task's own: not started before then (scheduled until)
     priority: int | None = None     # the task's own: orders the backlog (None: the default, 5)
+    step_timeout: float | None = None  # a started attempt must report progress this often
+    step_deadline: float | None = None  # its last progress (or start) + step_timeout
+    progress: dict[str, Any] | None = None  # the latest progress event: fraction, message, attempt, ts
 
     @property
     def terminal(self) -> bool:

@@ -8,7 +8,7 @@ one into the pool:
   go to the coordinator link;
 - a task thread (or the event loop) whose run is over (``release``): gives its slot back and
   starts the next waiting task itself;
-- the timer thread (``run_timer``): what is due with no message to prompt it: waiting tasks that
+- the timer thread (``timer.py``): what is due with no message to prompt it: waiting tasks that
   expire or are overdue for the coordinator, and ``started`` events of tasks still running after
   ``started_after``. It sleeps until the earliest of those.
 
@@ -37,9 +37,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..app import TaskDef
+from ..context import TaskContext
+from ..errors import DecodeError
 from ..execution import Executor
 from ..protocol import codec
 from ..protocol.states import DEFERRED, EXPIRED, STARTED
@@ -47,21 +49,30 @@ from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..transport import Connection, Message
 from .intake import Intake
-from .link import CoordinatorLink
+from .link import CANCEL_TASK, CoordinatorLink
 from .reporter import Reporter
 from .running import Held, Running
 from .slots import Slots, Waiting
 from .stats import Counters
+from .timer import Timer
+
+if TYPE_CHECKING:
+    from .cancel import Cancels
+    from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 MAX_TASK_TIMEOUT = 10 * 365 * 86400.0
 """A task's ``timeout`` above this (ten years) is treated as this: a wire value such as 1e300 must
 not overflow the time-limit thread's wait and so disable time limits for every task."""
-ANNOUNCE_EVERY = 0.02
-"""The timer thread publishes due ``started`` events at most this often (seconds), in batches:
-under load a task starts every fraction of a millisecond, and a wake-up per task would cost
-more than the events themselves."""
+
+
+class Ticker(Protocol):
+    """Something else the timer thread does when it is due (cancel graces, held-back progress)."""
+
+    def next_due(self) -> float | None: ...
+
+    def tick(self, now: float) -> None: ...
 
 
 class Dispatcher:
@@ -69,7 +80,8 @@ class Dispatcher:
 
     def __init__(self, *, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
                  task_filters: list[str], slots: Slots, running: Running, intake: Intake, reporter: Reporter,
-                 link: CoordinatorLink, executor: Executor, counters: Counters) -> None:
+                 link: CoordinatorLink, executor: Executor, counters: Counters, cancels: Cancels | None = None,
+                 progress: Progress | None = None) -> None:
         self.worker_id = worker_id
         self._clock = link.clock  # the fleet's time, for expiries (fleet_clock.py)
         self._topics = topics
@@ -83,9 +95,14 @@ class Dispatcher:
         self._link = link
         self._executor = executor
         self._counters = counters
+        self.cancels = cancels
+        self._progress = progress
+        self.tickers: list[Ticker] = [t for t in (cancels, progress) if t is not None]
         self._lock = threading.Condition(threading.RLock())
         self._acks: list[Message] = []  # decided under _lock, sent when it is let go
-        self._timer_due = float("inf")  # time.monotonic() the timer thread sleeps until
+        self.timer = Timer(self._lock, until_next=self._until_next_wakeup,
+                           next_announcement=running.next_announcement, stopping=lambda: self._stopping,
+                           on_due=lambda: self.decide(self._on_timer))
         self.draining = False
         self._stopping = False
         self.probe_arrived: Callable[[], None] = lambda: None  # set by the worker's ShareProbe
@@ -140,15 +157,34 @@ class Dispatcher:
             self._acks.append(message)
         elif topic.startswith(self._topics.control_root):
             refusal = self._link.on_control(message)
-            if refusal is not None:
+            if refusal == CANCEL_TASK:
+                self._on_cancel(message, control=True)
+            elif refusal is not None:
                 self._reporter.error(refusal, message.topic, message.payload, None)
+            self._acks.append(message)
+        elif topic.startswith(self._topics.cancel_root):
+            self._on_cancel(message, control=False)
             self._acks.append(message)
         else:
             self._on_task_message(message)
 
+    def _on_cancel(self, message: Message, *, control: bool) -> None:
+        """A cancel request (``P/cancel/{id}``, or the coordinator's control op for a cancelled task)."""
+        if self.cancels is None:
+            return
+        try:
+            task_id, attempt, reason = self._link.cancel_request(message, control=control)
+        except DecodeError as exc:
+            self._reporter.error(f"invalid cancel request: {exc.reason}", message.topic, message.payload, None)
+            return
+        self._acks.extend(self.cancels.cancel(task_id, reason, self.slots, attempt))
+        due = self.cancels.next_due()
+        if due is not None:
+            self._wake_timer(due)
+
     def _on_task_message(self, message: Message) -> None:
         task = self._intake.admit(message)
-        if task is None:
+        if task is None or (self.cancels is not None and self.cancels.refuses(task, message)):
             self._acks.append(message)
             return
         now = time.monotonic()
@@ -214,10 +250,12 @@ class Dispatcher:
             timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
         reporter = self._reporter
         fn = alone_body(tdef.fn, tdef.is_async, self._conn, task.id) if alone else tdef.fn
+        held.context = TaskContext(task.id, task.task, task.attempt, task.queue or "default", self.worker_id,
+                                   self._progress)
         held.run = self._executor.submit(
             fn, task.args, task.kwargs, timeout=timeout, is_async=tdef.is_async,
             on_report=lambda outcome: reporter.outcome(task, message, outcome),
-            on_release=self.release_alone if alone else self.release,
+            on_release=self.release_alone if alone else self.release, context=held.context,
         )
 
     def release(self) -> None:
@@ -294,25 +332,7 @@ class Dispatcher:
                                   final=True)
             self._acks.append(w.message)
 
-    # -- the timer thread ------------------------------------------------------------------------
-    def run_timer(self) -> None:
-        """Sleep until something is due with no message to prompt it, do it, repeat until stopped."""
-        last_run = 0.0
-        while True:
-            with self._lock:
-                if self._stopping:
-                    return
-                wait = self._until_next_wakeup()
-                if self._running.next_announcement() is not None:  # batched: see ANNOUNCE_EVERY
-                    wait = max(wait if wait is not None else 0.0, last_run + ANNOUNCE_EVERY - time.monotonic())
-                self._timer_due = time.monotonic() + wait if wait is not None else float("inf")
-                self._lock.wait(wait)
-                self._timer_due = float("inf")
-                if self._stopping:
-                    return
-            self.decide(self._on_timer)
-            last_run = time.monotonic()
-
+    # -- the timer thread (timer.py): what it decides ------------------------------------------
     def stop_timer(self) -> None:
         with self._lock:
             self._stopping = True
@@ -327,6 +347,10 @@ class Dispatcher:
         if self.slots.line and self._link.online:
             for waiting in self.slots.take_overdue(now):
                 self._defer(waiting.task, waiting.message)
+        for ticker in self.tickers:
+            due = ticker.next_due()
+            if due is not None and due <= now:
+                ticker.tick(now)
 
     def _announce(self, held: Held) -> None:
         self._reporter.status(held.task, STARTED, {}, ts=held.started)
@@ -335,18 +359,18 @@ class Dispatcher:
         """Seconds until the timer thread has something to do unprompted: a waiting task expires
         or is due to be handed to the coordinator, or a running task's `started` is due."""
         wait = self.slots.next_check(self._clock.now(), self._link.online)
-        due = self._running.next_announcement()
-        if due is not None:
-            until = due - time.monotonic()
-            wait = until if wait is None else min(wait, until)
+        for due in (self._running.next_announcement(), *(t.next_due() for t in self.tickers)):
+            if due is not None:
+                until = due - time.monotonic()
+                wait = until if wait is None else min(wait, until)
         return None if wait is None else max(0.0, wait)
 
-    def _wake_timer(self, due: float) -> None:
-        """Under the lock: make the timer thread wake by ``due`` (time.monotonic()) if it sleeps longer."""
-        if due < self._timer_due:
-            self._timer_due = due
-            self._lock.notify()
+    def wake(self, due: float) -> None:
+        """From any thread: make the timer thread wake by ``due`` (time.monotonic())."""
+        self.timer.wake(due)
 
+    def _wake_timer(self, due: float) -> None:
+        self.timer.wake_locked(due)
 
 ALONE_ANNOUNCE_TIMEOUT = 10.0
 """Seconds an ``alone`` task's body waits for the broker to acknowledge its ``started`` event."""

@@ -46,12 +46,12 @@ class Identity:
 
 
 def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]], free: int, waiting: int,
-                  full_ago: float | None) -> bytes:
+                  full_ago: float | None, stuck: int | None = None) -> bytes:
     """The retained worker state: the heartbeat, or (``offline``, no tasks) the Last Will."""
     return codec.encode(events.worker_state(
         identity.worker_id, state, time.time(), queues=identity.queues, concurrency=identity.concurrency,
         tasks=tasks, heartbeat_s=identity.heartbeat_s, free=free, waiting=waiting, full_ago=full_ago,
-        group=identity.group, pid=os.getpid(), host=socket.gethostname(), version=__version__,
+        group=identity.group, pid=os.getpid(), host=socket.gethostname(), version=__version__, stuck=stuck or None,
     ))
 
 
@@ -90,5 +90,7 @@ class Heartbeat:
         slots = self._dispatch.slots
         tasks = [{"id": a.id, "attempt": a.attempt, "started": a.started}
                  for a in self._running.attempts()] if state != OFFLINE else []
+        cancels = self._dispatch.cancels
         return state_payload(self._identity, state, tasks=tasks, free=slots.offered() if state == ONLINE else 0,
-                             waiting=len(slots.line), full_ago=slots.full_ago(time.monotonic()))
+                             waiting=len(slots.line), full_ago=slots.full_ago(time.monotonic()),
+                             stuck=cancels.stuck() if cancels is not None else None)

@@ -38,11 +38,13 @@ from ..execution import Executor, Run
 from ..protocol.states import DRAINING, OFFLINE, ONLINE
 from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
 from ..transport import Connection, Message, Will
+from .cancel import DEFAULT_CANCEL_GRACE, Cancels
 from .dispatch import Dispatcher
 from .heartbeat import Heartbeat, Identity, last_will
 from .intake import Intake
 from .link import CoordinatorLink
 from .probe import ShareProbe
+from .progress import DEFAULT_PROGRESS_EVERY, Progress
 from .reporter import Reporter
 from .running import Running, WorkerSnapshot
 from .slots import Slots
@@ -93,6 +95,8 @@ class Worker:
         defer_after: float = DEFAULT_DEFER_AFTER,
         started_after: float = DEFAULT_STARTED_AFTER,
         connection: Connection | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+        progress_every: float = DEFAULT_PROGRESS_EVERY,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -109,6 +113,8 @@ class Worker:
         if started_after < 0:
             raise ValueError("started_after must be >= 0")
         self.started_after = started_after
+        self.cancel_grace = cancel_grace
+        self.progress_every = progress_every
         self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group)
         self._stopped = threading.Event()
         self._beat_now = threading.Event()
@@ -137,12 +143,15 @@ class Worker:
                                   self._counters)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
                         self._counters, self._link.clock, self._link)
+        self._cancels = Cancels(self.worker_id, self._running, self._executor, self._reporter, self._link,
+                                self._counters, self.cancel_grace)
+        progress = Progress(self._reporter, self._running, self.progress_every, lambda due: self._dispatch.wake(due))
         self._dispatch = Dispatcher(
             worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
             task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],
             slots=Slots(self.concurrency, self.defer_after, time.monotonic()), running=self._running,
             intake=intake, reporter=self._reporter, link=self._link, executor=self._executor,
-            counters=self._counters)
+            counters=self._counters, cancels=self._cancels, progress=progress)
         self._heartbeat = Heartbeat(self._identity, self.topics, self._conn, self._running, self._dispatch,
                                     self._beat_now, self._stopped)
 
@@ -154,10 +163,11 @@ class Worker:
             self._conn.subscribe(self.topics.shared_tasks(self.group, q))
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
+        self._conn.subscribe(self.topics.all_cancel)  # cancels work without a coordinator (cancel.py)
         probe = ShareProbe(self._conn, self.topics, self.worker_id, self.group)
         self._dispatch.probe_arrived = probe.arrived
         probe.arm()
-        self._spawn("mqtt-worker-timer", self._dispatch.run_timer)
+        self._spawn("mqtt-worker-timer", self._dispatch.timer.run)
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
         self._conn.connect()
         self._started = True
@@ -217,10 +227,11 @@ class Worker:
 
     @property
     def stale_runs(self) -> int:
-        """Bodies handed back by ``stop`` that still run (threads Python cannot stop). Their results
+        """Bodies handed back by ``stop``, or cancelled and abandoned, that still run (threads Python
+        cannot stop). Their results
         will never be published; a process that is about to exit should ``os._exit``, which ends
         them, rather than wait for them as the interpreter's exit would."""
-        return sum(1 for run in self._stale if not run.released)
+        return sum(1 for run in self._stale if not run.released) + self._cancels.stuck()
 
     def abort(self) -> None:
         """Stop as a crash would: drop the connection without a DISCONNECT (the broker then

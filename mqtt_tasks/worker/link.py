@@ -11,8 +11,10 @@ Facts it is built on:
 - A presence that arrives with the retain flag clear was published just now: its ``ts`` is a
   reading of the coordinator's clock, the fleet's clock (fleet_clock.py).
 - Commands arrive on ``P/control/{worker}``. ``cancel`` stops a stale attempt (the coordinator
-  gave the task to someone else): only the attempt named, if this worker still runs it. Anything
-  else is rejected with an error report; bad input never stops the worker.
+  gave the task to someone else): only the attempt named, if this worker still runs it. A
+  ``cancel`` marked ``"cancelled": true`` is about the task itself (it was cancelled): it goes
+  to the worker's cancels (cancel.py), as a request on ``P/cancel/{id}`` does. Anything else is
+  rejected with an error report; bad input never stops the worker.
 - Both are acknowledged at once by the dispatcher: unacknowledged, a message would hold one of
   the broker's in-flight slots for good.
 """
@@ -28,11 +30,15 @@ from ..errors import DecodeError
 from ..execution import Executor
 from ..protocol import codec
 from ..protocol.states import ONLINE
+from ..protocol.topics import is_valid_id
 from ..transport import Message
 from .fleet_clock import FleetClock
 from .running import Running
 
 log = logging.getLogger(__name__)
+
+CANCEL_TASK = "cancel-task"
+"""What ``on_control`` returns for a cancel of the task itself: the dispatcher's cancels carry it out."""
 
 
 class CoordinatorLink:
@@ -78,10 +84,25 @@ class CoordinatorLink:
             command = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
         except DecodeError as exc:
             return exc.reason
+        if command.get("op") == "cancel" and command.get("cancelled") is True:
+            return CANCEL_TASK
         if command.get("op") == "cancel":
             self.cancel(str(command.get("id", "")), command.get("attempt"), str(command.get("reason", "")))
             return None
         return f"unknown control op {command.get('op')!r}"
+
+    def cancel_request(self, message: Message, *, control: bool) -> tuple[str, Any, str]:
+        """(task id, attempt or None, reason) of a cancel of a task: a request on ``P/cancel/{id}``
+        (an empty payload is a request without a reason) or a ``control`` op; raises ``DecodeError``."""
+        request: dict[str, Any] = {}
+        if message.payload:
+            request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
+        task_id = request.get("id") if control else message.topic.rsplit("/", 1)[-1]
+        if not isinstance(task_id, str) or not is_valid_id(task_id):
+            raise DecodeError(f"no valid task id in a cancel request: {task_id!r}", payload=message.payload,
+                              topic=message.topic)
+        reason = request.get("reason")
+        return task_id, request.get("attempt"), reason[:1024] if isinstance(reason, str) else ""
 
     def cancel(self, task_id: str, attempt: Any, reason: str) -> None:
         """Stop ``task_id`` (only ``attempt`` of it, when given) if it runs here."""

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..context import TaskContext
 from ..execution import Run
 from ..protocol.validate import TaskData
 from ..transport import Message
@@ -46,6 +47,8 @@ class Held:
     run: Run | None = None
     announced: bool = False  # its `started` event is published
     finishing: bool = False  # its final event is being published: too late for `started`
+    context: TaskContext | None = None  # what current_task() returns in its body
+    progress_at: float = float("-inf")  # time.monotonic() of its last progress event (progress.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,16 @@ class Running:
             if held is not None and held.task.attempt == task.attempt:
                 del self._held[task.id]
                 self._lock.notify_all()
+
+    def while_running(self, task_id: str, attempt: int, fn: Callable[[Held], None]) -> bool:
+        """Call ``fn`` under the lock if the attempt is held and its final event not begun (so an
+        event ``fn`` publishes goes out before the final one); whether it was called."""
+        with self._lock:
+            held = self._held.get(task_id)
+            if held is None or held.finishing or held.task.attempt != attempt:
+                return False
+            fn(held)
+            return True
 
     # -- reading -------------------------------------------------------------------------
     def attempt_of(self, task_id: str) -> int | None:

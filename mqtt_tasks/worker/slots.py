@@ -119,6 +119,13 @@ class Slots:
         self.qos0 = self.expiring = 0
         return line
 
+    def take_id(self, task_id: str) -> list[Waiting]:
+        """Remove and return the waiting tasks of this id (a cancel); one scan of the line."""
+        found = [w for w in self.line if w.task.id == task_id]
+        if found:
+            self._keep(w for w in self.line if w.task.id != task_id)
+        return found
+
     def take_expired(self, wall: float) -> list[Waiting]:
         """Remove and return the waiting tasks whose expiry (``expires_at``, wall clock) has passed."""
         if not self.expiring:  # the usual case: no scan of the line
