@@ -28,6 +28,8 @@ from ..transport import Connection, Message
 from .effects import final_event
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import Settings
     from ..store.base import TaskRecord
     from .backlog import Backlog
@@ -50,6 +52,7 @@ class Queries:
         self._backlog = backlog
         self._effects = effects
         self._stats = stats
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}  # more ops, e.g. schedule.*
 
     def on_rpc(self, message: Message) -> None:
         request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
@@ -76,6 +79,8 @@ class Queries:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
+        if isinstance(op, str) and op in self.ops:
+            return self.ops[op](request)
         if op == "status":
             record = self._records.get(str(request.get("id", "")))
             if record is None:

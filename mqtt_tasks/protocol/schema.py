@@ -6,13 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .messages import ErrorReport, StatusEvent, Task, WorkerState
+from .messages import ErrorReport, Schedule, StatusEvent, Task, WorkerState
 
-MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport}
+MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
+                                       "schedule": Schedule}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error."""
+    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error/schedule."""
     schemas = {}
     for kind, model in MODELS.items():
         schema = model.model_json_schema()
