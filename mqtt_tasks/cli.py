@@ -691,9 +691,10 @@ def schedule_list(broker: str | None, prefix: str | None, as_json: bool, timeout
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    rows: list[tuple[str, ...]] = [(s["name"], s["task"], f"every {s['every']}s" if s.get("every") else f"{s['cron']} {s['timezone']}",
-             s["overlap"], s["catchup"], str(s.get("fired", 0)), str(s.get("skipped", 0)),
-             _fire_time(s.get("next_fire"))) for s in found]
+    rows: list[tuple[str, ...]] = [
+        (s["name"], s["task"], f"every {s['every']}s" if s.get("every") else f"{s['cron']} {s['timezone']}",
+         s["overlap"], s["catchup"], str(s.get("fired", 0)), str(s.get("skipped", 0)),
+         _fire_time(s.get("next_fire"))) for s in found]
     print_table(f"schedules on {settings.display_url}",
                 ("name", "task", "when", "overlap", "catchup", "fired", "skipped", "next fire"), rows)
 

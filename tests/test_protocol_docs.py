@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_tasks.protocol.messages import ErrorReport, StatusEvent, Task, WorkerState
+from mqtt_tasks.protocol.messages import ErrorReport, Schedule, StatusEvent, Task, WorkerState
 from mqtt_tasks.protocol.schema import json_schemas
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -28,7 +28,8 @@ def documented_fields(section: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("section", "model"),
-    [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport)],
+    [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport),
+     ("Schedules", Schedule)],
 )
 def test_documented_fields_match_the_model(section: str, model: type) -> None:
     assert documented_fields(section) == set(model.model_fields)
@@ -42,7 +43,7 @@ def test_required_task_fields_are_the_contracts() -> None:
 
 def test_every_schema_is_a_json_object_schema() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"task", "status", "worker", "error"}
+    assert set(schemas) == {"task", "status", "worker", "error", "schedule"}
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")

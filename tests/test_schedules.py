@@ -78,7 +78,8 @@ def test_a_schedule_declared_in_code_reaches_a_coordinator_started_later(broker_
 
 
 # -- kill -9 around fire times ----------------------------------------------------------------
-def _kill_cycle(url: str, prefix: str, db: str, proc: subprocess.Popen[str]) -> tuple[float, float, subprocess.Popen[str]]:
+def _kill_cycle(url: str, prefix: str, db: str,
+                proc: subprocess.Popen[str]) -> tuple[float, float, subprocess.Popen[str]]:
     """kill -9 the coordinator, stay down 3 s, start it again: (killed at, restarting at, new process)."""
     proc.kill()
     proc.wait()
