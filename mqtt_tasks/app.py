@@ -296,6 +296,7 @@ class TaskApp:
         self.topics = Topics(settings.prefix)
         self.default_queue = check_name("queue", default_queue)
         self.registry: dict[str, TaskDef[Any]] = {}
+        self.schedules: dict[str, dict[str, Any]] = {}  # declared with @app.periodic (schedules.py)
         self.client_id = client_id or f"mqtt-tasks-p-{uuid.uuid4().hex[:12]}"
         self.reply_topic = self.topics.replies(self.client_id)
         self.receipt_topic = self.topics.receipts(self.client_id)
@@ -338,6 +339,15 @@ class TaskApp:
             return tdef
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, *, cron: str | None = None, every: int | None = None, name: str | None = None,
+                 args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Declare a periodic task: ``@app.periodic(every=60)`` or ``@app.periodic(cron="0 3 * * *")``,
+        on a function or above ``@app.task(...)``. The app's workers register it with the coordinator
+        (docs/scheduling.md)."""
+        from .schedules import periodic
+
+        return periodic(self, cron=cron, every=every, name=name, args=tuple(args), kwargs=kwargs, **options)
 
     @property
     def queues(self) -> list[str]:

@@ -617,7 +617,7 @@ def cancel(task_id: str, broker: str | None, prefix: str | None, reason: str | N
     click.echo(f"{task_id} {answer.get('state') or 'cancelled'}")
 
 
-SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "cancel")  # protocol/schema.py
+SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule")  # protocol/schema.py
 TASK_COLUMNS = ("id", "task", "queue", "state", "attempt", "worker", "updated")
 
 
@@ -706,6 +706,84 @@ def acl(role: str, ident: str, password: str, prefix: str, queues: tuple[str, ..
                                password_file=password_file, acl_file=acl_file))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+# -- mqtt-tasks schedule add / list / rm (docs/scheduling.md) ---------------------------------
+@cli.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def schedule() -> None:
+    """Periodic tasks, held and fired by the coordinator."""
+
+
+@schedule.command("add", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("name")
+@click.argument("task", callback=_check_task_name)
+@click.argument("args", nargs=-1)
+@click.option("--cron", metavar="EXPR", help='Five cron fields or a macro: "*/5 * * * *", @hourly.')
+@click.option("--every", type=click.IntRange(min=1), metavar="SECONDS", help="Or: fire every SECONDS.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
+@click.option("--queue", "-q", default=DEFAULT_QUEUE, show_default=True, callback=_name_callback("queue"))
+@click.option("--timezone", "--tz", "timezone", default="UTC", show_default=True, help="IANA zone of --cron.")
+@click.option("--overlap", type=click.Choice(["skip", "buffer_one", "allow_all"]), default="skip",
+              show_default=True, help="A fire while the previous fire's task is unfinished.")
+@click.option("--catchup", type=click.Choice(["none", "last", "all"]), default="last", show_default=True,
+              help="Fires missed while the coordinator was down.")
+@click.option("--catchup-window", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+              help="Seconds: missed fires older than this never run.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for the coordinator.")
+@broker_options
+def schedule_add(name: str, task: str, args: tuple[str, ...], cron: str | None, every: int | None,
+                 kwargs_json: str | None, queue: str, timezone: str, overlap: str, catchup: str,
+                 catchup_window: float, timeout: float, broker: str | None, prefix: str | None) -> None:
+    """Create or update schedule NAME: run TASK with ARGS (JSON where valid) --every SECONDS or on --cron EXPR."""
+    from .schedules import put_schedule, validate_schedule
+
+    if (cron is None) == (every is None):
+        raise CLIError("give exactly one of --cron EXPR and --every SECONDS", RET_USAGE)
+    definition = validate_schedule({
+        "name": name, "task": task, "args": [parse_arg(a) for a in args], "kwargs": _parse_kwargs(kwargs_json),
+        "queue": queue, "cron": cron, "every": every, "timezone": timezone, "overlap": overlap, "catchup": catchup,
+        "catchup_window": catchup_window, "source": "cli"})
+    answer = put_schedule(Settings.from_env(broker, prefix=prefix), definition, timeout=timeout)
+    word = "created" if answer.get("created") else "updated" if answer.get("changed") else "unchanged"
+    click.echo(f"schedule {name} {word}; next fire {_fire_time(answer['schedule'].get('next_fire'))}")
+
+
+@schedule.command("list", context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as a JSON array.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def schedule_list(broker: str | None, prefix: str | None, as_json: bool, timeout: float) -> None:
+    """List the coordinator's schedules with their next fire."""
+    from .schedules import list_schedules
+
+    settings = Settings.from_env(broker, prefix=prefix)
+    found = list_schedules(settings, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows: list[tuple[str, ...]] = [
+        (s["name"], s["task"], f"every {s['every']}s" if s.get("every") else f"{s['cron']} {s['timezone']}",
+         s["overlap"], s["catchup"], str(s.get("fired", 0)), str(s.get("skipped", 0)),
+         _fire_time(s.get("next_fire"))) for s in found]
+    print_table(f"schedules on {settings.display_url}",
+                ("name", "task", "when", "overlap", "catchup", "fired", "skipped", "next fire"), rows)
+
+
+@schedule.command("rm", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("name")
+@broker_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def schedule_rm(name: str, broker: str | None, prefix: str | None, timeout: float) -> None:
+    """Delete schedule NAME (tasks it already fired are not touched)."""
+    from .schedules import remove_schedule
+
+    remove_schedule(Settings.from_env(broker, prefix=prefix), name, timeout=timeout)
+    click.echo(f"schedule {name} removed")
+
+
+def _fire_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts is not None else "never"
 
 
 def main() -> None:

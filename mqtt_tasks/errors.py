@@ -4,6 +4,7 @@
 
     MqttTasksError
     ├── ConfigError                 bad settings or broker URL
+    │   └── CronError               a malformed cron expression (names the bad field)
     ├── TransportError              the broker could not be reached or talked to
     │   ├── ConnectError            connect refused, unreachable, bad credentials, TLS
     │   ├── NotConnectedError       an operation that needs a live connection had none
@@ -21,6 +22,7 @@
     │   └── ResultTimeoutError      no final status within the caller's timeout
     ├── StoreError                  the coordinator's durable record could not be opened, read or written
     ├── TaskNotFoundError           the coordinator has no record of a task id
+    ├── ScheduleNotFoundError       the coordinator has no schedule of that name
     ├── TaskTimeLimitExceeded       raised inside a task body that outlived its ``timeout``
     ├── TaskCancelled               raised inside a task body whose attempt was superseded
     └── UnknownTaskError            a task name that no function is registered under
@@ -37,6 +39,10 @@ class MqttTasksError(Exception):
 
 class ConfigError(MqttTasksError, ValueError):
     """Invalid settings: a malformed broker URL, an impossible option."""
+
+
+class CronError(ConfigError):
+    """A malformed cron expression; the message names the bad field."""
 
 
 class TransportError(MqttTasksError):
@@ -153,6 +159,10 @@ class TaskTimeLimitExceeded(MqttTasksError):  # noqa: N818 - the name users see 
 
 class TaskNotFoundError(MqttTasksError, LookupError):
     """The coordinator has no record of this task id."""
+
+
+class ScheduleNotFoundError(MqttTasksError, LookupError):
+    """The coordinator has no schedule of that name."""
 
 
 class TaskCancelled(MqttTasksError):  # noqa: N818 - raised inside a task body, named for users

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_tasks.protocol.messages import CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
+from mqtt_tasks.protocol.messages import (
+    CoordinatorPresence,
+    ErrorReport,
+    Receipt,
+    Schedule,
+    StatusEvent,
+    Task,
+    WorkerState,
+)
 from mqtt_tasks.protocol.schema import json_schemas
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -29,7 +37,7 @@ def documented_fields(section: str) -> set[str]:
 @pytest.mark.parametrize(
     ("section", "model"),
     [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport),
-     ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt)],
+     ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt), ("Schedules", Schedule)],
 )
 def test_documented_fields_match_the_model(section: str, model: type) -> None:
     assert documented_fields(section) == set(model.model_fields)
@@ -43,7 +51,7 @@ def test_required_task_fields_are_the_contracts() -> None:
 
 def test_every_schema_is_a_json_object_schema() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel"}
+    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule"}
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")

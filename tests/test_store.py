@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_tasks.store import MemoryStore, SQLiteStore, Store, TaskRecord
+from mqtt_tasks.store import MemoryStore, ScheduleRecord, SQLiteStore, Store, TaskRecord
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -129,3 +129,55 @@ def test_a_failed_commit_is_a_store_error_and_keeps_the_batch(tmp_path: Path) ->
     with pytest.raises(StoreError, match="cannot commit"):
         s.commit()
     assert s.get("a") is not None  # still buffered: nothing was written
+
+
+# -- schedules (docs/scheduling.md) -----------------------------------------------------------
+def _schedule(name: str, **kw: object) -> ScheduleRecord:
+    return ScheduleRecord(name=name, task="work", **{"every": 5, **kw})  # type: ignore[arg-type]
+
+
+def test_schedules_are_buffered_committed_and_removed(store: Store) -> None:
+    s = _schedule("b", args=[1, {"x": 2}], last_fire=10.0, active=["b:x"], buffered=15.0)
+    store.put_schedule(s)
+    store.put_schedule(_schedule("a", cron="*/5 * * * *", every=None, timezone="Europe/Berlin"))
+    store.commit()
+    assert [x.name for x in store.load_schedules()] == ["a", "b"]
+    assert store.load_schedules()[1] == s
+    s.last_fire = 20.0
+    store.put_schedule(s)  # written as it is at commit
+    store.delete_schedule("a")
+    store.commit()
+    assert [(x.name, x.last_fire) for x in store.load_schedules()] == [("b", 20.0)]
+
+
+def test_a_schedule_and_its_fire_commit_together(store: Store) -> None:
+    s = _schedule("s", last_fire=5.0)
+    store.put_schedule(s)
+    store.put(rec("s:1970-01-01T00:00:05Z"))
+    assert store.commit() == 2
+    assert store.get("s:1970-01-01T00:00:05Z") is not None and store.load_schedules()[0].last_fire == 5.0
+
+
+def test_an_old_sqlite_file_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    """A file written before schedules existed (the tasks table only) opens, gains the schedules
+    table, keeps its records; opening it again applies nothing twice."""
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT NOT NULL, queue TEXT, updated REAL NOT NULL,
+                            created REAL NOT NULL, data TEXT NOT NULL);
+        INSERT INTO tasks VALUES ('old', 'queued', 'default', 1.0, 1.0,
+                                  '{"id": "old", "state": "queued", "created": 1.0, "updated": 1.0}');
+    """)
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as s:
+        assert [r.id for r in s.load_live()] == ["old"]
+        assert s.load_schedules() == []
+        s.put_schedule(_schedule("kept"))
+    with SQLiteStore(path) as s:
+        assert [x.name for x in s.load_schedules()] == ["kept"]
+    names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM schema_migrations")]
+    assert names == ["0001-schedules"]

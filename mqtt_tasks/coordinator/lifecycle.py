@@ -47,6 +47,7 @@ from .loop import CONNECTED, DISCONNECTED, MSG, ConnectionLike, Loop
 from .outage import Outage
 from .queries import Queries
 from .records import Records
+from .schedules import Schedules
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,16 @@ class Coordinator:
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
         self._put = self._loop.items.put
+        self._schedules = Schedules(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
+        self._queries.ops.update(self._schedules.ops)
+        self._loop.idle_hooks.append(self._schedules.tick)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Coordinator:
         """Load the live record, subscribe, connect; returns when running."""
         recovered = self._records.recover()
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
+        log.info("coordinator %s: %d schedule(s) in the store", self.client_id, self._schedules.recover())
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
                       self.topics.rpc, self.topics.all_cancel):
             self._connection.subscribe(topic)

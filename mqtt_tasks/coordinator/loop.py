@@ -7,7 +7,7 @@ The paho network thread only hands off (``Coordinator.receive``, ``connected`` a
     -> prefetch the batch's records that are not live, in one store query
     -> decide each message (handlers -> leases.*), changing records, fleet, backlog, timers
     -> when idle (or FORCED_TICK_S went by) and online: fire due timers (leases, dispatch
-       timeouts, retries, expiry)
+       timeouts, retries, expiry); then the ``idle_hooks`` (schedules.py: due fires)
     -> when online: dispatch backlog tasks to workers with free slots; every PRESENCE_EVERY
        seconds, a reading of the fleet's clock for the workers (``Effects.tell_the_time``)
     -> store.commit()            one commit per batch
@@ -123,6 +123,7 @@ class Loop:
         self._last_tick = 0.0
         self._next_reading = 0.0
         self._thread: threading.Thread | None = None
+        self.idle_hooks: list[Callable[[float], None]] = []  # after the timers, e.g. schedules' firing
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mqtt-coordinator", daemon=True)
@@ -191,6 +192,8 @@ class Loop:
         if (self.items.empty() or since > FORCED_TICK_S) and since >= self._tick_s:
             self._last_tick = now
             self._timers.tick(now, self._records)
+        for hook in self.idle_hooks:
+            hook(now)
         self._backlog.dispatch(now, self._records, self._effects)
         if now >= self._next_reading:
             self._next_reading = now + PRESENCE_EVERY

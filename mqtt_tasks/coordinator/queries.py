@@ -62,7 +62,7 @@ class Queries:
         self._backlog = backlog
         self._effects = effects
         self._stats = stats
-        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}  # more ops (admin.Admin.ops)
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}  # more ops: admin.py, schedules.py
 
     def on_rpc(self, message: Message) -> None:
         request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
@@ -89,6 +89,8 @@ class Queries:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
+        if isinstance(op, str) and op in self.ops:
+            return self.ops[op](request)
         if op == "status":
             record = self._records.get(str(request.get("id", "")))
             if record is None:

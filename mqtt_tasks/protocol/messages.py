@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
@@ -79,6 +79,9 @@ class Task(_Message):
                                  "first; orders the coordinator's backlog, not the shared topic; absent: 5")
     step_timeout: float | None = Field(default=None, gt=0, description="seconds a started attempt may go without "
                                        "reporting progress before the coordinator presumes it hung")
+    schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
+                                 "the schedule's name (docs/scheduling.md)")
+    scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
 
     @field_validator("reply_to", "receipt_to")
     @classmethod
@@ -187,3 +190,55 @@ class ErrorReport(_Message):
     payload: str | None = Field(default=None, description="the rejected payload, truncated, as text")
     size: int | None = None
     ts: float
+
+
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,100}$"
+"""A schedule's name: no ``:``, which separates it from the fire time in a fire's task id."""
+
+
+class Schedule(_Message):
+    """A periodic task, as sent in the coordinator's ``schedule.put`` query (docs/scheduling.md)."""
+
+    name: str = Field(pattern=SCHEDULE_NAME_PATTERN, description="1-100 characters of A-Z a-z 0-9 _ . -")
+    task: str = Field(pattern=TASK_NAME_PATTERN, description="the registered task name each fire runs")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str = Field(default="default", pattern=ID_PATTERN)
+    cron: str | None = Field(default=None, description="five-field cron expression or macro (@hourly ...)")
+    every: int | None = Field(default=None, ge=1, le=366 * 86400, description="or: seconds between fires, "
+                              "at the multiples of it since the epoch")
+    timezone: str = Field(default="UTC", description="IANA zone the cron expression reads the clock in")
+    overlap: Literal["skip", "buffer_one", "allow_all"] = Field(
+        default="skip", description="a fire while an earlier fire's task is unfinished")
+    catchup: Literal["none", "last", "all"] = Field(default="last", description="fires missed while down")
+    catchup_window: float = Field(default=3600.0, gt=0, le=7 * 86400,
+                                  description="seconds: missed fires older than this never run")
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    timeout: float | None = Field(default=None, gt=0)
+    source: str | None = Field(default=None, max_length=64, description="who declared it: cli, code, ...")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ..cron import parse
+
+            parse(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Schedule:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give exactly one of cron and every")
+        return self

@@ -6,14 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .messages import CancelRequest, CoordinatorPresence, ErrorReport, Receipt, StatusEvent, Task, WorkerState
+from .messages import CancelRequest, CoordinatorPresence, ErrorReport, Receipt, Schedule, StatusEvent, Task, WorkerState
 
 MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
-                                      "presence": CoordinatorPresence, "receipt": Receipt, "cancel": CancelRequest}
+                                      "presence": CoordinatorPresence, "receipt": Receipt, "cancel": CancelRequest,
+                                      "schedule": Schedule}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """One JSON Schema (draft 2020-12) per message kind, keyed task/status/worker/error/cancel."""
+    """One JSON Schema (draft 2020-12) per message kind (``MODELS``), keyed by kind."""
     schemas = {}
     for kind, model in MODELS.items():
         schema = model.model_json_schema()

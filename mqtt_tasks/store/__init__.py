@@ -6,6 +6,7 @@ coordinator that need not survive a restart. One contract test suite runs agains
 
 from .base import LIVE_STATES, TERMINAL, Store, TaskRecord
 from .memory import MemoryStore
+from .schedules import ScheduleRecord
 from .sqlite import SQLiteStore
 
-__all__ = ["LIVE_STATES", "TERMINAL", "MemoryStore", "SQLiteStore", "Store", "TaskRecord"]
+__all__ = ["LIVE_STATES", "TERMINAL", "MemoryStore", "SQLiteStore", "ScheduleRecord", "Store", "TaskRecord"]

@@ -32,6 +32,7 @@ from ..protocol.states import (  # noqa: F401 - re-exported for the store's user
     SUCCEEDED,
     TERMINAL_STATES,
 )
+from .schedules import ScheduleRecord
 
 LIVE_STATES = LIVE_RECORD_STATES
 TERMINAL = TERMINAL_STATES
@@ -134,6 +135,20 @@ class Store(abc.ABC):
     def counts(self) -> dict[str, int]:
         """How many records are in each state."""
 
+    # -- schedules (docs/scheduling.md): buffered like records, committed with them -------
+    @abc.abstractmethod
+    def put_schedule(self, schedule: ScheduleRecord) -> None:
+        """Buffer a schedule's current state; durable after the next ``commit``, in the same
+        transaction as the records put in the same batch."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, name: str) -> None:
+        """Buffer the removal of a schedule (a later ``put_schedule`` of the name brings it back)."""
+
+    @abc.abstractmethod
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+
     def close(self) -> None:
         """Commit what is buffered and release resources."""
         self.commit()
@@ -146,5 +161,5 @@ class Store(abc.ABC):
 
 
 __all__ = ["BACKLOG", "CANCELLED", "DEAD", "DISPATCHED", "EXPIRED", "LIVE_STATES", "MAX_HISTORY", "QUEUED",
-           "RETRYING", "SCHEDULED", "STARTED", "SUCCEEDED", "TERMINAL", "Store", "TaskRecord"]
+           "RETRYING", "SCHEDULED", "STARTED", "SUCCEEDED", "TERMINAL", "ScheduleRecord", "Store", "TaskRecord"]
 

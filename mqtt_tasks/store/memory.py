@@ -6,6 +6,7 @@ import copy
 from collections import OrderedDict
 
 from .base import Store, TaskRecord
+from .schedules import ScheduleRecord
 
 
 class MemoryStore(Store):
@@ -16,6 +17,8 @@ class MemoryStore(Store):
         self._live: dict[str, TaskRecord] = {}
         self._finished: OrderedDict[str, TaskRecord] = OrderedDict()
         self._pending: dict[str, TaskRecord] = {}
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -34,7 +37,26 @@ class MemoryStore(Store):
                 self._finished.pop(snapshot.id, None)
                 self._live[snapshot.id] = snapshot
         self._pending.clear()
+        return written + self._commit_schedules()
+
+    def _commit_schedules(self) -> int:
+        for name, schedule in self._pending_schedules.items():
+            if schedule is None:
+                self._schedules.pop(name, None)
+            else:
+                self._schedules[name] = copy.deepcopy(schedule)
+        written, self._pending_schedules = len(self._pending_schedules), {}
         return written
+
+    def put_schedule(self, schedule: ScheduleRecord) -> None:
+        self._pending_schedules[schedule.name] = schedule
+
+    def delete_schedule(self, name: str) -> None:
+        self._pending_schedules[name] = None
+
+    def load_schedules(self) -> list[ScheduleRecord]:
+        self.commit()
+        return [copy.deepcopy(self._schedules[name]) for name in sorted(self._schedules)]
 
     def get(self, task_id: str) -> TaskRecord | None:
         record = self._pending.get(task_id) or self._live.get(task_id) or self._finished.get(task_id)

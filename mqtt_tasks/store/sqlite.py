@@ -1,5 +1,9 @@
 """The default store: one SQLite file in WAL mode, written in batches.
 
+Schema changes are named migrations (``MIGRATIONS``), each applied once to a file that lacks it
+and recorded in ``schema_migrations``: a file written by an older version is brought up to date
+when it is opened, and migrations written on parallel branches merge as two list entries.
+
 ``synchronous=NORMAL`` with WAL: a committed batch survives a crash of the process (``kill -9``);
 a power cut can lose the last batches. Pass ``synchronous="FULL"`` to survive that too.
 
@@ -25,6 +29,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .base import LIVE_STATES, Store, TaskRecord
+from .schedules import ScheduleRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -38,6 +43,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_state_updated ON tasks (state, updated);
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 """
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001-schedules", "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data TEXT NOT NULL)"),
+)
+"""(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, queue=excluded.queue, "
            "updated=excluded.updated, data=excluded.data")
@@ -57,6 +66,7 @@ class SQLiteStore(Store):
         self._db = self._open(path, synchronous.upper())
         self._pending: dict[str, TaskRecord] = {}
         self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
+        self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
 
     def _open(self, path: str, synchronous: str) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
@@ -66,6 +76,7 @@ class SQLiteStore(Store):
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             db.executescript(_SCHEMA)
+            _migrate(db)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
@@ -80,16 +91,18 @@ class SQLiteStore(Store):
 
     def commit(self) -> int:
         self._read.clear()
-        if not self._pending:
+        if not self._pending and not self._pending_schedules:
             return 0
         rows = [_row(r) for r in self._pending.values()]
+        schedules = self._pending_schedules
         try:
-            self._write(rows)
+            self._write(rows, schedules)
         except sqlite3.Error as exc:
             self._checkpoint()
             raise self._error("cannot commit", exc) from exc
         self._pending.clear()
-        return len(rows)
+        self._pending_schedules = {}
+        return len(rows) + len(schedules)
 
     def _checkpoint(self) -> None:
         """After a failed commit: move the WAL into the database and truncate it, if that can be done.
@@ -102,13 +115,19 @@ class SQLiteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None]) -> None:
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
         db.execute("BEGIN")
         try:
             db.executemany(_UPSERT, rows)
+            for name, schedule in schedules.items():
+                if schedule is None:
+                    db.execute("DELETE FROM schedules WHERE name = ?", (name,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)",
+                               (name, _DUMPS(schedule.to_dict())))
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
         except BaseException:
             if db.in_transaction:
@@ -160,6 +179,17 @@ class SQLiteStore(Store):
         self.commit()
         return dict(self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
 
+    def put_schedule(self, schedule: ScheduleRecord) -> None:
+        self._pending_schedules[schedule.name] = schedule
+
+    def delete_schedule(self, name: str) -> None:
+        self._pending_schedules[name] = None
+
+    def load_schedules(self) -> list[ScheduleRecord]:
+        self.commit()
+        rows = self._query("SELECT data FROM schedules ORDER BY name")
+        return [ScheduleRecord.from_dict(json.loads(r[0])) for r in rows]
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -188,6 +218,15 @@ def _why_not(path: str) -> str:
     if not os.access(parent if not os.path.exists(path) else path, os.W_OK):
         return " (not writable)"
     return ""
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY)")
+    applied = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
+    for name, sql in MIGRATIONS:
+        if name not in applied:
+            db.execute("BEGIN")
+            db.execute(sql)
+            db.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
+            db.execute("COMMIT")
 
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode

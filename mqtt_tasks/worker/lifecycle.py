@@ -171,6 +171,10 @@ class Worker:
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
         self._conn.connect()
         self._started = True
+        if self.app.schedules:  # declared with @app.periodic: the coordinator must know them
+            from ..schedules import Registrar
+
+            self._spawn("mqtt-worker-schedules", Registrar(self.settings, self.app.schedules, self._stopped).run)
         if not probe.check():
             self._share_unsupported()
         log.info("worker %s ready: queues %s, concurrency %d, group %s", self.worker_id,
