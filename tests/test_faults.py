@@ -74,6 +74,7 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster: Cluster) -> None:
     cluster.worker("w2")
     cluster.submit(40, 0.5)
     wait_until(lambda: cluster.started_by(victim) >= 2, 30, message="the victim never started a task")
+    cluster.mark_fault()
     victim.kill()
     verdict = settle(cluster, coordinator)
     assert verdict.outcomes == {"succeeded": 40}
@@ -87,6 +88,7 @@ def test_a_partitioned_worker_that_keeps_running_is_presumed_dead_once(cluster: 
         cut = cluster.worker("cut", url=link.url, concurrency=2)
         cluster.submit(2, 6.0)
         wait_until(lambda: cluster.started_by(cut) == 2, 30)
+        cluster.mark_fault()
         link.partition()  # it keeps running both tasks, unheard, for longer than its lease
         cluster.worker("spare")
         cluster.wait_finished(timeout=60)
@@ -103,6 +105,7 @@ def test_a_worker_frozen_by_sigstop_comes_back_without_duplicating_long_tasks(cl
     frozen = cluster.worker("frozen", concurrency=2)
     cluster.submit(2, 3.0)
     wait_until(lambda: cluster.started_by(frozen) == 2, 30)
+    cluster.mark_fault()
     frozen.signal(signal.SIGSTOP)
     cluster.worker("spare")
     wait_until(lambda: len(cluster.ledger_lines("start")) >= 4, 60, message="the frozen worker's tasks were "
@@ -119,6 +122,7 @@ def test_the_coordinator_killed_and_restarted_mid_run_loses_nothing(cluster: Clu
     cluster.worker("w2")
     cluster.submit(200, 0.05)
     wait_until(lambda: len(cluster.ledger_lines("end")) >= 40, 30)
+    cluster.mark_fault()
     coordinator.kill()
     coordinator = cluster.coordinator()
     verdict = settle(cluster, coordinator)
@@ -131,6 +135,7 @@ def test_a_clean_broker_restart_loses_nothing(cluster: Cluster) -> None:
     cluster.worker("w1")
     cluster.submit(200, 0.05)
     wait_until(lambda: len(cluster.ledger_lines("end")) >= 20, 30)
+    cluster.mark_fault()
     cluster.mosquitto.restart()  # SIGTERM: Mosquitto saves its sessions first
     verdict = settle(cluster, coordinator, timeout=90)
     assert verdict.outcomes == {"succeeded": 200}
@@ -187,6 +192,7 @@ def test_poison_tasks_sink_only_themselves(cluster: Cluster) -> None:
     coordinator = cluster.coordinator()
     pool = cluster.worker("pool", "--processes", "2", concurrency=4)
     started = time.monotonic()
+    cluster.mark_fault()  # the poison tasks go in from the start
     poison = []
     for how in ("exit", "segv", "kill", "exit", "segv", "kill"):
         cluster.submit(25, 0.05)
@@ -208,6 +214,7 @@ def test_a_broker_crash_before_its_first_autosave_loses_no_acknowledged_task(clu
     coordinator.kill()                   # ... and keeps it while it is down: the tasks queue for it
     ids = cluster.submit(500)            # no worker is up: the broker holds them for that session alone
     assert not (cluster.mosquitto.workdir / "data" / "mosquitto.db").exists(), "the broker saved already"
+    cluster.mark_fault()
     cluster.mosquitto.kill()             # nothing saved: sessions, subscriptions, queued messages
     cluster.mosquitto.start()
     started = time.monotonic()
@@ -302,6 +309,7 @@ def test_a_coordinator_whose_disk_fails_stops_acknowledging_and_catches_up(
     cluster.wait_finished(timeout=60)
     worker = cluster.procs[-1]
     disk = DiskFault(fault, small_disk, coordinator.popen.pid)
+    cluster.mark_fault()
     disk.inject()
     try:
         cluster.submit(300, 0.01)  # most are deferred to the coordinator before it notices its disk
@@ -337,6 +345,7 @@ def test_a_task_that_outlives_the_grace_is_not_finished_by_the_stopped_worker(cl
     wait_until(lambda: cluster.started_by(old) == 1, 30)
     cluster.worker("new")
     stopped_at = time.monotonic()
+    cluster.mark_fault()
     old.signal(signal.SIGTERM)
     old.reap(timeout=30)
     assert time.monotonic() - stopped_at < 5.0, "the stopped worker outlived its grace"
@@ -368,6 +377,7 @@ def test_sigterm_to_the_whole_process_group_respects_the_grace(cluster: Cluster)
     pool = cluster.worker("pool", "--processes", "2", "--grace", "20", concurrency=2)
     cluster.submit(4, 3.0)
     wait_until(lambda: len(cluster.ledger_lines("start")) == 4, 30)
+    cluster.mark_fault()
     pool.signal_tree(signal.SIGTERM)  # the children first, then the supervisor
     pool.signal_tree(signal.SIGTERM)  # `systemctl stop` again
     assert pool.reap(timeout=60) == 0, pool.text()[-2000:]
@@ -386,6 +396,7 @@ def test_a_systemd_stop_of_a_pool_hands_back_what_outlives_the_grace_and_restart
     wait_until(lambda: len(cluster.ledger_lines("start")) == 4, 30)
     new = cluster.worker("new", concurrency=4)
     stopped_at = time.monotonic()
+    cluster.mark_fault()
     pool.signal_tree(signal.SIGTERM)
     assert pool.reap(timeout=60) == 0, pool.text()[-2000:]
     assert time.monotonic() - stopped_at < 5.0, "the pool outlived its grace"

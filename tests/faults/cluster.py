@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -112,11 +113,14 @@ class Observer:
 
     events: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: collections.defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    last_final: float = 0.0  # time.monotonic() the latest final event arrived
 
     def on_message(self, message: Message) -> None:
         event = json.loads(message.payload)
         with self.lock:
             self.events[event["id"]].append(event)
+            if event.get("state") in TERMINAL_STATES or event.get("final"):
+                self.last_final = time.monotonic()
 
     def finals(self, task_id: str) -> list[dict[str, Any]]:
         """The events that end the task: a terminal state, or a final ``failed`` (no coordinator)."""
@@ -132,14 +136,16 @@ class Verdict:
     several_finals: list[str]                # more than one final event with different states
     executions: collections.Counter[str]     # completed runs per task id, from the ledger
     record: dict[str, str]                   # the coordinator's record: id -> state
+    recovery: float | None = None            # seconds from the (first) fault to the last final event
 
     @property
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.executions.values() if n > 1)
 
     def summary(self) -> str:
+        recovered = f", all done {self.recovery:.1f} s after the fault" if self.recovery is not None else ""
         return (f"submitted {self.submitted}, outcomes {dict(self.outcomes)}, lost {len(self.lost)}, "
-                f"several finals {len(self.several_finals)}, duplicates {self.duplicates}")
+                f"several finals {len(self.several_finals)}, duplicates {self.duplicates}{recovered}")
 
 
 class Cluster:
@@ -153,6 +159,7 @@ class Cluster:
         self.observer = Observer()
         self.procs: list[Process] = []
         self.submitted: list[str] = []
+        self.fault_at: float | None = None
         self._watch = Connection(Settings.from_url(mosquitto.url, prefix=self.prefix), f"observer-{self.prefix}",
                                  on_message=self.observer.on_message, session_expiry=3600)
         self._watch.subscribe(f"{self.prefix}/status/+")
@@ -234,7 +241,13 @@ class Cluster:
             outcomes[finals[0]["state"]] += 1
             if len({e["state"] for e in finals}) > 1:
                 several.append(ident)
-        return Verdict(len(self.submitted), outcomes, lost, several, self.executions(), self.record())
+        recovery = self.observer.last_final - self.fault_at if self.fault_at is not None else None
+        return Verdict(len(self.submitted), outcomes, lost, several, self.executions(), self.record(), recovery)
+
+    def mark_fault(self) -> None:
+        """The fault is injected now: the verdict says how long after it the last task ended."""
+        if self.fault_at is None:
+            self.fault_at = time.monotonic()
 
     def close(self) -> None:
         for proc in self.procs:
