@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .protocol.states import DEFAULT_MAX_ATTEMPTS, ONLINE
+from .protocol.validate import lenient
 from .store.base import (
     BACKLOG,
     CANCELLED,
@@ -148,7 +149,7 @@ def adopt_body(record: TaskRecord, body: Mapping[str, Any]) -> None:
     record.reply_to = body.get("reply_to") or record.reply_to
     record.correlation = body.get("correlation") or record.correlation
     record.not_before = body.get("not_before") or record.not_before
-    record.priority = body.get("priority", record.priority)
+    record.priority = lenient("priority", body.get("priority", record.priority))
     record.step_timeout = body.get("step_timeout") or record.step_timeout
 
 

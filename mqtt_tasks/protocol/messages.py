@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from . import validate
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
     COORDINATOR_STATES,
@@ -82,6 +83,11 @@ class Task(_Message):
     schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
                                  "the schedule's name (docs/scheduling.md)")
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
+
+    @field_validator("priority", "alone", "schedule", "scheduled_for", mode="before")
+    @classmethod
+    def _informative_fields_are_read_leniently(cls, value: Any, info: ValidationInfo) -> Any:
+        return validate.lenient(str(info.field_name), value)  # a wrong type reads as absent (validate.py)
 
     @field_validator("reply_to", "receipt_to")
     @classmethod

@@ -84,6 +84,24 @@ def _check_number(obj: dict[str, Any], name: str, *, positive: bool = False) -> 
         raise Invalid(f"field '{name}': Input should be greater than 0")
 
 
+def lenient(name: str, value: Any) -> Any:
+    """A field added after v1 that only informs or orders (``priority``, ``alone``, ``schedule``,
+    ``scheduled_for``): a value of another type is read as absent, and the task is not refused, so
+    a producer that used one of these names for a field of its own before keeps working. The
+    models read them the same way (``messages.Task``)."""
+    if value is None:
+        return None
+    if name == "priority":
+        ok = _is_int(value) and PRIORITY_MIN <= value <= PRIORITY_MAX
+    elif name == "alone":
+        ok = isinstance(value, bool)
+    elif name == "schedule":
+        ok = isinstance(value, str)
+    else:
+        ok = _is_number(value)
+    return value if ok else None
+
+
 class TaskData(dict[str, Any]):
     """A validated task: the JSON object, with the contract's fields as attributes."""
 
@@ -100,10 +118,12 @@ class TaskData(dict[str, Any]):
     correlation = property(lambda self: self.get("correlation"))
     expires_at = property(lambda self: self.get("expires_at"))
     queue = property(lambda self: self.get("queue"))
-    alone = property(lambda self: self.get("alone"))  # true: run it with nothing else (a suspect)
+    alone = property(lambda self: lenient("alone", self.get("alone")))  # true: run it alone (a suspect)
     receipt_to = property(lambda self: self.get("receipt_to"))
     not_before = property(lambda self: self.get("not_before"))
-    priority = property(lambda self: self.get("priority"))
+    priority = property(lambda self: lenient("priority", self.get("priority")))
+    schedule = property(lambda self: lenient("schedule", self.get("schedule")))
+    scheduled_for = property(lambda self: lenient("scheduled_for", self.get("scheduled_for")))
     step_timeout = property(lambda self: self.get("step_timeout"))
 
 
@@ -126,10 +146,7 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "correlation", max_len=1024)
     _check_number(obj, "expires_at")
     _check_str(obj, "queue", _ID)
-    if "alone" in obj and not isinstance(obj["alone"], bool | None):
-        raise Invalid("field 'alone': Input should be a valid boolean")
     _check_number(obj, "not_before")
-    _check_int(obj, "priority", PRIORITY_MIN, PRIORITY_MAX)
     _check_number(obj, "step_timeout", positive=True)
     return TaskData(obj)
 
