@@ -96,11 +96,13 @@ class MqttTasksClient:
             return cb
 
         t0 = time.perf_counter()
+        handles = []  # kept: a TaskApp holds the handles waiting for a result weakly
         for i in range(n):
             lag = max(lag, pace(i, t0, rate))
             sent[i] = time.perf_counter()
             handle = self.app.send("noop")
             handle._future.add_done_callback(stamp(i))  # bench-only: TaskHandle has no public hook
+            handles.append(handle)
         return _collect(n, sent, got, finished, t0, lag, timeout)
 
 
