@@ -190,13 +190,19 @@ def load_app(ref: str) -> TaskApp:
               help="A task not expected to get a free slot here within this many seconds is handed to the coordinator.")
 @click.option("--started-after", type=click.FloatRange(min=0), default=DEFAULT_STARTED_AFTER, show_default=True,
               help="Publish a task's `started` event once it has run this many seconds (0: at once).")
+@click.option("--cancel-grace", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="A cancelled task that has not stopped after this long is abandoned (its slot stays taken "
+                   "until its body returns) [default: 10].")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="At most one `progress` event per task per this many seconds [default: 1].")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
 @click.version_option(__version__, "--version")
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
-                   grace: float, defer_after: float, started_after: float, processes: int, log_level: str) -> None:
+                   grace: float, defer_after: float, started_after: float, cancel_grace: float | None,
+                   progress_every: float | None, processes: int, log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
     from .worker import Worker
@@ -209,11 +215,17 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
         Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
                    prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level,
-                   defer_after=defer_after, started_after=started_after)
+                   defer_after=defer_after, started_after=started_after, cancel_grace=cancel_grace,
+                   progress_every=progress_every)
         return
+    from .worker.cancel import DEFAULT_CANCEL_GRACE
+    from .worker.progress import DEFAULT_PROGRESS_EVERY
+
     worker = Worker(app, settings=settings, queues=list(queues) or None, concurrency=concurrency,
                     worker_id=worker_id, group=group, heartbeat_s=heartbeat, grace=grace,
-                    defer_after=defer_after, started_after=started_after)
+                    defer_after=defer_after, started_after=started_after,
+                    cancel_grace=DEFAULT_CANCEL_GRACE if cancel_grace is None else cancel_grace,
+                    progress_every=DEFAULT_PROGRESS_EVERY if progress_every is None else progress_every)
 
     def ready(w: Worker) -> None:
         click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, prefix "

@@ -464,3 +464,19 @@ def test_worker_ready_line_names_broker_and_prefix(mosquitto: Any, prefix: str) 
     finally:
         proc.stop(signal.SIGTERM)
 
+
+
+def test_worker_cancel_grace_and_progress_every_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqtt_tasks import supervisor
+
+    built: list[Worker] = []
+    monkeypatch.setattr(supervisor, "serve", lambda worker, on_ready=None: built.append(worker))
+    result = CliRunner().invoke(worker_command, ["examples.tasks:app", "--broker", "mqtt://127.0.0.1:1",
+                                                 "--cancel-grace", "0.5", "--progress-every", "0.2"],
+                                prog_name="mqtt-worker")
+    assert result.exit_code == 0, result.output
+    (worker,) = built
+    assert (worker.cancel_grace, worker.progress_every) == (0.5, 0.2)
+    worker.stop()
+    assert_one_line_error(CliRunner().invoke(worker_command, ["examples.tasks:app", "--progress-every", "0"],
+                                             prog_name="mqtt-worker"), RET_USAGE)
