@@ -18,9 +18,6 @@ Built on these facts:
 from __future__ import annotations
 
 import logging
-import queue
-import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import leases
@@ -29,8 +26,8 @@ from ..protocol import codec, events
 from ..protocol.messages import CancelRequest
 from ..protocol.states import CANCELLED
 from ..protocol.topics import Topics, is_valid_id
-from ..transport import Connection, Message
-from .queries import _await_answer
+from ..transport import Message
+from .queries import exchange
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,22 +94,12 @@ def request_cancel(settings: Settings, task_id: str, reason: str | None = None, 
     Raises ``TaskNotFoundError`` (the coordinator has no record of it), ``MqttTasksError`` (it
     already ended otherwise), ``CoordinatorTimeoutError`` (no coordinator answered: the request
     was still published, and workers stop the task if they hold it)."""
-    topics = Topics(settings.prefix)
     if not is_valid_id(task_id):
         raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
-    client_id = f"mqtt-tasks-c-{uuid.uuid4().hex[:12]}"
-    reply_topic = topics.replies(client_id)
-    answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    conn = Connection(settings, client_id, on_message=answers.put)
-    conn.subscribe(reply_topic)
-    conn.connect(timeout)
-    correlation = uuid.uuid4().hex
-    try:
-        request = events.cancel_request(reason=reason, reply_to=reply_topic, correlation=correlation)
-        conn.publish(topics.cancel(task_id), codec.encode(request))
-        answer = _await_answer(answers, correlation, time.monotonic() + timeout)
-    finally:
-        conn.close(1.0)
+    answer = exchange(settings, Topics(settings.prefix).cancel(task_id),
+                      lambda reply_to, correlation: events.cancel_request(reason=reason, reply_to=reply_to,
+                                                                          correlation=correlation),
+                      timeout, kind="c")
     if answer is None:
         raise CoordinatorTimeoutError(
             f"no coordinator answered within {timeout:g}s; the cancel of {task_id} was published: a worker that "

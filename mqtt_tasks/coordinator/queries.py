@@ -145,23 +145,34 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
 
 # -- the client side ---------------------------------------------------------------------------
 def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    topics = Topics(settings.prefix)
-    client_id = f"mqtt-tasks-q-{uuid.uuid4().hex[:12]}"
-    reply_topic = topics.replies(client_id)
+    rpc = Topics(settings.prefix).rpc
+    answer = exchange(settings, rpc, lambda reply_to, correlation: {**request, "reply_to": reply_to,
+                                                                     "correlation": correlation},
+                      timeout, properties=True)
+    if answer is None:
+        raise CoordinatorTimeoutError(f"no coordinator answered on {rpc} within {timeout}s")
+    return answer
+
+
+def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[str, Any]], timeout: float, *,
+             kind: str = "q", properties: bool = False) -> dict[str, Any] | None:
+    """Publish ``request(reply_topic, correlation)`` on ``topic`` from a short-lived client and wait
+    for the answer that carries the correlation on its own reply topic: the answer, or None after
+    ``timeout``. With ``properties``, the MQTT 5 Response Topic and Correlation Data say it too."""
+    client_id = f"mqtt-tasks-{kind}-{uuid.uuid4().hex[:12]}"
+    reply_topic = Topics(settings.prefix).replies(client_id)
     answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
     conn = Connection(settings, client_id, on_message=answers.put)
     conn.subscribe(reply_topic)
     conn.connect(timeout)
     correlation = uuid.uuid4().hex
+    extra: dict[str, Any] = {"response_topic": reply_topic, "correlation_data": correlation.encode()} if properties \
+        else {}
     try:
-        conn.publish(topics.rpc, codec.encode({**request, "reply_to": reply_topic, "correlation": correlation}),
-                     response_topic=reply_topic, correlation_data=correlation.encode())
-        answer = _await_answer(answers, correlation, time.monotonic() + timeout)
+        conn.publish(topic, codec.encode(request(reply_topic, correlation)), **extra)
+        return _await_answer(answers, correlation, time.monotonic() + timeout)
     finally:
         conn.close(1.0)
-    if answer is None:
-        raise CoordinatorTimeoutError(f"no coordinator answered on {topics.rpc} within {timeout}s")
-    return answer
 
 
 def _await_answer(answers: queue.SimpleQueue[Message], correlation: str, deadline: float) -> dict[str, Any] | None:
