@@ -8,6 +8,7 @@ that needs neither never loads pydantic or amqtt.
 __version__ = "0.1.0"
 
 from .app import TaskApp, TaskDef, TaskHandle, TaskOptions, TaskProgress  # noqa: E402
+from .canvas import SagaStep, Signature, Workflow, chain, chord, group, saga, step  # noqa: E402
 from .config import Settings, TLSSettings  # noqa: E402
 from .context import TaskContext, current_task  # noqa: E402
 from .errors import (  # noqa: E402
@@ -22,6 +23,7 @@ from .errors import (  # noqa: E402
     PayloadTooLargeError,
     ProtocolError,
     ResultTimeoutError,
+    SagaCompensatedError,
     ScheduleNotFoundError,
     SignatureError,
     StoreError,
@@ -77,8 +79,11 @@ __all__ = [
     "ProtocolError",
     "ReceiptPolicy",
     "ResultTimeoutError",
+    "SagaCompensatedError",
+    "SagaStep",
     "ScheduleNotFoundError",
     "Settings",
+    "Signature",
     "SignatureError",
     "StatusEvent",
     "StoreError",
@@ -102,6 +107,12 @@ __all__ = [
     "UnknownTaskError",
     "Worker",
     "WorkerState",
+    "Workflow",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
+    "saga",
+    "step",
 ]

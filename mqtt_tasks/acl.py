@@ -82,7 +82,8 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("read", t.receipts(ident)),
                 Rule("read", t.coordinator),
                 Rule("read", t.all_status),
-                Rule("write", t.all_cancel)]  # handle.cancel(): any task id (docs/scheduling.md)
+                Rule("write", t.all_cancel),  # handle.cancel(): any task id (docs/scheduling.md)
+                Rule("write", t.workflows)]  # chains, groups, chords, sagas (docs/workflows.md)
     if role == "worker":
         return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
                 Rule("read", t.inbox(ident)),
@@ -102,6 +103,7 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("readwrite", t.all_workers),  # read heartbeats; clear a dead worker's retained state
                 Rule("read", t.rpc),
                 Rule("read", t.all_cancel),
+                Rule("read", t.workflows),
                 Rule("write", t.dead_root + "+"),
                 Rule("write", t.errors),
                 Rule("write", t.inbox_root + "+"),

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import signing
+from .canvas import Signature
 from .config import Settings
 from .errors import (
     ConfigError,
     DecodeError,
     ResultTimeoutError,
+    SagaCompensatedError,
     TaskCancelledError,
     TaskDeadError,
     TaskExpiredError,
@@ -43,6 +45,7 @@ from .errors import (
 from .protocol import codec, events
 from .protocol.states import (
     CANCELLED,
+    COMPENSATED,
     DEAD,
     EXPIRED,
     PRIORITY_MAX,
@@ -94,6 +97,15 @@ class TaskDef(Generic[R]):
     def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """Publish the task with these arguments; return its handle at once."""
         return self.app.send(self.name, args, kwargs, options=self.options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this task with these arguments, as a step of a workflow (``chain``, ``group``,
+        ``chord``, ``saga``); in a chain the previous step's result is prepended to ``args``."""
+        return Signature.of(self.app, self.name, args, kwargs, self.options)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: like ``s``, but no previous result is prepended to its args."""
+        return Signature.of(self.app, self.name, args, kwargs, self.options, immutable=True)
 
     def submit_with(
         self,
@@ -263,7 +275,8 @@ def outcome(event: StatusEvent) -> Any:
     etype = err.type if err else "Error"
     emsg = err.message if err else (event.reason or event.state)
     tb = err.traceback if err else None
-    cls = TaskDeadError if event.state == DEAD else TaskFailedError
+    cls = TaskDeadError if event.state == DEAD else SagaCompensatedError if event.state == COMPENSATED \
+        else TaskFailedError
     raise cls(event.id, etype, emsg, tb, attempt=event.attempt, status=event.model_dump(exclude_none=True))
 
 
@@ -395,6 +408,20 @@ class TaskApp:
                 self._pending.pop(task_id, None)
             if keeper is not None:
                 keeper.forget(task_id)
+            raise
+        return handle
+
+    def send_tracked(self, topic: str, message: dict[str, Any], name: str) -> TaskHandle:
+        """Publish ``message`` (a workflow: ``canvas.py``) on ``topic``; the handle waits for the final
+        event with the message's ``id`` on this app's reply topic."""
+        handle = TaskHandle(self, message["id"], name, concurrent.futures.Future())
+        with self._pending_lock:
+            self._pending[handle.id] = handle
+        try:
+            self.connection().publish(topic, codec.encode(message))
+        except Exception:
+            with self._pending_lock:
+                self._pending.pop(handle.id, None)
             raise
         return handle
 

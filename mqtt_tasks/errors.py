@@ -17,6 +17,7 @@
     ├── TaskError                   about one task (carries ``task_id``)
     │   ├── TaskFailedError         the task ran and raised (remote type, message, traceback)
     │   ├── TaskDeadError           the coordinator gave up: attempts exhausted
+    │   ├── SagaCompensatedError    a saga's step failed and every step done before it was undone
     │   ├── TaskCancelledError      the task was cancelled
     │   ├── TaskExpiredError        the task expired before it was started
     │   └── ResultTimeoutError      no final status within the caller's timeout
@@ -130,6 +131,11 @@ class TaskFailedError(TaskError):
 
 class TaskDeadError(TaskFailedError):
     """The coordinator gave up on the task: its attempts are exhausted."""
+
+
+class SagaCompensatedError(TaskFailedError):
+    """A saga failed and was rolled back: the step that failed and what was undone are in ``status``
+    (its ``reason`` and ``steps``)."""
 
 
 class TaskCancelledError(TaskError):

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from mqtt_tasks.store import MemoryStore, ScheduleRecord, SQLiteStore, Store, TaskRecord
+from mqtt_tasks.store.sqlite import MIGRATIONS
+from mqtt_tasks.store.workflows import WorkflowRecord, WorkflowStep
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -180,4 +182,38 @@ def test_an_old_sqlite_file_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> N
     with SQLiteStore(path) as s:
         assert [x.name for x in s.load_schedules()] == ["kept"]
     names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM schema_migrations")]
-    assert names == ["0001-schedules"]
+    assert names == [name for name, _sql in MIGRATIONS]
+
+
+def test_workflows_are_buffered_committed_and_listed(store: Store) -> None:
+    """A workflow put is visible at once, durable after the commit, in the same transaction as its
+    steps' task records, and its steps round-trip."""
+    flow = WorkflowRecord(id="wf", kind="saga", created=1.0, updated=2.0,
+                          steps=[WorkflowStep(id="wf.0", sig={"task": "charge", "args": [1]}, state="succeeded",
+                                              result={"charge": 7}, undo={"task": "refund"}, undo_id="wf.0.undo")])
+    store.put_workflow(flow)
+    store.put(rec("wf.0", "backlog"))
+    got = store.get_workflow("wf")
+    assert got is not None and got.steps[0].undo_id == "wf.0.undo"
+    assert store.commit() == 2
+    got = store.get_workflow("wf")
+    assert got is not None and got.to_dict() == flow.to_dict()
+    assert store.get_workflow("nope") is None
+    flow.state = "compensated"
+    flow.updated = 3.0
+    store.put_workflow(flow)
+    store.put_workflow(WorkflowRecord(id="other", kind="chain", updated=1.0,
+                                      callback=WorkflowStep(id="other.callback", sig={"task": "t"})))
+    assert [w.id for w in store.list_workflows()] == ["wf", "other"]
+    assert [w.id for w in store.list_workflows("compensated")] == ["wf"]
+    other = store.get_workflow("other")
+    assert other is not None and other.callback is not None and other.callback.sig == {"task": "t"}
+
+
+def test_sqlite_workflows_survive_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "wf.db")
+    with SQLiteStore(path) as s:
+        s.put_workflow(WorkflowRecord(id="wf", kind="chain", steps=[WorkflowStep(id="wf.0", sig={"task": "a"})]))
+    with SQLiteStore(path) as s:
+        got = s.get_workflow("wf")
+        assert got is not None and got.steps[0].sig == {"task": "a"} and got.state == "running"

@@ -5,8 +5,9 @@ Built on these facts (DESIGN.md "Wire contract"):
 - The coordinator reads ``P/tasks/+`` (a task seen: recorded, its dispatch timer starts),
   ``P/record/+`` (a producer's re-send of a task it has no receipt for: ``leases.on_resent``),
   ``P/status/+`` (the workers' events), ``P/workers/+`` (heartbeats and Last Wills) and the query
-  topic (``queries``). Each payload is decoded by ``protocol.codec`` into a validated model; a
-  payload that does not decode is reported on ``P/errors`` and the next message is processed.
+  topic (``queries``), and ``P/cancel/+`` and ``P/workflows`` (``cancels``, ``workflows``). Each
+  payload is decoded by ``protocol.codec`` into a validated model; a payload that does not decode
+  is reported on ``P/errors`` and the next message is processed.
 - A status event is handled by the handler its state names in ``status_handlers``, an explicit
   table keyed by the state constants of ``protocol.states``; a state without a handler
   (``progress``, ``retrying``, ...) changes nothing here. Handlers read the declared fields of
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .fleet import Fleet
     from .queries import Queries
     from .records import Records
+    from .workflows import Workflows
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class Handlers:
 
     def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, effects: Effects,
                  queries: Queries, policy: LeasePolicy, clock: Callable[[], float], rng: Rng,
-                 stats: dict[str, int], cancels: CancelRequests | None = None) -> None:
+                 stats: dict[str, int], cancels: CancelRequests | None = None,
+                 workflows: Workflows | None = None) -> None:
         self._max_payload = settings.max_payload
         self._topics = topics
         self._records = records
@@ -81,6 +84,7 @@ class Handlers:
         self._rng = rng
         self._stats = stats
         self._cancels = cancels
+        self._workflows = workflows
         self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
             STARTED: self.on_started,
             SUCCEEDED: self.on_succeeded,
@@ -105,8 +109,8 @@ class Handlers:
                 self.on_worker_state(message)
             elif topic == topics.rpc:
                 self._queries.on_rpc(message)
-            elif self._cancels is not None and topic.startswith(topics.cancel_root):
-                self._cancels.on_request(message)
+            else:
+                self.on_extension(message)
         except DecodeError as exc:
             self._stats["rejected"] += 1
             log.warning("coordinator rejected a message on %s: %s", topic, exc.reason)
@@ -116,6 +120,13 @@ class Handlers:
         except Exception as exc:
             log.exception("coordinator: error handling a message on %s", topic)
             self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)
+
+    def on_extension(self, message: Message) -> None:
+        """A cancel request or a workflow."""
+        if self._cancels is not None and message.topic.startswith(self._topics.cancel_root):
+            self._cancels.on_request(message)
+        elif self._workflows is not None and message.topic == self._topics.workflows:
+            self._workflows.on_message(message)
 
     def on_task(self, message: Message) -> None:
         task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),

@@ -49,6 +49,7 @@ from .queries import Queries
 from .records import Records
 from .schedules import Schedules
 from .timers import Timers
+from .workflows import Workflows
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,11 @@ class Coordinator:
                                 self._effects, stats)
         self._queries.ops.update(Admin(self._records, clock).ops())
         cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
+        self._workflows = Workflows(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
+        self._records.finished.append(self._workflows.on_task_final)
+        self._queries.workflows = self._workflows
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
-                            policy, clock, rng, stats, cancels)
+                            policy, clock, rng, stats, cancels, self._workflows)
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
@@ -129,7 +133,7 @@ class Coordinator:
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
         log.info("coordinator %s: %d schedule(s) in the store", self.client_id, self._schedules.recover())
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
-                      self.topics.rpc, self.topics.all_cancel):
+                      self.topics.rpc, self.topics.all_cancel, self.topics.workflows):
             self._connection.subscribe(topic)
         self._loop.start()
         self._connection.connect()

@@ -36,6 +36,7 @@ from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
 from .effects import final_event
+from .workflows import workflow_event, workflow_view
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .effects import Effects
     from .fleet import Fleet
     from .records import Records
+    from .workflows import Workflows
 
 OPS = ("status", "tasks", "stats", "result", "retry", "purge")
 
@@ -63,6 +65,7 @@ class Queries:
         self._effects = effects
         self._stats = stats
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}  # more ops: admin.py, schedules.py
+        self.workflows: Workflows | None = None  # a workflow id answers status and result too
 
     def on_rpc(self, message: Message) -> None:
         request = codec.decode_json_object(message.payload, topic=message.topic, max_payload=self._max_payload)
@@ -74,10 +77,7 @@ class Queries:
             raise DecodeError(f"query with an invalid reply_to: {refusal}", payload=message.payload,
                               topic=message.topic)
         if request.get("op") == "result":
-            record = self._records.get(str(request.get("id", "")))
-            if record is not None and record.terminal:
-                self._effects.send_now(reply_to, codec.encode(final_event(record)),
-                                   correlation_data=message.correlation_data)
+            self._result(str(request.get("id", "")), reply_to, message.correlation_data)
             return
         answer = self.answer(request)
         answer["correlation"] = request.get("correlation")
@@ -93,9 +93,12 @@ class Queries:
             return self.ops[op](request)
         if op == "status":
             record = self._records.get(str(request.get("id", "")))
-            if record is None:
-                return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
-            return {"ok": True, "task": record_view(record)}
+            if record is not None:
+                return {"ok": True, "task": record_view(record)}
+            workflow = self.workflows.get(str(request.get("id", ""))) if self.workflows is not None else None
+            if workflow is not None:
+                return {"ok": True, "task": workflow_view(workflow)}
+            return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
         if op == "tasks":
             state = request.get("state")
             limit = max(1, min(int(request.get("limit") or 100), 1000))
@@ -109,6 +112,18 @@ class Queries:
         if isinstance(op, str) and op in self.ops:
             return self.ops[op](request)
         return {"ok": False, "error": f"unknown op {op!r}: use {', '.join(OPS[:-1])} or {OPS[-1]}"}
+
+    def _result(self, task_id: str, reply_to: str, correlation_data: bytes | None) -> None:
+        """The final event of a finished task or workflow, to ``reply_to``; nothing while it runs."""
+        record = self._records.get(task_id)
+        if record is not None:
+            if record.terminal:
+                self._effects.send_now(reply_to, codec.encode(final_event(record)), correlation_data=correlation_data)
+            return
+        workflow = self.workflows.get(task_id) if self.workflows is not None else None
+        if workflow is not None and workflow.terminal:
+            event = workflow_event(workflow, workflow.state, workflow.reason or workflow.state, workflow.updated, True)
+            self._effects.send_now(reply_to, codec.encode(event), correlation_data=correlation_data)
 
     def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
         """From the store; while it cannot commit, the live tasks from memory, saying so."""

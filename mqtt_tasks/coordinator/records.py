@@ -8,6 +8,9 @@ Built on these facts (``store.base``):
 - Every record that is not terminal is *live*: it is kept in memory (``live``) with a timer and,
   in ``backlog``, a place in its queue's backlog. A finished record leaves all three; the store
   still answers for it (queries, a late duplicate result, a redelivered task).
+- A live record that becomes final is handed to the ``finished`` hooks (a workflow's step moves
+  its workflow on: ``workflows.py``) in the batch that made it final, so their changes share its
+  commit.
 - After a restart the live records are read back from the store and every lease is extended by
   ``reconnect_grace``: the workers' heartbeats have not been heard yet, which proves nothing.
 """
@@ -42,6 +45,7 @@ class Records:
         self._apply = apply
         self._clock = clock
         self._stats = stats
+        self.finished: list[Callable[[TaskRecord], None]] = []  # a live record became final (workflows)
 
     def recover(self) -> int:
         """Load the live records from the store, with leases extended; how many there are."""
@@ -83,8 +87,9 @@ class Records:
     def save(self, record: TaskRecord, effects: list[Effect]) -> None:
         """Buffer the changed record in the store, keep the live cache and timers in step, carry out effects."""
         self.store.put(record)
+        ended = False
         if record.terminal:
-            self.live.pop(record.id, None)
+            ended = self.live.pop(record.id, None) is not None
             self._backlog.discard(record.id)
             self._timers.forget(record.id)
         else:
@@ -93,6 +98,9 @@ class Records:
             self._timers.schedule(record)
         for effect in effects:
             self._apply(record, effect)
+        if ended:
+            for hook in self.finished:
+                hook(record)
 
     def dispatched(self, record: TaskRecord) -> None:
         """The record was dispatched to a worker's inbox: its timer and store row follow."""

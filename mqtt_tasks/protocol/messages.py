@@ -31,6 +31,7 @@ from .states import (  # noqa: F401 - re-exported: the states belong to the cont
     TASK_NAME_PATTERN,
     TERMINAL_STATES,
     WORKER_STATES,
+    WORKFLOW_KINDS,
 )
 from .topics import ID_PATTERN
 
@@ -38,10 +39,12 @@ if TYPE_CHECKING:
     StatusState = str
     WorkerStateName = str
     CoordinatorStateName = str
+    WorkflowKind = str
 else:  # the vocabulary of states.py, as enums in the JSON Schema
     StatusState = Literal[STATUS_STATES]
     WorkerStateName = Literal[WORKER_STATES]
     CoordinatorStateName = Literal[COORDINATOR_STATES]
+    WorkflowKind = Literal[WORKFLOW_KINDS]
 
 
 class _Message(BaseModel):
@@ -83,8 +86,10 @@ class Task(_Message):
     schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
                                  "the schedule's name (docs/scheduling.md)")
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
+    workflow: str | None = Field(default=None, description="set by the coordinator on a workflow's step: the "
+                                 "workflow's id (docs/workflows.md)")
 
-    @field_validator("priority", "alone", "schedule", "scheduled_for", mode="before")
+    @field_validator("priority", "alone", "schedule", "scheduled_for", "workflow", mode="before")
     @classmethod
     def _informative_fields_are_read_leniently(cls, value: Any, info: ValidationInfo) -> Any:
         return validate.lenient(str(info.field_name), value)  # a wrong type reads as absent (validate.py)
@@ -127,6 +132,10 @@ class StatusEvent(_Message):
     alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
     delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
                                  "ahead; the coordinator holds it until then")
+    workflow: str | None = Field(default=None, description="on a workflow's own events: its kind (chain, group, "
+                                 "chord, saga)")
+    steps: list[dict[str, Any]] | None = Field(default=None, description="on a workflow's own events: each step's "
+                                               "id, task, state, result or reason (and compensation)")
 
 
 class HeldTask(_Message):
@@ -247,4 +256,54 @@ class Schedule(_Message):
     def _one_timing(self) -> Schedule:
         if (self.cron is None) == (self.every is None):
             raise ValueError("give exactly one of cron and every")
+        return self
+
+
+WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
+"""A workflow's id: 100 characters at most, leaving room for its steps' ids (``{id}.{index}.undo``)."""
+MAX_WORKFLOW_STEPS = 1000
+
+
+class Signature(_Message):
+    """A task to run as one step of a workflow: a task name, its arguments and options."""
+
+    task: str = Field(pattern=TASK_NAME_PATTERN, description="the registered task name")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, pattern=ID_PATTERN, description="default: default")
+    immutable: bool | None = Field(default=None, description="true: the previous result is not prepended to args")
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    timeout: float | None = Field(default=None, gt=0)
+    priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    step_timeout: float | None = Field(default=None, gt=0)
+    compensate: Signature | None = Field(default=None, description="a saga step's compensation (saga only)")
+
+
+class Workflow(_Message):
+    """A chain, group, chord or saga, published on ``P/workflows`` (docs/workflows.md)."""
+
+    id: str = Field(pattern=WORKFLOW_ID_PATTERN, description="1-100 characters of A-Z a-z 0-9 _ . : -; unique")
+    kind: WorkflowKind = Field(description="chain, group, chord or saga")
+    steps: list[Signature] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
+                                   description="the steps (chain, saga) or members (group, chord), in order")
+    callback: Signature | None = Field(default=None, description="a chord's callback (chord only, required)")
+    reply_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                 description="topic that receives the workflow's final status event")
+    correlation: str | None = Field(default=None, max_length=1024, description="echoed in the workflow's events")
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_a_topic(cls, value: str | None) -> str | None:
+        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
+            raise ValueError("reply_to must be a plain topic name (no wildcards, not $...)")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Workflow:
+        if (self.kind == "chord") != (self.callback is not None):
+            raise ValueError("a chord needs a callback, and only a chord has one")
+        if self.kind != "saga" and any(s.compensate is not None for s in self.steps):
+            raise ValueError("only a saga's steps have compensations")
+        if any(s.compensate is not None and s.compensate.compensate is not None for s in self.steps):
+            raise ValueError("a compensation has no compensation of its own")
         return self

@@ -6,11 +6,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .messages import CancelRequest, CoordinatorPresence, ErrorReport, Receipt, Schedule, StatusEvent, Task, WorkerState
+from .messages import (
+    CancelRequest,
+    CoordinatorPresence,
+    ErrorReport,
+    Receipt,
+    Schedule,
+    StatusEvent,
+    Task,
+    WorkerState,
+    Workflow,
+)
 
 MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
                                       "presence": CoordinatorPresence, "receipt": Receipt, "cancel": CancelRequest,
-                                      "schedule": Schedule}
+                                      "schedule": Schedule, "workflow": Workflow}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -27,9 +27,13 @@ EXPIRED = "expired"
 DUPLICATE = "duplicate"
 SCHEDULED = "scheduled"
 """The coordinator holds the task until its ``not_before`` time (a record state and a status event)."""
+COMPENSATING = "compensating"
+"""A saga's step ended without success: the compensations of the steps done before it run, last first."""
+COMPENSATED = "compensated"
+"""A saga that failed and whose every compensation succeeded: final (docs/workflows.md)."""
 
 STATUS_STATES = (QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, RETRYING, DEFERRED, DEAD, CANCELLED, EXPIRED,
-                 DUPLICATE, SCHEDULED)
+                 DUPLICATE, SCHEDULED, COMPENSATING, COMPENSATED)
 """Every state a status event may carry, in the order the JSON Schema lists them."""
 
 TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED, EXPIRED})
@@ -45,6 +49,17 @@ RECORD_STATES = (QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SUCCEEDED, DEAD
 """Every state a coordinator's record may be in (``mqtt-tasks tasks --state``)."""
 
 LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, SCHEDULED})
+
+# Workflows (chains, groups, chords, sagas: docs/workflows.md). A workflow is ``running``, a saga
+# ``compensating`` after a step failed; it ends ``succeeded``, ``dead`` (a step failed; for a saga:
+# a compensation failed too) or ``compensated`` (a saga rolled back whole). Its steps are tasks, in
+# the task states, plus ``pending`` (not submitted yet) and ``skipped`` (never to be submitted).
+RUNNING = "running"
+PENDING = "pending"
+SKIPPED = "skipped"
+WORKFLOW_KINDS = ("chain", "group", "chord", "saga")
+WORKFLOW_STATES = (RUNNING, COMPENSATING, SUCCEEDED, DEAD, COMPENSATED)
+WORKFLOW_TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, COMPENSATED})
 
 PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = 0, 9, 5
 """A task's ``priority``: 0-9, higher first; absent means 5. It orders the coordinator's backlog

@@ -16,6 +16,7 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
     P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
     P/cancel/{task_id}       (extension) a request to cancel a task: the coordinator and every worker read it
+    P/workflows              (extension) chains, groups, chords and sagas for the coordinator (docs/workflows.md)
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Topics:
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
                  "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root",
-                 "cancel_root")
+                 "cancel_root", "workflows")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -77,6 +78,7 @@ class Topics:
         self.probe_root = f"{prefix}/probe/"
         self.record_root = f"{prefix}/record/"
         self.cancel_root = f"{prefix}/cancel/"
+        self.workflows = f"{prefix}/workflows"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:

@@ -86,7 +86,7 @@ def _check_number(obj: dict[str, Any], name: str, *, positive: bool = False) -> 
 
 def lenient(name: str, value: Any) -> Any:
     """A field added after v1 that only informs or orders (``priority``, ``alone``, ``schedule``,
-    ``scheduled_for``): a value of another type is read as absent, and the task is not refused, so
+    ``scheduled_for``, ``workflow``): a value of another type is read as absent, and the task is not refused, so
     a producer that used one of these names for a field of its own before keeps working. The
     models read them the same way (``messages.Task``)."""
     if value is None:
@@ -95,7 +95,7 @@ def lenient(name: str, value: Any) -> Any:
         ok = _is_int(value) and PRIORITY_MIN <= value <= PRIORITY_MAX
     elif name == "alone":
         ok = isinstance(value, bool)
-    elif name == "schedule":
+    elif name in ("schedule", "workflow"):
         ok = isinstance(value, str)
     else:
         ok = _is_number(value)

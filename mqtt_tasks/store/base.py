@@ -33,6 +33,7 @@ from ..protocol.states import (  # noqa: F401 - re-exported for the store's user
     TERMINAL_STATES,
 )
 from .schedules import ScheduleRecord
+from .workflows import WorkflowRecord
 
 LIVE_STATES = LIVE_RECORD_STATES
 TERMINAL = TERMINAL_STATES
@@ -149,6 +150,20 @@ class Store(abc.ABC):
     def load_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
 
+    # -- workflows (docs/workflows.md): buffered like records, committed with them -------
+    @abc.abstractmethod
+    def put_workflow(self, workflow: WorkflowRecord) -> None:
+        """Buffer a workflow's current state; durable after the next ``commit``, in the same
+        transaction as the task records of the steps it submitted."""
+
+    @abc.abstractmethod
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        """One workflow (running or finished, buffered puts included), or None."""
+
+    @abc.abstractmethod
+    def list_workflows(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
+        """Workflows, most recently updated first, optionally of one state."""
+
     def close(self) -> None:
         """Commit what is buffered and release resources."""
         self.commit()
@@ -161,5 +176,6 @@ class Store(abc.ABC):
 
 
 __all__ = ["BACKLOG", "CANCELLED", "DEAD", "DISPATCHED", "EXPIRED", "LIVE_STATES", "MAX_HISTORY", "QUEUED",
-           "RETRYING", "SCHEDULED", "STARTED", "SUCCEEDED", "TERMINAL", "ScheduleRecord", "Store", "TaskRecord"]
+           "RETRYING", "SCHEDULED", "STARTED", "SUCCEEDED", "TERMINAL", "ScheduleRecord", "Store", "TaskRecord",
+           "WorkflowRecord"]
 

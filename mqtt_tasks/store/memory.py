@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 from .base import Store, TaskRecord
 from .schedules import ScheduleRecord
+from .workflows import WorkflowRecord
 
 
 class MemoryStore(Store):
@@ -19,6 +20,8 @@ class MemoryStore(Store):
         self._pending: dict[str, TaskRecord] = {}
         self._schedules: dict[str, ScheduleRecord] = {}
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
+        self._workflows: dict[str, WorkflowRecord] = {}
+        self._pending_workflows: dict[str, WorkflowRecord] = {}
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -37,7 +40,26 @@ class MemoryStore(Store):
                 self._finished.pop(snapshot.id, None)
                 self._live[snapshot.id] = snapshot
         self._pending.clear()
-        return written + self._commit_schedules()
+        return written + self._commit_schedules() + self._commit_workflows()
+
+    def _commit_workflows(self) -> int:
+        for workflow in self._pending_workflows.values():
+            self._workflows[workflow.id] = copy.deepcopy(workflow)
+        written, self._pending_workflows = len(self._pending_workflows), {}
+        return written
+
+    def put_workflow(self, workflow: WorkflowRecord) -> None:
+        self._pending_workflows[workflow.id] = workflow
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        workflow = self._pending_workflows.get(workflow_id) or self._workflows.get(workflow_id)
+        return copy.deepcopy(workflow) if workflow is not None else None
+
+    def list_workflows(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
+        self.commit()
+        found = [w for w in self._workflows.values() if state is None or w.state == state]
+        found.sort(key=lambda w: w.updated, reverse=True)
+        return [copy.deepcopy(w) for w in found[:limit]]
 
     def _commit_schedules(self) -> int:
         for name, schedule in self._pending_schedules.items():

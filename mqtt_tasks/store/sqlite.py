@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import StoreError
 from .base import LIVE_STATES, Store, TaskRecord
 from .schedules import ScheduleRecord
+from .workflows import WorkflowRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -45,6 +46,8 @@ CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 """
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001-schedules", "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data TEXT NOT NULL)"),
+    ("0002-workflows", "CREATE TABLE IF NOT EXISTS workflows (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                       "updated REAL NOT NULL, data TEXT NOT NULL)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
@@ -67,6 +70,7 @@ class SQLiteStore(Store):
         self._pending: dict[str, TaskRecord] = {}
         self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
+        self._pending_workflows: dict[str, WorkflowRecord] = {}
 
     def _open(self, path: str, synchronous: str) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
@@ -91,18 +95,20 @@ class SQLiteStore(Store):
 
     def commit(self) -> int:
         self._read.clear()
-        if not self._pending and not self._pending_schedules:
+        if not self._pending and not self._pending_schedules and not self._pending_workflows:
             return 0
         rows = [_row(r) for r in self._pending.values()]
         schedules = self._pending_schedules
+        flows = [(w.id, w.state, w.updated, _DUMPS(w.to_dict())) for w in self._pending_workflows.values()]
         try:
-            self._write(rows, schedules)
+            self._write(rows, schedules, flows)
         except sqlite3.Error as exc:
             self._checkpoint()
             raise self._error("cannot commit", exc) from exc
         self._pending.clear()
         self._pending_schedules = {}
-        return len(rows) + len(schedules)
+        self._pending_workflows = {}
+        return len(rows) + len(schedules) + len(flows)
 
     def _checkpoint(self) -> None:
         """After a failed commit: move the WAL into the database and truncate it, if that can be done.
@@ -115,7 +121,8 @@ class SQLiteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
+               flows: list[tuple[Any, ...]]) -> None:
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
@@ -128,6 +135,7 @@ class SQLiteStore(Store):
                 else:
                     db.execute("INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)",
                                (name, _DUMPS(schedule.to_dict())))
+            db.executemany("INSERT OR REPLACE INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?)", flows)
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
         except BaseException:
             if db.in_transaction:
@@ -189,6 +197,25 @@ class SQLiteStore(Store):
         self.commit()
         rows = self._query("SELECT data FROM schedules ORDER BY name")
         return [ScheduleRecord.from_dict(json.loads(r[0])) for r in rows]
+
+    def put_workflow(self, workflow: WorkflowRecord) -> None:
+        self._pending_workflows[workflow.id] = workflow
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        pending = self._pending_workflows.get(workflow_id)
+        if pending is not None:
+            return pending
+        rows = self._query("SELECT data FROM workflows WHERE id = ?", (workflow_id,))
+        return WorkflowRecord.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def list_workflows(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
+        self.commit()
+        if state is None:
+            rows = self._query("SELECT data FROM workflows ORDER BY updated DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT data FROM workflows WHERE state = ? ORDER BY updated DESC LIMIT ?",
+                               (state, limit))
+        return [WorkflowRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:

@@ -1,0 +1,166 @@
+"""Workflows: chains, groups, chords and sagas, on the loop's thread (the policy is ``mqtt_tasks.flow``).
+
+Built on these facts (docs/workflows.md):
+
+- A workflow arrives on ``P/workflows`` (any client may publish one). It is decoded and validated
+  by ``protocol.messages.Workflow``; a bad one is reported on ``P/errors`` (``Handlers``) and the
+  next message is processed. With signing on, the coordinator signs the steps it publishes, so it
+  takes only a workflow signed with the same key (``sig``, as a task's). A workflow id already
+  recorded is a redelivery: nothing happens.
+- The workflow record (``Store.put_workflow``) and the task records of the steps it submits are
+  put in the store in the same batch, and the loop commits before it acknowledges the message and
+  before it publishes the steps on ``P/tasks/{queue}``. A coordinator killed before the commit gets
+  the message again from the broker and starts over (nothing was published); one killed after
+  finds the steps recorded. A step whose task record exists already is never submitted again. A
+  step published and then lost (a crash between commit and publish, a broker that dropped it) is a
+  ``queued`` record like any other: its dispatch timer sends it to a worker.
+- A step advances its workflow when its task record becomes final (``Records.finished``, called in
+  the batch that made it final): the next steps are recorded in that same commit, so a restart
+  neither forgets nor repeats an advance; a later duplicate result finds the record final already.
+- The workflow's own status events (``compensating``, and its final one, also to its ``reply_to``)
+  go out on ``P/status/{workflow id}`` after the commit, like every effect, marked
+  ``source: "coordinator"``.
+- Running workflows are cached here; after a restart they are read from the store when a step
+  of theirs ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .. import flow, leases
+from ..errors import DecodeError, SignatureError
+from ..protocol import codec, events
+from ..protocol.messages import Workflow
+from ..protocol.states import SUCCEEDED
+from .effects import SOURCE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..config import Settings
+    from ..leases import LeasePolicy
+    from ..protocol.topics import Topics
+    from ..store.base import TaskRecord
+    from ..store.workflows import WorkflowRecord
+    from ..transport import Message
+    from .effects import Effects
+    from .records import Records
+
+log = logging.getLogger(__name__)
+
+
+class Workflows:
+    """Records workflows, submits their steps, and advances them as steps end."""
+
+    def __init__(self, settings: Settings, topics: Topics, records: Records, effects: Effects, policy: LeasePolicy,
+                 clock: Callable[[], float], stats: dict[str, int]) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._records = records
+        self._effects = effects
+        self._policy = policy
+        self._clock = clock
+        self._stats = stats
+        self.live: dict[str, WorkflowRecord] = {}
+
+    def on_message(self, message: Message) -> None:
+        """A workflow on ``P/workflows``: record it and submit its first steps (once)."""
+        model = codec.decode(Workflow, message.payload, topic=message.topic, max_payload=self._settings.max_payload)
+        key = getattr(self._settings, "signing_key", None)
+        if key is not None:  # its steps will be signed by the coordinator: only a signed workflow earns that
+            from .. import signing
+
+            try:
+                signing.verify_payload(message.payload, key)
+            except SignatureError as exc:
+                raise DecodeError(f"workflow {model.id}: {exc}", payload=message.payload, topic=message.topic,
+                                  task_id=model.id) from None
+        if self.get(model.id) is not None:
+            log.info("coordinator: workflow %s is recorded already", model.id)
+            return
+        now = self._clock()
+        workflow = flow.new_workflow(model.model_dump(exclude_none=True), now)
+        self._stats["workflows"] = self._stats.get("workflows", 0) + 1
+        log.info("coordinator: workflow %s (%s of %d steps) recorded", workflow.id, workflow.kind, len(workflow.steps))
+        self._apply(workflow, flow.begin(workflow, now))
+
+    def get(self, workflow_id: str) -> WorkflowRecord | None:
+        workflow = self.live.get(workflow_id)
+        return workflow if workflow is not None else self._records.store.get_workflow(workflow_id)
+
+    def on_task_final(self, record: TaskRecord) -> None:
+        """A task record became final: if it is a workflow's step, the workflow moves on."""
+        workflow_id = (record.body or {}).get("workflow")
+        if not isinstance(workflow_id, str):
+            return
+        workflow = self.get(workflow_id)
+        if workflow is None or workflow.terminal:
+            return
+        now = self._clock()
+        before = workflow.updated
+        effects = flow.on_step_final(workflow, record.id, record.state, record.result, record.error, record.reason,
+                                     now)
+        if effects or workflow.updated != before:
+            self._apply(workflow, effects)
+
+    def _apply(self, workflow: WorkflowRecord, effects: list[flow.Effect]) -> None:
+        self._records.store.put_workflow(workflow)
+        if workflow.terminal:
+            self.live.pop(workflow.id, None)
+        else:
+            self.live[workflow.id] = workflow
+        for effect in effects:
+            if isinstance(effect, flow.Submit):
+                self._submit(effect)
+            else:
+                self._announce(workflow, effect)
+
+    def _submit(self, effect: flow.Submit) -> None:
+        if self._records.get(effect.task_id) is not None:
+            log.info("coordinator: workflow step %s was recorded already; not again", effect.task_id)
+            return
+        body = effect.body
+        now = self._clock()
+        record = self._records.get_or_create(effect.task_id, task=body["task"], queue=body["queue"])
+        self._records.save(record, leases.on_task(record, body, now, self._policy))
+        key = getattr(self._settings, "signing_key", None)
+        if key is not None:
+            from .. import signing
+
+            body = signing.sign(body, key)
+        self._effects.send(self._topics.tasks(body["queue"]), codec.encode(body))
+
+    def _announce(self, workflow: WorkflowRecord, effect: flow.Announce) -> None:
+        log.log(logging.WARNING if effect.final and workflow.state != SUCCEEDED else logging.INFO,
+                "coordinator: workflow %s %s: %s", workflow.id, effect.state, effect.reason)
+        if effect.final:
+            self._stats[f"workflows_{workflow.state}"] = self._stats.get(f"workflows_{workflow.state}", 0) + 1
+        payload = codec.encode(workflow_event(workflow, effect.state, effect.reason, self._clock(), effect.final))
+        self._effects.send(self._topics.status(workflow.id), payload)
+        if effect.final and workflow.reply_to:
+            refusal = events.reply_refusal(self._topics, workflow.reply_to)
+            if refusal is None:
+                self._effects.send(workflow.reply_to, payload)
+            else:
+                self._effects.report(refusal, workflow.reply_to, None, workflow.id)
+
+
+def workflow_event(workflow: WorkflowRecord, state: str, reason: str, ts: float, final: bool) -> dict[str, Any]:
+    """A workflow's status event: its state, result or error, and every step's state."""
+    outcome: dict[str, Any] = {}
+    if final and state == SUCCEEDED:
+        outcome["result"] = workflow.result
+    elif final:
+        outcome["error"] = workflow.error or events.error_info("WorkflowFailed", reason)
+    return events.status_event(workflow.id, state, 1, ts, task=workflow.kind, correlation=workflow.correlation,
+                               final=True if final else None, reason=reason, source=SOURCE,
+                               workflow=workflow.kind, steps=flow.step_views(workflow), **outcome)
+
+
+def workflow_view(workflow: WorkflowRecord) -> dict[str, Any]:
+    """A workflow as ``mqtt-tasks status ID`` shows it."""
+    return {"id": workflow.id, "workflow": workflow.kind, "state": workflow.state, "reason": workflow.reason,
+            "created": workflow.created, "updated": workflow.updated, "result": workflow.result,
+            "error": workflow.error, "steps": flow.step_views(workflow)}

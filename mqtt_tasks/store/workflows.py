@@ -1,0 +1,82 @@
+"""The record the coordinator keeps for every workflow (chain, group, chord, saga), beside its tasks.
+
+A workflow's steps are ordinary tasks with deterministic ids (``{workflow}.{index}``, a saga's
+compensations ``{workflow}.{index}.undo``, a chord's callback ``{workflow}.callback``). The
+workflow record says which steps exist, which were submitted and how each ended; it is written in
+the same commit as the task records of the steps it submits, so a coordinator killed at any point
+never submits a step twice and never forgets one (docs/workflows.md). The policy that moves it is
+``mqtt_tasks.flow`` (pure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.states import PENDING, RUNNING, WORKFLOW_TERMINAL_STATES
+
+
+@dataclass
+class WorkflowStep:
+    """One step: the signature it runs (``sig``: task, args, kwargs, queue and options) and its outcome."""
+
+    id: str
+    sig: dict[str, Any]
+    state: str = PENDING            # pending, then the task's states, or skipped
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    undo: dict[str, Any] | None = None  # a saga step's compensation signature
+    undo_id: str | None = None
+    undo_state: str | None = None   # None: nothing to undo (yet); pending; the compensation task's state
+    undo_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowStep:
+        return cls(**{k: v for k, v in data.items() if k in _STEP_FIELDS})
+
+
+@dataclass
+class WorkflowRecord:
+    """A workflow: its shape, its steps and how it ended."""
+
+    id: str
+    kind: str                       # chain, group, chord, saga
+    steps: list[WorkflowStep] = field(default_factory=list)
+    callback: WorkflowStep | None = None  # a chord's
+    state: str = RUNNING
+    reply_to: str | None = None
+    correlation: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    failed_step: int | None = None  # the index of the step that failed a chain or a saga
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in WORKFLOW_TERMINAL_STATES
+
+    def all_steps(self) -> list[WorkflowStep]:
+        return self.steps + ([self.callback] if self.callback is not None else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowRecord:
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        known["steps"] = [WorkflowStep.from_dict(s) for s in known.get("steps") or []]
+        callback = known.get("callback")
+        known["callback"] = WorkflowStep.from_dict(callback) if callback else None
+        return cls(**known)
+
+
+_STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(WorkflowStep))
+_FIELDS = frozenset(f.name for f in dataclasses.fields(WorkflowRecord))
