@@ -152,8 +152,9 @@ def workflow_event(workflow: WorkflowRecord, state: str, reason: str, ts: float,
     outcome: dict[str, Any] = {}
     if final and state == SUCCEEDED:
         outcome["result"] = workflow.result
-    elif final:
-        outcome["error"] = workflow.error or events.error_info("WorkflowFailed", reason)
+    elif final:  # the failed step's error type and traceback, with the workflow's whole story as message
+        cause = workflow.error or {}
+        outcome["error"] = events.error_info(str(cause.get("type") or "WorkflowFailed"), reason, cause.get("traceback"))
     return events.status_event(workflow.id, state, 1, ts, task=workflow.kind, correlation=workflow.correlation,
                                final=True if final else None, reason=reason, source=SOURCE,
                                workflow=workflow.kind, steps=flow.step_views(workflow), **outcome)

@@ -1,0 +1,283 @@
+"""Workflows on real brokers: each shape end to end, bad input, status, and faults.
+
+Shapes run in process (coordinator, worker and producer) on both brokers. The faults run real
+processes on Mosquitto (the embedded broker keeps no session for anonymous clients, so a killed
+coordinator's events are not kept for it): a coordinator ``kill -9`` in the middle of a chain, of a
+chord's group and of a saga's compensation, and a worker ``kill -9`` in the middle of a step. Runs
+are counted from the ledger the task bodies write (tests/flow_tasks.py), not from the coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqtt_tasks import SagaCompensatedError, TaskApp, TaskDeadError, chain, chord, group, saga, step
+from mqtt_tasks.coordinator import Coordinator, query_status
+from mqtt_tasks.protocol import codec
+from mqtt_tasks.transport import Connection
+from mqtt_tasks.worker import Worker
+from tests.coord_helpers import HB, ROOT, settings, spawn_coordinator
+from tests.flow_tasks import count, make_flow_app, runs
+
+RESULT_S = 30.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def cluster(url: str, prefix: str, ledger: str, store: object = None) -> Iterator[TaskApp]:
+    """A coordinator, one worker (concurrency 4) and a producer app, all in this process."""
+    from tests.chaos_tasks import test_policy
+
+    with Coordinator(settings(url, prefix), store, policy=test_policy(HB)):
+        worker = Worker(make_flow_app(url, prefix, ledger), concurrency=4, worker_id="w1", heartbeat_s=HB, grace=2.0)
+        worker.start()
+        app = make_flow_app(url, prefix)
+        try:
+            yield app
+        finally:
+            app.close()
+            worker.stop(grace=2.0)
+
+
+def test_a_chain_passes_results_and_status_shows_its_steps(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger) as app:
+        add, mul = app.registry["add"], app.registry["mul"]
+        handle = chain(add.s(2, 2), add.s(4), mul.s(10)).submit(workflow_id="c1")
+        assert handle.result(RESULT_S) == 80
+        event = handle.status()
+        assert event.state == "succeeded" and event.workflow == "chain"
+        assert [(s["id"], s["state"], s["result"]) for s in event.steps or []] == [
+            ("c1.0", "succeeded", 4), ("c1.1", "succeeded", 8), ("c1.2", "succeeded", 80)]
+        view = query_status(settings(broker_url, prefix), "c1")
+        assert view["workflow"] == "chain" and view["state"] == "succeeded"
+        assert [s["state"] for s in view["steps"]] == ["succeeded"] * 3
+        step_view = query_status(settings(broker_url, prefix), "c1.1")  # a step is an ordinary task
+        assert step_view["state"] == "succeeded" and step_view["result"] == 8
+        assert app.handle("c1").result(RESULT_S) == 80  # asked again: the coordinator answers from the record
+    assert count(ledger, "end") == {"c1.0": 1, "c1.1": 1, "c1.2": 1}
+
+
+def test_a_failed_step_fails_the_chain(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger) as app:
+        add, fail = app.registry["add"], app.registry["fail"]
+        handle = chain(add.s(1, 1), fail.si("step two"), add.s(1)).submit(workflow_id="c2")
+        with pytest.raises(TaskDeadError, match="step two failed"):
+            handle.result(RESULT_S)
+        assert [s["state"] for s in handle.status().steps or []] == ["succeeded", "dead", "skipped"]
+    assert "c2.2" not in runs(ledger)
+
+
+def test_a_group_and_a_chord(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger, str(tmp_path / "c.db")) as app:
+        add, total, fail = app.registry["add"], app.registry["total"], app.registry["fail"]
+        assert group(add.s(i, i) for i in range(8)).submit(workflow_id="g1").result(RESULT_S) == [
+            2 * i for i in range(8)]
+        assert chord(group(add.s(i, 1) for i in range(5)), total.s()).submit(workflow_id="h1").result(
+            RESULT_S) == 15
+        bad = group(add.s(1, 1), fail.si("member one"), add.s(2, 2)).submit(workflow_id="g2")
+        with pytest.raises(TaskDeadError, match="member one failed"):
+            bad.result(RESULT_S)
+        steps = bad.status().steps or []
+        assert [s["state"] for s in steps] == ["succeeded", "dead", "succeeded"]
+        assert steps[0]["result"] == 2 and steps[2]["result"] == 4 and "member one failed" in steps[1]["reason"]
+    ends = count(ledger, "end")
+    assert ends["h1.callback"] == 1 and all(ends[f"g1.{i}"] == 1 for i in range(8))
+
+
+def test_a_saga_compensates_in_reverse_with_retries(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger) as app:
+        charge, refund, reserve, release, fail = (app.registry[n] for n in ("charge", "refund", "reserve", "release",
+                                                                            "fail"))
+        handle = saga(step(charge.s("o1", 30), compensate=refund.s(fail_until=3)),  # refund fails twice first
+                      step(reserve.s("o1"), compensate=release.s()),
+                      step(fail.si("shipping"))).submit(workflow_id="s1")
+        with pytest.raises(SagaCompensatedError, match="shipping failed") as caught:
+            handle.result(RESULT_S)
+        status = caught.value.status
+        assert status["state"] == "compensated" and "undone: step 0, step 1" in status["reason"]
+        assert [s["compensate"]["state"] for s in status["steps"][:2]] == ["succeeded", "succeeded"]
+        ok = saga(step(charge.s("o2", 5), compensate=refund.s())).submit(workflow_id="s2")
+        assert ok.result(RESULT_S) == ["ch-o2-5"]
+    order = [line.split()[1] for line in Path(ledger).read_text().splitlines() if line.startswith("end")]
+    assert order.index("s1.1.undo") < order.index("s1.0.undo")  # last done, first undone
+    assert count(ledger, "fail")["s1.0.undo"] == 2 and count(ledger, "end")["s1.0.undo"] == 1
+    assert "s2.0.undo" not in runs(ledger)
+
+
+def test_a_saga_whose_compensation_cannot_succeed_ends_dead(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with cluster(mosquitto.url, prefix, ledger) as app:
+        charge, refund, fail = app.registry["charge"], app.registry["refund"], app.registry["fail"]
+        handle = saga(step(charge.s("o3", 1), compensate=refund.s(fail_until=99).set(max_attempts=2)),
+                      step(fail.si("payment"))).submit(workflow_id="s3")
+        with pytest.raises(TaskDeadError, match="could not undo step 0 \\(charge\\)"):
+            handle.result(RESULT_S)
+    assert count(ledger, "fail")["s3.0.undo"] == 2
+
+
+def test_bad_workflows_are_reported_and_the_next_one_runs(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    errors: list[dict[str, Any]] = []
+    listener = Connection(settings(mosquitto.url, prefix), f"errors-{prefix}",
+                          on_message=lambda m: errors.append(json.loads(m.payload)))
+    listener.subscribe(f"{prefix}/errors")
+    listener.connect()
+    try:
+        with cluster(mosquitto.url, prefix, str(tmp_path / "ledger")) as app:
+            conn = app.connection()
+            for payload in (b"{not json", b'{"id":"b1","kind":"chord","steps":[{"task":"add"}]}',
+                            b'{"id":"b2","kind":"chain","steps":[{"task":"add","args":5}]}'):
+                conn.publish(f"{prefix}/workflows", payload)
+            wait_for(lambda: len(errors) >= 3, 10, "three error reports")
+            assert "needs a callback" in errors[1]["reason"] and errors[1]["topic"] == f"{prefix}/workflows"
+            assert "args" in errors[2]["reason"]
+            add = app.registry["add"]
+            assert chain(add.s(1, 2)).submit(workflow_id="b3").result(RESULT_S) == 3
+            again = _Redelivery(conn, prefix)  # the same workflow id once more: nothing runs again
+            again.publish({"id": "b3", "kind": "chain", "steps": [{"task": "add", "args": [5, 5]}]})
+            assert query_status(settings(mosquitto.url, prefix), "b3")["steps"][0]["result"] == 3
+    finally:
+        listener.close()
+    assert count(str(tmp_path / "ledger"), "end") == {"b3.0": 1}
+
+
+class _Redelivery:
+    def __init__(self, conn: Connection, prefix: str) -> None:
+        self._conn, self._topic = conn, f"{prefix}/workflows"
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self._conn.publish(self._topic, codec.encode(message))
+        assert self._conn.flush(5)
+
+
+def test_cli_status_of_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    with cluster(mosquitto.url, prefix, str(tmp_path / "ledger")) as app:
+        add = app.registry["add"]
+        chain(add.s(1, 1), add.s(1)).submit(workflow_id="cli1").result(RESULT_S)
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        out = subprocess.run([sys.executable, "-m", "mqtt_tasks", "status", "cli1", "--broker", mosquitto.url,
+                              "--prefix", prefix], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        shown = json.loads(out.stdout)
+        assert shown["state"] == "succeeded" and [s["id"] for s in shown["steps"]] == ["cli1.0", "cli1.1"]
+
+
+# -- faults: real processes on Mosquitto -------------------------------------------------------
+def spawn_flow_worker(url: str, prefix: str, worker_id: str, ledger: str) -> subprocess.Popen[str]:
+    code = "from tests.flow_tasks import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, url, prefix, worker_id, "2", str(HB), ledger], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.stdout.close()
+    return proc
+
+
+@contextmanager
+def processes(url: str, prefix: str, tmp_path: Path, ledger: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    procs = {"coordinator": spawn_coordinator(url, prefix, str(tmp_path / "c.db")),
+             "w1": spawn_flow_worker(url, prefix, "w1", ledger),
+             "w2": spawn_flow_worker(url, prefix, "w2", ledger)}
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def kill_coordinator_when(procs: dict[str, subprocess.Popen[str]], condition: Callable[[], Any], what: str,
+                          url: str, prefix: str, tmp_path: Path) -> None:
+    """``kill -9`` the coordinator once ``condition`` holds, then start it again on the same store."""
+    wait_for(condition, 30, what)
+    procs["coordinator"].kill()
+    procs["coordinator"].wait()
+    procs["coordinator"] = spawn_coordinator(url, prefix, str(tmp_path / "c.db"))
+
+
+def test_coordinator_killed_in_the_middle_of_a_chain(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        add = app.registry["add"]
+        handle = chain(*(add.s(1, seconds=0.3) if i else add.s(0, 1, seconds=0.3) for i in range(6))).submit(
+            workflow_id="k1")
+        kill_coordinator_when(procs, lambda: "k1.2" in runs(ledger), "step 2 to start", mosquitto.url, prefix, tmp_path)
+        assert handle.result(RESULT_S) == 6
+        app.close()
+    assert count(ledger, "end") == {f"k1.{i}": 1 for i in range(6)}  # each step once: nothing ran twice
+
+
+def test_coordinator_killed_in_the_middle_of_a_chords_group(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        add, total = app.registry["add"], app.registry["total"]
+        handle = chord(group(add.s(i, 0, seconds=0.4) for i in range(12)), total.s()).submit(workflow_id="k2")
+        kill_coordinator_when(procs, lambda: sum(count(ledger, "end").values()) >= 3, "3 members to end",
+                              mosquitto.url, prefix, tmp_path)
+        assert handle.result(RESULT_S) == sum(range(12))
+        app.close()
+    assert count(ledger, "end") == {**{f"k2.{i}": 1 for i in range(12)}, "k2.callback": 1}
+
+
+def test_coordinator_killed_in_the_middle_of_a_sagas_compensation(mosquitto: Any, prefix: str,
+                                                                  tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        charge, refund, reserve, release, fail = (app.registry[n] for n in ("charge", "refund", "reserve",
+                                                                            "release", "fail"))
+        handle = saga(step(charge.s("o9", 9), compensate=refund.s(seconds=0.5)),
+                      step(reserve.s("o9"), compensate=release.s(seconds=0.5)),
+                      step(fail.si("shipping"))).submit(workflow_id="k3")
+        kill_coordinator_when(procs, lambda: "k3.1.undo" in runs(ledger), "the first compensation to start",
+                              mosquitto.url, prefix, tmp_path)
+        with pytest.raises(SagaCompensatedError):
+            handle.result(RESULT_S)
+        app.close()
+    assert count(ledger, "end") == {"k3.0": 1, "k3.1": 1, "k3.1.undo": 1, "k3.0.undo": 1}
+
+
+def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        add = app.registry["add"]
+        handle = chain(add.s(0, 1), add.s(1, seconds=1.5), add.s(1)).submit(workflow_id="k4")
+        started = wait_for(lambda: runs(ledger).get("k4.1"), 30, "step 1 to start")
+        victim = next(name for name, proc in procs.items() if proc.pid == started[0][2])
+        procs[victim].kill()
+        assert handle.result(RESULT_S) == 3
+        app.close()
+    lines = runs(ledger)
+    assert count(ledger, "end") == {"k4.0": 1, "k4.1": 1, "k4.2": 1}
+    assert [k for k, _a, _p in lines["k4.1"]].count("start") == 2  # the killed run, and the one that ended
