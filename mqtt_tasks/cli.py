@@ -629,7 +629,8 @@ def cancel(task_id: str, broker: str | None, prefix: str | None, reason: str | N
     click.echo(f"{task_id} {answer.get('state') or 'cancelled'}")
 
 
-SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule")  # protocol/schema.py
+SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule",
+                "workflow")  # protocol/schema.py
 TASK_COLUMNS = ("id", "task", "queue", "state", "attempt", "worker", "updated")
 
 

@@ -15,6 +15,7 @@ from mqtt_tasks.protocol.messages import (
     StatusEvent,
     Task,
     WorkerState,
+    Workflow,
 )
 from mqtt_tasks.protocol.schema import json_schemas
 
@@ -37,7 +38,8 @@ def documented_fields(section: str) -> set[str]:
 @pytest.mark.parametrize(
     ("section", "model"),
     [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport),
-     ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt), ("Schedules", Schedule)],
+     ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt), ("Schedules", Schedule),
+     ("Workflow", Workflow)],
 )
 def test_documented_fields_match_the_model(section: str, model: type) -> None:
     assert documented_fields(section) == set(model.model_fields)
@@ -51,7 +53,8 @@ def test_required_task_fields_are_the_contracts() -> None:
 
 def test_every_schema_is_a_json_object_schema() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule"}
+    assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule",
+                            "workflow"}
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")
