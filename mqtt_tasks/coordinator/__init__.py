@@ -16,6 +16,9 @@ Its parts, one module each (read them in this order):
 - ``admin``: the operator's ops on the query topic, ``retry`` and ``purge``, and ``retry_task`` /
   ``purge_queue`` that ask for them.
 - ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
+- ``schedules``: periodic tasks, fired at most once per fire time.
+- ``workflows``: chains, groups, chords and sagas on ``P/workflows``; their steps are tasks, and
+  the policy is ``mqtt_tasks.flow`` (docs/workflows.md).
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
