@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from mqtt_tasks import SagaCompensatedError, TaskApp, TaskDeadError, chain, chord, group, saga, step
+from mqtt_tasks.config import Settings
 from mqtt_tasks.coordinator import Coordinator, query_status
 from mqtt_tasks.protocol import codec
 from mqtt_tasks.transport import Connection
@@ -281,3 +282,39 @@ def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tm
     lines = runs(ledger)
     assert count(ledger, "end") == {"k4.0": 1, "k4.1": 1, "k4.2": 1}
     assert [k for k, _a, _p in lines["k4.1"]].count("start") == 2  # the killed run, and the one that ended
+
+
+def test_with_signing_on_only_a_signed_workflow_runs(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    """The coordinator signs the steps it publishes, so it must not sign the steps of a workflow
+    anyone could publish: an unsigned one is reported on P/errors, a signed one runs."""
+    from tests.chaos_tasks import test_policy
+
+    key = "k" * 32
+    signed = Settings.from_url(mosquitto.url, prefix=prefix, signing_key=key)
+    errors: list[dict[str, Any]] = []
+    listener = Connection(settings(mosquitto.url, prefix), f"errors-{prefix}",
+                          on_message=lambda m: errors.append(json.loads(m.payload)))
+    listener.subscribe(f"{prefix}/errors")
+    listener.connect()
+    ledger = str(tmp_path / "ledger")
+    worker_app = make_flow_app(mosquitto.url, prefix, ledger)
+    worker_app.settings = signed
+    app = make_flow_app(mosquitto.url, prefix)
+    app.settings = signed
+    try:
+        with Coordinator(signed, None, policy=test_policy(HB)):
+            worker = Worker(worker_app, concurrency=2, worker_id="w1", heartbeat_s=HB, grace=2.0)
+            worker.start()
+            try:
+                add = app.registry["add"]
+                unsigned = chain(add.s(1, 1)).to_message("u1", app.reply_topic)
+                app.connection().publish(f"{prefix}/workflows", codec.encode(unsigned))
+                wait_for(lambda: errors, 10, "an error report")
+                assert "unsigned" in errors[0]["reason"] and errors[0]["id"] == "u1"
+                assert chain(add.s(1, 1), add.s(1)).submit(workflow_id="s1").result(RESULT_S) == 3
+            finally:
+                worker.stop(grace=2.0)
+    finally:
+        app.close()
+        listener.close()
+    assert "u1.0" not in runs(ledger) and count(ledger, "end") == {"s1.0": 1, "s1.1": 1}
