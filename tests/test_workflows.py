@@ -318,3 +318,30 @@ def test_with_signing_on_only_a_signed_workflow_runs(mosquitto: Any, prefix: str
         app.close()
         listener.close()
     assert "u1.0" not in runs(ledger) and count(ledger, "end") == {"s1.0": 1, "s1.1": 1}
+
+
+def test_a_restarted_coordinator_holds_its_running_workflows_and_finishes_them(mosquitto: Any, prefix: str,
+                                                                               tmp_path: Path) -> None:
+    """Stopped with a chain half done, started again on the same store: the running workflow is read
+    back at start (no store read when its step ends) and finishes; each step ran once."""
+    from tests.chaos_tasks import test_policy
+
+    ledger, db = str(tmp_path / "ledger"), str(tmp_path / "c.db")
+    app = make_flow_app(mosquitto.url, prefix)
+    worker = Worker(make_flow_app(mosquitto.url, prefix, ledger), concurrency=2, worker_id="w1", heartbeat_s=HB,
+                    grace=2.0)
+    worker.start()
+    try:
+        add = app.registry["add"]
+        with Coordinator(settings(mosquitto.url, prefix), db, policy=test_policy(HB)) as first:
+            handle = chain(add.s(1, 1, seconds=0.5), add.s(1, seconds=0.5), add.s(1)).submit(workflow_id="r1")
+            wait_for(lambda: "r1.1" in runs(ledger), 20, "step 1 to start")
+            assert first.workflow_count == 1
+        with Coordinator(settings(mosquitto.url, prefix), db, policy=test_policy(HB)) as second:
+            assert second.workflow_count == 1
+            assert handle.result(RESULT_S) == 4
+            wait_for(lambda: second.workflow_count == 0, 5, "the workflow to leave memory")
+    finally:
+        worker.stop(grace=2.0)
+        app.close()
+    assert count(ledger, "end") == {"r1.0": 1, "r1.1": 1, "r1.2": 1}

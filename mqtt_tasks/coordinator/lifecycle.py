@@ -132,6 +132,7 @@ class Coordinator:
         recovered = self._records.recover()
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
         log.info("coordinator %s: %d schedule(s) in the store", self.client_id, self._schedules.recover())
+        log.info("coordinator %s: %d running workflow(s) in the store", self.client_id, self._workflows.recover())
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
                       self.topics.rpc, self.topics.all_cancel, self.topics.workflows):
             self._connection.subscribe(topic)
@@ -197,6 +198,11 @@ class Coordinator:
     def live_count(self) -> int:
         """Tasks not finished yet."""
         return len(self._records.live)
+
+    @property
+    def workflow_count(self) -> int:
+        """Workflows not finished yet (chains, groups, chords, sagas)."""
+        return len(self._workflows.live)
 
     @property
     def backlog_size(self) -> int:

@@ -20,8 +20,9 @@ Built on these facts (docs/workflows.md):
 - The workflow's own status events (``compensating``, and its final one, also to its ``reply_to``)
   go out on ``P/status/{workflow id}`` after the commit, like every effect, marked
   ``source: "coordinator"``.
-- Running workflows are cached here; after a restart they are read from the store when a step
-  of theirs ends.
+- Running workflows are kept in memory (``live``), read back from the store at start
+  (``recover``): a step's end then needs no store read, which could fail during a store outage
+  after the step's record had already changed (the workflow would miss that step for good).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .. import flow, leases
 from ..errors import DecodeError, SignatureError
 from ..protocol import codec, events
 from ..protocol.messages import Workflow
-from ..protocol.states import SUCCEEDED
+from ..protocol.states import COMPENSATING, RUNNING, SUCCEEDED
 from .effects import SOURCE
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECOVER_LIMIT = 10_000_000
+"""Running workflows read back at start, at most (per state): all of them in practice."""
+
 
 class Workflows:
     """Records workflows, submits their steps, and advances them as steps end."""
@@ -64,6 +68,13 @@ class Workflows:
         self._clock = clock
         self._stats = stats
         self.live: dict[str, WorkflowRecord] = {}
+
+    def recover(self) -> int:
+        """Load the running (and compensating) workflows from the store; how many there are."""
+        for state in (RUNNING, COMPENSATING):
+            for workflow in self._records.store.list_workflows(state, limit=RECOVER_LIMIT):
+                self.live[workflow.id] = workflow
+        return len(self.live)
 
     def on_message(self, message: Message) -> None:
         """A workflow on ``P/workflows``: record it and submit its first steps (once)."""
