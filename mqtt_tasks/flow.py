@@ -257,12 +257,13 @@ _NEXT = {"chain": _after_chain_step, "group": _after_member, "chord": _after_mem
 
 
 # -- views -----------------------------------------------------------------------------------
-def step_views(workflow: WorkflowRecord) -> list[dict[str, Any]]:
-    """Each step's id, task, state and outcome (and a saga step's compensation), for events and status."""
+def step_views(workflow: WorkflowRecord, results: bool = True) -> list[dict[str, Any]]:
+    """Each step's id, task, state and outcome (and a saga step's compensation), for events and
+    status; ``results=False`` leaves the steps' results out (an event that would be too large)."""
     views = []
     for step in workflow.all_steps():
         view: dict[str, Any] = {"id": step.id, "task": step.sig.get("task"), "state": step.state}
-        if step.state == SUCCEEDED:
+        if step.state == SUCCEEDED and results:
             view["result"] = step.result
         elif step.reason:
             view["reason"] = step.reason

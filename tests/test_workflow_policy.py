@@ -191,3 +191,20 @@ def test_the_python_api_refuses_what_the_wire_cannot_say() -> None:
         chord(chain(Sig("a")), Sig("b"))
     assert Sig("a", (1,)).set(queue="q", max_attempts=2).to_message() == {
         "task": "a", "args": [1], "kwargs": {}, "queue": "q", "max_attempts": 2}
+
+
+def test_a_workflow_event_over_the_payload_cap_drops_the_steps_results_then_the_steps() -> None:
+    import json
+
+    from mqtt_tasks.coordinator.workflows import encode_event
+
+    wf, _ = build(group(Sig("big", (i,)) for i in range(10)).to_message("g"))
+    for i in range(10):
+        ok(wf, f"g.{i}", "x" * 100)
+    full = json.loads(encode_event(wf, "succeeded", "done", 1.0, True, 10_000))
+    assert full["result"] == ["x" * 100] * 10 and full["steps"][0]["result"] == "x" * 100
+    states = json.loads(encode_event(wf, "succeeded", "done", 1.0, True, 2_000))
+    assert states["result"] == ["x" * 100] * 10 and [s["state"] for s in states["steps"]] == ["succeeded"] * 10
+    assert "result" not in states["steps"][0]
+    bare = json.loads(encode_event(wf, "succeeded", "done", 1.0, True, 1_100))
+    assert "steps" not in bare and bare["result"] == ["x" * 100] * 10 and bare["final"] is True

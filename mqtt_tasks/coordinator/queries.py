@@ -36,7 +36,7 @@ from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
 from .effects import final_event
-from .workflows import workflow_event, workflow_view
+from .workflows import encode_event, workflow_view
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,8 +122,9 @@ class Queries:
             return
         workflow = self.workflows.get(task_id) if self.workflows is not None else None
         if workflow is not None and workflow.terminal:
-            event = workflow_event(workflow, workflow.state, workflow.reason or workflow.state, workflow.updated, True)
-            self._effects.send_now(reply_to, codec.encode(event), correlation_data=correlation_data)
+            payload = encode_event(workflow, workflow.state, workflow.reason or workflow.state, workflow.updated, True,
+                                   self._max_payload)
+            self._effects.send_now(reply_to, payload, correlation_data=correlation_data)
 
     def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
         """From the store; while it cannot commit, the live tasks from memory, saying so."""

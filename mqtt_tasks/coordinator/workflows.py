@@ -106,8 +106,8 @@ class Workflows:
         workflow_id = (record.body or {}).get("workflow")
         if not isinstance(workflow_id, str):
             return
-        workflow = self.get(workflow_id)
-        if workflow is None or workflow.terminal:
+        workflow = self.live.get(workflow_id)  # every running workflow is here (``recover``)
+        if workflow is None:
             return
         now = self._clock()
         before = workflow.updated
@@ -148,7 +148,8 @@ class Workflows:
                 "coordinator: workflow %s %s: %s", workflow.id, effect.state, effect.reason)
         if effect.final:
             self._stats[f"workflows_{workflow.state}"] = self._stats.get(f"workflows_{workflow.state}", 0) + 1
-        payload = codec.encode(workflow_event(workflow, effect.state, effect.reason, self._clock(), effect.final))
+        payload = encode_event(workflow, effect.state, effect.reason, self._clock(), effect.final,
+                               self._settings.max_payload)
         self._effects.send(self._topics.status(workflow.id), payload)
         if effect.final and workflow.reply_to:
             refusal = events.reply_refusal(self._topics, workflow.reply_to)
@@ -158,8 +159,22 @@ class Workflows:
                 self._effects.report(refusal, workflow.reply_to, None, workflow.id)
 
 
-def workflow_event(workflow: WorkflowRecord, state: str, reason: str, ts: float, final: bool) -> dict[str, Any]:
-    """A workflow's status event: its state, result or error, and every step's state."""
+def encode_event(workflow: WorkflowRecord, state: str, reason: str, ts: float, final: bool, limit: int) -> bytes:
+    """The workflow's event within the payload cap: with every step's result, else without the steps'
+    results, else without the steps (``mqtt-tasks status ID`` still shows them all). A result that
+    alone is over the cap goes out as it is, and the loop reports that it cannot be published."""
+    payload = codec.encode(workflow_event(workflow, state, reason, ts, final))
+    if len(payload) > limit:
+        payload = codec.encode(workflow_event(workflow, state, reason, ts, final, steps="states"))
+    if len(payload) > limit:
+        payload = codec.encode(workflow_event(workflow, state, reason, ts, final, steps="none"))
+    return payload
+
+
+def workflow_event(workflow: WorkflowRecord, state: str, reason: str, ts: float, final: bool,
+                   steps: str = "all") -> dict[str, Any]:
+    """A workflow's status event: its state, result or error, and every step's state (``steps``:
+    ``all``, ``states`` without their results, ``none``)."""
     outcome: dict[str, Any] = {}
     if final and state == SUCCEEDED:
         outcome["result"] = workflow.result
@@ -168,7 +183,8 @@ def workflow_event(workflow: WorkflowRecord, state: str, reason: str, ts: float,
         outcome["error"] = events.error_info(str(cause.get("type") or "WorkflowFailed"), reason, cause.get("traceback"))
     return events.status_event(workflow.id, state, 1, ts, task=workflow.kind, correlation=workflow.correlation,
                                final=True if final else None, reason=reason, source=SOURCE,
-                               workflow=workflow.kind, steps=flow.step_views(workflow), **outcome)
+                               workflow=workflow.kind, **outcome,
+                               steps=None if steps == "none" else flow.step_views(workflow, steps == "all"))
 
 
 def workflow_view(workflow: WorkflowRecord) -> dict[str, Any]:
