@@ -109,6 +109,11 @@ def test_a_group_and_a_chord(broker_url: str, prefix: str, tmp_path: Path) -> No
 
 def test_a_saga_compensates_in_reverse_with_retries(broker_url: str, prefix: str, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
+    events: list[str] = []
+    follower = Connection(settings(broker_url, prefix), f"follow-{prefix}",
+                          on_message=lambda m: events.append(json.loads(m.payload)["state"]))
+    follower.subscribe(f"{prefix}/status/s1")
+    follower.connect()
     with cluster(broker_url, prefix, ledger) as app:
         charge, refund, reserve, release, fail = (app.registry[n] for n in ("charge", "refund", "reserve", "release",
                                                                             "fail"))
@@ -122,6 +127,9 @@ def test_a_saga_compensates_in_reverse_with_retries(broker_url: str, prefix: str
         assert [s["compensate"]["state"] for s in status["steps"][:2]] == ["succeeded", "succeeded"]
         ok = saga(step(charge.s("o2", 5), compensate=refund.s())).submit(workflow_id="s2")
         assert ok.result(RESULT_S) == ["ch-o2-5"]
+        wait_for(lambda: "compensated" in events, 10, "the saga's events on its status topic")
+    follower.close()
+    assert events == ["compensating", "compensated"]
     order = [line.split()[1] for line in Path(ledger).read_text().splitlines() if line.startswith("end")]
     assert order.index("s1.1.undo") < order.index("s1.0.undo")  # last done, first undone
     assert count(ledger, "fail")["s1.0.undo"] == 2 and count(ledger, "end")["s1.0.undo"] == 1
