@@ -6,6 +6,7 @@ and ``now``, changes the record and returns the *effects* the coordinator carrie
 
 - ``Submit``: record a step's task (its deterministic id, its body) and dispatch it.
 - ``Announce``: publish the workflow's status event (``compensating``, or its final one).
+- ``Stop``: cancel a running step's task (``cancel``).
 
 The shapes (docs/workflows.md):
 
@@ -22,6 +23,10 @@ The shapes (docs/workflows.md):
   The saga ends ``compensated`` when every compensation succeeded, ``dead`` (naming what could
   not be undone) when one did not; the other compensations still run.
 
+A cancel request ends a chain, group or chord ``cancelled`` (its running steps are cancelled, the
+rest ``skipped``) and rolls a saga back: its running step counts as failed (``cancelled``) and the
+compensations run. A saga already compensating, or a finished workflow, cannot be cancelled.
+
 A step's outcome is taken once: a second final event for it changes nothing, so redelivered and
 duplicate results never advance a workflow twice.
 """
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .protocol.states import (
+    CANCELLED,
     COMPENSATED,
     COMPENSATING,
     DEAD,
@@ -64,7 +70,15 @@ class Announce:
     final: bool = False
 
 
-Effect = Submit | Announce
+@dataclass(frozen=True)
+class Stop:
+    """Cancel a running step's task (the workflow was cancelled)."""
+
+    task_id: str
+    reason: str
+
+
+Effect = Submit | Announce | Stop
 
 
 # -- building --------------------------------------------------------------------------------
@@ -229,6 +243,24 @@ def _compensate_next(workflow: WorkflowRecord, now: float) -> list[Effect]:
         names = "; ".join(f"{_label(s, i)} ({s.undo_reason})" for i, s in stuck)
         return _finish(workflow, DEAD, f"{cause}; could not undo {names}", now)
     return _finish(workflow, COMPENSATED, f"{cause}; undone: {_indexes(undone)}", now)
+
+
+def cancel(workflow: WorkflowRecord, reason: str, now: float) -> list[Effect] | None:
+    """A cancel request: the effects, or None when the workflow cannot be cancelled (it ended, or
+    is a saga compensating already)."""
+    if workflow.terminal or workflow.state == COMPENSATING:
+        return None
+    why = f"cancelled: {reason}"
+    running = [(i, s) for i, s in enumerate(workflow.all_steps()) if s.state == RUNNING]
+    stops: list[Effect] = [Stop(s.id, reason) for _i, s in running]
+    for _i, step in running:
+        step.state = CANCELLED
+        step.reason = why
+    workflow.updated = now
+    if workflow.kind == "saga":
+        return stops + _after_saga_step(workflow, running[0][0], now)
+    _skip_pending(workflow)
+    return stops + _finish(workflow, CANCELLED, why, now)
 
 
 def _skip_pending(workflow: WorkflowRecord) -> None:

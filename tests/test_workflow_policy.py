@@ -208,3 +208,31 @@ def test_a_workflow_event_over_the_payload_cap_drops_the_steps_results_then_the_
     assert "result" not in states["steps"][0]
     bare = json.loads(encode_event(wf, "succeeded", "done", 1.0, True, 1_100))
     assert "steps" not in bare and bare["result"] == ["x" * 100] * 10 and bare["final"] is True
+
+
+def test_a_cancelled_chain_or_group_stops_its_running_steps_and_ends_cancelled() -> None:
+    wf, _ = build(chain(Sig("a"), Sig("b"), Sig("c")).to_message("c"))
+    ok(wf, "c.0", 1)
+    effects = flow.cancel(wf, "no longer needed", 2.0)
+    assert effects is not None
+    assert [e.task_id for e in effects if isinstance(e, flow.Stop)] == ["c.1"]
+    assert finals(effects) == ["cancelled"] and [s.state for s in wf.steps] == ["succeeded", "cancelled", "skipped"]
+    assert flow.cancel(wf, "again", 3.0) is None  # finished
+    assert ok(wf, "c.1", 2) == []  # a result that was on its way changes nothing
+    members, _ = build(chord(group(Sig("a"), Sig("b")), Sig("t")).to_message("h"))
+    ok(members, "h.0", 1)
+    effects = flow.cancel(members, "stop", 2.0)
+    assert effects is not None and [e.task_id for e in effects if isinstance(e, flow.Stop)] == ["h.1"]
+    assert members.callback is not None and members.callback.state == "skipped"
+
+
+def test_a_cancelled_saga_is_rolled_back_and_cannot_be_cancelled_while_compensating() -> None:
+    wf, _ = saga3()
+    ok(wf, "s.0", "ch-1")
+    effects = flow.cancel(wf, "customer changed their mind", 2.0)
+    assert effects is not None
+    assert [e.task_id for e in effects if isinstance(e, flow.Stop)] == ["s.1"]
+    assert submits(effects) == [("s.0.undo", ["ch-1"])] and wf.state == "compensating"
+    assert "cancelled: customer changed their mind" in (wf.reason or "")
+    assert flow.cancel(wf, "again", 3.0) is None
+    assert finals(ok(wf, "s.0.undo", None)) == ["compensated"]

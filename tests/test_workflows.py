@@ -353,3 +353,30 @@ def test_a_restarted_coordinator_holds_its_running_workflows_and_finishes_them(m
         worker.stop(grace=2.0)
         app.close()
     assert count(ledger, "end") == {"r1.0": 1, "r1.1": 1, "r1.2": 1}
+
+
+def test_cancelling_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    """A chain ends cancelled, its running step stopped and the rest never run; a saga is rolled
+    back; cancelling a finished workflow is refused with its state."""
+    from mqtt_tasks.coordinator import request_cancel
+    from mqtt_tasks.errors import MqttTasksError, TaskCancelledError
+
+    ledger = str(tmp_path / "ledger")
+    with cluster(mosquitto.url, prefix, ledger) as app:
+        add, charge, refund = app.registry["add"], app.registry["charge"], app.registry["refund"]
+        handle = chain(add.s(1, 1), add.s(1, seconds=2.0), add.s(1)).submit(workflow_id="x1")
+        wait_for(lambda: "x1.1" in runs(ledger), 20, "step 1 to start")
+        handle.cancel("changed plans")
+        with pytest.raises(TaskCancelledError, match="changed plans"):
+            handle.result(RESULT_S)
+        assert [s["state"] for s in handle.status().steps or []] == ["succeeded", "cancelled", "skipped"]
+        sg = saga(step(charge.s("o5", 5), compensate=refund.s()), step(add.s(1, 1, seconds=2.0))).submit(
+            workflow_id="x2")
+        wait_for(lambda: "x2.1" in runs(ledger), 20, "the saga's step 1 to start")
+        answer = request_cancel(settings(mosquitto.url, prefix), "x2", "customer left")
+        assert answer["ok"] and answer["state"] == "compensating"
+        with pytest.raises(SagaCompensatedError, match="customer left"):
+            sg.result(RESULT_S)
+        with pytest.raises(MqttTasksError, match="it is compensated"):
+            request_cancel(settings(mosquitto.url, prefix), "x2")
+    assert "x1.2" not in runs(ledger) and count(ledger, "end").get("x2.0.undo") == 1

@@ -10,6 +10,7 @@ Built on these facts:
   retrying; delayed ones too): the coordinator holds it, so nothing more of it is dispatched. Its
   final event goes to the task's reply topic. A started (or dispatched) attempt is also stopped
   through its worker's control topic (``leases.on_cancel``); every worker reads the request too.
+- A workflow's id cancels the workflow (``workflows.py``; docs/workflows.md).
 - Bad input is answered, never silent: an unknown id or a task already finished gets
   ``"ok": false`` and the reason on ``reply_to``, or, when the request named none, a report on
   ``P/errors``. Cancelling a task already ``cancelled`` is ``ok``.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from .effects import Effects
     from .records import Records
+    from .workflows import Workflows
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class CancelRequests:
         self._records = records
         self._effects = effects
         self._clock = clock
+        self.workflows: Workflows | None = None  # a workflow id is cancelled there
 
     def on_request(self, message: Message) -> None:
         task_id = self._topics.task_id_of_cancel(message.topic)
@@ -76,7 +79,8 @@ class CancelRequests:
         """(ok, the task's state now, why not) of cancelling ``task_id``."""
         record = self._records.get(task_id)
         if record is None:
-            return False, None, f"cannot cancel task {task_id!r}: no record of it"
+            answer = self.workflows.cancel(task_id, reason) if self.workflows is not None else None
+            return answer or (False, None, f"cannot cancel task {task_id!r}: no record of it")
         if record.terminal:
             if record.state == CANCELLED:
                 return True, CANCELLED, None

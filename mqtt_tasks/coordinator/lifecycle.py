@@ -115,7 +115,7 @@ class Coordinator:
         cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         self._workflows = Workflows(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
         self._records.finished.append(self._workflows.on_task_final)
-        self._queries.workflows = self._workflows
+        self._queries.workflows = cancels.workflows = self._workflows
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
                             policy, clock, rng, stats, cancels, self._workflows)
         self._outage = Outage(self._effects.store_outage)

@@ -20,6 +20,9 @@ Built on these facts (docs/workflows.md):
 - The workflow's own status events (``compensating``, and its final one, also to its ``reply_to``)
   go out on ``P/status/{workflow id}`` after the commit, like every effect, marked
   ``source: "coordinator"``.
+- A cancel request on ``P/cancel/{workflow id}`` (``CancelRequests`` asks here when no task has
+  the id) cancels the running steps' tasks and ends the workflow ``cancelled``, or rolls a saga
+  back (``flow.cancel``).
 - Running workflows are kept in memory (``live``), read back from the store at start
   (``recover``): a step's end then needs no store read, which could fail during a store outage
   after the step's record had already changed (the workflow would miss that step for good).
@@ -34,7 +37,7 @@ from .. import flow, leases
 from ..errors import DecodeError, SignatureError
 from ..protocol import codec, events
 from ..protocol.messages import Workflow
-from ..protocol.states import COMPENSATING, RUNNING, SUCCEEDED
+from ..protocol.states import CANCELLED, COMPENSATING, RUNNING, SUCCEEDED
 from .effects import SOURCE
 
 if TYPE_CHECKING:
@@ -125,8 +128,29 @@ class Workflows:
         for effect in effects:
             if isinstance(effect, flow.Submit):
                 self._submit(effect)
+            elif isinstance(effect, flow.Stop):
+                self._stop(effect)
             else:
                 self._announce(workflow, effect)
+
+    def cancel(self, workflow_id: str, reason: str) -> tuple[bool, str | None, str | None] | None:
+        """A cancel request for ``workflow_id``: (ok, its state now, why not), or None when no
+        workflow has that id (``CancelRequests`` asks here when no task has it)."""
+        workflow = self.get(workflow_id)
+        if workflow is None:
+            return None
+        effects = flow.cancel(workflow, reason, self._clock())
+        if effects is None:
+            ok = workflow.state == CANCELLED
+            return ok, workflow.state, None if ok else f"cannot cancel workflow {workflow_id!r}: it is {workflow.state}"
+        log.info("coordinator: workflow %s cancelled: %s", workflow_id, reason)
+        self._apply(workflow, effects)
+        return True, workflow.state, None
+
+    def _stop(self, effect: flow.Stop) -> None:
+        record = self._records.get(effect.task_id)
+        if record is not None and not record.terminal:
+            self._records.save(record, leases.on_cancel(record, effect.reason, self._clock()))
 
     def _submit(self, effect: flow.Submit) -> None:
         if self._records.get(effect.task_id) is not None:

@@ -52,14 +52,15 @@ LIVE_RECORD_STATES = frozenset({QUEUED, DISPATCHED, STARTED, BACKLOG, RETRYING, 
 
 # Workflows (chains, groups, chords, sagas: docs/workflows.md). A workflow is ``running``, a saga
 # ``compensating`` after a step failed; it ends ``succeeded``, ``dead`` (a step failed; for a saga:
-# a compensation failed too) or ``compensated`` (a saga rolled back whole). Its steps are tasks, in
+# a compensation failed too), ``compensated`` (a saga rolled back whole) or ``cancelled`` (a cancel
+# request; a cancelled saga is rolled back instead, and ends ``compensated``). Its steps are tasks, in
 # the task states, plus ``pending`` (not submitted yet) and ``skipped`` (never to be submitted).
 RUNNING = "running"
 PENDING = "pending"
 SKIPPED = "skipped"
 WORKFLOW_KINDS = ("chain", "group", "chord", "saga")
-WORKFLOW_STATES = (RUNNING, COMPENSATING, SUCCEEDED, DEAD, COMPENSATED)
-WORKFLOW_TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, COMPENSATED})
+WORKFLOW_STATES = (RUNNING, COMPENSATING, SUCCEEDED, DEAD, COMPENSATED, CANCELLED)
+WORKFLOW_TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, COMPENSATED, CANCELLED})
 
 PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = 0, 9, 5
 """A task's ``priority``: 0-9, higher first; absent means 5. It orders the coordinator's backlog
