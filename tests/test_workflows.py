@@ -380,3 +380,34 @@ def test_cancelling_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> N
         with pytest.raises(MqttTasksError, match="it is compensated"):
             request_cancel(settings(mosquitto.url, prefix), "x2")
     assert "x1.2" not in runs(ledger) and count(ledger, "end").get("x2.0.undo") == 1
+
+
+def test_a_shell_client_submits_a_chain_with_mosquitto_pub(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    """examples/shell/README.md's workflow, with nothing but mosquitto_pub and mosquitto_sub."""
+    import shutil
+
+    pub, sub = shutil.which("mosquitto_pub"), shutil.which("mosquitto_sub")
+    if pub is None or sub is None:
+        pytest.skip("mosquitto_pub / mosquitto_sub are needed")
+    port, topic, out = str(mosquitto.port), f"{prefix}-my/replies", tmp_path / "replies"
+
+    def publish(to: str, payload: str) -> None:
+        subprocess.run([pub, "-p", port, "-q", "1", "-t", to, "-m", payload], check=True, timeout=10)
+
+    def replies() -> list[str]:
+        return out.read_text().splitlines() if out.exists() else []
+
+    with cluster(mosquitto.url, prefix, str(tmp_path / "ledger")), out.open("w") as sink:
+        reply = subprocess.Popen([sub, "-p", port, "-t", topic], stdout=sink, text=True)
+        try:
+            wait_for(lambda: publish(topic, "{}") or replies(), 30, "mosquitto_sub to be subscribed")
+            message = {"id": "flow-1", "kind": "chain", "reply_to": topic,
+                       "steps": [{"task": "add", "args": [2, 3]}, {"task": "add", "args": [10]}]}
+            publish(f"{prefix}/workflows", json.dumps(message))
+            line = wait_for(lambda: next((r for r in replies() if '"flow-1"' in r), None), RESULT_S, "the reply")
+        finally:
+            reply.kill()
+            reply.wait()
+    event = json.loads(line)
+    assert (event["state"], event["result"], event["workflow"]) == ("succeeded", 15, "chain")
+    assert count(str(tmp_path / "ledger"), "end") == {"flow-1.0": 1, "flow-1.1": 1}
