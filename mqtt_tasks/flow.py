@@ -131,10 +131,12 @@ def begin(workflow: WorkflowRecord, now: float) -> list[Effect]:
 
 
 def on_step_final(workflow: WorkflowRecord, task_id: str, state: str, result: Any, error: dict[str, Any] | None,
-                  reason: str | None, now: float) -> list[Effect]:
-    """A step's task (or a compensation) ended in ``state``: record it, say what comes next."""
+                  reason: str | None, now: float) -> list[Effect] | None:
+    """A step's task (or a compensation) ended in ``state``: record it, say what comes next (maybe
+    nothing yet: a group waits for its other members). None: the event changes nothing (not a
+    running step of this workflow: a duplicate, a stranger, a workflow that ended)."""
     if workflow.terminal or state not in TERMINAL_STATES:
-        return []
+        return None
     for index, step in enumerate(workflow.steps):
         if step.id == task_id and step.state == RUNNING:
             _take(step, state, result, error, reason)
@@ -150,7 +152,7 @@ def on_step_final(workflow: WorkflowRecord, task_id: str, state: str, result: An
         _take(callback, state, result, error, reason)
         workflow.updated = now
         return _after_last(workflow, callback, len(workflow.steps), now)
-    return []
+    return None
 
 
 def _take(step: WorkflowStep, state: str, result: Any, error: dict[str, Any] | None, reason: str | None) -> None:

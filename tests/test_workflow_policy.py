@@ -23,19 +23,21 @@ def build(message: dict[str, Any]) -> tuple[WorkflowRecord, list[flow.Effect]]:
     return record, flow.begin(record, 0.0)
 
 
-def submits(effects: list[flow.Effect]) -> list[tuple[str, list[Any]]]:
+def submits(effects: list[flow.Effect] | None) -> list[tuple[str, list[Any]]]:
+    assert effects is not None, "the event changed nothing"
     return [(e.task_id, e.body["args"]) for e in effects if isinstance(e, flow.Submit)]
 
 
-def finals(effects: list[flow.Effect]) -> list[str]:
+def finals(effects: list[flow.Effect] | None) -> list[str]:
+    assert effects is not None, "the event changed nothing"
     return [e.state for e in effects if isinstance(e, flow.Announce) and e.final]
 
 
-def ok(record: WorkflowRecord, task_id: str, result: Any) -> list[flow.Effect]:
+def ok(record: WorkflowRecord, task_id: str, result: Any) -> list[flow.Effect] | None:
     return flow.on_step_final(record, task_id, "succeeded", result, None, None, 1.0)
 
 
-def dead(record: WorkflowRecord, task_id: str) -> list[flow.Effect]:
+def dead(record: WorkflowRecord, task_id: str) -> list[flow.Effect] | None:
     return flow.on_step_final(record, task_id, "dead", None, ERR, "attempts exhausted", 1.0)
 
 
@@ -63,10 +65,10 @@ def test_a_failed_step_fails_the_chain_and_skips_the_rest() -> None:
 def test_a_step_outcome_counts_once_and_unknown_or_live_states_change_nothing() -> None:
     wf, _ = build(chain(Sig("a"), Sig("b")).to_message("c"))
     assert submits(ok(wf, "c.0", 1)) == [("c.1", [1])]
-    assert ok(wf, "c.0", 1) == []  # a duplicate result
-    assert ok(wf, "elsewhere", 1) == []
-    assert flow.on_step_final(wf, "c.1", "started", None, None, None, 1.0) == []
-    assert ok(wf, "c.1", 2) and ok(wf, "c.1", 3) == []  # finished: nothing more
+    assert ok(wf, "c.0", 1) is None  # a duplicate result
+    assert ok(wf, "elsewhere", 1) is None
+    assert flow.on_step_final(wf, "c.1", "started", None, None, None, 1.0) is None
+    assert ok(wf, "c.1", 2) and ok(wf, "c.1", 3) is None  # finished: nothing more
     assert wf.result == 2
 
 
@@ -137,7 +139,7 @@ def test_a_failed_saga_step_undoes_the_done_steps_last_first_each_with_retries()
     assert undo.body["max_attempts"] == flow.COMPENSATION_MAX_ATTEMPTS
     assert wf.steps[3].undo_state is None  # the failed step is not compensated
     assert submits(ok(wf, "s.2.undo", None)) == [("s.0.undo", ["ch-1"])]  # refund gets the charge's result
-    assert ok(wf, "s.2.undo", None) == []  # a duplicate
+    assert ok(wf, "s.2.undo", None) is None  # a duplicate
     assert finals(ok(wf, "s.0.undo", None)) == ["compensated"]
     assert wf.state == "compensated" and "undone: step 0, step 2" in (wf.reason or "")
     views = flow.step_views(wf)
@@ -218,7 +220,7 @@ def test_a_cancelled_chain_or_group_stops_its_running_steps_and_ends_cancelled()
     assert [e.task_id for e in effects if isinstance(e, flow.Stop)] == ["c.1"]
     assert finals(effects) == ["cancelled"] and [s.state for s in wf.steps] == ["succeeded", "cancelled", "skipped"]
     assert flow.cancel(wf, "again", 3.0) is None  # finished
-    assert ok(wf, "c.1", 2) == []  # a result that was on its way changes nothing
+    assert ok(wf, "c.1", 2) is None  # a result that was on its way changes nothing
     members, _ = build(chord(group(Sig("a"), Sig("b")), Sig("t")).to_message("h"))
     ok(members, "h.0", 1)
     effects = flow.cancel(members, "stop", 2.0)

@@ -112,11 +112,9 @@ class Workflows:
         workflow = self.live.get(workflow_id)  # every running workflow is here (``recover``)
         if workflow is None:
             return
-        now = self._clock()
-        before = workflow.updated
         effects = flow.on_step_final(workflow, record.id, record.state, record.result, record.error, record.reason,
-                                     now)
-        if effects or workflow.updated != before:
+                                     self._clock())
+        if effects is not None:
             self._apply(workflow, effects)
 
     def _apply(self, workflow: WorkflowRecord, effects: list[flow.Effect]) -> None:
