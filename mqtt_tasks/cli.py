@@ -851,7 +851,10 @@ def dashboard(broker: str | None, prefix: str | None, host: str, port: int, toke
                    "(Ctrl-C to stop)")
         sys.stdout.flush()
 
-    run_dashboard(settings, host, port, options, on_ready=ready)
+    try:
+        run_dashboard(settings, host, port, options, on_ready=ready)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", RET_ERROR) from None
 
 
 def _fire_time(ts: float | None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -95,22 +96,51 @@ def effective_token(host: str, token: str | None) -> str | None:
 
 def run_dashboard(settings: Settings, host: str = "127.0.0.1", port: int = 8080, options: WebOptions | None = None,
                   on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve the dashboard until SIGINT/SIGTERM. ``on_ready(url)`` once it listens."""
+    """Serve the dashboard until SIGINT/SIGTERM, then return. ``on_ready(url)`` once it listens.
+
+    ``OSError`` when the address cannot be bound (the port is taken), before anything starts."""
     import uvicorn
 
     options = options or WebOptions()
-    app = create_app(settings, options)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
+    sock = bind(host, port)
+    config = uvicorn.Config(create_app(settings, options), log_level="warning", timeout_graceful_shutdown=2,
                             access_log=False)
-    server = uvicorn.Server(config)
+    server = _quiet_exit_server(uvicorn.Server)(config)
     if on_ready is not None:
-        server_startup = server.startup
+        shown = host if ":" not in host else f"[{host}]"
+        url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={options.token}" if options.token else "")
+        server.on_ready = lambda: on_ready(url)
+    server.run(sockets=[sock])
 
-        async def startup(sockets: Any = None) -> None:
-            await server_startup(sockets)
-            if server.started:
-                bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-                shown = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/"
-                on_ready(shown + (f"?token={options.token}" if options.token else ""))
-        server.startup = startup  # type: ignore[method-assign]
-    server.run()
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _quiet_exit_server(base: type[Any]) -> type[Any]:
+    """uvicorn's server that says when it listens, and whose SIGTERM/SIGINT ends ``run`` normally:
+    uvicorn itself raises the signal again once it stopped, so the process would die of it."""
+
+    class DashboardServer(base):  # type: ignore[misc,valid-type]
+        on_ready: Callable[[], None] | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.on_ready is not None:
+                self.on_ready()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    return DashboardServer
