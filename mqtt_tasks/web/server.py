@@ -130,7 +130,7 @@ def _quiet_exit_server(base: type[Any]) -> type[Any]:
     """uvicorn's server that says when it listens, and whose SIGTERM/SIGINT ends ``run`` normally:
     uvicorn itself raises the signal again once it stopped, so the process would die of it."""
 
-    class DashboardServer(base):  # type: ignore[misc,valid-type]
+    class DashboardServer(base):  # type: ignore[misc]
         on_ready: Callable[[], None] | None = None
 
         async def startup(self, sockets: Any = None) -> None:
