@@ -30,8 +30,11 @@ function lineChart(canvas, points, series) {
       if (drawing) g.lineTo(x(i), y(v)); else { g.moveTo(x(i), y(v)); drawing = true; }
     });
     g.stroke();
-    g.fillStyle = s.color; g.fillText(s.label, left + 8 + k * 90, h - 4);
+    g.fillStyle = s.color;
+    points.forEach((p, i) => {  // a lone point has no line: mark every point
+      if (p[s.key] != null && p[s.key] > 0) { g.beginPath(); g.arc(x(i), y(p[s.key]), 2, 0, 2 * Math.PI); g.fill(); }
+    }); g.fillText(s.label, left + 8 + k * 90, h - 4);
   });
 }
-function niceCeil(v) { const e = Math.pow(10, Math.floor(Math.log10(v))); for (const m of [1, 2, 5, 10]) if (m * e >= v) return m * e; return 10 * e; }
+function niceCeil(v) { const e = Math.pow(10, Math.floor(Math.log10(v))); for (const m of [1, 2, 4, 5, 10]) if (m * e >= v) return m * e; return 10 * e; }
 function fmt(v) { return v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(3); }
