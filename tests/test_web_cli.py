@@ -113,3 +113,14 @@ def test_token_only_off_loopback() -> None:
     assert effective_token("127.0.0.1", "t") == "t"
     made_up = effective_token("0.0.0.0", None)
     assert made_up and made_up != effective_token("0.0.0.0", None)
+
+
+def test_the_core_never_imports_the_web_extras() -> None:
+    """A worker on a device installs none of them: the CLI, worker, producer and coordinator load none."""
+    import subprocess
+
+    code = ("import sys, mqtt_tasks, mqtt_tasks.cli, mqtt_tasks.worker, mqtt_tasks.app, mqtt_tasks.coordinator; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('starlette', 'uvicorn', 'prometheus_client', 'playwright', 'httpx') or m.startswith('mqtt_tasks.web')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
