@@ -13,9 +13,11 @@ ASGI app mounts it (``create_app``). docs/dashboard.md describes the page, the A
 | ``monitor`` | the live view: retained worker states and status events folded on one thread |
 | ``series`` | throughput and latency per second (pure) |
 | ``metrics`` | the Prometheus families, from events and from the coordinator's stats |
-| ``worker_metrics`` | ``mqtt-worker --metrics-port``: a worker's own metrics |
 | ``auth`` | the token, as an ASGI middleware |
 | ``openapi`` | the OpenAPI document |
+
+A worker's own metrics (``mqtt-worker --metrics-port``) are ``mqtt_tasks.worker.metrics``: they need
+prometheus-client only (extra ``metrics``).
 """
 
 from __future__ import annotations
