@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import signing
+from . import signing, tracing
 from .config import Settings
 from .errors import (
     ConfigError,
@@ -373,6 +373,15 @@ class TaskApp:
         task_id = task_id or uuid.uuid4().hex
         if not is_valid_id(task_id):
             raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
+        if tracing.available():  # the send is a span, and its context travels with the task
+            with tracing.send_span(name, task_id, opts.queue) as carrier:
+                return self._publish(name, task_id, args, kwargs, opts, {**(extra or {}), **carrier} or None,
+                                     tracing.properties_of(carrier) or None)
+        return self._publish(name, task_id, args, kwargs, opts, extra, None)
+
+    def _publish(self, name: str, task_id: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
+                 opts: TaskOptions, extra: dict[str, Any] | None,
+                 user_properties: list[tuple[str, str]] | None) -> TaskHandle:
         keeper = self._receipts if self._receipts is not None and self._receipts.keeping else None
         body = task_body(task_id, name, args, kwargs, opts, self.reply_topic,
                          self.receipt_topic if keeper is not None else None, extra)
@@ -389,7 +398,7 @@ class TaskApp:
             # reply_to and the id in the body say what Response Topic and Correlation Data would;
             # leaving the MQTT 5 properties off saves building them for every task.
             conn.publish(self.topics.tasks(opts.queue), payload,
-                         expiry=int(opts.expires) + 1 if opts.expires else None)
+                         expiry=int(opts.expires) + 1 if opts.expires else None, user_properties=user_properties)
         except Exception:
             with self._pending_lock:
                 self._pending.pop(task_id, None)

@@ -43,7 +43,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MqttTasksError, StoreError
@@ -91,7 +91,8 @@ class ConnectionLike(Protocol):
     def connect(self, timeout: float | None = None) -> Any: ...
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                correlation_data: bytes | None = None) -> Any: ...
+                correlation_data: bytes | None = None,
+                user_properties: Sequence[tuple[str, str]] | None = None) -> Any: ...
 
     def ack_many(self, messages: Iterable[Message]) -> None: ...
 

@@ -86,16 +86,16 @@ def _check_number(obj: dict[str, Any], name: str, *, positive: bool = False) -> 
 
 def lenient(name: str, value: Any) -> Any:
     """A field added after v1 that only informs or orders (``priority``, ``alone``, ``schedule``,
-    ``scheduled_for``): a value of another type is read as absent, and the task is not refused, so
-    a producer that used one of these names for a field of its own before keeps working. The
-    models read them the same way (``messages.Task``)."""
+    ``scheduled_for``, ``traceparent``, ``tracestate``): a value of another type is read as absent,
+    and the task is not refused, so a producer that used one of these names for a field of its own
+    before keeps working. The models read them the same way (``messages.Task``)."""
     if value is None:
         return None
     if name == "priority":
         ok = _is_int(value) and PRIORITY_MIN <= value <= PRIORITY_MAX
     elif name == "alone":
         ok = isinstance(value, bool)
-    elif name == "schedule":
+    elif name in ("schedule", "traceparent", "tracestate"):
         ok = isinstance(value, str)
     else:
         ok = _is_number(value)
