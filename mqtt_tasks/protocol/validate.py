@@ -125,6 +125,8 @@ class TaskData(dict[str, Any]):
     schedule = property(lambda self: lenient("schedule", self.get("schedule")))
     scheduled_for = property(lambda self: lenient("scheduled_for", self.get("scheduled_for")))
     step_timeout = property(lambda self: self.get("step_timeout"))
+    traceparent = property(lambda self: lenient("traceparent", self.get("traceparent")))  # tracing.py
+    tracestate = property(lambda self: lenient("tracestate", self.get("tracestate")))
 
 
 def task(obj: dict[str, Any]) -> TaskData:

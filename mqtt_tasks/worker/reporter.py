@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..app import TaskDef
@@ -95,8 +96,7 @@ class Reporter:
             if final and payload is not None:
                 self.reply(task, message, payload)
         self._running.forget(task)
-        if self.attempts is not None:
-            self.attempts.end(task, state, extra.get("error"))
+        self.end_attempt(task, state, extra.get("error"))
 
     def defer(self, task: TaskData, reason: str, *, delayed: bool = False) -> None:
         """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
@@ -148,6 +148,19 @@ class Reporter:
                 self._conn.publish(topic, payload, correlation_data=correlation, user_properties=self._trace(task))
             except (ValueError, PayloadTooLargeError) as exc:
                 self.error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
+
+    def begin_attempt(self, task: TaskData, message: Message) -> Callable[[Callable[..., Any], bool],
+                                                                            Callable[..., Any]]:
+        """Start the attempt's span (tracing.py); returns what wraps its body to run inside it."""
+        attempts = self.attempts
+        if attempts is None:
+            return lambda fn, is_async: fn
+        attempts.begin(task, message.user_properties)
+        return lambda fn, is_async: attempts.wrap(task, fn, is_async)
+
+    def end_attempt(self, task: TaskData, state: str, error: dict[str, Any] | None = None) -> None:
+        if self.attempts is not None:
+            self.attempts.end(task, state, error)
 
     def _trace(self, task: TaskData) -> list[tuple[str, str]] | None:
         return self.attempts.properties(task) if self.attempts is not None else None
