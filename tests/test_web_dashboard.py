@@ -97,6 +97,7 @@ def test_dashboard_end_to_end(page: Any, mosquitto: MosquittoProcess, prefix: st
             _fill_the_plots(http)
             page.wait_for_function("() => live && live.series.some(p => p.succeeded > 0)")
             expect(page.get_by_test_id("events")).to_contain_text("succeeded")
+            expect(page.locator('tr[data-queue="default"] td').nth(5)).not_to_have_text("0")  # succeeded, 1 min
             page.wait_for_function("() => document.querySelectorAll('#tasks tr').length >= 15 && "
                                    "live.workers.every(w => (w.tasks || []).length === 0)")
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

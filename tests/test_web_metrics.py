@@ -62,6 +62,7 @@ def test_dashboard_metrics_scrape(mosquitto: MosquittoProcess, prefix: str, tmp_
     assert found[("mqtt_tasks_tasks", (("state", "succeeded"),))] == ended
     assert found[("mqtt_tasks_tasks", (("state", "dead"),))] == 1
     assert found[("mqtt_tasks_backlog", ())] == 0
+    assert not [k for k in found if k[0] == "mqtt_tasks_queue_backlog"]  # nothing waits
     assert found[("mqtt_tasks_coordinator_duplicates_total", ())] == 0
     assert found[("mqtt_tasks_coordinator_commits_total", ())] >= 1
     assert found[("mqtt_tasks_coordinator_commit_seconds_total", ())] > 0
@@ -107,15 +108,33 @@ def test_monitor_counts_each_task_once_and_survives_bad_payloads() -> None:
     monitor.fold("p/status/a", b'{"id": "a", "state": "started", "ts": 100.5, "queue": "q1"}', 100.5)
     monitor.fold("p/status/a", b'{"id": "a", "state": "succeeded", "ts": 101.5, "queue": "q1"}', 101.5)
     monitor.fold("p/status/a", b'{"id": "a", "state": "succeeded", "ts": 101.6, "queue": "q1"}', 101.6)  # again
+    monitor.fold("p/status/a", b'{"id": "a", "state": "started", "ts": 100.9, "queue": "q1"}', 101.6)  # late copy
     monitor.fold("p/status/b", b"not json", 102.0)
     monitor.fold("p/status/b", b'{"id": "b", "state": "failed", "final": true}', 102.0)
     monitor.fold("p/workers/w1", b'{"worker": "w1", "state": "online"}', 102.0)
     monitor.fold("p/workers/w2", b'{"worker": "w2", "state": "online"}', 102.0)
     monitor.fold("p/workers/w2", b"", 102.0)  # a cleared retained state
-    assert seen == [("started", "q1"), ("succeeded", "q1"), ("failed_final", "")]
-    assert finished == [("q1", 1.5, 1.0), ("", None, None)]
+    monitor.fold("p/status/b", b'{"id": "b", "state": "retrying", "attempt": 2}', 102.0)  # retried after its end
+    monitor.fold("p/status/b", b'{"id": "b", "state": "dead", "attempt": 2}', 102.0)
+    assert seen == [("started", "q1"), ("succeeded", "q1"), ("failed_final", ""), ("retrying", ""), ("dead", "")]
+    assert finished == [("q1", 1.5, 1.0), ("", None, None), ("", None, None)]
     assert monitor.undecodable == 1
     assert [w["worker"] for w in monitor.workers()] == ["w1"]
+    assert monitor.queue_rates(102.0) == {"q1": {"succeeded": 1, "failed": 0}, "": {"succeeded": 0, "failed": 2}}
+    assert monitor.queue_rates(161.9) == {"": {"succeeded": 0, "failed": 2}}  # a minute later: q1's is gone
     points = monitor.snapshot(102.0, window=3)["series"]
     assert [(p["t"], p["succeeded"], p["failed"], p["latency_mean"]) for p in points] == [
-        (100, 0, 0, None), (101, 1, 0, 1.5), (102, 0, 1, None)]
+        (100, 0, 0, None), (101, 1, 0, 1.5), (102, 0, 2, None)]
+
+
+def test_backlog_by_queue_counts_what_still_waits() -> None:
+    """Pure: the coordinator's per-queue backlog (the stats query, mqtt_tasks_queue_backlog)."""
+    from mqtt_tasks.coordinator.backlog import Backlog
+    from tests.chaos_tasks import test_policy
+
+    backlog = Backlog(test_policy(), None, {})  # type: ignore[arg-type]  # no dispatch here: no fleet needed
+    for task_id, queue in (("a", "q1"), ("b", "q1"), ("c", "q2"), ("a", "q1")):
+        backlog.push(task_id, queue)
+    backlog.discard("c")
+    assert backlog.by_queue() == {"q1": 2}
+    assert len(backlog) == 2

@@ -107,6 +107,11 @@ def coordinator_families(stats: dict[str, Any]) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(name, text)
         gauge.add_metric([], float(stats.get(key) or 0))
         yield gauge
+    by_queue = GaugeMetricFamily("mqtt_tasks_queue_backlog", "Tasks in the coordinator's backlog, by queue",
+                                 labels=["queue"])
+    for queue, n in sorted((stats.get("backlog_by_queue") or {}).items()):
+        by_queue.add_metric([str(queue)], float(n))
+    yield by_queue
     counters: dict[str, int] = dict(stats.get("stats") or {})
     commit_us = counters.pop("commit_us", 0)
     commit = CounterMetricFamily("mqtt_tasks_coordinator_commit_seconds", "Time the coordinator's store spent "

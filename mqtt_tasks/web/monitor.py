@@ -9,8 +9,9 @@ Built on these facts:
 - The network thread only hands messages to a queue; one named thread decodes and folds them into
   the view (``Monitor.run``), so a slow reader of the view never slows the network thread.
 - A task ends once, at its first final event (``final``, or a terminal state); later copies (the
-  coordinator's own final event after a worker's) change nothing. The ids remembered for this are
-  bounded (oldest forgotten first).
+  coordinator's own final event after a worker's) change nothing, until an event of a later attempt
+  says it runs again (an operator's retry). The ids remembered for this are bounded (oldest
+  forgotten first).
 - Undecodable messages are counted and skipped: a bad payload never stops the view.
 - ``version`` grows with every change: the live stream (``/api/events``) sends a new snapshot
   when it moved.
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REMEMBERED_IDS = 50_000
 RECENT_EVENTS = 200
+RATE_WINDOW_S = 60.0
 
 
 class Observer(Protocol):
@@ -70,6 +72,7 @@ class Monitor:
         self._submitted = _Bounded()
         self._started = _Bounded()
         self._ended = _Bounded()
+        self._finals: deque[tuple[float, str, bool]] = deque()  # (when, queue, ok) over RATE_WINDOW_S
         self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn = Connection(settings, f"mqtt-tasks-web-{uuid.uuid4().hex[:10]}", on_message=self._inbox.put)
@@ -135,9 +138,12 @@ class Monitor:
             return
         task_id, state, queue_name = event["id"], event["state"], str(event.get("queue") or "")
         final = bool(event.get("final")) or state in TERMINAL_STATES
+        attempt: int = event["attempt"] if isinstance(event.get("attempt"), int) else 1
         with self._lock:
-            if task_id in self._ended:
+            last_end = self._ended.get(task_id)
+            if last_end is not None and last_end >= attempt:  # a copy of its end, or of an event before it
                 return
+            self._ended.pop(task_id, None)  # a retry after the end (mqtt-tasks retry): a new run
             self._recent.appendleft(_compact(event))
             self.version += 1
             if state == STARTED:
@@ -145,12 +151,13 @@ class Monitor:
             if not final:
                 ended = None
             else:
-                self._ended.remember(task_id, now)
+                self._ended.remember(task_id, attempt)
                 submitted, started = self._submitted.pop(task_id, None), self._started.pop(task_id, None)
                 latency = None if submitted is None else max(0.0, now - submitted)
                 run_time = None if started is None else max(0.0, float(event.get("ts") or now) - started)
                 ended = (latency, run_time)
                 self.series.add(now, state == SUCCEEDED, latency)
+                self._finals.append((now, queue_name, state == SUCCEEDED))
         if self.observer is not None:
             self.observer.on_event(state if state != FAILED or not final else "failed_final", queue_name)
             if ended is not None:
@@ -165,12 +172,23 @@ class Monitor:
         with self._lock:
             return list(self._recent)[:limit]
 
+    def queue_rates(self, now: float) -> dict[str, dict[str, int]]:
+        """Per queue, the tasks that ended in the last minute: ``{"succeeded": n, "failed": m}``."""
+        rates: dict[str, dict[str, int]] = {}
+        with self._lock:
+            while self._finals and self._finals[0][0] < now - RATE_WINDOW_S:
+                self._finals.popleft()
+            for _, queue_name, ok in self._finals:
+                counts = rates.setdefault(queue_name, {"succeeded": 0, "failed": 0})
+                counts["succeeded" if ok else "failed"] += 1
+        return rates
+
     def snapshot(self, now: float, window: int = 120) -> dict[str, Any]:
-        """Everything the dashboard's live stream sends: fleet, recent events, the series."""
+        """Everything the dashboard's live stream sends: fleet, recent events, the series, queue rates."""
         with self._lock:
             points = self.series.points(now, window)
         return {"version": self.version, "connected": self.connected, "workers": self.workers(),
-                "events": self.recent(), "series": points, "ts": now}
+                "events": self.recent(), "series": points, "queues": self.queue_rates(now), "ts": now}
 
 
 def _decode(payload: bytes) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ const STATES = ["queued", "dispatched", "started", "backlog", "retrying", "succe
 const LIVE = new Set(["queued", "dispatched", "started", "backlog", "retrying", "scheduled"]);
 const RETRYABLE = new Set(["dead", "cancelled", "expired"]);
 const $ = id => document.getElementById(id);
-let live = null, selected = null;
+let live = null, selected = null, backlogs = {};
 
 function esc(v) { return String(v == null ? "" : v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
 function age(ts) { if (!ts) return "-"; const s = Math.max(0, Date.now() / 1000 - ts); return s < 120 ? s.toFixed(1) + "s ago" : (s / 60).toFixed(0) + "m ago"; }
@@ -50,15 +50,20 @@ function renderLive() {
 
 function renderQueues() {
   const queues = {};
+  const row = q => queues[q] = queues[q] || {workers: 0, free: 0, running: 0};
   for (const w of live.workers) {
     if (w.state === "offline") continue;
     for (const q of w.queues || []) {
-      const row = queues[q] = queues[q] || {workers: 0, free: 0, running: 0};
-      row.workers += 1; row.free += w.free || 0; row.running += (w.tasks || []).length;
+      const r = row(q);
+      r.workers += 1; r.free += w.free || 0; r.running += (w.tasks || []).length;
     }
   }
-  $("queues").innerHTML = Object.keys(queues).sort().map(q => `<tr><td>${esc(q)}</td><td>${queues[q].workers}</td>
-    <td>${queues[q].free}</td><td>${queues[q].running}</td></tr>`).join("");
+  for (const q of Object.keys(live.queues || {}).concat(Object.keys(backlogs))) if (q) row(q);
+  $("queues").innerHTML = Object.keys(queues).sort().map(q => {
+    const rate = (live.queues || {})[q] || {succeeded: 0, failed: 0};
+    return `<tr data-queue="${esc(q)}"><td>${esc(q)}</td><td>${queues[q].workers}</td><td>${queues[q].free}</td>
+      <td>${queues[q].running}</td><td>${backlogs[q] || 0}</td><td>${rate.succeeded}</td><td>${rate.failed}</td></tr>`;
+  }).join("");
 }
 
 // -- the coordinator's record, polled ----------------------------------------------------------
@@ -68,6 +73,7 @@ async function refresh() {
     setPill($("coordinator"), "coordinator online", "ok");
     $("n-live").textContent = stats.live; $("n-backlog").textContent = stats.backlog;
     $("n-dead").textContent = (stats.counts || {}).dead || 0;
+    backlogs = stats.backlog_by_queue || {};
     await Promise.all([refreshTasks(), refreshDead(), refreshSchedules()]);
     if (selected) await showTask(selected);
   } catch (error) {
