@@ -20,6 +20,7 @@ from mqtt_tasks.web.openapi import openapi_document  # noqa: E402
 from tests.brokers import MosquittoProcess  # noqa: E402
 from tests.brokers import wait_until as _wait_until  # noqa: E402
 from tests.coord_helpers import coordinator, executions, settings, worker  # noqa: E402
+from tests.test_examples import ROOT, example_worker  # noqa: E402, F401  (a fixture)
 from tests.web_helpers import FAST, client, dashboard_server  # noqa: E402
 
 
@@ -219,3 +220,20 @@ def test_openapi_lists_every_route_with_its_methods(api: Any) -> None:
             served.setdefault(route.path, set()).update(methods)
     documented = {path: set(ops) for path, ops in document["paths"].items()}
     assert served == documented
+
+
+@pytest.mark.usefixtures("example_worker")
+def test_the_http_example_prints_the_result(mosquitto: MosquittoProcess) -> None:
+    """examples/http/submit.py, as examples/README.md says, against the example worker."""
+    import subprocess
+    import sys
+
+    from mqtt_tasks.config import Settings
+
+    with dashboard_server(Settings.from_url(mosquitto.url)) as base:
+        ok = subprocess.run([sys.executable, "examples/http/submit.py", base, "add", "2", "3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+        failed = subprocess.run([sys.executable, "examples/http/submit.py", base, "divide", "1", "0"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "5"), ok.stderr
+    assert failed.returncode == 1 and "division by zero" in failed.stderr
