@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ pytest.importorskip("starlette")
 
 from mqtt_tasks.cli import cli, worker_command  # noqa: E402
 from mqtt_tasks.web.server import effective_token, is_loopback  # noqa: E402
-from tests.brokers import free_port  # noqa: E402
+from tests.brokers import free_port, wait_until  # noqa: E402
 from tests.test_cli import Proc, worker_argv  # noqa: E402
 
 
@@ -78,8 +79,6 @@ def test_dashboard_bad_options_are_one_line(args: list[str]) -> None:
 
 
 def test_dashboard_port_taken_is_one_line(mosquitto: Any) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -93,8 +92,6 @@ def test_dashboard_port_taken_is_one_line(mosquitto: Any) -> None:
 
 
 def test_worker_metrics_port_taken_is_one_line(mosquitto: Any, prefix: str) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
@@ -124,3 +121,34 @@ def test_the_core_never_imports_the_web_extras() -> None:
             "('starlette', 'uvicorn', 'prometheus_client', 'playwright', 'httpx') or m.startswith('mqtt_tasks.web')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _two_free_ports() -> int | None:
+    port = free_port()
+    try:
+        with socket.socket() as probe:
+            probe.bind(("0.0.0.0", port + 1))
+    except OSError:
+        return None
+    return port
+
+
+def test_worker_metrics_port_per_process_under_a_supervisor(mosquitto: Any, prefix: str) -> None:
+    """``-p 2 --metrics-port P``: the two worker processes serve P and P + 1."""
+    port = wait_until(_two_free_ports, timeout=5, message="no two free ports in a row")
+    proc = Proc(worker_argv("examples.tasks:app", "--broker", mosquitto.url, "--prefix", prefix, "--worker-id",
+                            "wsup", "-p", "2", "--metrics-port", str(port)))
+
+    def scraped(p: int) -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{p}/metrics").text
+        except httpx.HTTPError:
+            return None
+
+    try:
+        first = wait_until(lambda: scraped(port), timeout=20, interval=0.1, message="no metrics on the first port")
+        second = wait_until(lambda: scraped(port + 1), timeout=20, interval=0.1, message="none on the second")
+        assert 'worker="wsup-0"' in first and 'worker="wsup-1"' in second
+    finally:
+        code, stderr = proc.stop(signal.SIGTERM)
+    assert code == 0, stderr
