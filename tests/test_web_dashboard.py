@@ -92,6 +92,9 @@ def test_dashboard_end_to_end(page: Any, mosquitto: MosquittoProcess, prefix: st
             _row(page, "dead", dead["id"]).get_by_role("button", name="retry").click()
             wait_until(lambda: http.get(f"/api/tasks/{dead['id']}").json()["attempt"] > dead["attempt"],
                        timeout=15, interval=0.1, message="the retry did not run a new attempt")
+            _row(page, "tasks", dead["id"]).locator("td").first.click()  # its record: the error and traceback
+            expect(page.get_by_test_id("detail")).to_contain_text("RuntimeError: boom")
+            expect(page.get_by_test_id("detail")).to_contain_text("Traceback")
 
             # the plots have points; the events list shows the ends
             _fill_the_plots(http)

@@ -117,7 +117,7 @@ async function showTask(id) {
   const error = t.error ? `<pre>${esc(t.error.type)}: ${esc(t.error.message)}\n${esc(t.error.traceback || "")}</pre>` : "";
   const progress = t.progress ? `<p>progress: ${esc(JSON.stringify(t.progress))}</p>` : "";
   $("detail").innerHTML = `<p><b class="id">${esc(t.id)}</b> ${esc(t.task)} on ${esc(t.queue)}:
-    <span class="state-${esc(t.state)}" data-testid="detail-state">${esc(t.state)}</span>, attempt ${esc(t.attempt)}${t.max_attempts ? " of " + esc(t.max_attempts) : ""}
+    <span class="state-${esc(t.state)}" data-testid="detail-state">${esc(t.state)}</span>, attempt ${esc(t.attempt)}${t.max_attempts ? " (max_attempts " + esc(t.max_attempts) + ")" : ""}
     ${t.reason ? "(" + esc(t.reason) + ")" : ""}</p>${progress}
     ${t.state === "succeeded" ? `<p>result:</p><pre data-testid="result">${esc(JSON.stringify(t.result))}</pre>` : ""}${error}
     <p>attempts:</p><pre>${esc((t.history || []).map(h => JSON.stringify(h)).join("\n"))}</pre>`;
