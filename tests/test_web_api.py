@@ -237,3 +237,15 @@ def test_the_http_example_prints_the_result(mosquitto: MosquittoProcess) -> None
                                 capture_output=True, text=True, timeout=60)
     assert (ok.returncode, ok.stdout.strip()) == (0, "5"), ok.stderr
     assert failed.returncode == 1 and "division by zero" in failed.stderr
+
+
+def test_schedules_and_stats_are_the_coordinators(api: Any, mosquitto: MosquittoProcess, prefix: str) -> None:
+    from mqtt_tasks.schedules import put_schedule
+
+    put_schedule(settings(mosquitto.url, prefix), {"name": "nightly", "task": "work", "args": ["n"],
+                                                   "cron": "30 2 * * *", "timezone": "Europe/Berlin"})
+    schedules = api.get("/api/schedules").json()["schedules"]
+    assert [(s["name"], s["cron"], s["timezone"]) for s in schedules] == [("nightly", "30 2 * * *", "Europe/Berlin")]
+    stats = api.get("/api/stats").json()
+    assert stats["ok"] is True and stats["backlog_by_queue"] == {} and "w1" in stats["workers"]
+    assert "correlation" not in stats
