@@ -29,17 +29,34 @@ from tests.coord_helpers import HB, coordinator, settings  # noqa: E402
 _EXPORTER = InMemorySpanExporter()
 
 
+class _WhileTesting(SimpleSpanProcessor):
+    """Exports only during a test of this module: the provider outlives it (OpenTelemetry sets one
+    per process), and the tests after it must not pile spans up."""
+
+    active = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.active:
+            super().on_end(span)
+
+
+_PROCESSOR = _WhileTesting(_EXPORTER)
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The spans this test made (one SDK provider for the whole process: OpenTelemetry sets it once)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    """The spans this test made."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
     _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    _PROCESSOR.active = True
+    try:
+        yield _EXPORTER
+    finally:
+        _PROCESSOR.active = False
+        _EXPORTER.clear()
 
 
 def traced_app(url: str, prefix: str) -> TaskApp:
