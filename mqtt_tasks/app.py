@@ -373,7 +373,7 @@ class TaskApp:
         task_id = task_id or uuid.uuid4().hex
         if not is_valid_id(task_id):
             raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
-        if tracing.available():  # the send is a span, and its context travels with the task
+        if tracing.sending_traced():  # the send is a span, and its context travels with the task
             with tracing.send_span(name, task_id, opts.queue) as carrier:
                 return self._publish(name, task_id, args, kwargs, opts, {**(extra or {}), **carrier} or None,
                                      tracing.properties_of(carrier) or None)

@@ -15,7 +15,8 @@ here is a no-op and nothing of it is imported. Built on these facts:
   span inside the task body, so spans the body makes are its children. The attempt's status
   events and its reply carry the attempt span's context as User Properties.
 - Spans are recorded only where the application configured an OpenTelemetry SDK; with the API
-  alone they are non-recording and only the context is passed on.
+  alone they are non-recording and only a context that came with a task is passed on. Where there
+  is neither an SDK nor a context, no span is made at all (``recording``, ``sending_traced``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,22 @@ def _api() -> Any:
 
 def available() -> bool:
     return _api() is not None
+
+
+def recording() -> bool:
+    """Whether the application configured a tracer provider (an SDK): otherwise spans are not
+    recorded, and one is made only to pass on a context that came with a task."""
+    api = _api()
+    if api is None:
+        return False
+    trace = api[0]
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def sending_traced() -> bool:
+    """Whether a send gets a span: tracing is configured, or a span is current where it is sent."""
+    api = _api()
+    return api is not None and (recording() or api[0].get_current_span().get_span_context().is_valid)
 
 
 def carrier_of(user_properties: Any, body: Mapping[str, Any]) -> dict[str, str]:
@@ -110,8 +127,11 @@ class Attempts:
         return Attempts(worker_id) if available() else None
 
     def begin(self, task: Mapping[str, Any], user_properties: Any) -> None:
+        carrier = carrier_of(user_properties, task)
+        if not carrier and not recording():
+            return  # nothing to record and no context to pass on: no span, no cost
         trace, propagate = _api()
-        parent = propagate.extract(carrier_of(user_properties, task))
+        parent = propagate.extract(carrier)
         name, queue = str(task.get("task")), str(task.get("queue") or "default")
         span = trace.get_tracer(TRACER_NAME).start_span(
             f"run {name}", context=parent, kind=trace.SpanKind.CONSUMER,

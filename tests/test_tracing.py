@@ -155,3 +155,29 @@ def test_without_opentelemetry_nothing_is_added(monkeypatch: pytest.MonkeyPatch,
         message = tasks.get(timeout=5)
     listener.close()
     assert b"traceparent" not in message.payload and message.user_properties == ()
+
+
+def test_with_the_api_alone_only_a_context_that_came_is_passed_on() -> None:
+    """In a fresh process with no SDK configured: no span without a context; with one, it is kept."""
+    import subprocess
+    import sys
+
+    from tests.coord_helpers import ROOT
+
+    code = """
+from mqtt_tasks import tracing
+a = tracing.Attempts.create("w")
+assert not tracing.recording() and not tracing.sending_traced()
+a.begin({"id": "x", "task": "t", "attempt": 1}, ())
+assert len(a) == 0 and a.properties({"id": "x", "attempt": 1}) is None
+parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+a.begin({"id": "y", "task": "t", "attempt": 1, "traceparent": parent}, ())
+props = dict(a.properties({"id": "y", "attempt": 1}))
+assert props["traceparent"].startswith("00-" + "ab" * 16), props
+a.end({"id": "y", "attempt": 1}, "succeeded")
+assert len(a) == 0
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"})
+    assert done.stdout.strip() == "ok", done.stderr
