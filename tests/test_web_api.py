@@ -249,3 +249,19 @@ def test_schedules_and_stats_are_the_coordinators(api: Any, mosquitto: Mosquitto
     stats = api.get("/api/stats").json()
     assert stats["ok"] is True and stats["backlog_by_queue"] == {} and "w1" in stats["workers"]
     assert "correlation" not in stats
+
+
+def test_a_task_over_the_payload_cap_is_413(api: Any) -> None:
+    response = api.post("/api/tasks", json={"task": "work", "args": ["x" * 300_000]})
+    assert response.status_code == 413, response.text
+    assert "bytes" in response.json()["error"]
+
+
+def test_actions_from_another_sites_page_are_403(api: Any) -> None:
+    for path in ("/api/tasks", "/api/tasks/x1/cancel", "/api/tasks/x1/retry"):
+        response = api.post(path, json={"task": "work"}, headers={"origin": "http://evil.example"})
+        assert response.status_code == 403, (path, response.text)
+    same = api.post("/api/tasks", json={"task": "work", "args": ["o1"]},
+                    headers={"origin": str(api.base_url).rstrip("/")})
+    assert same.status_code == 201, same.text
+    assert api.get("/api/workers", headers={"origin": "http://evil.example"}).status_code == 200  # reads: CORS

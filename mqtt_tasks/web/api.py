@@ -5,8 +5,10 @@ Built on these facts:
 - Every call that reaches the coordinator or the broker blocks (it is the library's own client
   code), so it runs in a worker thread (``run_in_threadpool``) and the event loop stays free.
 - Errors are JSON ``{"error": ..., "status": ...}`` with the code their cause deserves, mapped once
-  (``status_for``): a malformed request 400, an unknown id 404, a task in a state that forbids
-  the action 409, the broker unreachable or no coordinator answering 503.
+  (``status_for``): a malformed request 400, an unknown id 404, a task over the payload cap 413,
+  a task in a state that forbids the action 409, the broker unreachable or no coordinator
+  answering 503; anything unexpected is logged and answered 500. A POST whose ``Origin`` is
+  another site is refused (403).
 - ``POST /api/tasks`` answers 201 with the id once the broker acknowledged the task; with
   ``?wait=SECONDS`` it waits for the final status event and answers it (200, whatever the task's
   outcome: a failed task is data, not an HTTP error), or 202 with the id when it has not ended
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -32,6 +36,7 @@ from ..errors import (
     CoordinatorTimeoutError,
     DecodeError,
     MqttTasksError,
+    PayloadTooLargeError,
     ResultTimeoutError,
     ScheduleNotFoundError,
     TaskNotFoundError,
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 
     from .state import WebState
 
+log = logging.getLogger(__name__)
+
 STREAM_EVERY_S = 0.5
 
 
@@ -58,6 +65,8 @@ class HTTPError(Exception):
 def status_for(exc: Exception) -> int:
     if isinstance(exc, HTTPError):
         return exc.status
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
     if isinstance(exc, ConfigError | DecodeError):
         return 400
     if isinstance(exc, TaskNotFoundError | ScheduleNotFoundError):
@@ -221,13 +230,28 @@ async def _stream(request: Request, state: WebState) -> AsyncIterator[str]:
         await asyncio.sleep(STREAM_EVERY_S)
 
 
+def cross_site(request: Request) -> bool:
+    """A browser's request made by another site's page: its ``Origin`` names another host. (A
+    page elsewhere could otherwise submit or cancel tasks through a browser on this machine, where
+    no token is required.) Clients that are not browsers send no ``Origin``."""
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+
+
 def handled(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    """The endpoint, with every error of ours answered as JSON (``status_for``)."""
+    """The endpoint, with every error answered as JSON (``status_for``; anything unexpected: 500),
+    and actions from another site's page refused (403)."""
     async def wrapper(request: Request) -> Response:
         try:
+            if request.method == "POST" and cross_site(request):
+                raise HTTPError(403, f"cross-site request from {request.headers.get('origin')} refused")
             response: Response = await endpoint(request)
         except (HTTPError, MqttTasksError) as exc:
             return error_response(exc)
+        except Exception as exc:
+            log.exception("dashboard: %s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500},
+                                status_code=500)
         return response
     wrapper.__name__ = endpoint.__name__
     wrapper.__doc__ = endpoint.__doc__

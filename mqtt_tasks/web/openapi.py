@@ -59,6 +59,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/api/tasks": {
                 "post": _op("Submit a task; with ?wait=, its final status event", "201", params=[wait],
                             extra={"200": {"description": "the final status event (wait)", "content": _JSON},
+                                   "413": _ERROR, "403": _ERROR,
                                    "202": {"description": "not ended within the wait", "content": _JSON}},
                             body={"required": True, "content": {"application/json": {
                                 "schema": {"$ref": "#/components/schemas/Submission"}}}}),
@@ -70,9 +71,10 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/api/tasks/{task_id}": {"get": _op("A task's record: state, attempts, history, result", "200",
                                                 params=[_ID], extra={"404": _ERROR})},
             "/api/tasks/{task_id}/cancel": {"post": _op("Cancel a task", "200", params=[_ID],
-                                                        extra={"404": _ERROR, "409": _ERROR})},
+                                                        extra={"403": _ERROR, "404": _ERROR, "409": _ERROR})},
             "/api/tasks/{task_id}/retry": {"post": _op("Run a dead, cancelled or expired task again", "200",
-                                                       params=[_ID], extra={"404": _ERROR, "409": _ERROR})},
+                                                       params=[_ID],
+                                                       extra={"403": _ERROR, "404": _ERROR, "409": _ERROR})},
             "/api/workers": {"get": _op("The workers, from their retained states", "200")},
             "/api/stats": {"get": _op("The coordinator's counters, backlog and view of the workers", "200")},
             "/api/schedules": {"get": _op("The coordinator's periodic schedules", "200")},
