@@ -152,3 +152,19 @@ def test_worker_metrics_port_per_process_under_a_supervisor(mosquitto: Any, pref
     finally:
         code, stderr = proc.stop(signal.SIGTERM)
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize(("blocked", "argv", "says"), [
+    ("starlette", "from mqtt_tasks.cli import main as run; sys.argv = ['mqtt-tasks', 'dashboard']", "mqtt-tasks[web]"),
+    ("prometheus_client", "from mqtt_tasks.cli import worker_main as run; sys.argv = ['mqtt-worker', "
+     "'examples.tasks:app', '--metrics-port', '9', '--broker', 'mqtt://127.0.0.1:1']", "mqtt-tasks[metrics]"),
+])
+def test_a_missing_extra_is_one_line_and_exit_7(blocked: str, argv: str, says: str) -> None:
+    import subprocess
+
+    from tests.coord_helpers import ROOT
+
+    code = f"import sys; sys.modules[{blocked!r}] = None; {argv}; run()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 7, done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr
