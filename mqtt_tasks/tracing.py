@@ -8,8 +8,10 @@ here is a no-op and nothing of it is imported. Built on these facts:
   has no properties and the coordinator re-dispatches a task from its record (which keeps the
   body, not the properties). A worker reads the properties first, then the fields.
 - The producer's ``send`` is a span of kind PRODUCER; its context is what travels. The coordinator
-  records and forwards the context in the body (and as properties on its dispatches): every
-  attempt, the first or a re-dispatch, is a child of the same send.
+  keeps it in its record; each task it dispatches to a worker (a retry, a re-dispatch, the
+  backlog) is a ``dispatch`` span of its own, a child of the send, whose context the dispatched
+  copy carries (body and properties). So the first attempt taken from the shared topic is a
+  child of the send, and every attempt the coordinator hands out a child of its dispatch.
 - One span per attempt, of kind CONSUMER, started when the worker starts the attempt and ended
   when its last event is published (``succeeded``, ``failed``, handed back); it is the current
   span inside the task body, so spans the body makes are its children. The attempt's status
@@ -102,6 +104,25 @@ def send_span(name: str, task_id: str, queue: str) -> Iterator[dict[str, str]]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         yield carrier
+
+
+def dispatch_context(body: Mapping[str, Any], worker: str) -> dict[str, str]:
+    """The coordinator's dispatch of a recorded task as a span (kind PRODUCER, a child of the task's
+    context, ended at once); the context the dispatched copy carries instead. Empty where nothing
+    is recorded or no context came with the task: the body's own fields then travel unchanged."""
+    carrier = {k: body[k] for k in FIELDS if isinstance(body.get(k), str)}
+    if not carrier or not recording():
+        return {}
+    trace, propagate = _api()
+    name, queue = str(body.get("task")), str(body.get("queue") or "default")
+    span = trace.get_tracer(TRACER_NAME).start_span(
+        f"dispatch {name}", context=propagate.extract(carrier), kind=trace.SpanKind.PRODUCER,
+        attributes={**_attributes(name, str(body.get("id")), queue, int(body.get("attempt") or 1)),
+                    "mqtt_tasks.worker": worker})
+    span.end()
+    dispatched: dict[str, str] = {}
+    propagate.inject(dispatched, context=trace.set_span_in_context(span))
+    return dispatched
 
 
 def _attributes(name: str, task_id: str, queue: str, attempt: int | None) -> dict[str, Any]:

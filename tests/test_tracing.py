@@ -118,7 +118,7 @@ def test_one_trace_from_the_producer_through_the_attempt_to_the_result(spans: An
 
 
 def test_a_redispatched_attempt_joins_the_same_trace(spans: Any, mosquitto: MosquittoProcess, prefix: str) -> None:
-    """The coordinator keeps the context in its record: the retry is a sibling of the first attempt."""
+    """The coordinator keeps the context in its record: the retry it dispatches joins the same trace."""
     app = traced_app(mosquitto.url, prefix)
     with coordinator(mosquitto.url, prefix), Worker(app, concurrency=2, worker_id="tw2", heartbeat_s=HB) as _w, app:
         handle = app.send("fails", [])
@@ -127,9 +127,14 @@ def test_a_redispatched_attempt_joins_the_same_trace(spans: Any, mosquitto: Mosq
         runs = wait_until(lambda: len(by_name(spans, "run fails")) == 2 and by_name(spans, "run fails"), timeout=5,
                           message="not two attempt spans")
     send, = by_name(spans, "send fails")
-    assert sorted(r.attributes["mqtt_tasks.attempt"] for r in runs if r.attributes) == [1, 2]
+    dispatch, = by_name(spans, "dispatch fails")  # the retry, handed out by the coordinator
+    first, second = sorted(runs, key=lambda r: r.attributes["mqtt_tasks.attempt"] if r.attributes else 0)
+    assert dispatch.parent is not None and dispatch.parent.span_id == send.context.span_id
+    assert dispatch.kind == trace.SpanKind.PRODUCER and dispatch.attributes is not None
+    assert (dispatch.attributes["mqtt_tasks.attempt"], dispatch.attributes["mqtt_tasks.worker"]) == (2, "tw2")
+    assert first.parent is not None and first.parent.span_id == send.context.span_id  # from the shared topic
+    assert second.parent is not None and second.parent.span_id == dispatch.context.span_id
     for run in runs:
-        assert run.parent is not None and run.parent.span_id == send.context.span_id
         assert run.context.trace_id == send.context.trace_id
         assert run.status.status_code == trace.StatusCode.ERROR and "nope" in (run.status.description or "")
 

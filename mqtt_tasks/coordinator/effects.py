@@ -198,6 +198,7 @@ class Effects:
         body.update(attempt=record.attempt, queue=record.queue)
         if record.losses:  # a suspect (leases.is_suspect): its worker runs nothing else meanwhile
             body["alone"] = True
+        body.update(tracing.dispatch_context(body, worker))  # a span of its own where tracing records
         key = getattr(self._settings, "signing_key", None)
         if key is not None:
             from .. import signing
