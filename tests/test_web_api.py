@@ -123,6 +123,7 @@ def test_unknown_ids_are_404(api: Any, method: str, path: str) -> None:
 
 @pytest.mark.parametrize(("body", "says"), [
     (b"{not json", "not JSON"),
+    (b'{"task": "work", "args": [NaN]}', "NaN is not a JSON number"),
     (b"[1, 2]", "JSON object"),
     (b"{}", "task"),
     (b'{"task": "work", "args": {"a": 1}}', "args"),

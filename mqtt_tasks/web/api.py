@@ -102,13 +102,17 @@ def _task_id(request: Request) -> str:
 async def submit_task(request: Request) -> Response:
     state = web_state(request)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await request.body(), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"the body is not JSON: {exc}") from None
     submission = parse_submission(body)
     wait = wait_seconds(request.query_params.get("wait"), state.options.max_wait)
     response: Response = await blocking(_publish_and_wait, state, submission, wait)
     return response
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _publish_and_wait(state: WebState, submission: Any, wait: float | None) -> Response:
