@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import signing
+from . import signing, tracing
 from .canvas import Signature
 from .config import Settings
 from .errors import (
@@ -280,6 +280,45 @@ def outcome(event: StatusEvent) -> Any:
     raise cls(event.id, etype, emsg, tb, attempt=event.attempt, status=event.model_dump(exclude_none=True))
 
 
+class PendingHandles:
+    """The handles waiting for a final event, by task id, held weakly: a handle the caller dropped
+    (a task sent and forgotten, or one whose result never comes) costs the producer nothing."""
+
+    def __init__(self) -> None:
+        self._handles: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def add(self, handle: TaskHandle) -> None:
+        with self._lock:
+            self._handles[handle.id] = handle
+
+    def setdefault(self, handle: TaskHandle) -> TaskHandle:
+        """``handle``, or the handle already waiting for its id."""
+        with self._lock:
+            return self._handles.setdefault(handle.id, handle)
+
+    def pop(self, task_id: str) -> TaskHandle | None:
+        with self._lock:
+            return self._handles.pop(task_id, None)
+
+    def on_progress(self, event: StatusEvent) -> None:
+        """A ``progress`` event: the latest progress of its handle (``TaskHandle.progress``)."""
+        with self._lock:
+            handle = self._handles.get(event.id)
+        if handle is None:
+            return
+        info = event.progress if isinstance(event.progress, dict) else {"message": str(event.progress)}
+        fraction = info.get("fraction")
+        message = info.get("message")
+        handle._progress = TaskProgress(float(fraction) if isinstance(fraction, (int, float)) else None,
+                                        message if isinstance(message, str) else None, event.attempt, event.worker,
+                                        event.ts)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._handles)
+
+
 class TaskApp:
     """Registry of tasks and the producer's connection.
 
@@ -318,10 +357,7 @@ class TaskApp:
         self._record_topics: dict[str, str] = {}
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
-        # The handles waiting for a final event, held weakly: a handle the caller dropped (a task
-        # sent and forgotten, or one whose result never comes) costs this producer nothing.
-        self._pending: weakref.WeakValueDictionary[str, TaskHandle] = weakref.WeakValueDictionary()
-        self._pending_lock = threading.Lock()
+        self._pending = PendingHandles()
 
     # -- registration ----------------------------------------------------------------
     def task(
@@ -386,6 +422,15 @@ class TaskApp:
         task_id = task_id or uuid.uuid4().hex
         if not is_valid_id(task_id):
             raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
+        if tracing.sending_traced():  # the send is a span, and its context travels with the task
+            with tracing.send_span(name, task_id, opts.queue) as carrier:
+                return self._publish(name, task_id, args, kwargs, opts, {**(extra or {}), **carrier} or None,
+                                     tracing.properties_of(carrier) or None)
+        return self._publish(name, task_id, args, kwargs, opts, extra, None)
+
+    def _publish(self, name: str, task_id: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
+                 opts: TaskOptions, extra: dict[str, Any] | None,
+                 user_properties: list[tuple[str, str]] | None) -> TaskHandle:
         keeper = self._receipts if self._receipts is not None and self._receipts.keeping else None
         body = task_body(task_id, name, args, kwargs, opts, self.reply_topic,
                          self.receipt_topic if keeper is not None else None, extra)
@@ -394,18 +439,16 @@ class TaskApp:
         payload = codec.encode(body)
         conn = self.connection()
         handle = TaskHandle(self, task_id, name, concurrent.futures.Future())
-        with self._pending_lock:
-            self._pending[task_id] = handle
+        self._pending.add(handle)
         if keeper is not None:  # kept before it is published: its receipt may come back at once
             keeper.keep(task_id, self._record_topic(opts.queue), payload)
         try:
             # reply_to and the id in the body say what Response Topic and Correlation Data would;
             # leaving the MQTT 5 properties off saves building them for every task.
             conn.publish(self.topics.tasks(opts.queue), payload,
-                         expiry=int(opts.expires) + 1 if opts.expires else None)
+                         expiry=int(opts.expires) + 1 if opts.expires else None, user_properties=user_properties)
         except Exception:
-            with self._pending_lock:
-                self._pending.pop(task_id, None)
+            self._pending.pop(task_id)
             if keeper is not None:
                 keeper.forget(task_id)
             raise
@@ -415,13 +458,11 @@ class TaskApp:
         """Publish ``message`` (a workflow: ``canvas.py``) on ``topic``; the handle waits for the final
         event with the message's ``id`` on this app's reply topic."""
         handle = TaskHandle(self, message["id"], name, concurrent.futures.Future())
-        with self._pending_lock:
-            self._pending[handle.id] = handle
+        self._pending.add(handle)
         try:
             self.connection().publish(topic, codec.encode(message))
         except Exception:
-            with self._pending_lock:
-                self._pending.pop(handle.id, None)
+            self._pending.pop(handle.id)
             raise
         return handle
 
@@ -516,10 +557,9 @@ class TaskApp:
             return
         if message.topic.startswith(self.topics.status_root) and not event.final:
             if event.state == PROGRESS:
-                self._on_progress(event)
+                self._pending.on_progress(event)
             return  # a handle following P/status/{id} (``handle``) waits for the final event only
-        with self._pending_lock:
-            handle = self._pending.pop(event.id, None)
+        handle = self._pending.pop(event.id)
         if handle is not None:
             handle._resolve(event)
 
@@ -534,27 +574,13 @@ class TaskApp:
             raise ConfigError(f"invalid task id {task_id!r}")
         conn = self.connection()
         future: concurrent.futures.Future[StatusEvent] = concurrent.futures.Future()
-        with self._pending_lock:
-            existing = self._pending.get(task_id)
-            if existing is not None:
-                return existing
-            handle = TaskHandle(self, task_id, name, future)
-            self._pending[task_id] = handle
+        handle = TaskHandle(self, task_id, name, future)
+        existing = self._pending.setdefault(handle)
+        if existing is not handle:
+            return existing  # another handle already waits for this id
         self.follow(handle)
         conn.publish(self.topics.rpc, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
         return handle
-
-    def _on_progress(self, event: StatusEvent) -> None:
-        with self._pending_lock:
-            handle = self._pending.get(event.id)
-        if handle is None:
-            return
-        info = event.progress if isinstance(event.progress, dict) else {"message": str(event.progress)}
-        fraction = info.get("fraction")
-        message = info.get("message")
-        handle._progress = TaskProgress(float(fraction) if isinstance(fraction, (int, float)) else None,
-                                        message if isinstance(message, str) else None, event.attempt, event.worker,
-                                        event.ts)
 
     def follow(self, handle: TaskHandle) -> None:
         """Follow ``P/status/{id}`` for ``handle``: its progress, and its final event (until it comes)."""
@@ -577,6 +603,5 @@ class TaskApp:
     @property
     def awaiting(self) -> int:
         """How many handles are waiting for a final event (handles the caller dropped do not count)."""
-        with self._pending_lock:
-            return len(self._pending)
+        return len(self._pending)
 

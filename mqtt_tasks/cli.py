@@ -197,12 +197,15 @@ def load_app(ref: str) -> TaskApp:
               help="At most one `progress` event per task per this many seconds [default: 1].")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve this worker's Prometheus metrics on PORT/metrics (with --processes N: PORT to PORT+N-1); "
+                   "needs mqtt-tasks[metrics].")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
 @click.version_option(__version__, "--version")
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
                    grace: float, defer_after: float, started_after: float, cancel_grace: float | None,
-                   progress_every: float | None, processes: int, log_level: str) -> None:
+                   progress_every: float | None, processes: int, metrics_port: int | None, log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
     from .worker import Worker
@@ -216,7 +219,7 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
                    prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level,
                    defer_after=defer_after, started_after=started_after, cancel_grace=cancel_grace,
-                   progress_every=progress_every)
+                   progress_every=progress_every, metrics_port=metrics_port)
         return
     from .worker.cancel import DEFAULT_CANCEL_GRACE
     from .worker.progress import DEFAULT_PROGRESS_EVERY
@@ -233,7 +236,28 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
                    nl=True)
         sys.stdout.flush()
 
-    serve(worker, on_ready=ready)
+    stop_metrics = _worker_metrics(worker, metrics_port)
+    try:
+        serve(worker, on_ready=ready)
+    finally:
+        stop_metrics()
+
+
+def _worker_metrics(worker: Any, port: int | None) -> Callable[[], None]:
+    """``--metrics-port``: serve the worker's metrics; the function that stops them."""
+    if port is None:
+        return lambda: None
+    from .worker.metrics import serve_worker_metrics
+
+    try:
+        stop = serve_worker_metrics(worker, port)
+    except ImportError:
+        raise CLIError("--metrics-port needs prometheus-client: pip install 'mqtt-tasks[metrics]'",
+                       RET_MISSING_EXTRA) from None
+    except OSError as exc:
+        raise CLIError(f"--metrics-port {port}: {exc.strerror or exc}", RET_ERROR) from None
+    click.echo(f"mqtt-worker {worker.worker_id} metrics on http://0.0.0.0:{port}/metrics")
+    return stop
 
 
 def worker_settings(app: TaskApp, broker: str | None, prefix: str | None, heartbeat: float | None) -> Settings:
@@ -268,6 +292,8 @@ def _supervise(app_ref: str, broker: str | None, worker_id: str | None, processe
         for queue in options["queues"]:
             argv += ["--queue", queue]
         for name, value in options.items():
+            if name == "metrics_port" and value is not None:
+                value = value + index  # one port per process
             if name != "queues" and value is not None:
                 argv += [f"--{name.replace('_', '-')}", str(value)]
         return argv
@@ -793,6 +819,43 @@ def schedule_rm(name: str, broker: str | None, prefix: str | None, timeout: floa
 
     remove_schedule(Settings.from_env(broker, prefix=prefix), name, timeout=timeout)
     click.echo(f"schedule {name} removed")
+
+
+# -- mqtt-tasks dashboard (docs/dashboard.md) -------------------------------------------------
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback a token is required (made up when --token is not given).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--token", envvar="MQTT_TASKS_DASHBOARD_TOKEN", help="Require this bearer token on every request "
+              "[env: MQTT_TASKS_DASHBOARD_TOKEN; default: none on loopback].")
+@click.option("--no-metrics", is_flag=True, help="Do not serve /metrics.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for the coordinator's answers and the broker's acks.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning", show_default=True)
+def dashboard(broker: str | None, prefix: str | None, host: str, port: int, token: str | None, no_metrics: bool,
+              timeout: float, log_level: str) -> None:
+    """Serve the web dashboard, the HTTP API (/api/) and Prometheus metrics (/metrics) until Ctrl-C."""
+    configure_logging(log_level)
+    try:
+        from .web import WebOptions, run_dashboard
+        from .web.server import effective_token
+    except ImportError as exc:
+        raise CLIError(f"the dashboard needs Starlette, uvicorn and prometheus-client ({exc.name} is missing): "
+                       "pip install 'mqtt-tasks[web]'", RET_MISSING_EXTRA) from None
+    settings = Settings.from_env(broker, prefix=prefix)
+    options = WebOptions(token=effective_token(host, token), query_timeout=timeout, ack_timeout=timeout,
+                         metrics=not no_metrics)
+
+    def ready(url: str) -> None:
+        click.echo(f"mqtt-tasks dashboard on {url} for {settings.display_url}, prefix {settings.prefix} "
+                   "(Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    try:
+        run_dashboard(settings, host, port, options, on_ready=ready)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", RET_ERROR) from None
 
 
 def _fire_time(ts: float | None) -> str:

@@ -43,6 +43,12 @@ class Backlog:
     def __len__(self) -> int:
         return len(self._members)
 
+    def by_queue(self) -> dict[str, int]:
+        """Tasks waiting per queue (the stats query; a heap keeps discarded ids until popped)."""
+        members = self._members
+        counts = {name: sum(1 for _, _, task_id in heap if task_id in members) for name, heap in self._queues.items()}
+        return {name: n for name, n in counts.items() if n}
+
     def push(self, task_id: str, queue_name: str, priority: int | None = None) -> None:
         if task_id not in self._members:
             self._members.add(task_id)

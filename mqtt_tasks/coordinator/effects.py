@@ -33,6 +33,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import tracing
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
 from ..protocol.states import CANCELLED, DEAD, EXPIRED, ONLINE, RETRYING, SUCCEEDED
@@ -197,12 +198,13 @@ class Effects:
         body.update(attempt=record.attempt, queue=record.queue)
         if record.losses:  # a suspect (leases.is_suspect): its worker runs nothing else meanwhile
             body["alone"] = True
+        body.update(tracing.dispatch_context(body, worker))  # a span of its own where tracing records
         key = getattr(self._settings, "signing_key", None)
         if key is not None:
             from .. import signing
 
             body = signing.sign(body, key)
-        self.send(self._topics.inbox(worker), codec.encode(body))
+        self.send(self._topics.inbox(worker), codec.encode(body), **trace_options(body))
 
     def report(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
         """An error report on ``P/errors``: what was rejected, where, and why."""
@@ -220,6 +222,12 @@ class Effects:
     def presence(self, state: str, resumed: bool | None = None) -> bytes:
         """The coordinator's presence (``online``, ``degraded``, ``offline``) on ``P/coordinator``."""
         return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed))
+
+
+def trace_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The task's trace context (tracing.py), kept in its body, as the dispatch's MQTT 5 User Properties."""
+    carried = [(k, body[k]) for k in tracing.FIELDS if isinstance(body.get(k), str)]
+    return {"user_properties": carried} if carried else {}
 
 
 def final_event(record: TaskRecord) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from .workflows import Workflows
 log = logging.getLogger(__name__)
 
 STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired", "succeeded", "duplicates",
-         "cancels", "rejected", "cancelled")
+         "cancels", "rejected", "cancelled", "commits", "commit_us")
 
 
 class Coordinator:
@@ -120,7 +120,8 @@ class Coordinator:
                             policy, clock, rng, stats, cancels, self._workflows)
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
-                          self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
+                          self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s,
+                          stats)
         self._put = self._loop.items.put
         self._schedules = Schedules(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
         self._queries.ops.update(self._schedules.ops)

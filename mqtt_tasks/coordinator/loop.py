@@ -42,7 +42,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MqttTasksError, StoreError
@@ -90,7 +91,8 @@ class ConnectionLike(Protocol):
     def connect(self, timeout: float | None = None) -> Any: ...
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                correlation_data: bytes | None = None) -> Any: ...
+                correlation_data: bytes | None = None,
+                user_properties: Sequence[tuple[str, str]] | None = None) -> Any: ...
 
     def ack_many(self, messages: Iterable[Message]) -> None: ...
 
@@ -103,7 +105,7 @@ class Loop:
     def __init__(self, connection: ConnectionLike, topics: Topics, records: Records, timers: Timers, backlog: Backlog,
                  effects: Effects, outage: Outage, on_message: Callable[[Message], None],
                  on_connected: Callable[[], None], clock: Callable[[], float], batch_size: int,
-                 tick_s: float) -> None:
+                 tick_s: float, stats: dict[str, int] | None = None) -> None:
         self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._conn = connection
         self._topics = topics
@@ -119,6 +121,7 @@ class Loop:
         self._clock = clock
         self._batch_size = batch_size
         self._tick_s = tick_s
+        self._stats = stats if stats is not None else {}  # commits and commit_us (the metrics' commit time)
         self._online = False
         self._last_tick = 0.0
         self._next_reading = 0.0
@@ -240,11 +243,15 @@ class Loop:
         if not (stopping or outage.due()):
             return False
         store = self._records.store
+        began = time.perf_counter()
         try:
             written = store.commit()
         except StoreError as exc:
             outage.failed(exc, len(acks))
             return False
+        if written:
+            self._stats["commits"] = self._stats.get("commits", 0) + 1
+            self._stats["commit_us"] = self._stats.get("commit_us", 0) + int((time.perf_counter() - began) * 1e6)
         if outage.down and not self._again:  # over when the reads that failed have succeeded too
             outage.recovered(getattr(store, "path", type(store).__name__), written, len(acks))
         return True

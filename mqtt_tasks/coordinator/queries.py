@@ -140,6 +140,7 @@ class Queries:
     def snapshot(self) -> dict[str, Any]:
         """The counters, live and backlog sizes, and the view of the workers (no store access)."""
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
+                "backlog_by_queue": self._backlog.by_queue(),
                 "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
 
 

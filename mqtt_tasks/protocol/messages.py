@@ -88,8 +88,12 @@ class Task(_Message):
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
     workflow: str | None = Field(default=None, description="set by the coordinator on a workflow's step: the "
                                  "workflow's id (docs/workflows.md)")
+    traceparent: str | None = Field(default=None, description="W3C trace context of the producer's send (also in "
+                                    "the MQTT 5 User Property of that name); carried through the coordinator")
+    tracestate: str | None = Field(default=None, description="W3C tracestate that goes with traceparent")
 
-    @field_validator("priority", "alone", "schedule", "scheduled_for", "workflow", mode="before")
+    @field_validator("priority", "alone", "schedule", "scheduled_for", "workflow", "traceparent", "tracestate",
+                     mode="before")
     @classmethod
     def _informative_fields_are_read_leniently(cls, value: Any, info: ValidationInfo) -> Any:
         return validate.lenient(str(info.field_name), value)  # a wrong type reads as absent (validate.py)

@@ -86,16 +86,16 @@ def _check_number(obj: dict[str, Any], name: str, *, positive: bool = False) -> 
 
 def lenient(name: str, value: Any) -> Any:
     """A field added after v1 that only informs or orders (``priority``, ``alone``, ``schedule``,
-    ``scheduled_for``, ``workflow``): a value of another type is read as absent, and the task is not refused, so
-    a producer that used one of these names for a field of its own before keeps working. The
-    models read them the same way (``messages.Task``)."""
+    ``scheduled_for``, ``workflow``, ``traceparent``, ``tracestate``): a value of another type is
+    read as absent, and the task is not refused, so a producer that used one of these names for a field of its own
+    before keeps working. The models read them the same way (``messages.Task``)."""
     if value is None:
         return None
     if name == "priority":
         ok = _is_int(value) and PRIORITY_MIN <= value <= PRIORITY_MAX
     elif name == "alone":
         ok = isinstance(value, bool)
-    elif name in ("schedule", "workflow"):
+    elif name in ("schedule", "workflow", "traceparent", "tracestate"):
         ok = isinstance(value, str)
     else:
         ok = _is_number(value)
@@ -126,6 +126,8 @@ class TaskData(dict[str, Any]):
     scheduled_for = property(lambda self: lenient("scheduled_for", self.get("scheduled_for")))
     step_timeout = property(lambda self: self.get("step_timeout"))
     workflow = property(lambda self: lenient("workflow", self.get("workflow")))
+    traceparent = property(lambda self: lenient("traceparent", self.get("traceparent")))  # tracing.py
+    tracestate = property(lambda self: lenient("tracestate", self.get("tracestate")))
 
 
 def task(obj: dict[str, Any]) -> TaskData:

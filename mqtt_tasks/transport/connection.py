@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -187,12 +187,14 @@ class Connection:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
         expiry: int | None = None,
+        user_properties: Sequence[tuple[str, str]] | None = None,
     ) -> int:
-        """Queue a publish and return at once. QoS 1 publishes are tracked until PUBACK."""
+        """Queue a publish and return at once. QoS 1 publishes are tracked until PUBACK.
+        The MQTT 5 properties are left out over MQTT 3.1.1."""
         if len(payload) > self.settings.max_payload:
             raise PayloadTooLargeError(len(payload), self.settings.max_payload, topic=topic)
         props = None
-        if self.is_mqtt5 and (response_topic or correlation_data is not None or expiry):
+        if self.is_mqtt5 and (response_topic or correlation_data is not None or expiry or user_properties):
             props = Properties(PacketTypes.PUBLISH)
             if response_topic:
                 props.ResponseTopic = response_topic
@@ -200,6 +202,8 @@ class Connection:
                 props.CorrelationData = correlation_data
             if expiry:
                 props.MessageExpiryInterval = int(expiry)
+            if user_properties:
+                props.UserProperty = list(user_properties)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in _QUEUED_OR_SENT:
             raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")

@@ -111,7 +111,8 @@ class Inflight:
             return
         self._on_message_cb(Message(topic, payload, qos, retain, mid, self._generation,
                                     getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None),
-                                    getattr(props, "MessageExpiryInterval", None)))
+                                    getattr(props, "MessageExpiryInterval", None),
+                                    tuple(getattr(props, "UserProperty", None) or ())))
 
     def ack(self, client: TunedClient, message: Message) -> None:
         """Acknowledge a QoS 1 message taken with ``manual_ack``; acks from an older connection are dropped."""

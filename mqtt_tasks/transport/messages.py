@@ -27,6 +27,7 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     expiry: int | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()  # MQTT 5 only (tracing.py)
 
 
 @dataclass(frozen=True, slots=True)

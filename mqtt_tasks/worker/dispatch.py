@@ -232,6 +232,7 @@ class Dispatcher:
         self.slots.take(now)
         held = self._running.add(task, message)
         self._counters.add(STARTED)
+        traced = self._reporter.begin_attempt(task, message)  # before `started`: it carries the span (tracing.py)
         if alone:  # announced before the body runs: a crash from now on convicts this task only
             self.slots.alone_running = True
             held.announced = True
@@ -249,7 +250,7 @@ class Dispatcher:
         if timeout is not None:
             timeout = min(timeout, MAX_TASK_TIMEOUT)  # 1e300 would overflow the deadline thread's wait
         reporter = self._reporter
-        fn = alone_body(tdef.fn, tdef.is_async, self._conn, task.id) if alone else tdef.fn
+        fn = traced(alone_body(tdef.fn, tdef.is_async, self._conn, task.id) if alone else tdef.fn, tdef.is_async)
         held.context = TaskContext(task.id, task.task, task.attempt, task.queue or "default", self.worker_id,
                                    self._progress)
         held.run = self._executor.submit(
@@ -307,6 +308,7 @@ class Dispatcher:
         attempt + 1 without counting a failure; with no coordinator online, back onto its queue as
         attempt + 1. Its message was acknowledged when it started: nothing to acknowledge."""
         self._counters.add("handed_back")
+        self._reporter.end_attempt(task, "handed_back")
         if self._link.online:
             self._reporter.status(task, DEFERRED, {"reason": reason, "abandoned": True, "body": dict(task)})
             return

@@ -37,6 +37,7 @@ from ..config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
 from ..execution import Executor, Run
 from ..protocol.states import DRAINING, OFFLINE, ONLINE
 from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
+from ..tracing import Attempts
 from ..transport import Connection, Message, Will
 from .cancel import DEFAULT_CANCEL_GRACE, Cancels
 from .dispatch import Dispatcher
@@ -141,6 +142,7 @@ class Worker:
         self._link = CoordinatorLink(self.worker_id, self._running, self._executor, self.settings.max_payload)
         self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
                                   self._counters)
+        self._reporter.attempts = Attempts.create(self.worker_id)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
                         self._counters, self._link.clock, self._link)
         self._cancels = Cancels(self.worker_id, self._running, self._executor, self._reporter, self._link,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..app import TaskDef
@@ -31,6 +32,7 @@ from ..protocol import codec, events
 from ..protocol.states import DEFAULT_MAX_ATTEMPTS, DEFERRED, FAILED, SUCCEEDED
 from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
+from ..tracing import Attempts
 from ..transport import Connection, Message
 from .link import CoordinatorLink
 from .running import Running
@@ -51,6 +53,7 @@ class Reporter:
         self._running = running
         self._link = link
         self._counters = counters
+        self.attempts: Attempts | None = None  # one span per attempt, where OpenTelemetry is installed
 
     def outcome(self, task: TaskData, message: Message, outcome: Outcome) -> None:
         """An attempt's run ended (task threads, the event loop, or intake for an unknown task).
@@ -93,6 +96,7 @@ class Reporter:
             if final and payload is not None:
                 self.reply(task, message, payload)
         self._running.forget(task)
+        self.end_attempt(task, state, extra.get("error"))
 
     def defer(self, task: TaskData, reason: str, *, delayed: bool = False) -> None:
         """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
@@ -114,7 +118,7 @@ class Reporter:
             error = events.error_info("TypeError", f"result {exc}")
             payload = codec.encode(self._event(task, FAILED, ts, {**extra, "result": None, "error": error}))
         try:
-            self._conn.publish(self._topics.status(task.id), payload, qos=qos)
+            self._conn.publish(self._topics.status(task.id), payload, qos=qos, user_properties=self._trace(task))
         except PayloadTooLargeError as exc:
             return self._publish_too_large(task, exc)
         return payload
@@ -141,9 +145,25 @@ class Reporter:
                 continue
             correlation = message.correlation_data if topic == message.response_topic else None
             try:
-                self._conn.publish(topic, payload, correlation_data=correlation)
+                self._conn.publish(topic, payload, correlation_data=correlation, user_properties=self._trace(task))
             except (ValueError, PayloadTooLargeError) as exc:
                 self.error(f"cannot reply on {topic!r}: {exc}", topic, None, task.id)
+
+    def begin_attempt(self, task: TaskData, message: Message) -> Callable[[Callable[..., Any], bool],
+                                                                            Callable[..., Any]]:
+        """Start the attempt's span (tracing.py); returns what wraps its body to run inside it."""
+        attempts = self.attempts
+        if attempts is None:
+            return lambda fn, is_async: fn
+        attempts.begin(task, message.user_properties)
+        return lambda fn, is_async: attempts.wrap(task, fn, is_async)
+
+    def end_attempt(self, task: TaskData, state: str, error: dict[str, Any] | None = None) -> None:
+        if self.attempts is not None:
+            self.attempts.end(task, state, error)
+
+    def _trace(self, task: TaskData) -> list[tuple[str, str]] | None:
+        return self.attempts.properties(task) if self.attempts is not None else None
 
     def error(self, reason: str, topic: str | None, payload: bytes | None, task_id: str | None) -> None:
         """Publish an error report on ``P/errors``: what was rejected, where, and why."""
