@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 
 from mqtt_tasks.store import MemoryStore, ScheduleRecord, SQLiteStore, Store, TaskRecord
+from mqtt_tasks.store.opening import open_store
+from mqtt_tasks.store.sqlite import MIGRATIONS
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
+    if request.param == "postgres":
+        from tests.postgres import private_database
+
+        with private_database() as url:
+            s: Store = open_store(url)
+            yield s
+            s.close()
+        return
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
     yield s
     s.close()
 
@@ -180,4 +190,4 @@ def test_an_old_sqlite_file_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> N
     with SQLiteStore(path) as s:
         assert [x.name for x in s.load_schedules()] == ["kept"]
     names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM schema_migrations")]
-    assert names == ["0001-schedules"]
+    assert names == [name for name, _ in MIGRATIONS]

@@ -34,8 +34,8 @@ from ..protocol import codec, events
 from ..protocol.states import OFFLINE
 from ..protocol.topics import Topics
 from ..store.base import Store
-from ..store.memory import MemoryStore
-from ..store.sqlite import SQLiteStore
+from ..store.leadership import Lease
+from ..store.opening import open_store
 from ..transport import Connection, Message, Will
 from .admin import Admin
 from .backlog import Backlog
@@ -59,7 +59,10 @@ STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired",
 class Coordinator:
     """The durable record of every task. ``with Coordinator(settings, "tasks.db"): ...``
 
-    ``store``: a ``Store``, an SQLite path, or None (in memory). ``connection``: a Connection-like
+    ``store``: a ``Store``, an SQLite path, a ``postgresql://`` URL, or None (in memory).
+    ``lease``: this coordinator's leadership of the prefix, held in the store's database (``store``
+    is then that store): every commit checks it (``store/leadership.py``), and the presence names
+    the leader (``name``) and its epoch. ``connection``: a Connection-like
     object (``ConnectionLike``) to use instead of the one the coordinator builds (tests, embedding);
     its owner routes what it receives to ``receive``, and its connects and drops to ``connected``
     and ``disconnected``.
@@ -78,11 +81,17 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         rng: Rng = random.random,
         connection: ConnectionLike | None = None,
+        lease: Lease | None = None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.prefix)
         self._owns_store = not isinstance(store, Store)
-        self.store: Store = store if isinstance(store, Store) else (SQLiteStore(store) if store else MemoryStore())
+        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        self.name = name
+        self.lease = lease
+        if lease is not None:
+            lease.store.fence = lease
         self.policy = policy or LeasePolicy()
         self.client_id = client_id or "mqtt-tasks-coordinator-" + settings.prefix.replace("/", "_")
         self.batch_size = batch_size
@@ -95,7 +104,7 @@ class Coordinator:
         self._build_parts(rng)
 
     def _default_connection(self, session_expiry: int) -> Connection:
-        will = events.presence(OFFLINE, None, self.client_id, None)
+        will = events.presence(OFFLINE, None, self.client_id, None, name=self.name)
         return Connection(self.settings, self.client_id, on_message=self.receive, manual_ack=True,
                           session_expiry=session_expiry, receive_maximum=65535,
                           will=Will(self.topics.coordinator, codec.encode(will)),
@@ -107,6 +116,8 @@ class Coordinator:
         timers = Timers(policy, self._fleet, stats)
         self._backlog = Backlog(policy, self._fleet, stats)
         self._effects = Effects(self.settings, self.topics, self.client_id, self._backlog, clock, stats)
+        if self.lease is not None:
+            self._effects.identity = {"name": self.name, "epoch": self.lease.epoch}
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
                                 self._effects, stats)
@@ -155,6 +166,25 @@ class Coordinator:
             log.error("coordinator: %s", exc)
         log.info("coordinator %s stopped", self.client_id)
 
+    def abandon(self, timeout: float = 2.0) -> None:
+        """Step down without a word: this coordinator no longer leads (``lease``). The connection is
+        dropped first, so nothing decided from here on is acknowledged or published (the broker
+        keeps it for the next leader, and sends this one's Last Will); then the loop ends and the
+        store is closed with what it buffered discarded (the next leader decides it again)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        abort = getattr(self._connection, "abort", self._connection.close)
+        abort()
+        interrupt = getattr(self.store, "interrupt", None)
+        if interrupt is not None and not (self.lease and self.lease.valid()):
+            interrupt()  # a statement may hang on a partitioned link
+        self._loop.stop(timeout)
+        discard = getattr(self.store, "discard", None)
+        if discard is not None:
+            discard()
+        log.warning("coordinator %s (%s) stepped down", self.client_id, self.name)
+
     def __enter__(self) -> Coordinator:
         return self.start()
 
@@ -182,6 +212,11 @@ class Coordinator:
     def disconnected(self, reason: str) -> None:
         """The connection dropped: timers and backlog dispatch wait for the next ``connected``."""
         self._put((DISCONNECTED, reason))
+
+    @property
+    def deposed(self) -> bool:
+        """A commit found another coordinator's epoch on the lease: this one must step down."""
+        return self._loop.deposed
 
     @property
     def connection(self) -> ConnectionLike:
