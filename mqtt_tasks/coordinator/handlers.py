@@ -81,6 +81,7 @@ class Handlers:
         self._rng = rng
         self._stats = stats
         self._cancels = cancels
+        self.on_presence: Callable[[Message], None] | None = None  # several coordinators: standby.py
         self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
             STARTED: self.on_started,
             SUCCEEDED: self.on_succeeded,
@@ -105,8 +106,8 @@ class Handlers:
                 self.on_worker_state(message)
             elif topic == topics.rpc:
                 self._queries.on_rpc(message)
-            elif self._cancels is not None and topic.startswith(topics.cancel_root):
-                self._cancels.on_request(message)
+            else:
+                self._on_extension(message)
         except DecodeError as exc:
             self._stats["rejected"] += 1
             log.warning("coordinator rejected a message on %s: %s", topic, exc.reason)
@@ -116,6 +117,13 @@ class Handlers:
         except Exception as exc:
             log.exception("coordinator: error handling a message on %s", topic)
             self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)
+
+    def _on_extension(self, message: Message) -> None:
+        topic = message.topic
+        if self._cancels is not None and topic.startswith(self._topics.cancel_root):
+            self._cancels.on_request(message)
+        elif topic == self._topics.coordinator and self.on_presence is not None:
+            self.on_presence(message)
 
     def on_task(self, message: Message) -> None:
         task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),

@@ -125,6 +125,8 @@ class Coordinator:
         cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
                             policy, clock, rng, stats, cancels)
+        if self.lease is not None:
+            handlers.on_presence = self._on_presence
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s)
@@ -142,6 +144,8 @@ class Coordinator:
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
                       self.topics.rpc, self.topics.all_cancel):
             self._connection.subscribe(topic)
+        if self.lease is not None:  # to say online again over a former leader's late Last Will
+            self._connection.subscribe(self.topics.coordinator)
         self._loop.start()
         self._connection.connect()
         return self
@@ -169,11 +173,13 @@ class Coordinator:
     def abandon(self, timeout: float = 2.0) -> None:
         """Step down without a word: this coordinator no longer leads (``lease``). The connection is
         dropped first, so nothing decided from here on is acknowledged or published (the broker
-        keeps it for the next leader, and sends this one's Last Will); then the loop ends and the
-        store is closed with what it buffered discarded (the next leader decides it again)."""
+        keeps it for the next leader, and sends this one's Last Will); then the loop ends, and a store
+        the coordinator opened is closed with what it buffered discarded (the next leader decides it
+        again; a store it was given is its owner's to discard)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        log.warning("coordinator %s (%s) stepping down: dropping its connection", self.client_id, self.name)
         abort = getattr(self._connection, "abort", self._connection.close)
         abort()
         interrupt = getattr(self.store, "interrupt", None)
@@ -181,9 +187,9 @@ class Coordinator:
             interrupt()  # a statement may hang on a partitioned link
         self._loop.stop(timeout)
         discard = getattr(self.store, "discard", None)
-        if discard is not None:
+        if self._owns_store and discard is not None:
             discard()
-        log.warning("coordinator %s (%s) stepped down", self.client_id, self.name)
+        log.info("coordinator %s (%s) stepped down", self.client_id, self.name)
 
     def __enter__(self) -> Coordinator:
         return self.start()
@@ -199,6 +205,17 @@ class Coordinator:
         self._effects.send_now(self.topics.coordinator, self._effects.presence(presence, resumed), retain=True)
         log.info("coordinator %s %s at %s (%d live tasks)", self.client_id, presence, self.settings.display_url,
                  len(self._records.live))
+
+    def _on_presence(self, message: Message) -> None:
+        """On the loop's thread, leading one of several coordinators: another coordinator's presence
+        (a former leader's Last Will, sent when the broker noticed it was gone, which can be after this
+        one said online) must not stand as the last word: say this one's again."""
+        try:
+            name = codec.decode_json_object(message.payload).get("name") if message.payload else None
+        except MqttTasksError:
+            name = None
+        if name != self.name:
+            self._effects.send_now(self.topics.coordinator, self._effects.presence(self._outage.presence), retain=True)
 
     # -- hand-offs from the network thread ---------------------------------------------
     def receive(self, message: Message) -> None:

@@ -100,17 +100,30 @@ class HighAvailability:
         if self.on_standby is not None:
             self.on_standby()
         failing = False
-        while not stop.wait(self.poll_s if self.terms or failing else 0):
+        wait = 0.0  # the first try at once
+        while not stop.wait(wait):
+            wait = self.poll_s
             try:
                 if lease.acquire():
                     return lease
                 failing = False
             except StoreError as exc:
                 if not failing:
-                    log.error("coordinator %s: cannot read the leadership: %s", self.name, exc)
+                    log.error("coordinator %s: cannot take the leadership: %s", self.name, exc)
                 failing = True
+                self._unstick(lease)
         store.discard()
         return None
+
+    def _unstick(self, lease: Lease) -> None:
+        try:
+            ended = lease.unstick()
+        except StoreError as exc:
+            log.debug("coordinator %s: cannot read the leadership: %s", self.name, exc)
+            return
+        if ended:
+            log.warning("coordinator %s: the lease ran out while its row stayed locked: ended %d session(s) "
+                        "of a leader cut off mid-commit", self.name, ended)
 
     def _open(self, stop: threading.Event) -> SQLiteStore | None:
         while True:
@@ -138,6 +151,7 @@ class HighAvailability:
         except MqttTasksError as exc:
             coordinator.abandon()
             self._release(lease)
+            store.discard()
             return f"cannot lead: {exc}"
         self.coordinator = coordinator
         if self.on_lead is not None:
@@ -155,6 +169,7 @@ class HighAvailability:
             coordinator.abandon()
             if why.startswith("the broker"):
                 self._release(lease)
+            store.discard()
         return why
 
     def _watch(self, coordinator: Coordinator, lease: Lease, stop: threading.Event) -> str:

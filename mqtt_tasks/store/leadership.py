@@ -14,8 +14,10 @@ of its prefix leads. The row says who (``holder``), under which ``epoch`` and un
   no advisory locks, which poolers break).
 - ``valid``: the leader's own view, on its monotonic clock: the lease it last renewed runs out
   ``ttl`` after that transaction *began*, so it runs out here before it runs out in the database
-  (where it was written later). A leader cut from its database sees this and steps down before a
-  standby can take over.
+  (where it was written later), and the leader stops a ``MARGIN`` earlier still. A leader cut from
+  its database sees this and steps down before a standby can take over.
+- ``unstick``: a leader cut off in the middle of a commit leaves the row locked; once the lease
+  has run out in the database, a standby ends that session (PostgreSQL) and takes the row.
 - ``due``: an idle leader commits nothing, yet its lease must be renewed: a commit with nothing
   buffered still writes when a third of the ``ttl`` has gone by.
 
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 5.0
 """How long a lease lasts without renewal: a dead leader is replaced about this long after it died."""
+MARGIN = 0.2
+"""A leader stops acting when this share of the ``ttl`` is still left on its own clock: room for
+clocks that run at slightly different rates, and for the time it takes to drop its connection."""
 
 
 class Lease:
@@ -87,6 +92,19 @@ class Lease:
                          (self.prefix,)).fetchone()
         return (str(row[0]), int(row[1]), float(row[2])) if row is not None else None
 
+    def unstick(self) -> int:
+        """After an ``acquire`` that failed (PostgreSQL's ``lock_timeout``): if the lease has run out in
+        the database yet its row stays locked, the transaction holding it hangs on a link that went
+        silent mid-commit (its server process blocked writing to a socket nobody reads: no
+        idle-in-transaction timeout ends that). Its leader stopped acting when the lease ran out on
+        its own clock, and nothing of that transaction was acknowledged: end it
+        (``store.end_lock_holders``), so the row can be taken. Returns how many sessions ended."""
+        end = getattr(self.store, "end_lock_holders", None)
+        state = self.current()
+        if end is None or state is None or state[2] >= 0:
+            return 0
+        return int(self.store.transact(lambda db: end(db, "leadership")))
+
     # -- leader ----------------------------------------------------------------------------
     def check(self, db: Any) -> None:
         """Inside a commit's transaction: renew, or raise ``LeadershipLostError`` (the batch rolls back)."""
@@ -109,7 +127,7 @@ class Lease:
 
     def valid(self) -> bool:
         """Whether this coordinator may still act as the leader (its own, conservative view)."""
-        return self.epoch is not None and self._monotonic() < self._until
+        return self.epoch is not None and self._monotonic() < self._until - MARGIN * self.ttl
 
     def release(self) -> None:
         """Give the lease up (a clean stop, or a leader cut from its broker): a standby need not wait."""
