@@ -58,6 +58,11 @@ class DriverError(sqlite3.DatabaseError):
     """A psycopg error, raised as the error type the shared store code catches (cause: the original)."""
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
 def translate(sql: str) -> str:
     """The common dialect's statement as PostgreSQL reads it."""
     if _DDL.match(sql):
@@ -153,6 +158,10 @@ class PostgresStore(SQLiteStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+
+    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
+        shown = redact(self.path)
+        return StoreError(f"store {shown}: {action}: {' '.join(str(exc).split())}", path=shown)
 
     def _open(self, path: str, synchronous: str) -> Any:
         """Coordinators that start together race to create the schema: the loser tries again."""
