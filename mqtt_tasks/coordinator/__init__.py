@@ -16,6 +16,8 @@ Its parts, one module each (read them in this order):
 - ``admin``: the operator's ops on the query topic, ``retry`` and ``purge``, and ``retry_task`` /
   ``purge_queue`` that ask for them.
 - ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
+- ``standby``: several coordinators on one prefix and one database, one leading
+  (``HighAvailability``, ``run_high_availability``): stand by, lead, step down.
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
@@ -35,6 +37,7 @@ from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
 from .queries import query_stats, query_status, query_tasks, record_summary, record_view
+from .standby import HighAvailability, run_high_availability
 
 __all__ = [
     "FORCED_TICK_S",
@@ -43,6 +46,7 @@ __all__ = [
     "Coordinator",
     "CoordinatorTimeoutError",
     "DecodeError",
+    "HighAvailability",
     "MqttTasksError",
     "PayloadTooLargeError",
     "TaskNotFoundError",
@@ -57,4 +61,5 @@ __all__ = [
     "request_cancel",
     "retry_task",
     "run_coordinator",
+    "run_high_availability",
 ]

@@ -94,9 +94,13 @@ class SQLiteStore(Store):
     def _connect(self, path: str, synchronous: str) -> Any:
         """The driver's connection (PostgresStore: a psycopg one behind the dialect shim)."""
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
