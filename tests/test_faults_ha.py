@@ -115,13 +115,18 @@ def settle_group(cluster: Cluster, *coordinators: Process, timeout: float = 90.0
     return verdict
 
 
-def assert_leaders_never_overlap(presences: Presences, old: str, new: str) -> None:
-    """``old`` said offline (its Last Will, or its stop) before ``new`` said online, and never spoke after."""
+def assert_leaders_never_overlap(presences: Presences, old: str, new: str, *, will: bool = True) -> None:
+    """``new`` said online only after ``old`` went (its Last Will, or its stop), and ``old`` never spoke
+    after that. ``will=False``: ``old`` was frozen, so it was ``new``'s connection that ended ``old``'s
+    (MQTT's session takeover), and Mosquitto sends no Last Will for a session taken over."""
     events = presences.events()
     came = next(i for i, (_, p) in enumerate(events) if p.get("name") == new and p["state"] == "online")
     went = [i for i, (_, p) in enumerate(events) if p.get("name") == old and p["state"] == "offline"]
-    assert went and went[0] < came, [p for _, p in events]
-    assert not any(p.get("name") == old and p["state"] != "offline" for _, p in events[came:]), events
+    if will:
+        assert went and went[0] < came, [p for _, p in events]
+    else:
+        assert not went, [p for _, p in events]
+    assert not any(p.get("name") == old for _, p in events[came:]), [p for _, p in events]
     epochs = [p["epoch"] for _, p in events if p["state"] == "online"]
     assert epochs == sorted(epochs), epochs
 
@@ -164,8 +169,11 @@ def test_a_leader_cut_from_its_database_steps_down_before_a_standby_leads(cluste
         cluster.submit(300, 0.1)
         wait_until(lambda: len(cluster.ledger_lines("end")) >= 50, 60)
         cluster.mark_fault()
+        cut_at = time.monotonic()
         link.partition()  # c1 still reaches the broker, and would go on if its lease let it
         new = wait_until(lambda: other_leader(presences, "c1"), 20, message="no standby took over")
+        took = (presences.first_online(new, cut_at) or 0) - cut_at
+        print(f"{new} leads {took:.1f} s after c1's database link was cut")
         wait_until(lambda: "stepping down" in c1.text(), 10, message="c1 never stepped down")
         cluster.wait_finished(timeout=90)
         link.heal()  # c1's database comes back: it must stand by, not lead again
@@ -188,8 +196,11 @@ def test_a_leader_cut_from_the_broker_gives_the_lead_to_a_standby(cluster: Clust
         cluster.submit(300, 0.1)
         wait_until(lambda: len(cluster.ledger_lines("end")) >= 50, 60)
         cluster.mark_fault()
+        cut_at = time.monotonic()
         link.partition()  # c1 still reaches the database, and would keep its lease if it let itself
         new = wait_until(lambda: other_leader(presences, "c1"), 30, message="no standby took over")
+        took = (presences.first_online(new, cut_at) or 0) - cut_at
+        print(f"{new} leads {took:.1f} s after c1's broker link was cut")
         wait_until(lambda: "leadership released" in c1.text(), 10, message="c1 never released the lease")
         cluster.wait_finished(timeout=90)
         link.heal()  # c1 reaches the broker again: it must stand by, not take the session back
@@ -200,3 +211,25 @@ def test_a_leader_cut_from_the_broker_gives_the_lead_to_a_standby(cluster: Clust
     verdict = settle_group(cluster, c1, standby, c2 if new == "c2" else c3)
     assert verdict.outcomes == {"succeeded": 300}
     assert_leaders_never_overlap(presences, "c1", new)
+
+
+def test_a_frozen_leader_thaws_as_a_standby(cluster: Cluster, presences: Presences) -> None:
+    c1, c2, c3 = group_of_three(cluster, presences)
+    cluster.worker("w1", concurrency=8)
+    cluster.worker("w2", concurrency=8)
+    cluster.submit(300, 0.1)
+    wait_until(lambda: len(cluster.ledger_lines("end")) >= 50, 60)
+    cluster.mark_fault()
+    frozen_at = time.monotonic()
+    c1.signal(signal.SIGSTOP)  # a long pause (GC, swap, a VM migration): its sockets stay open
+    new = wait_until(lambda: other_leader(presences, "c1"), 20, message="no standby took over")
+    print(f"{new} leads {(presences.first_online(new, frozen_at) or 0) - frozen_at:.1f} s after c1 froze")
+    c1.signal(signal.SIGCONT)  # it wakes up believing it leads, for a moment
+    wait_until(lambda: "stepping down" in c1.text(), 10, message="c1 never stepped down")
+    cluster.wait_finished(timeout=90)
+    wait_until(lambda: c1.text().count("standing by for") >= 2, 3 * TTL, message="c1 never stood by again")
+    standby = c3 if new == "c2" else c2
+    verdict = settle_group(cluster, c1, standby, c2 if new == "c2" else c3)
+    assert verdict.outcomes == {"succeeded": 300}
+    assert verdict.duplicates == 0
+    assert_leaders_never_overlap(presences, "c1", new, will=False)
