@@ -233,3 +233,33 @@ def test_a_frozen_leader_thaws_as_a_standby(cluster: Cluster, presences: Presenc
     assert verdict.outcomes == {"succeeded": 300}
     assert verdict.duplicates == 0
     assert_leaders_never_overlap(presences, "c1", new, will=False)
+
+
+def test_a_clean_stop_hands_over_at_once_and_the_leader_outlasts_a_stray_will(cluster: Cluster,
+                                                                               presences: Presences) -> None:
+    c1 = coordinator(cluster, "c1")
+    wait_until(lambda: presences.leader() == "c1", 20, message="c1 never led")
+    c2 = coordinator(cluster, "c2")
+    # A former leader's Last Will arriving late would say "no coordinator": the leader answers it (no
+    # worker has joined yet, so no other presence of the leader's is due for 15 s).
+    cluster.app.connection().publish(f"{cluster.prefix}/coordinator", b'{"state":"offline","name":"gone"}',
+                                   retain=True)
+    def answered() -> bool:
+        names = [p.get("name") for _, p in presences.events()]
+        return "gone" in names and names[-1] == "c1" and presences.leader() == "c1"
+
+    wait_until(answered, 5, message="the leader let a stray offline presence stand")
+    cluster.worker("w1", concurrency=4)
+    first = cluster.submit(20, 0.05)
+    cluster.wait_finished(first)
+    stopped_at = time.monotonic()
+    c1.signal(signal.SIGTERM)
+    assert c1.reap() == 0, c1.text()[-3000:]
+    wait_until(lambda: presences.leader() == "c2", 2 * TTL, message="c2 never took over")
+    took = (presences.first_online("c2", stopped_at) or 0) - stopped_at
+    print(f"c2 leads {took:.1f} s after c1 was stopped")
+    assert took < 2.0  # released, not run out
+    cluster.submit(20, 0.05)
+    verdict = settle_group(cluster, c2)
+    assert verdict.outcomes == {"succeeded": 40}
+    assert verdict.duplicates == 0
