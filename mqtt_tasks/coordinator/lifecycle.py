@@ -91,6 +91,8 @@ class Coordinator:
         self.name = name
         self.lease = lease
         if lease is not None:
+            if lease.store is not self.store:
+                raise ValueError("a coordinator's lease must be held in its own store")
             lease.store.fence = lease
         self.policy = policy or LeasePolicy()
         self.client_id = client_id or "mqtt-tasks-coordinator-" + settings.prefix.replace("/", "_")
