@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 WATCH_S = 0.1
 """How often a leader checks its lease and its broker link."""
 
+# Why a leadership ended (``HighAvailability._watch``).
+STOPPED = "stopped"
+LEASE_LOST = "lease lost"
+BROKER_LOST = "broker lost"
+
 
 def default_name() -> str:
     """This coordinator among several: host, process id and a few random characters."""
@@ -83,9 +88,8 @@ class HighAvailability:
             lease = self._stand_by(stop)
             if lease is None:
                 break
-            why = self._lead(lease, stop)
-            if why != "stopped":
-                log.warning("coordinator %s: %s; standing by again in %.1fs", self.name, why, self.ttl)
+            if self._lead(lease, stop) != STOPPED:
+                log.warning("coordinator %s: standing by again in %.1fs", self.name, self.ttl)
                 stop.wait(self.ttl)
         return 0
 
@@ -149,10 +153,11 @@ class HighAvailability:
         try:
             coordinator.start()
         except MqttTasksError as exc:
+            log.error("coordinator %s cannot lead: %s", self.name, exc)
             coordinator.abandon()
             self._release(lease)
             store.discard()
-            return f"cannot lead: {exc}"
+            return BROKER_LOST
         self.coordinator = coordinator
         if self.on_lead is not None:
             self.on_lead(coordinator)
@@ -160,32 +165,35 @@ class HighAvailability:
             why = self._watch(coordinator, lease, stop)
         finally:
             self.coordinator = None
-        if why == "stopped":
+        if why == STOPPED:
             coordinator.stop()
             self._release(lease)
             store.fence = None
             store.close()
         else:
             coordinator.abandon()
-            if why.startswith("the broker"):
+            if why == BROKER_LOST:  # it still leads: a standby that reaches the broker need not wait
                 self._release(lease)
             store.discard()
         return why
 
     def _watch(self, coordinator: Coordinator, lease: Lease, stop: threading.Event) -> str:
-        """Wait until this leadership ends; say why."""
+        """Wait until this leadership ends; say why (``STOPPED``, ``LEASE_LOST``, ``BROKER_LOST``)."""
         offline_since: float | None = None
         while not stop.wait(WATCH_S):
             if coordinator.deposed or not lease.valid():
-                return f"lost the leadership of epoch {lease.epoch}"
+                log.warning("coordinator %s lost the leadership of epoch %s", self.name, lease.epoch)
+                return LEASE_LOST
             connected: Any = getattr(coordinator.connection, "connected", True)
             if connected:
                 offline_since = None
             elif offline_since is None:
                 offline_since = time.monotonic()
             elif time.monotonic() - offline_since > self.broker_grace:
-                return f"the broker has been unreachable for {self.broker_grace:g}s: leadership released"
-        return "stopped"
+                log.warning("coordinator %s: the broker has been unreachable for %gs: leadership released",
+                            self.name, self.broker_grace)
+                return BROKER_LOST
+        return STOPPED
 
     def _release(self, lease: Lease) -> None:
         try:
