@@ -88,7 +88,7 @@ def presences(cluster: Cluster) -> Iterator[Presences]:
 def coordinator(cluster: Cluster, name: str, *, broker: str | None = None, db: str | None = None) -> Process:
     """One coordinator of the group, with a log of its own; returns once it stands by (or leads)."""
     argv = [*cli("mqtt-tasks"), "coordinator", "--broker", broker or cluster.mosquitto.url, "--prefix",
-            cluster.prefix, "--db", db or str(cluster.db), "--name", name, "--lease-ttl", str(TTL)]
+            cluster.prefix, "--db", db or str(cluster.db), "--ha", "--name", name, "--lease-ttl", str(TTL)]
     proc = Process(name, argv, cluster.workdir / f"{name}.log", cluster.env())
     cluster.procs.append(proc)
     return proc.started()
@@ -245,8 +245,11 @@ def test_a_frozen_leader_thaws_as_a_standby(cluster: Cluster, presences: Presenc
     assert_leaders_never_overlap(presences, "c1", new, will=False)
 
 
-def test_a_clean_stop_hands_over_at_once_and_the_leader_outlasts_a_stray_will(cluster: Cluster,
-                                                                               presences: Presences) -> None:
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_a_clean_stop_hands_over_at_once_and_the_leader_outlasts_a_stray_will(cluster: Cluster, presences: Presences,
+                                                                               store: str) -> None:
+    if store == "sqlite":  # coordinators on one machine can share a file the same way
+        cluster.db = cluster.workdir / "group.db"
     c1 = coordinator(cluster, "c1")
     wait_until(lambda: presences.leader() == "c1", 20, message="c1 never led")
     c2 = coordinator(cluster, "c2")

@@ -60,6 +60,22 @@ LEASE_LOST = "lease lost"
 BROKER_LOST = "broker lost"
 
 
+def pause(stop: threading.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True as soon as ``stop`` is set.
+
+    ``stop`` is set by a signal handler (``SignalLatch``) on this same main thread. ``Event.wait``
+    holds the event's lock for a moment around each wait, and a handler that runs in that moment
+    blocks forever in ``Event.set`` on the lock its own thread holds: so this thread only sleeps
+    and reads ``is_set``, which takes no lock."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, WATCH_S))
+    return True
+
+
 def default_name() -> str:
     """This coordinator among several: host, process id and a few random characters."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -90,7 +106,7 @@ class HighAvailability:
                 break
             if self._lead(lease, stop) != STOPPED:
                 log.warning("coordinator %s: standing by again in %.1fs", self.name, self.ttl)
-                stop.wait(self.ttl)
+                pause(stop, self.ttl)
         return 0
 
     # -- standing by ---------------------------------------------------------------------
@@ -105,7 +121,7 @@ class HighAvailability:
             self.on_standby()
         failing = False
         wait = 0.0  # the first try at once
-        while not stop.wait(wait):
+        while not pause(stop, wait):
             wait = self.poll_s
             try:
                 if lease.acquire():
@@ -137,7 +153,7 @@ class HighAvailability:
                 if self.terms == 0:
                     raise  # a bad location at start-up: the CLI says so and exits
                 log.error("coordinator %s: %s", self.name, exc)
-                if stop.wait(self.poll_s):
+                if pause(stop, self.poll_s):
                     return None
                 continue
             if not isinstance(store, SQLiteStore):
@@ -180,7 +196,7 @@ class HighAvailability:
     def _watch(self, coordinator: Coordinator, lease: Lease, stop: threading.Event) -> str:
         """Wait until this leadership ends; say why (``STOPPED``, ``LEASE_LOST``, ``BROKER_LOST``)."""
         offline_since: float | None = None
-        while not stop.wait(WATCH_S):
+        while not pause(stop, WATCH_S):
             if coordinator.deposed or not lease.valid():
                 log.warning("coordinator %s lost the leadership of epoch %s", self.name, lease.epoch)
                 return LEASE_LOST
