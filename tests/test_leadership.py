@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_tasks.errors import LeadershipLostError, StoreError
+from mqtt_tasks.errors import ConfigError, LeadershipLostError, StoreError
 from mqtt_tasks.store import SQLiteStore, TaskRecord
 from mqtt_tasks.store.leadership import MARGIN, Lease
 from mqtt_tasks.store.opening import open_store
@@ -51,7 +51,8 @@ def test_one_leads_and_a_second_waits_until_the_lease_is_released(location: str)
     first, second = Lease(a, "p", "one", 30), Lease(b, "p", "two", 30)
     assert first.acquire() and first.epoch == 1 and first.valid()
     assert not second.acquire() and second.epoch is None
-    assert Lease(b, "other-prefix", "two", 30).acquire()  # one lease per prefix
+    with pytest.raises(ConfigError, match="one database per prefix"):  # the records carry no prefix
+        Lease(b, "other-prefix", "two", 30).acquire()
     first.release()
     assert not first.valid()
     assert second.acquire() and second.epoch == 2
@@ -199,3 +200,17 @@ def test_a_bad_postgres_location_is_one_line_and_a_failure_exit(db: str) -> None
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot open" in lines[0] and "Traceback" not in result.output, result.output
     assert "secret" not in result.output
+
+
+def test_a_group_on_a_database_of_another_prefix_is_one_line_and_a_failure_exit(postgres_url: str) -> None:
+    from click.testing import CliRunner
+
+    from mqtt_tasks.cli import cli
+
+    store = store_at(postgres_url)
+    assert Lease(store, "first", "c1", 30).acquire()
+    store.close()
+    result = CliRunner().invoke(cli, ["coordinator", "--db", postgres_url, "--prefix", "second", "--broker",
+                                      "mqtt://127.0.0.1:1", "--log-level", "error"], prog_name="mqtt-tasks")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and "one database per prefix" in lines[0], result.output

@@ -117,14 +117,12 @@ class HighAvailability:
             return None
         lease = Lease(store, self.settings.prefix, self.name, self.ttl)
         log.info("coordinator %s standing by for %s", self.name, self.settings.prefix)
-        if self.on_standby is not None:
-            self.on_standby()
         failing = False
         wait = 0.0  # the first try at once
         while not pause(stop, wait):
-            wait = self.poll_s
             try:
                 if lease.acquire():
+                    self._ready()
                     return lease
                 failing = False
             except StoreError as exc:
@@ -132,8 +130,15 @@ class HighAvailability:
                     log.error("coordinator %s: cannot take the leadership: %s", self.name, exc)
                 failing = True
                 self._unstick(lease)
+            if not wait:  # the first try said whether this database is one to stand by on (ConfigError)
+                self._ready()
+            wait = self.poll_s
         store.discard()
         return None
+
+    def _ready(self) -> None:
+        if self.on_standby is not None:
+            self.on_standby()
 
     def _unstick(self, lease: Lease) -> None:
         try:

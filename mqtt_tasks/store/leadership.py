@@ -5,7 +5,8 @@ of its prefix leads. The row says who (``holder``), under which ``epoch`` and un
 (``expires``, on the database's clock, so the coordinators' own clocks do not matter).
 
 - ``acquire``: one statement takes the row when it has run out (or is new), with ``epoch + 1``.
-  Two standbys racing for it serialise on the row; one gets it.
+  Two standbys racing for it serialise on the row; one gets it. A database whose row names another
+  prefix is refused: the task records carry no prefix, so two groups would share them.
 - ``check`` runs inside every commit's transaction (``SQLiteStore._write``): it renews the lease
   ``WHERE epoch = <ours>``; when another coordinator took the row meanwhile it matches nothing,
   and the whole batch rolls back with ``LeadershipLostError``. A deposed leader can therefore
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LeadershipLostError
+from ..errors import ConfigError, LeadershipLostError
 
 if TYPE_CHECKING:
     from .sqlite import SQLiteStore
@@ -79,6 +80,10 @@ class Lease:
         return True
 
     def _acquire(self, db: Any) -> int | None:
+        other = db.execute("SELECT prefix FROM leadership WHERE prefix <> ?", (self.prefix,)).fetchone()
+        if other is not None:  # the records have no prefix column: two prefixes would share them
+            raise ConfigError(f"the database holds the record of prefix {other[0]!r}, not {self.prefix!r}: "
+                              "use one database per prefix")
         if db.execute(self._take, (self.prefix, self.holder, self.ttl)).rowcount != 1:
             return None
         return int(db.execute("SELECT epoch FROM leadership WHERE prefix = ?", (self.prefix,)).fetchone()[0])
