@@ -108,7 +108,7 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", t.errors),
                 Rule("write", t.inbox_root + "+"),
                 Rule("write", t.control_root + "+"),
-                Rule("write", t.coordinator),
+                Rule("readwrite", t.coordinator),  # read: a group's leader answers a former leader's Will
                 Rule("write", replies_any)]
     return [Rule("read", t.all_status),  # monitor: read-only
             Rule("read", t.all_workers),

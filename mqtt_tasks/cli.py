@@ -605,25 +605,43 @@ def demo(worker_count: int, task_count: int, slow_count: int | None, coordinator
 # -- mqtt-tasks coordinator / status / tasks ---------------------------------------------------
 @cli.command("coordinator", context_settings={"help_option_names": ["-h", "--help"]})
 @broker_options
-@click.option("--db", default="mqtt-tasks.db", show_default=True, help="The SQLite file of the durable record.")
+@click.option("--db", default="mqtt-tasks.db", show_default=True,
+              help="The durable record: an SQLite file, or postgresql://user@host/dbname (the postgres extra).")
+@click.option("--ha/--no-ha", default=None,
+              help="Stand by until this coordinator leads the prefix, so several can share it and its database "
+                   "[default: on for PostgreSQL, off for an SQLite file].")
+@click.option("--name", help="This coordinator among several (in its presence) [default: host-pid-random].")
+@click.option("--lease-ttl", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="With --ha: seconds a leader's lease lasts unrenewed; a standby takes over about this long "
+                   "after the leader died.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
-def coordinator_command(broker: str | None, prefix: str | None, db: str, log_level: str) -> None:
+def coordinator_command(broker: str | None, prefix: str | None, db: str, ha: bool | None, name: str | None,
+                        lease_ttl: float, log_level: str) -> None:
     """Run the coordinator (leases, retries, backlog, dead letters) until SIGTERM or Ctrl-C."""
     from .coordinator import run_coordinator
+    from .coordinator.standby import run_high_availability
+    from .store.opening import is_postgres
     from .supervisor import SignalLatch
 
     configure_logging(log_level)
     settings = Settings.from_env(broker, prefix=prefix)
+    ha = is_postgres(db) if ha is None else ha
     ready = threading.Event()
+    shown = db.split("@")[-1] if is_postgres(db) else db  # no password in the output
 
     def announce() -> None:
         if ready.wait():
-            click.echo(f"mqtt-tasks coordinator ready on {settings.display_url}, prefix {settings.prefix}, db {db}")
+            role = " (high availability: standing by until it leads)" if ha else ""
+            click.echo(f"mqtt-tasks coordinator ready on {settings.display_url}, prefix {settings.prefix}, "
+                       f"db {shown}{role}")
             sys.stdout.flush()
 
     threading.Thread(target=announce, name="mqtt-tasks-cli-ready", daemon=True).start()
     with SignalLatch() as latch:
-        run_coordinator(settings, db, stop_event=latch.event, ready=ready)
+        if ha:
+            run_high_availability(settings, db, stop_event=latch.event, ready=ready, name=name, ttl=lease_ttl)
+        else:
+            run_coordinator(settings, db, stop_event=latch.event, ready=ready)
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})

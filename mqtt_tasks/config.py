@@ -75,7 +75,7 @@ class Settings:
 
     @classmethod
     def from_url(cls, url: str | None = None, **overrides: object) -> Settings:
-        """``mqtt://user:pass@host:1883?protocol=5&prefix=p``; also mqtts, ws, wss.
+        """``mqtt://user:pass@host:1883?protocol=5&prefix=p&keepalive=30``; also mqtts, ws, wss.
 
         TLS options come as query parameters (``ca=``, ``cert=``, ``key=``, ``insecure=1``)
         or through ``tls=TLSSettings(...)``.
@@ -107,6 +107,8 @@ class Settings:
             values["protocol"] = query["protocol"]
         if "prefix" in query:
             values["prefix"] = query["prefix"]
+        if "keepalive" in query:
+            values["keepalive"] = _keepalive(query["keepalive"], url)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not secure and values.get("tls") is not None:
             raise ConfigError(f"TLS options given for a plain {scheme}:// URL; use mqtts:// or wss://")
@@ -146,6 +148,13 @@ class Settings:
         scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
         user = f"{self.username}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def _keepalive(value: str, url: str) -> int:
+    """``keepalive=`` seconds: how soon a silent link is noticed (both ends; the broker after 1.5x)."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"keepalive must be whole seconds from 1 to 65535, not {value!r}, in {url!r}")
+    return int(value)
 
 
 def _split_url(url: str) -> SplitResult:

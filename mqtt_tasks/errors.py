@@ -22,6 +22,7 @@
     │   ├── TaskExpiredError        the task expired before it was started
     │   └── ResultTimeoutError      no final status within the caller's timeout
     ├── StoreError                  the coordinator's durable record could not be opened, read or written
+    │   └── LeadershipLostError     another coordinator took over the prefix: this one may not write
     ├── TaskNotFoundError           the coordinator has no record of a task id
     ├── ScheduleNotFoundError       the coordinator has no schedule of that name
     ├── TaskTimeLimitExceeded       raised inside a task body that outlived its ``timeout``
@@ -157,6 +158,15 @@ class StoreError(MqttTasksError):
     def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)
         self.path = path
+
+
+class LeadershipLostError(StoreError):
+    """Another coordinator leads the prefix now (its epoch replaced this one's): the batch was
+    rolled back whole, and this coordinator must stop acting (docs/coordinator.md, "High availability")."""
+
+    def __init__(self, message: str, *, epoch: int | None = None, path: str = "") -> None:
+        super().__init__(message, path=path)
+        self.epoch = epoch
 
 
 class TaskTimeLimitExceeded(MqttTasksError):  # noqa: N818 - the name users see in tracebacks

@@ -6,6 +6,7 @@
 - `broker_kind` / `broker` / `broker_url`: parametrized over both brokers, so a behaviour test
   taking `broker_url` runs once as `[mosquitto]` and once as `[amqtt]`.
 - `prefix`: a topic level unique to the test, so tests never see each other's messages.
+- `postgres_url`: a private PostgreSQL database (tests/postgres.py), dropped at teardown.
 
 Without Mosquitto installed its tests are skipped, unless MQTT_TASKS_REQUIRE_MOSQUITTO=1
 (set it in CI) turns the skip into a failure.
@@ -108,3 +109,12 @@ def broker_url(broker: Any) -> str:
 def prefix() -> str:
     """A topic prefix unique to this test: one valid topic level (no / + # $)."""
     return f"t{uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of its own (tests/postgres.py), dropped at teardown."""
+    from tests.postgres import private_database
+
+    with private_database() as url:
+        yield url

@@ -151,6 +151,14 @@ def test_mqtt_url_with_credentials_query_and_bare_host() -> None:
     assert Settings.from_url("broker.example").port == 1883
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "2.5", "x", "70000"])
+def test_keepalive_from_the_url_is_whole_seconds(value: str) -> None:
+    assert Settings.from_url("mqtt://h?keepalive=2").keepalive == 2
+    assert Settings.from_url("mqtt://h").keepalive == 30
+    with pytest.raises(ConfigError, match="keepalive"):
+        Settings.from_url(f"mqtt://h?keepalive={value}")
+
+
 def test_mqtts_url_builds_tls_settings(tmp_path: Path) -> None:
     s = Settings.from_url("mqtts://h?ca=/etc/ca.pem&cert=/c.pem&key=/k.pem")
     assert s.port == 8883 and s.tls == TLSSettings("/etc/ca.pem", "/c.pem", "/k.pem", insecure=False)

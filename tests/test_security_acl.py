@@ -353,3 +353,4 @@ def test_producer_and_coordinator_may_exchange_receipts_and_re_sends() -> None:
     coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
     assert {("write", t.record("default")), ("read", t.receipts("p1")), ("read", t.coordinator)} <= producer
     assert {("read", t.all_record), ("write", "P/replies/+/receipts")} <= coordinator
+    assert ("readwrite", t.coordinator) in coordinator  # several coordinators: the leader reads others' presence

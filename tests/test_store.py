@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 
 from mqtt_tasks.store import MemoryStore, ScheduleRecord, SQLiteStore, Store, TaskRecord
+from mqtt_tasks.store.opening import open_store
 from mqtt_tasks.store.sqlite import MIGRATIONS
 from mqtt_tasks.store.workflows import WorkflowRecord, WorkflowStep
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
+    if request.param == "postgres":
+        from tests.postgres import private_database
+
+        with private_database() as url:
+            s: Store = open_store(url)
+            yield s
+            s.close()
+        return
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
     yield s
     s.close()
 

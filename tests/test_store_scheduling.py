@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from mqtt_tasks.store import MemoryStore, SQLiteStore
 from mqtt_tasks.store.base import BACKLOG, SCHEDULED, TaskRecord
+from mqtt_tasks.store.opening import open_store
 
 OLD_SCHEMA = """
 CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT NOT NULL, queue TEXT, updated REAL NOT NULL,
@@ -19,11 +23,22 @@ CREATE INDEX tasks_updated ON tasks (updated);
 """
 
 
-def test_a_scheduled_record_is_live_and_survives_a_reopen(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.db")
-    with SQLiteStore(path) as store:
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store that survives a reopen lives: an SQLite file or a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "s.db")
+        return
+    from tests.postgres import private_database
+
+    with private_database() as url:
+        yield url
+
+
+def test_a_scheduled_record_is_live_and_survives_a_reopen(location: str) -> None:
+    with open_store(location) as store:
         store.put(TaskRecord(id="t1", state=SCHEDULED, not_before=2e9, priority=8, deadline=2e9, body={"id": "t1"}))
-    with SQLiteStore(path) as store:
+    with open_store(location) as store:
         (record,) = store.load_live()
         assert (record.state, record.not_before, record.priority, record.deadline) == (SCHEDULED, 2e9, 8, 2e9)
     memory = MemoryStore()

@@ -19,6 +19,8 @@ Its parts, one module each (read them in this order):
 - ``schedules``: periodic tasks, fired at most once per fire time.
 - ``workflows``: chains, groups, chords and sagas on ``P/workflows``; their steps are tasks, and
   the policy is ``mqtt_tasks.flow`` (docs/workflows.md).
+- ``standby``: several coordinators on one prefix and one database, one leading
+  (``HighAvailability``, ``run_high_availability``): stand by, lead, step down.
 
 The policy itself is ``mqtt_tasks.leases`` (pure functions of record, event and ``now``). See
 docs/coordinator.md.
@@ -38,6 +40,7 @@ from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
 from .queries import query_stats, query_status, query_tasks, record_summary, record_view
+from .standby import HighAvailability, run_high_availability
 
 __all__ = [
     "FORCED_TICK_S",
@@ -46,6 +49,7 @@ __all__ = [
     "Coordinator",
     "CoordinatorTimeoutError",
     "DecodeError",
+    "HighAvailability",
     "MqttTasksError",
     "PayloadTooLargeError",
     "TaskNotFoundError",
@@ -60,4 +64,5 @@ __all__ = [
     "request_cancel",
     "retry_task",
     "run_coordinator",
+    "run_high_availability",
 ]

@@ -71,6 +71,7 @@ class Effects:
         self._settings = settings
         self._topics = topics
         self._client_id = client_id
+        self.identity: dict[str, Any] = {}  # with several coordinators: name and epoch, in the presence
         self._backlog = backlog
         self._clock = clock
         self._stats = stats
@@ -221,7 +222,8 @@ class Effects:
 
     def presence(self, state: str, resumed: bool | None = None) -> bytes:
         """The coordinator's presence (``online``, ``degraded``, ``offline``) on ``P/coordinator``."""
-        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed))
+        return codec.encode(events.presence(state, self._clock(), self._client_id, os.getpid(), resumed,
+                                            **self.identity))
 
 
 def trace_options(body: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class Handlers:
         self._stats = stats
         self._cancels = cancels
         self._workflows = workflows
+        self.on_presence: Callable[[Message], None] | None = None  # several coordinators: standby.py
         self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
             STARTED: self.on_started,
             SUCCEEDED: self.on_succeeded,
@@ -122,11 +123,14 @@ class Handlers:
             self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)
 
     def on_extension(self, message: Message) -> None:
-        """A cancel request or a workflow."""
-        if self._cancels is not None and message.topic.startswith(self._topics.cancel_root):
+        """A cancel request, a workflow, or another coordinator's presence (several coordinators)."""
+        topic = message.topic
+        if self._cancels is not None and topic.startswith(self._topics.cancel_root):
             self._cancels.on_request(message)
-        elif self._workflows is not None and message.topic == self._topics.workflows:
+        elif self._workflows is not None and topic == self._topics.workflows:
             self._workflows.on_message(message)
+        elif topic == self._topics.coordinator and self.on_presence is not None:
+            self.on_presence(message)
 
     def on_task(self, message: Message) -> None:
         task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),

@@ -34,8 +34,8 @@ from ..protocol import codec, events
 from ..protocol.states import OFFLINE
 from ..protocol.topics import Topics
 from ..store.base import Store
-from ..store.memory import MemoryStore
-from ..store.sqlite import SQLiteStore
+from ..store.leadership import Lease
+from ..store.opening import open_store
 from ..transport import Connection, Message, Will
 from .admin import Admin
 from .backlog import Backlog
@@ -60,7 +60,10 @@ STATS = ("recorded", "dispatched", "redispatched", "retried", "dead", "expired",
 class Coordinator:
     """The durable record of every task. ``with Coordinator(settings, "tasks.db"): ...``
 
-    ``store``: a ``Store``, an SQLite path, or None (in memory). ``connection``: a Connection-like
+    ``store``: a ``Store``, an SQLite path, a ``postgresql://`` URL, or None (in memory).
+    ``lease``: this coordinator's leadership of the prefix, held in the store's database (``store``
+    is then that store): every commit checks it (``store/leadership.py``), and the presence names
+    the leader (``name``) and its epoch. ``connection``: a Connection-like
     object (``ConnectionLike``) to use instead of the one the coordinator builds (tests, embedding);
     its owner routes what it receives to ``receive``, and its connects and drops to ``connected``
     and ``disconnected``.
@@ -79,11 +82,19 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         rng: Rng = random.random,
         connection: ConnectionLike | None = None,
+        lease: Lease | None = None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.prefix)
         self._owns_store = not isinstance(store, Store)
-        self.store: Store = store if isinstance(store, Store) else (SQLiteStore(store) if store else MemoryStore())
+        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        self.name = name
+        self.lease = lease
+        if lease is not None:
+            if lease.store is not self.store:
+                raise ValueError("a coordinator's lease must be held in its own store")
+            lease.store.fence = lease
         self.policy = policy or LeasePolicy()
         self.client_id = client_id or "mqtt-tasks-coordinator-" + settings.prefix.replace("/", "_")
         self.batch_size = batch_size
@@ -96,7 +107,7 @@ class Coordinator:
         self._build_parts(rng)
 
     def _default_connection(self, session_expiry: int) -> Connection:
-        will = events.presence(OFFLINE, None, self.client_id, None)
+        will = events.presence(OFFLINE, None, self.client_id, None, name=self.name)
         return Connection(self.settings, self.client_id, on_message=self.receive, manual_ack=True,
                           session_expiry=session_expiry, receive_maximum=65535,
                           will=Will(self.topics.coordinator, codec.encode(will)),
@@ -108,6 +119,8 @@ class Coordinator:
         timers = Timers(policy, self._fleet, stats)
         self._backlog = Backlog(policy, self._fleet, stats)
         self._effects = Effects(self.settings, self.topics, self.client_id, self._backlog, clock, stats)
+        if self.lease is not None:
+            self._effects.identity = {"name": self.name, "epoch": self.lease.epoch}
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
                                 self._effects, stats)
@@ -118,6 +131,8 @@ class Coordinator:
         self._queries.workflows = cancels.workflows = self._workflows
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,
                             policy, clock, rng, stats, cancels, self._workflows)
+        if self.lease is not None:
+            handlers.on_presence = self._on_presence
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s,
@@ -137,6 +152,8 @@ class Coordinator:
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
                       self.topics.rpc, self.topics.all_cancel, self.topics.workflows):
             self._connection.subscribe(topic)
+        if self.lease is not None:  # to say online again over a former leader's late Last Will
+            self._connection.subscribe(self.topics.coordinator)
         self._loop.start()
         self._connection.connect()
         return self
@@ -161,6 +178,27 @@ class Coordinator:
             log.error("coordinator: %s", exc)
         log.info("coordinator %s stopped", self.client_id)
 
+    def abandon(self, timeout: float = 2.0) -> None:
+        """Step down without a word: this coordinator no longer leads (``lease``). The connection is
+        dropped first, so nothing decided from here on is acknowledged or published (the broker
+        keeps it for the next leader, and sends this one's Last Will); then the loop ends, and a store
+        the coordinator opened is closed with what it buffered discarded (the next leader decides it
+        again; a store it was given is its owner's to discard)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.warning("coordinator %s (%s) stepping down: dropping its connection", self.client_id, self.name)
+        abort = getattr(self._connection, "abort", self._connection.close)
+        abort()
+        interrupt = getattr(self.store, "interrupt", None)
+        if interrupt is not None and not (self.lease and self.lease.valid()):
+            interrupt()  # a statement may hang on a partitioned link
+        self._loop.stop(timeout)
+        discard = getattr(self.store, "discard", None)
+        if self._owns_store and discard is not None:
+            discard()
+        log.info("coordinator %s (%s) stepped down", self.client_id, self.name)
+
     def __enter__(self) -> Coordinator:
         return self.start()
 
@@ -176,6 +214,17 @@ class Coordinator:
         log.info("coordinator %s %s at %s (%d live tasks)", self.client_id, presence, self.settings.display_url,
                  len(self._records.live))
 
+    def _on_presence(self, message: Message) -> None:
+        """On the loop's thread, leading one of several coordinators: another coordinator's presence
+        (a former leader's Last Will, sent when the broker noticed it was gone, which can be after this
+        one said online) must not stand as the last word: say this one's again."""
+        try:
+            name = codec.decode_json_object(message.payload).get("name") if message.payload else None
+        except MqttTasksError:
+            name = None
+        if name != self.name:
+            self._effects.send_now(self.topics.coordinator, self._effects.presence(self._outage.presence), retain=True)
+
     # -- hand-offs from the network thread ---------------------------------------------
     def receive(self, message: Message) -> None:
         """A message from the connection: decided on the loop's thread, acknowledged after its commit."""
@@ -188,6 +237,11 @@ class Coordinator:
     def disconnected(self, reason: str) -> None:
         """The connection dropped: timers and backlog dispatch wait for the next ``connected``."""
         self._put((DISCONNECTED, reason))
+
+    @property
+    def deposed(self) -> bool:
+        """A commit found another coordinator's epoch on the lease: this one must step down."""
+        return self._loop.deposed
 
     @property
     def connection(self) -> ConnectionLike:

@@ -33,6 +33,8 @@ Built on these facts:
 - An unexpected error in a batch is logged and the loop goes on; the batch's messages are not
   acknowledged, so the broker delivers them again after a reconnect.
 - A ``StoreError`` from ``commit`` is no unexpected error: it is an outage, said once (``outage``).
+  ``LeadershipLostError`` (another coordinator leads now) is no outage: the loop holds everything
+  and says so once; its owner (``standby``) steps down.
 
 See docs/coordinator.md.
 """
@@ -46,7 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import MqttTasksError, StoreError
+from ..errors import LeadershipLostError, MqttTasksError, StoreError
 from ..protocol import codec
 
 if TYPE_CHECKING:
@@ -123,6 +125,7 @@ class Loop:
         self._tick_s = tick_s
         self._stats = stats if stats is not None else {}  # commits and commit_us (the metrics' commit time)
         self._online = False
+        self.deposed = False  # a commit found another leader's epoch: nothing more is acknowledged
         self._last_tick = 0.0
         self._next_reading = 0.0
         self._thread: threading.Thread | None = None
@@ -246,6 +249,11 @@ class Loop:
         began = time.perf_counter()
         try:
             written = store.commit()
+        except LeadershipLostError as exc:  # deposed: no outage to announce; the owner steps down
+            if not self.deposed:
+                log.error("coordinator: %s; holding %d message(s) for the new leader", exc, len(acks))
+            self.deposed = True
+            return False
         except StoreError as exc:
             outage.failed(exc, len(acks))
             return False

@@ -88,12 +88,15 @@ def progress_info(fraction: float | None, message: str | None) -> dict[str, Any]
 
 
 def presence(state: str, ts: float | None, client: str, pid: int | None,
-             resumed: bool | None = None) -> dict[str, Any]:
+             resumed: bool | None = None, *, name: str | None = None, epoch: int | None = None) -> dict[str, Any]:
     """The coordinator's retained presence on ``P/coordinator``. Its Last Will (``offline``) is
     fixed when it connects, long before the broker sends it: built with neither ``ts`` nor ``pid``.
     ``resumed`` (on ``online``): whether the broker still had the coordinator's session, so the
-    tasks queued for it while it was away are coming; false tells producers to re-send theirs."""
-    return _compact({"state": state, "ts": ts, "client": client, "pid": pid, "resumed": resumed})
+    tasks queued for it while it was away are coming; false tells producers to re-send theirs.
+    ``name`` and ``epoch``: which of several coordinators on the prefix leads, and its leadership
+    epoch (they share ``client``, the MQTT session)."""
+    return _compact({"state": state, "ts": ts, "client": client, "pid": pid, "resumed": resumed, "name": name,
+                     "epoch": epoch})
 
 
 def receipt(ids: list[str], ts: float, client: str) -> dict[str, Any]:

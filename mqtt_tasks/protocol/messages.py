@@ -181,6 +181,10 @@ class CoordinatorPresence(_Message):
     pid: int | None = Field(default=None, description="absent in the Last Will")
     resumed: bool | None = Field(default=None, description="on online: the broker still had the coordinator's "
                                                             "session; false: what was queued for it is gone")
+    name: str | None = Field(default=None, description="with several coordinators on the prefix: which one this is "
+                                                       "(they share the client id)")
+    epoch: int | None = Field(default=None, description="with several coordinators: the leadership epoch of the "
+                                                        "leader that speaks")
 
 
 class Receipt(_Message):

@@ -24,13 +24,18 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import StoreError
 from .base import LIVE_STATES, Store, TaskRecord
 from .schedules import ScheduleRecord
 from .workflows import WorkflowRecord
+
+if TYPE_CHECKING:
+    from .leadership import Lease
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -48,6 +53,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001-schedules", "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data TEXT NOT NULL)"),
     ("0002-workflows", "CREATE TABLE IF NOT EXISTS workflows (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
                        "updated REAL NOT NULL, data TEXT NOT NULL)"),
+    ("0002-leadership", "CREATE TABLE IF NOT EXISTS leadership (prefix TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+                        "epoch INTEGER NOT NULL, expires REAL NOT NULL)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
@@ -62,29 +69,42 @@ _LIVE = ",".join(f"'{s}'" for s in sorted(LIVE_STATES))
 
 
 class SQLiteStore(Store):
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+    """SQL for the database's clock, in seconds since the epoch (leadership leases run on it)."""
+
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
         self.path = path
-        self._db = self._open(path, synchronous.upper())
+        self._db: sqlite3.Connection = self._open(path, synchronous.upper())  # or a Dialect: the same face
         self._pending: dict[str, TaskRecord] = {}
         self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
         self._pending_workflows: dict[str, WorkflowRecord] = {}
+        self.fence: Lease | None = None  # leadership: checked and renewed in every commit's transaction
 
-    def _open(self, path: str, synchronous: str) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = None
+    def _open(self, path: str, synchronous: str) -> Any:
+        db: Any = None
         try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous}")
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            db = self._connect(path, synchronous)
             db.executescript(_SCHEMA)
             _migrate(db)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
             raise self._error("cannot open" + _why_not(path), exc) from exc
+        return db
+
+    def _connect(self, path: str, synchronous: str) -> Any:
+        """The driver's connection (PostgresStore: a psycopg one behind the dialect shim)."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
@@ -95,7 +115,8 @@ class SQLiteStore(Store):
 
     def commit(self) -> int:
         self._read.clear()
-        if not self._pending and not self._pending_schedules and not self._pending_workflows:
+        if (not self._pending and not self._pending_schedules and not self._pending_workflows
+                and not (self.fence and self.fence.due())):
             return 0
         rows = [_row(r) for r in self._pending.values()]
         schedules = self._pending_schedules
@@ -128,20 +149,47 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
         db.execute("BEGIN")
         try:
+            if self.fence is not None:  # a deposed leader's batch fails here, whole
+                self.fence.check(db)
             db.executemany(_UPSERT, rows)
             for name, schedule in schedules.items():
                 if schedule is None:
                     db.execute("DELETE FROM schedules WHERE name = ?", (name,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)",
+                    db.execute("INSERT INTO schedules (name, data) VALUES (?, ?) "
+                               "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                                (name, _DUMPS(schedule.to_dict())))
-            db.executemany("INSERT OR REPLACE INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?)", flows)
+            db.executemany("INSERT INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
+                           "DO UPDATE SET state = excluded.state, updated = excluded.updated, data = excluded.data",
+                           flows)
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
+            if self.fence is not None:
+                self.fence.committed()
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+
+    def transact(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(connection)`` in a transaction of its own, outside the buffered batch (the
+        leadership lease); a driver error leaves as ``StoreError``."""
+        db = self._db
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error("cannot update the leadership", exc) from exc
+        return result
 
     def get(self, task_id: str) -> TaskRecord | None:
         pending = self._pending.get(task_id)
@@ -223,6 +271,13 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._error("cannot read", exc) from exc
 
+    def discard(self) -> None:
+        """Close without committing: a coordinator that no longer leads drops what it buffered."""
+        self._pending.clear()
+        self._pending_schedules = {}
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
     def close(self) -> None:
         try:
             self.commit()
@@ -235,7 +290,7 @@ class SQLiteStore(Store):
 
 def _why_not(path: str) -> str:
     """What SQLite's "unable to open database file" does not say: which part of the path is wrong."""
-    if path == ":memory:" or path.startswith("file:"):
+    if path == ":memory:" or path.startswith("file:") or "://" in path:
         return ""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):

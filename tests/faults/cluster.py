@@ -155,7 +155,7 @@ class Cluster:
         self.mosquitto, self.workdir = mosquitto, workdir
         self.prefix = f"f{uuid.uuid4().hex[:10]}"
         self.ledger = workdir / "ledger"
-        self.db = workdir / "coordinator.db"  # a scenario may point it elsewhere before coordinator()
+        self.db: Path | str = workdir / "coordinator.db"  # a scenario may point it elsewhere (a postgresql:// URL)
         self.observer = Observer()
         self.procs: list[Process] = []
         self.submitted: list[str] = []
@@ -219,12 +219,13 @@ class Cluster:
         return sum(1 for _, pid in self.ledger_lines("start") if pid == proc.popen.pid)
 
     def record(self) -> dict[str, str]:
-        """The coordinator's record, read from its file (stop the coordinator first)."""
-        if not self.db.exists():
-            return {}
-        from mqtt_tasks.store import SQLiteStore
+        """The coordinator's record, read from its file or PostgreSQL database (stop the coordinator first)."""
+        from mqtt_tasks.store.opening import is_postgres, open_store
 
-        store = SQLiteStore(str(self.db))
+        location = str(self.db)
+        if not is_postgres(location) and not Path(location).exists():
+            return {}
+        store = open_store(location)
         try:
             return {r.id: r.state for r in store.list_tasks(limit=1_000_000)}
         finally:

@@ -29,11 +29,18 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._pumps = 0  # relaying threads still running: two per connection
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def relaying(self) -> bool:
+        """Whether any connection is still open through the proxy (or its bytes still on the way)."""
+        with self._lock:
+            return self._pumps > 0
 
     def partition(self) -> None:
         self._open.clear()
@@ -58,6 +65,7 @@ class TcpProxy:
                 return
             with self._lock:
                 self._sockets += [client, upstream]
+                self._pumps += 2
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump", daemon=True).start()
 
@@ -82,6 +90,8 @@ class TcpProxy:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._pumps -= 1
 
 
 def relay(src: socket.socket, dst: socket.socket) -> None:
