@@ -180,4 +180,29 @@ def test_an_old_sqlite_file_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> N
     with SQLiteStore(path) as s:
         assert [x.name for x in s.load_schedules()] == ["kept"]
     names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM schema_migrations")]
-    assert names == ["0001-schedules"]
+    assert names == ["0001-schedules", "0002-rate-windows"]
+
+
+def test_rate_windows_are_buffered_committed_and_forgotten(store: Store) -> None:
+    store.put_rate_window("send|dev-1", {"period": 1.0, "times": [1.0, 2.0]})
+    assert store.load_rate_windows() == {"send|dev-1": {"period": 1.0, "times": [1.0, 2.0]}}  # commits first
+    store.put_rate_window("send|dev-1", {"period": 1.0, "times": [2.0, 3.0]})
+    store.put_rate_window("send|", {"period": 60.0, "times": [3.0]})
+    store.put(rec("t1"))
+    assert store.commit() == 3
+    assert store.load_rate_windows() == {"send|dev-1": {"period": 1.0, "times": [2.0, 3.0]},
+                                         "send|": {"period": 60.0, "times": [3.0]}}
+    store.put_rate_window("send|dev-1", None)
+    store.commit()
+    assert list(store.load_rate_windows()) == ["send|"]
+
+
+def test_sqlite_rate_windows_survive_reopen_uncommitted_ones_do_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "w.db")
+    with SQLiteStore(path) as s:
+        s.put_rate_window("a|", {"period": 1.0, "times": [5.0]})
+    s2 = SQLiteStore(path)
+    s2.put_rate_window("b|", {"period": 1.0, "times": [6.0]})  # never committed: the process "dies"
+    s2._db.close()
+    with SQLiteStore(path) as s3:
+        assert s3.load_rate_windows() == {"a|": {"period": 1.0, "times": [5.0]}}

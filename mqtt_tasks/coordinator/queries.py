@@ -95,7 +95,10 @@ class Queries:
             record = self._records.get(str(request.get("id", "")))
             if record is None:
                 return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
-            return {"ok": True, "task": record_view(record)}
+            view = record_view(record)
+            if (waiting := self._backlog.gate.waiting(record.id)) is not None:
+                view["rate_limited"] = waiting  # parked: its bucket is at its limit
+            return {"ok": True, "task": view}
         if op == "tasks":
             state = request.get("state")
             limit = max(1, min(int(request.get("limit") or 100), 1000))
@@ -124,6 +127,7 @@ class Queries:
     def snapshot(self) -> dict[str, Any]:
         """The counters, live and backlog sizes, and the view of the workers (no store access)."""
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
+                "rate_limited": self._backlog.gate.parked,
                 "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
 
 
@@ -139,7 +143,8 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
     view = record_summary(record)
     view.update(history=record.history, result=record.result, error=record.error,
                 max_attempts=record.max_attempts, winner=record.winner, expires_at=record.expires_at,
-                progress=record.progress, step_timeout=record.step_timeout)
+                progress=record.progress, step_timeout=record.step_timeout, rate_limit=record.rate_limit,
+                rate_key=record.rate_key)
     return view
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from . import validate
+from .rates import RATE_KEY_MAX, RATE_LIMIT_PATTERN, rate_limit_problem
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
     COORDINATOR_STATES,
@@ -83,11 +84,30 @@ class Task(_Message):
     schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
                                  "the schedule's name (docs/scheduling.md)")
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
+    rate_limit: str | None = Field(default=None, pattern=RATE_LIMIT_PATTERN, description="COUNT/[N]UNIT (10/s, "
+                                   "100/m, 1000/h, 5/10s): the coordinator dispatches at most COUNT tasks of this "
+                                   "name (and rate_key) in any such window, across the fleet; count 1-10000, "
+                                   "period at most 24 h")
+    rate_key: str | None = Field(default=None, min_length=1, max_length=RATE_KEY_MAX, description="with "
+                                 "rate_limit: the limit applies to each key separately (a device, a customer)")
 
     @field_validator("priority", "alone", "schedule", "scheduled_for", mode="before")
     @classmethod
     def _informative_fields_are_read_leniently(cls, value: Any, info: ValidationInfo) -> Any:
         return validate.lenient(str(info.field_name), value)  # a wrong type reads as absent (validate.py)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None and (problem := rate_limit_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _rate_key_needs_a_limit(self) -> Task:
+        if self.rate_key is not None and self.rate_limit is None:
+            raise ValueError("rate_key given without a rate_limit")
+        return self
 
     @field_validator("reply_to", "receipt_to")
     @classmethod

@@ -76,6 +76,8 @@ class TaskRecord:
     priority: int | None = None     # the task's own: orders the backlog (None: the default, 5)
     step_timeout: float | None = None  # a started attempt must report progress this often
     step_deadline: float | None = None  # its last progress (or start) + step_timeout
+    rate_limit: str | None = None   # the task's own: at most COUNT dispatches per PERIOD of its bucket
+    rate_key: str | None = None     # with rate_limit: the limit applies per key (ratelimits.py)
     progress: dict[str, Any] | None = None  # the latest progress event: fraction, message, attempt, ts
 
     @property
@@ -148,6 +150,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def load_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
+
+    # -- rate-limit windows (ratelimits.py): buffered like records, committed with them --------
+    @abc.abstractmethod
+    def put_rate_window(self, bucket: str, window: dict[str, Any] | None) -> None:
+        """Buffer a bucket's window (JSON-able: period and dispatch times; None: forget it); durable
+        after the next ``commit``, in the same transaction as the dispatches of the same batch."""
+
+    @abc.abstractmethod
+    def load_rate_windows(self) -> dict[str, dict[str, Any]]:
+        """Every bucket's window, by bucket (recovery after a restart)."""
 
     def close(self) -> None:
         """Commit what is buffered and release resources."""

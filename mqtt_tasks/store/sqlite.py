@@ -45,6 +45,7 @@ CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 """
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001-schedules", "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data TEXT NOT NULL)"),
+    ("0002-rate-windows", "CREATE TABLE IF NOT EXISTS rate_windows (bucket TEXT PRIMARY KEY, data TEXT NOT NULL)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
@@ -67,6 +68,7 @@ class SQLiteStore(Store):
         self._pending: dict[str, TaskRecord] = {}
         self._read: dict[str, TaskRecord | None] = {}  # prefetched since the last commit (None: no record)
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
+        self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
 
     def _open(self, path: str, synchronous: str) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
@@ -91,18 +93,19 @@ class SQLiteStore(Store):
 
     def commit(self) -> int:
         self._read.clear()
-        if not self._pending and not self._pending_schedules:
+        if not self._pending and not self._pending_schedules and not self._pending_windows:
             return 0
         rows = [_row(r) for r in self._pending.values()]
-        schedules = self._pending_schedules
+        schedules, windows = self._pending_schedules, self._pending_windows
         try:
-            self._write(rows, schedules)
+            self._write(rows, schedules, windows)
         except sqlite3.Error as exc:
             self._checkpoint()
             raise self._error("cannot commit", exc) from exc
         self._pending.clear()
         self._pending_schedules = {}
-        return len(rows) + len(schedules)
+        self._pending_windows = {}
+        return len(rows) + len(schedules) + len(windows)
 
     def _checkpoint(self) -> None:
         """After a failed commit: move the WAL into the database and truncate it, if that can be done.
@@ -115,7 +118,8 @@ class SQLiteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
+               windows: dict[str, dict[str, Any] | None]) -> None:
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
@@ -128,6 +132,12 @@ class SQLiteStore(Store):
                 else:
                     db.execute("INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)",
                                (name, _DUMPS(schedule.to_dict())))
+            for bucket, window in windows.items():
+                if window is None:
+                    db.execute("DELETE FROM rate_windows WHERE bucket = ?", (bucket,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO rate_windows (bucket, data) VALUES (?, ?)",
+                               (bucket, _DUMPS(window)))
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
         except BaseException:
             if db.in_transaction:
@@ -189,6 +199,13 @@ class SQLiteStore(Store):
         self.commit()
         rows = self._query("SELECT data FROM schedules ORDER BY name")
         return [ScheduleRecord.from_dict(json.loads(r[0])) for r in rows]
+
+    def put_rate_window(self, bucket: str, window: dict[str, Any] | None) -> None:
+        self._pending_windows[bucket] = window
+
+    def load_rate_windows(self) -> dict[str, dict[str, Any]]:
+        self.commit()
+        return {bucket: json.loads(data) for bucket, data in self._query("SELECT bucket, data FROM rate_windows")}
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
