@@ -146,7 +146,8 @@ class StatusEvent(_Message):
                                    "stopping worker gave up on it after its grace period; it will never report it")
     alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
     delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
-                                 "ahead; the coordinator holds it until then")
+                                 "ahead (the coordinator holds it until then) or it has a rate_limit (the "
+                                 "coordinator dispatches it within the limit)")
 
 
 class HeldTask(_Message):
