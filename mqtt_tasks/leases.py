@@ -318,15 +318,28 @@ def on_delayed_handover(record: TaskRecord, attempt: int, worker: str | None, bo
     reading of the fleet's clock. The coordinator saw that task too, and whatever it made of it
     stands (scheduled, or already due, dispatched, run): only a task it has not taken charge of
     (``queued``: not seen, or seen as due by its own clock) changes, held or put in the backlog.
-    A late hand-over must never send a task it already dispatched out a second time."""
+    A late hand-over must never send a task it already dispatched out a second time.
+
+    A hand-over may carry a ``rate_limit`` the task did not (the worker's registration of the task
+    has one): the record takes it, so the backlog dispatches the task within it."""
     if body is not None and record.body is None:
         adopt_body(record, body)
     if record.terminal or record.state != QUEUED or attempt < record.attempt:
         return []
+    if body is not None and record.rate_limit is None and body.get("rate_limit"):
+        _adopt_rate(record, body)
     record.attempt = attempt
     if is_delayed(record, now):
         return _schedule(record, now, worker=worker)
     return _to_backlog(record, now, event="deferred", worker=worker)
+
+
+def _adopt_rate(record: TaskRecord, body: Mapping[str, Any]) -> None:
+    record.rate_limit, record.rate_key = body["rate_limit"], body.get("rate_key")
+    if record.body is not None:
+        record.body = {**record.body, "rate_limit": record.rate_limit}
+        if record.rate_key is not None:
+            record.body["rate_key"] = record.rate_key
 
 
 def on_handed_back(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,

@@ -97,6 +97,28 @@ def test_per_key_limits_are_independent(broker_url: str, prefix: str, tmp_path: 
     assert not within(both, limit), both  # the keys did not share one window: 4 ran in the first one
 
 
+def test_the_workers_registration_limits_tasks_from_any_client(broker_url: str, prefix: str,
+                                                               tmp_path: Path) -> None:
+    """mosquitto_pub-style tasks without rate fields, of a task the workers registered with
+    ``rate_limit="3/s"`` and a key argument: the workers add the limit and key, and hand them over."""
+    ledger = str(tmp_path / "ledger")
+    ids = [f"{prefix}-raw{i}" for i in range(6)]
+    with coordinator(broker_url, prefix), workers(broker_url, prefix, ledger, key_limit="3/s"), \
+            make_app(broker_url, prefix, ledger) as app:
+        raw = Connection(settings(broker_url, prefix), f"{prefix}-raw-{uuid.uuid4().hex[:6]}").connect()
+        try:
+            for i, task_id in enumerate(ids):
+                raw.publish(f"{prefix}/tasks/default", codec.encode(
+                    {"id": task_id, "task": "per_device", "args": [f"r{i}"], "kwargs": {"device": "d"}}))
+        finally:
+            raw.close()
+        assert sorted(app.handle(task_id).result(30) for task_id in ids) == [f"r{i}" for i in range(6)]
+        assert status(broker_url, prefix, ids[0])["rate_key"] == "d"
+    times = [t for ts in starts(ledger, "d").values() for t in ts]
+    assert len(times) == 6 and within(times, parse_rate_limit("3/s"), slack=JITTER), sorted(times)
+    assert max(times) - min(times) >= 1.0 - JITTER
+
+
 def test_a_parked_task_says_it_waits_on_its_rate_limit(broker_url: str, prefix: str, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
     with coordinator(broker_url, prefix), workers(broker_url, prefix, ledger, count=1, limit="1/m"), \

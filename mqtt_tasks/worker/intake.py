@@ -10,9 +10,10 @@ here with a verdict, without taking a slot. In order:
    handed to the coordinator (``deferred``), which holds it until then (``scheduled``); with no
    coordinator online, refused: an error report and a final ``failed`` (``NotBeforeError``), never
    run early. A task from this worker's inbox was judged due by the coordinator: it runs;
-5. a ``rate_limit``, on a task topic: handed to the coordinator alike (``deferred``, ``delayed``),
-   whose backlog dispatches it within the limit across the fleet; with no coordinator online,
-   refused (``RateLimitError``), never run unlimited. From this worker's inbox: it runs;
+5. a ``rate_limit`` (the task's, else its registration's here), on a task topic: handed to the
+   coordinator alike (``deferred``, ``delayed``), whose backlog dispatches it within the limit
+   across the fleet; with no coordinator online, refused (``RateLimitError``), never run
+   unlimited. From this worker's inbox: it runs;
 6. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Container
 from typing import Any, Literal
 
-from ..app import TaskDef
+from ..app import TaskDef, rate_fields
 from ..config import Settings
 from ..errors import DecodeError, UnknownTaskError
 from ..execution import Outcome
@@ -132,6 +133,7 @@ class Intake:
         except (DecodeError, SignatureError) as exc:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
+        self._limit_as_registered(task)
         clock = self._clock
         # judged by the fleet's clock; a relative expiry by any
         absolute = task.expires_at is not None or task.not_before is not None
@@ -143,6 +145,21 @@ class Intake:
             return task
         self._settle(verdict, task, message)
         return None
+
+    def _limit_as_registered(self, task: TaskData) -> None:
+        """A task without a ``rate_limit`` whose registration here has one (sent by another client,
+        or by name from a producer that did not register it) gets the registration's limit and key:
+        it is then handed to the coordinator with them, never run unlimited."""
+        tdef = self._registry.get(task.task)
+        if task.rate_limit is not None or tdef is None or tdef.options.rate_limit is None:
+            return
+        try:
+            fields = rate_fields(tdef.name, tdef.options, tdef.fn, tuple(task.args), task.kwargs)
+        except Exception as exc:  # a key that cannot be read from these arguments: the name's own window
+            log.warning("worker %s: task %s: no rate key (%s); limited by its name alone", self.worker_id,
+                        task.id, exc)
+            fields = {"rate_limit": tdef.options.rate_limit}
+        task.update(fields)
 
     def _reject(self, message: Message, reason: str) -> None:
         self._counters.add("rejected")
