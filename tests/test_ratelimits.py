@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mqtt_tasks import leases
 from mqtt_tasks.app import TaskApp, rate_fields
 from mqtt_tasks.coordinator.ratelimits import RateGate
 from mqtt_tasks.errors import ConfigError
@@ -16,6 +17,7 @@ from mqtt_tasks.protocol.rates import RateLimit, parse_rate_limit
 from mqtt_tasks.ratelimits import RateLimiter, bucket_of, within
 from mqtt_tasks.store.base import TaskRecord
 from mqtt_tasks.store.memory import MemoryStore
+from mqtt_tasks.worker.intake import RATE_LIMITED, judge
 
 
 @pytest.mark.parametrize(("text", "count", "period"), [("10/s", 10, 1.0), ("100/m", 100, 60.0),
@@ -176,3 +178,29 @@ def test_the_key_comes_from_an_argument_a_callable_or_the_submission() -> None:
         rate_fields("send", send.options, send.fn, ("x",), {})
     with pytest.raises(ConfigError, match="malformed"):
         send.submit_with(["x", "d"], rate_limit="10 per second")
+
+
+# -- who holds a limited task -----------------------------------------------------------------
+def test_a_worker_hands_a_limited_task_over_unless_the_coordinator_dispatched_it() -> None:
+    task = validate.task({"id": "t", "task": "send", "rate_limit": "1/s"})
+    assert judge(task, None, {"send"}) == RATE_LIMITED
+    assert judge(task, None, {"send"}, due=True) is None  # from its inbox: within the limit
+    assert judge(validate.task({"id": "u", "task": "send"}), None, {"send"}) is None
+
+
+def test_the_coordinator_puts_a_limited_task_in_its_backlog_when_it_sees_it() -> None:
+    record = leases.new_record("t", 0.0)
+    effects = leases.on_task(record, {"id": "t", "task": "send", "rate_limit": "1/s", "rate_key": "d"}, 0.0,
+                             leases.LeasePolicy())
+    assert record.state == "backlog" and effects == [leases.Enqueue("t")]
+    assert (record.rate_limit, record.rate_key) == ("1/s", "d")
+
+
+def test_a_hand_over_brings_the_workers_registered_limit() -> None:
+    record = leases.new_record("t", 0.0)
+    leases.on_task(record, {"id": "t", "task": "send", "args": [1]}, 0.0, leases.LeasePolicy())
+    assert record.state == "queued" and record.rate_limit is None
+    body = {"id": "t", "task": "send", "args": [1], "rate_limit": "2/s", "rate_key": "d"}
+    assert leases.on_delayed_handover(record, 1, "w1", body, 0.1) == [leases.Enqueue("t")]
+    assert (record.rate_limit, record.rate_key) == ("2/s", "d")
+    assert record.body is not None and record.body["rate_limit"] == "2/s" and record.body["rate_key"] == "d"
