@@ -313,33 +313,26 @@ def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapp
 
 
 def on_delayed_handover(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
-                        now: float) -> list[Effect]:
+                        now: float, rate: tuple[str, str | None] | None = None) -> list[Effect]:
     """A worker handed over a task from the shared topic because its ``not_before`` was ahead by its
     reading of the fleet's clock. The coordinator saw that task too, and whatever it made of it
     stands (scheduled, or already due, dispatched, run): only a task it has not taken charge of
     (``queued``: not seen, or seen as due by its own clock) changes, held or put in the backlog.
     A late hand-over must never send a task it already dispatched out a second time.
 
-    A hand-over may carry a ``rate_limit`` the task did not (the worker's registration of the task
-    has one): the record takes it, so the backlog dispatches the task within it."""
+    ``rate``: (``rate_limit``, ``rate_key``) of the worker's registration of a task that carried no
+    limit: the record takes them (not its body: a signed task is dispatched as it was signed), so
+    the backlog dispatches the task within that limit."""
     if body is not None and record.body is None:
         adopt_body(record, body)
     if record.terminal or record.state != QUEUED or attempt < record.attempt:
         return []
-    if body is not None and record.rate_limit is None and body.get("rate_limit"):
-        _adopt_rate(record, body)
+    if rate is not None and record.rate_limit is None:
+        record.rate_limit, record.rate_key = rate
     record.attempt = attempt
     if is_delayed(record, now):
         return _schedule(record, now, worker=worker)
     return _to_backlog(record, now, event="deferred", worker=worker)
-
-
-def _adopt_rate(record: TaskRecord, body: Mapping[str, Any]) -> None:
-    record.rate_limit, record.rate_key = body["rate_limit"], body.get("rate_key")
-    if record.body is not None:
-        record.body = {**record.body, "rate_limit": record.rate_limit}
-        if record.rate_key is not None:
-            record.body["rate_key"] = record.rate_key
 
 
 def on_handed_back(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,

@@ -18,8 +18,9 @@ def _write(ledger: str, ident: str, key: str) -> None:
         os.close(fd)
 
 
-def make_app(url: str, prefix: str, ledger: str, limit: str = "4/s", key_limit: str = "2/s") -> TaskApp:
-    app = TaskApp(settings=Settings.from_url(url, prefix=prefix))
+def make_app(url: str, prefix: str, ledger: str, limit: str = "4/s", key_limit: str = "2/s",
+             signing_key: str | None = None) -> TaskApp:
+    app = TaskApp(settings=Settings.from_url(url, prefix=prefix, signing_key=signing_key))
 
     @app.task(name="limited", rate_limit=limit)
     def limited(ident: str) -> str:

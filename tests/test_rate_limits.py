@@ -36,7 +36,7 @@ JITTER = 0.25
 
 
 @contextmanager
-def workers(url: str, prefix: str, ledger: str, count: int = 2, **limits: str) -> Iterator[list[Worker]]:
+def workers(url: str, prefix: str, ledger: str, count: int = 2, **limits: str | None) -> Iterator[list[Worker]]:
     with ExitStack() as stack:
         fleet = []
         for i in range(count):
@@ -116,6 +116,21 @@ def test_the_workers_registration_limits_tasks_from_any_client(broker_url: str, 
         assert status(broker_url, prefix, ids[0])["rate_key"] == "d"
     times = [t for ts in starts(ledger, "d").values() for t in ts]
     assert len(times) == 6 and within(times, parse_rate_limit("3/s"), slack=JITTER), sorted(times)
+    assert max(times) - min(times) >= 1.0 - JITTER
+
+
+def test_a_signed_task_limited_by_the_registration_still_verifies(broker_url: str, prefix: str,
+                                                                  tmp_path: Path) -> None:
+    """The worker hands the registration's limit over beside the task, not in it: the coordinator
+    dispatches the task as it was signed, and the worker that gets it verifies it and runs it."""
+    ledger, key = str(tmp_path / "ledger"), "k" * 32
+    with coordinator(broker_url, prefix), workers(broker_url, prefix, ledger, key_limit="3/s", signing_key=key), \
+            make_app(broker_url, prefix, ledger, signing_key=key) as app:
+        del app.registry["per_device"]  # the producer sends it by name, unregistered: no rate fields
+        handles = [app.send("per_device", [f"s{i}"], {"device": "d"}) for i in range(4)]
+        assert sorted(h.result(30) for h in handles) == [f"s{i}" for i in range(4)]
+    times = [t for ts in starts(ledger, "d").values() for t in ts]
+    assert len(times) == 4 and within(times, parse_rate_limit("3/s"), slack=JITTER), sorted(times)
     assert max(times) - min(times) >= 1.0 - JITTER
 
 

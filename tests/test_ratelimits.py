@@ -198,9 +198,9 @@ def test_the_coordinator_puts_a_limited_task_in_its_backlog_when_it_sees_it() ->
 
 def test_a_hand_over_brings_the_workers_registered_limit() -> None:
     record = leases.new_record("t", 0.0)
-    leases.on_task(record, {"id": "t", "task": "send", "args": [1]}, 0.0, leases.LeasePolicy())
+    leases.on_task(record, {"id": "t", "task": "send", "args": [1], "sig": "..."}, 0.0, leases.LeasePolicy())
     assert record.state == "queued" and record.rate_limit is None
-    body = {"id": "t", "task": "send", "args": [1], "rate_limit": "2/s", "rate_key": "d"}
-    assert leases.on_delayed_handover(record, 1, "w1", body, 0.1) == [leases.Enqueue("t")]
+    body = {"id": "t", "task": "send", "args": [1], "sig": "..."}
+    assert leases.on_delayed_handover(record, 1, "w1", body, 0.1, ("2/s", "d")) == [leases.Enqueue("t")]
     assert (record.rate_limit, record.rate_key) == ("2/s", "d")
-    assert record.body is not None and record.body["rate_limit"] == "2/s" and record.body["rate_key"] == "d"
+    assert record.body == body  # dispatched as it was sent: a signature over it still holds

@@ -148,6 +148,10 @@ class StatusEvent(_Message):
     delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
                                  "ahead (the coordinator holds it until then) or it has a rate_limit (the "
                                  "coordinator dispatches it within the limit)")
+    rate_limit: str | None = Field(default=None, description="on deferred (delayed): the rate limit of the "
+                                   "worker's registration of a task that carried none; the coordinator adopts it")
+    rate_key: str | None = Field(default=None, description="with rate_limit: the key the worker read from the "
+                                 "task's arguments")
 
 
 class HeldTask(_Message):

@@ -133,7 +133,6 @@ class Intake:
         except (DecodeError, SignatureError) as exc:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
-        self._limit_as_registered(task)
         clock = self._clock
         # judged by the fleet's clock; a relative expiry by any
         absolute = task.expires_at is not None or task.not_before is not None
@@ -141,32 +140,37 @@ class Intake:
         due = message.topic.startswith(self._topics.inbox_root)
         verdict = judge(task, self._running.attempt_of(task.id), self._registry,
                         clock.now_or_none if absolute else clock.now, due=due)
-        if verdict is None:
+        registered = self._registered_limit(task) if verdict is None and not due else None
+        if registered is not None:
+            verdict = RATE_LIMITED
+        elif verdict is None:
             return task
-        self._settle(verdict, task, message)
+        self._settle(verdict, task, message, registered)
         return None
 
-    def _limit_as_registered(self, task: TaskData) -> None:
-        """A task without a ``rate_limit`` whose registration here has one (sent by another client,
-        or by name from a producer that did not register it) gets the registration's limit and key:
-        it is then handed to the coordinator with them, never run unlimited."""
+    def _registered_limit(self, task: TaskData) -> dict[str, Any] | None:
+        """For a task without a ``rate_limit`` whose registration here has one (sent by another
+        client, or by name from a producer that did not register it): the registration's
+        ``rate_limit`` and the ``rate_key`` read from the task's arguments. It is handed to the
+        coordinator with them, never run unlimited; the task itself is left as it was (a signed
+        task must stay as signed)."""
         tdef = self._registry.get(task.task)
         if task.rate_limit is not None or tdef is None or tdef.options.rate_limit is None:
-            return
+            return None
         try:
-            fields = rate_fields(tdef.name, tdef.options, tdef.fn, tuple(task.args), task.kwargs)
+            return rate_fields(tdef.name, tdef.options, tdef.fn, tuple(task.args), task.kwargs)
         except Exception as exc:  # a key that cannot be read from these arguments: the name's own window
             log.warning("worker %s: task %s: no rate key (%s); limited by its name alone", self.worker_id,
                         task.id, exc)
-            fields = {"rate_limit": tdef.options.rate_limit}
-        task.update(fields)
+            return {"rate_limit": tdef.options.rate_limit}
 
     def _reject(self, message: Message, reason: str) -> None:
         self._counters.add("rejected")
         log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, reason)
         self._reporter.error(reason, message.topic, message.payload, codec.guess_id(message.payload))
 
-    def _settle(self, verdict: Verdict, task: TaskData, message: Message) -> None:
+    def _settle(self, verdict: Verdict, task: TaskData, message: Message,
+                registered: dict[str, Any] | None = None) -> None:
         if verdict == DUPLICATE:
             log.info("worker %s: task %s attempt %d delivered again; already running", self.worker_id,
                      task.id, task.attempt)
@@ -177,8 +181,9 @@ class Intake:
         elif verdict == NOT_YET:
             self._not_yet(task, message)
         elif verdict == RATE_LIMITED:
-            self._hand_over(task, message, f"rate_limit {task.rate_limit} is the coordinator's to keep",
-                            "RateLimitError", f"has rate_limit {task.rate_limit}")
+            limit = task.rate_limit or (registered or {}).get("rate_limit")
+            self._hand_over(task, message, f"rate_limit {limit} is the coordinator's to keep", "RateLimitError",
+                            f"has rate_limit {limit}", registered=registered)
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))
@@ -191,11 +196,12 @@ class Intake:
                         "NotBeforeError", f"not_before {task.not_before} is {ahead}", "run early")
 
     def _hand_over(self, task: TaskData, message: Message, why: str, error_type: str, what: str,
-                   instead: str = "run unlimited") -> None:
-        """Hand a task only the coordinator may dispatch to it (``deferred``, ``delayed``); with no
-        coordinator online, refuse it: an error report and a final ``failed`` of ``error_type``."""
+                   instead: str = "run unlimited", registered: dict[str, Any] | None = None) -> None:
+        """Hand a task only the coordinator may dispatch to it (``deferred``, ``delayed``, with the
+        ``registered`` rate fields); with no coordinator online, refuse it: an error report and a
+        final ``failed`` of ``error_type``."""
         if self._link is None or self._link.online:
-            self._reporter.defer(task, why, delayed=True)
+            self._reporter.defer(task, why, delayed=True, extra=registered)
             return
         reason = f"task {task.id}: {what} and no coordinator is online to hold it; refused rather than {instead}"
         log.warning("worker %s: %s", self.worker_id, reason)
