@@ -32,7 +32,7 @@ from tests.rate_tasks import make_app, starts
 from tests.test_cli import assert_one_line_error, run
 from tests.test_scheduling import Watch, status
 
-JITTER = 0.25
+JITTER = 0.35
 
 
 @contextmanager
