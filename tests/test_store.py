@@ -206,3 +206,11 @@ def test_sqlite_rate_windows_survive_reopen_uncommitted_ones_do_not(tmp_path: Pa
     s2._db.close()
     with SQLiteStore(path) as s3:
         assert s3.load_rate_windows() == {"a|": {"period": 1.0, "times": [5.0]}}
+
+
+def test_a_stored_row_leaves_out_none_fields_and_reads_back_the_same() -> None:
+    bare = TaskRecord("t1")
+    assert "rate_limit" not in bare.to_stored() and "worker" not in bare.to_stored()
+    assert TaskRecord.from_dict(bare.to_stored()) == bare
+    full = TaskRecord("t2", worker="w", rate_limit="1/s", rate_key="k", result=None, body={"a": None})
+    assert TaskRecord.from_dict(full.to_stored()) == full

@@ -94,6 +94,13 @@ class TaskRecord:
         """The fields, shallow: nested values are the record's own (serialise, do not mutate)."""
         return {name: getattr(self, name) for name in _FIELDS}
 
+    def to_stored(self) -> dict[str, Any]:
+        """``to_dict`` less the fields that are None by default and None now: ``from_dict`` restores
+        them as they were, and a store's rows stay small as fields are added (a store on a small
+        disk has its WAL to fit beside them: tests/test_coordinator_outage.py)."""
+        return {name: value for name in _FIELDS
+                if (value := getattr(self, name)) is not None or name not in _NONE_BY_DEFAULT}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
         return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
@@ -101,6 +108,7 @@ class TaskRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 _FIELD_SET = frozenset(_FIELDS)
+_NONE_BY_DEFAULT = frozenset(f.name for f in dataclasses.fields(TaskRecord) if f.default is None)
 
 
 class Store(abc.ABC):

@@ -250,5 +250,5 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _row(record: TaskRecord) -> tuple[Any, ...]:
-    data = _DUMPS(record.to_dict())
+    data = _DUMPS(record.to_stored())
     return (record.id, record.state, record.queue, record.updated, record.created, data)
