@@ -84,7 +84,8 @@ class Task(_Message):
     schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
                                  "the schedule's name (docs/scheduling.md)")
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
-    rate_limit: str | None = Field(default=None, pattern=RATE_LIMIT_PATTERN, description="COUNT/[N]UNIT (10/s, "
+    rate_limit: str | None = Field(default=None, json_schema_extra={"pattern": RATE_LIMIT_PATTERN},  # checked below
+                                   description="COUNT/[N]UNIT (10/s, "
                                    "100/m, 1000/h, 5/10s): the coordinator dispatches at most COUNT tasks of this "
                                    "name (and rate_key) in any such window, across the fleet; count 1-10000, "
                                    "period at most 24 h")
