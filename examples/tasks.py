@@ -44,3 +44,10 @@ async def fetch_later(delay: float, what: str) -> dict[str, object]:
 def divide(a: float, b: float) -> float:
     """Fails with ZeroDivisionError for b=0: the error comes back to the producer."""
     return a / b
+
+
+@app.task(rate_limit="2/s", rate_key="device")
+def notify(device: str, text: str) -> str:
+    """At most 2 a second *per device*, across every worker: the coordinator keeps the limit
+    (``mqtt-tasks coordinator``); with no coordinator online the task is refused, never run unlimited."""
+    return f"{device}: {text}"

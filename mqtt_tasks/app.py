@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import inspect
+import json
 import logging
 import math
 import re
@@ -43,6 +44,7 @@ from .errors import (
     TaskFailedError,
 )
 from .protocol import codec, events
+from .protocol.rates import RATE_KEY_MAX, parse_rate_limit
 from .protocol.states import (
     CANCELLED,
     COMPENSATED,
@@ -76,6 +78,8 @@ class TaskOptions:
     max_attempts: int | None = None
     expires: float | None = None  # seconds after submission
     step_timeout: float | None = None  # a started attempt must report progress this often (coordinator)
+    rate_limit: str | None = None  # COUNT/[N]UNIT, enforced by the coordinator across the fleet
+    rate_key: str | Callable[..., Any] | None = None  # an argument's name, or f(*args, **kwargs) -> key
 
 
 @dataclass
@@ -121,20 +125,28 @@ class TaskDef(Generic[R]):
         at: datetime.datetime | float | None = None,
         priority: int | None = None,
         step_timeout: float | None = None,
+        rate_limit: str | None = None,
+        rate_key: str | None = None,
     ) -> TaskHandle:
         """Submit with per-submission options overriding the registration's.
 
         ``delay`` (seconds) or ``at`` (a datetime, naive meaning local time, or epoch seconds): the
         task does not start before then; it is sent at once with ``not_before`` and the coordinator
-        holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog."""
+        holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog.
+        ``rate_limit`` (``"10/s"``) and ``rate_key`` (this submission's key itself, a string):
+        override the registration's (docs/scheduling.md, "Rate limits")."""
         opts = TaskOptions(
             queue=queue or self.options.queue,
             timeout=timeout if timeout is not None else self.options.timeout,
             max_attempts=max_attempts if max_attempts is not None else self.options.max_attempts,
             expires=expires if expires is not None else self.options.expires,
             step_timeout=step_timeout if step_timeout is not None else self.options.step_timeout,
+            rate_limit=check_rate_limit(rate_limit) if rate_limit is not None else self.options.rate_limit,
+            rate_key=self.options.rate_key,
         )
         extra = scheduling_fields(delay=delay, at=at, priority=priority)
+        if rate_key is not None:
+            extra = {**(extra or {}), "rate_key": _key_text(rate_key, self.name)}
         return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id, extra=extra)
 
 
@@ -164,6 +176,68 @@ def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | flo
             raise ConfigError(f"priority {priority!r} is out of range: give an integer {PRIORITY_MIN}-{PRIORITY_MAX}")
         fields["priority"] = priority
     return fields or None
+
+
+def check_rate_limit(text: Any) -> str:
+    """A ``rate_limit`` as given by a user (spaces around it ignored), checked: ``ConfigError`` naming
+    the problem when it is malformed."""
+    cleaned = text.strip() if isinstance(text, str) else text
+    try:
+        return parse_rate_limit(cleaned).text
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_rate_key(rate_key: Any, fn: Callable[..., Any], name: str) -> None:
+    """A registration's ``rate_key``: a callable, or the name of one of ``fn``'s parameters."""
+    if rate_key is None or callable(rate_key):
+        return
+    if not isinstance(rate_key, str):
+        raise ConfigError(f"task {name!r}: rate_key must be an argument's name or a callable, not {rate_key!r}")
+    params = inspect.signature(fn).parameters
+    if rate_key not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"task {name!r}: rate_key {rate_key!r} is not one of its arguments ({', '.join(params)})")
+
+
+def rate_fields(name: str, opts: TaskOptions, fn: Callable[..., Any] | None, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The task fields ``rate_limit`` and ``rate_key`` of one submission, from its options."""
+    if opts.rate_limit is None:
+        return {}
+    fields: dict[str, Any] = {"rate_limit": opts.rate_limit}
+    key = opts.rate_key
+    if callable(key):
+        fields["rate_key"] = _key_text(key(*args, **kwargs), name)
+    elif isinstance(key, str):
+        try:
+            bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments if fn is not None else kwargs
+        except TypeError as exc:
+            raise ConfigError(f"task {name!r}: cannot read its rate_key {key!r} from the arguments: {exc}") from None
+        if key not in bound and key not in kwargs:
+            raise ConfigError(f"task {name!r}: its rate_key argument {key!r} was not given")
+        fields["rate_key"] = _key_text(bound.get(key, kwargs.get(key)), name)
+    return fields
+
+
+def with_rate_fields(name: str, opts: TaskOptions, fn: Callable[..., Any] | None, args: tuple[Any, ...],
+                     kwargs: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``extra`` with the submission's rate fields under it (``extra``'s own win), checked."""
+    rate = rate_fields(name, opts, fn, args, kwargs)
+    if not rate and not (extra and "rate_key" in extra):
+        return extra
+    merged = {**rate, **(extra or {})}
+    if "rate_limit" not in merged:
+        raise ConfigError(f"task {name!r}: a rate_key needs a rate_limit")
+    if "rate_key" in merged:
+        _key_text(merged["rate_key"], name)
+    return merged
+
+
+def _key_text(value: Any, name: str) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if not 1 <= len(text) <= RATE_KEY_MAX:
+        raise ConfigError(f"task {name!r}: rate key {text[:40]!r} must be 1-{RATE_KEY_MAX} characters")
+    return text
 
 
 def _iso(ts: float) -> str:
@@ -370,19 +444,30 @@ class TaskApp:
         max_attempts: int | None = None,
         expires: float | None = None,
         step_timeout: float | None = None,
+        rate_limit: str | None = None,
+        rate_key: str | Callable[..., Any] | None = None,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., queue=...)``.
 
         ``step_timeout``: with a coordinator, a started attempt that reports no progress
-        (``current_task().progress``) for this many seconds is presumed hung, stopped and tried again."""
+        (``current_task().progress``) for this many seconds is presumed hung, stopped and tried again.
+        ``rate_limit``: ``"COUNT/UNIT"`` (``"10/s"``, ``"100/m"``, ``"1000/h"``, ``"5/10s"``): the
+        coordinator dispatches at most COUNT of these tasks in any such window, across the fleet;
+        ``rate_key``: per key instead, the key being the argument of that name, or
+        ``rate_key(*args, **kwargs)`` (docs/scheduling.md, "Rate limits")."""
         def register(func: Callable[..., R]) -> TaskDef[R]:
             task_name = name or func.__name__
             if not _TASK_NAME_RE.match(task_name):
                 raise ConfigError(f"invalid task name {task_name!r}")
             if task_name in self.registry:
                 raise ConfigError(f"a task named {task_name!r} is already registered")
+            if rate_key is not None and rate_limit is None:
+                raise ConfigError(f"task {task_name!r}: rate_key needs a rate_limit")
+            check_rate_key(rate_key, func, task_name)
+            limit = check_rate_limit(rate_limit) if rate_limit is not None else None
             opts = TaskOptions(queue=check_name("queue", queue or self.default_queue), timeout=timeout,
-                               max_attempts=max_attempts, expires=expires, step_timeout=step_timeout)
+                               max_attempts=max_attempts, expires=expires, step_timeout=step_timeout,
+                               rate_limit=limit, rate_key=rate_key)
             tdef: TaskDef[R] = TaskDef(self, func, task_name, opts)
             self.registry[task_name] = tdef
             return tdef
@@ -415,13 +500,14 @@ class TaskApp:
         extra: dict[str, Any] | None = None,
     ) -> TaskHandle:
         """Publish a task by name (it need not be registered here) and return its handle."""
+        registered = self.registry.get(name)
         if options is None:
-            registered = self.registry.get(name)
             options = registered.options if registered else TaskOptions(queue=self.default_queue)
         opts = options
         task_id = task_id or uuid.uuid4().hex
         if not is_valid_id(task_id):
             raise ConfigError(f"invalid task id {task_id!r}: 1-128 characters of A-Z a-z 0-9 _ . : -")
+        extra = with_rate_fields(name, opts, registered.fn if registered else None, tuple(args), kwargs or {}, extra)
         if tracing.sending_traced():  # the send is a span, and its context travels with the task
             with tracing.send_span(name, task_id, opts.queue) as carrier:
                 return self._publish(name, task_id, args, kwargs, opts, {**(extra or {}), **carrier} or None,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .app import TaskApp, TaskOptions, scheduling_fields
+from .app import TaskApp, TaskOptions, check_rate_limit, scheduling_fields
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
     ConfigError,
@@ -391,14 +391,23 @@ def _check_task_name(ctx: click.Context, param: click.Parameter, value: str) -> 
               "local time unless it has an offset or Z) or epoch seconds.")
 @click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), metavar=f"{PRIORITY_MIN}-{PRIORITY_MAX}",
               help="Higher first in the coordinator's backlog [default: 5].")
+@click.option("--rate-limit", metavar="COUNT/UNIT", help="At most COUNT of TASK dispatched in any window (10/s, "
+              "100/m, 1000/h, 5/10s), across the fleet; the coordinator enforces it.")
+@click.option("--rate-key", metavar="KEY", help="With --rate-limit: the limit applies to each KEY separately.")
 @broker_options
 def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str, wait: bool, timeout: float,
-           delay: float | None, at: str | None, priority: int | None, broker: str | None, prefix: str | None) -> None:
+           delay: float | None, at: str | None, priority: int | None, rate_limit: str | None, rate_key: str | None,
+           broker: str | None, prefix: str | None) -> None:
     """Submit TASK with ARGS (each parsed as JSON where valid, else a string); print its id or, with --wait,
     its result. Put negative numbers after --: submit add -- -1 2."""
     kwargs = _parse_kwargs(kwargs_json)
     positional = [parse_arg(a) for a in args]
     extra = scheduling_fields(delay=delay, at=None if at is None else parse_when(at), priority=priority)
+    if rate_key is not None and rate_limit is None:
+        raise CLIError("--rate-key needs --rate-limit", RET_USAGE)
+    if rate_limit is not None:
+        extra = {**(extra or {}), "rate_limit": check_rate_limit(rate_limit)}
+        extra.update({"rate_key": rate_key} if rate_key is not None else {})
     settings = Settings.from_env(broker, prefix=prefix)
     if extra and "not_before" in extra:
         timeout += max(0.0, extra["not_before"] - time.time())

@@ -12,6 +12,8 @@ the record it is given and returns the *effects* the coordinator must carry out:
 
 A task whose ``not_before`` is ahead is *scheduled*: the coordinator holds it (no worker does)
 until then, by its own clock (the fleet's), then it joins the backlog (docs/scheduling.md).
+A task with a ``rate_limit`` joins the backlog as soon as it is seen (workers hand it over): the
+backlog dispatches it when its bucket's window allows (``ratelimits.py``, coordinator/ratelimits.py).
 
 Attempts are fencing tokens: every re-dispatch after a possible loss gets ``attempt + 1``, and
 only events of the current attempt move a live task. ``failures`` counts attempts that failed;
@@ -151,6 +153,8 @@ def adopt_body(record: TaskRecord, body: Mapping[str, Any]) -> None:
     record.not_before = body.get("not_before") or record.not_before
     record.priority = lenient("priority", body.get("priority", record.priority))
     record.step_timeout = body.get("step_timeout") or record.step_timeout
+    record.rate_limit = body.get("rate_limit") or record.rate_limit
+    record.rate_key = body.get("rate_key") or record.rate_key
 
 
 def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: LeasePolicy) -> list[Effect]:
@@ -165,6 +169,8 @@ def on_task(record: TaskRecord, body: Mapping[str, Any], now: float, policy: Lea
     record.attempt = attempt
     if is_delayed(record, now):
         return _schedule(record, now)
+    if record.rate_limit is not None:  # only the coordinator's backlog dispatches it, within its limit
+        return _to_backlog(record, now, event="rate-limited")
     record.state = QUEUED
     record.deadline = now + policy.dispatch_timeout
     record.updated = now
@@ -307,16 +313,22 @@ def on_deferred(record: TaskRecord, attempt: int, worker: str | None, body: Mapp
 
 
 def on_delayed_handover(record: TaskRecord, attempt: int, worker: str | None, body: Mapping[str, Any] | None,
-                        now: float) -> list[Effect]:
+                        now: float, rate: tuple[str, str | None] | None = None) -> list[Effect]:
     """A worker handed over a task from the shared topic because its ``not_before`` was ahead by its
     reading of the fleet's clock. The coordinator saw that task too, and whatever it made of it
     stands (scheduled, or already due, dispatched, run): only a task it has not taken charge of
     (``queued``: not seen, or seen as due by its own clock) changes, held or put in the backlog.
-    A late hand-over must never send a task it already dispatched out a second time."""
+    A late hand-over must never send a task it already dispatched out a second time.
+
+    ``rate``: (``rate_limit``, ``rate_key``) of the worker's registration of a task that carried no
+    limit: the record takes them (not its body: a signed task is dispatched as it was signed), so
+    the backlog dispatches the task within that limit."""
     if body is not None and record.body is None:
         adopt_body(record, body)
     if record.terminal or record.state != QUEUED or attempt < record.attempt:
         return []
+    if rate is not None and record.rate_limit is None:
+        record.rate_limit, record.rate_key = rate
     record.attempt = attempt
     if is_delayed(record, now):
         return _schedule(record, now, worker=worker)

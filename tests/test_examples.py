@@ -66,3 +66,47 @@ def test_shell_submit_script_says_when_nothing_answers(mosquitto: MosquittoProce
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert "no final status for task sh-" in out.stderr
+
+
+def _coordinator_online(url: str) -> bool:
+    from mqtt_tasks.config import Settings
+    from mqtt_tasks.protocol import codec
+    from mqtt_tasks.transport import Connection
+
+    seen: list[bytes] = []
+    conn = Connection(Settings.from_url(url), f"examples-{os.getpid()}", on_message=lambda m: seen.append(m.payload))
+    conn.subscribe("mqtt-tasks/coordinator")
+    conn.connect(5)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if any(codec.decode_json_object(p).get("state") == "online" for p in list(seen)):
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        conn.close()
+
+
+def test_the_rate_limited_example_from_the_cli(example_worker: dict[str, str], tmp_path: Path) -> None:
+    """examples/README.md: `notify` through a real coordinator and `mqtt-tasks submit` processes (the
+    limit itself is measured in tests/test_rate_limits.py): the CLI's producer does not register
+    `notify`, so the worker's registration supplies its limit and key."""
+    coord = subprocess.Popen([sys.executable, "-m", "mqtt_tasks", "coordinator", "--db", str(tmp_path / "c.db")],
+                             cwd=ROOT, env=example_worker, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        assert coord.stdout is not None and "ready" in coord.stdout.readline()
+        assert _coordinator_online(example_worker["MQTT_TASKS_BROKER"])
+        cmd = [sys.executable, "-m", "mqtt_tasks", "submit", "notify", "dev-1"]
+        outs = [subprocess.run([*cmd, f"hi{i}", "--wait"], cwd=ROOT, env=example_worker, capture_output=True,
+                               text=True, timeout=60) for i in range(3)]
+        assert [o.stdout.strip() for o in outs] == [f'"dev-1: hi{i}"' for i in range(3)], [o.stderr for o in outs]
+        bad = subprocess.run([*cmd, "hi", "--rate-limit", "5/x"], cwd=ROOT, env=example_worker,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "malformed" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        coord.terminate()
+        coord.wait(30)
+        if coord.stdout is not None:
+            coord.stdout.close()

@@ -226,3 +226,36 @@ def test_sqlite_workflows_survive_reopen(tmp_path: Path) -> None:
     with SQLiteStore(path) as s:
         got = s.get_workflow("wf")
         assert got is not None and got.steps[0].sig == {"task": "a"} and got.state == "running"
+
+
+def test_rate_windows_are_buffered_committed_and_forgotten(store: Store) -> None:
+    store.put_rate_window("send|dev-1", {"period": 1.0, "times": [1.0, 2.0]})
+    assert store.load_rate_windows() == {"send|dev-1": {"period": 1.0, "times": [1.0, 2.0]}}  # commits first
+    store.put_rate_window("send|dev-1", {"period": 1.0, "times": [2.0, 3.0]})
+    store.put_rate_window("send|", {"period": 60.0, "times": [3.0]})
+    store.put(rec("t1"))
+    assert store.commit() == 3
+    assert store.load_rate_windows() == {"send|dev-1": {"period": 1.0, "times": [2.0, 3.0]},
+                                         "send|": {"period": 60.0, "times": [3.0]}}
+    store.put_rate_window("send|dev-1", None)
+    store.commit()
+    assert list(store.load_rate_windows()) == ["send|"]
+
+
+def test_sqlite_rate_windows_survive_reopen_uncommitted_ones_do_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "w.db")
+    with SQLiteStore(path) as s:
+        s.put_rate_window("a|", {"period": 1.0, "times": [5.0]})
+    s2 = SQLiteStore(path)
+    s2.put_rate_window("b|", {"period": 1.0, "times": [6.0]})  # never committed: the process "dies"
+    s2._db.close()
+    with SQLiteStore(path) as s3:
+        assert s3.load_rate_windows() == {"a|": {"period": 1.0, "times": [5.0]}}
+
+
+def test_a_stored_row_leaves_out_none_fields_and_reads_back_the_same() -> None:
+    bare = TaskRecord("t1")
+    assert "rate_limit" not in bare.to_stored() and "worker" not in bare.to_stored()
+    assert TaskRecord.from_dict(bare.to_stored()) == bare
+    full = TaskRecord("t2", worker="w", rate_limit="1/s", rate_key="k", result=None, body={"a": None})
+    assert TaskRecord.from_dict(full.to_stored()) == full

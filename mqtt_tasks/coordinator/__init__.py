@@ -10,6 +10,8 @@ Its parts, one module each (read them in this order):
 - ``timers``: when each live record is due again, and what happens when it is.
 - ``fleet``: the workers as the coordinator sees them: free slots, dispatches in flight.
 - ``backlog``: tasks waiting for a free slot, dispatched oldest first to workers' inboxes.
+- ``ratelimits``: the backlog's gate for tasks with a ``rate_limit``: parked while their bucket is
+  at its limit, the windows kept in the store (the policy: ``mqtt_tasks.ratelimits``).
 - ``effects``: the policy's effects as topics and payloads, published after the commit.
 - ``queries``: the answers on the query topic, and ``query_status`` / ``query_tasks`` /
   ``query_stats`` that ask them.

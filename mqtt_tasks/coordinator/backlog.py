@@ -10,6 +10,9 @@ Built on these facts (DESIGN.md, BROKER-FACTS.md):
   the queues (docs/scheduling.md). A heap per queue: O(log n) a push or a pop.
 - A dispatch pass costs O(queues x workers) to find the free slots, then O(placed): a queue without
   a free slot is not looked at, and the pass stops when nothing more can be placed.
+- A task with a ``rate_limit`` whose bucket is at its limit is parked by the gate
+  (``ratelimits.RateGate``) when it comes up, and comes back when the bucket has room; each
+  dispatch of such a task takes its place in the bucket's window.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .. import leases
 from ..protocol.states import BACKLOG, DEFAULT_PRIORITY
+from .ratelimits import RateGate
 
 if TYPE_CHECKING:
     from ..leases import LeasePolicy, WorkerView
@@ -32,10 +36,11 @@ if TYPE_CHECKING:
 class Backlog:
     """Per queue, a heap of (-priority, arrival, task id); an entry whose record moved on is skipped."""
 
-    def __init__(self, policy: LeasePolicy, fleet: Fleet, stats: dict[str, int]) -> None:
+    def __init__(self, policy: LeasePolicy, fleet: Fleet, stats: dict[str, int], gate: RateGate | None = None) -> None:
         self._policy = policy
         self._fleet = fleet
         self._stats = stats
+        self.gate = gate if gate is not None else RateGate(None)
         self._queues: dict[str, list[tuple[int, int, str]]] = {}
         self._members: set[str] = set()
         self._arrivals = itertools.count()
@@ -57,10 +62,19 @@ class Backlog:
 
     def discard(self, task_id: str) -> None:
         self._members.discard(task_id)
+        self.gate.forget(task_id)
 
     def dispatch(self, now: float, records: Records, effects: Effects) -> None:
         """Hand backlog tasks to workers with free slots, highest priority then oldest first, across the
-        queues that have one."""
+        queues that have one; parked rate-limited tasks come back as their bucket has room."""
+        for name, entry in self.gate.release(now):
+            heapq.heappush(self._queues.setdefault(name, []), entry)
+        try:
+            self._dispatch(now, records, effects)
+        finally:
+            self.gate.settle(now)
+
+    def _dispatch(self, now: float, records: Records, effects: Effects) -> None:
         if not self._queues:
             return
         serving = self._fleet.serving(self._queues, now)
@@ -73,7 +87,9 @@ class Backlog:
             entries = self._queues[name]
             entry = heapq.heappop(entries)
             record = self._take(entry[2], name, records)
-            if record is not None and not self._place(record, workers, len(entries) + 1, now, records, effects):
+            if record is not None and self.gate.hold(record, name, entry, now):
+                self._members.add(entry[2])  # parked: still in the backlog
+            elif record is not None and not self._place(record, workers, len(entries) + 1, now, records, effects):
                 heapq.heappush(entries, entry)  # no worker fits it now: it stays first
                 self._members.add(entry[2])
                 del serving[name]
@@ -98,6 +114,7 @@ class Backlog:
         if view is None:
             return False
         leases.on_dispatched(record, view.worker, now, self._policy)
+        self.gate.took(record, now)
         records.dispatched(record)
         self._stats["dispatched"] += 1
         effects.dispatch(record, view.worker)

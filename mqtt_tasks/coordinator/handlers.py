@@ -200,8 +200,9 @@ class Handlers:
         record = self._records.get_or_new(event.id, event.body, task=event.task, queue=event.queue)
         self._fleet.deferred(event.worker, record, full=not event.delayed)  # not_before ahead: not a full worker
         if event.delayed:
+            rate = (event.rate_limit, event.rate_key) if event.rate_limit else None  # the worker's registration
             self._records.save(record, leases.on_delayed_handover(record, event.attempt, event.worker, event.body,
-                                                                  self._clock()))
+                                                                  self._clock(), rate))
             return
         if event.abandoned:  # a stopping worker's started attempt, past its grace
             log.info("coordinator: worker %s handed back task %s attempt %d (%s); dispatching it again",

@@ -46,6 +46,7 @@ from .handlers import Handlers
 from .loop import CONNECTED, DISCONNECTED, MSG, ConnectionLike, Loop
 from .outage import Outage
 from .queries import Queries
+from .ratelimits import RateGate
 from .records import Records
 from .schedules import Schedules
 from .timers import Timers
@@ -117,7 +118,7 @@ class Coordinator:
         clock, stats, policy = self._clock, self.stats, self.policy
         self._fleet = Fleet(policy)
         timers = Timers(policy, self._fleet, stats)
-        self._backlog = Backlog(policy, self._fleet, stats)
+        self._backlog = Backlog(policy, self._fleet, stats, RateGate(self.store))
         self._effects = Effects(self.settings, self.topics, self.client_id, self._backlog, clock, stats)
         if self.lease is not None:
             self._effects.identity = {"name": self.name, "epoch": self.lease.epoch}
@@ -149,6 +150,8 @@ class Coordinator:
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
         log.info("coordinator %s: %d schedule(s) in the store", self.client_id, self._schedules.recover())
         log.info("coordinator %s: %d running workflow(s) in the store", self.client_id, self._workflows.recover())
+        windows = self._backlog.gate.recover(self._clock())
+        log.info("coordinator %s: %d rate-limit window(s) in the store", self.client_id, windows)
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
                       self.topics.rpc, self.topics.all_cancel, self.topics.workflows):
             self._connection.subscribe(topic)

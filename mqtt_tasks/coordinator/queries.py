@@ -94,7 +94,10 @@ class Queries:
         if op == "status":
             record = self._records.get(str(request.get("id", "")))
             if record is not None:
-                return {"ok": True, "task": record_view(record)}
+                view = record_view(record)
+                if (waiting := self._backlog.gate.waiting(record.id)) is not None:
+                    view["rate_limited"] = waiting  # parked: its bucket is at its limit
+                return {"ok": True, "task": view}
             workflow = self.workflows.get(str(request.get("id", ""))) if self.workflows is not None else None
             if workflow is not None:
                 return {"ok": True, "task": workflow_view(workflow)}
@@ -141,6 +144,7 @@ class Queries:
         """The counters, live and backlog sizes, and the view of the workers (no store access)."""
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
                 "backlog_by_queue": self._backlog.by_queue(),
+                "rate_limited": self._backlog.gate.parked,
                 "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
 
 
@@ -156,7 +160,8 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
     view = record_summary(record)
     view.update(history=record.history, result=record.result, error=record.error,
                 max_attempts=record.max_attempts, winner=record.winner, expires_at=record.expires_at,
-                progress=record.progress, step_timeout=record.step_timeout)
+                progress=record.progress, step_timeout=record.step_timeout, rate_limit=record.rate_limit,
+                rate_key=record.rate_key)
     return view
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from . import validate
+from .rates import RATE_KEY_MAX, RATE_LIMIT_PATTERN, rate_limit_problem
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
     COORDINATOR_STATES,
@@ -91,12 +92,32 @@ class Task(_Message):
     traceparent: str | None = Field(default=None, description="W3C trace context of the producer's send (also in "
                                     "the MQTT 5 User Property of that name); carried through the coordinator")
     tracestate: str | None = Field(default=None, description="W3C tracestate that goes with traceparent")
+    rate_limit: str | None = Field(default=None, json_schema_extra={"pattern": RATE_LIMIT_PATTERN},  # checked below
+                                   description="COUNT/[N]UNIT (10/s, "
+                                   "100/m, 1000/h, 5/10s): the coordinator dispatches at most COUNT tasks of this "
+                                   "name (and rate_key) in any such window, across the fleet; count 1-10000, "
+                                   "period at most 24 h")
+    rate_key: str | None = Field(default=None, min_length=1, max_length=RATE_KEY_MAX, description="with "
+                                 "rate_limit: the limit applies to each key separately (a device, a customer)")
 
     @field_validator("priority", "alone", "schedule", "scheduled_for", "workflow", "traceparent", "tracestate",
                      mode="before")
     @classmethod
     def _informative_fields_are_read_leniently(cls, value: Any, info: ValidationInfo) -> Any:
         return validate.lenient(str(info.field_name), value)  # a wrong type reads as absent (validate.py)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None and (problem := rate_limit_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _rate_key_needs_a_limit(self) -> Task:
+        if self.rate_key is not None and self.rate_limit is None:
+            raise ValueError("rate_key given without a rate_limit")
+        return self
 
     @field_validator("reply_to", "receipt_to")
     @classmethod
@@ -135,11 +156,16 @@ class StatusEvent(_Message):
                                    "stopping worker gave up on it after its grace period; it will never report it")
     alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
     delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
-                                 "ahead; the coordinator holds it until then")
+                                 "ahead (the coordinator holds it until then) or it has a rate_limit (the "
+                                 "coordinator dispatches it within the limit)")
     workflow: str | None = Field(default=None, description="on a workflow's own events: its kind (chain, group, "
                                  "chord, saga)")
     steps: list[dict[str, Any]] | None = Field(default=None, description="on a workflow's own events: each step's "
                                                "id, task, state, result or reason (and compensation)")
+    rate_limit: str | None = Field(default=None, description="on deferred (delayed): the rate limit of the "
+                                   "worker's registration of a task that carried none; the coordinator adopts it")
+    rate_key: str | None = Field(default=None, description="with rate_limit: the key the worker read from the "
+                                 "task's arguments")
 
 
 class HeldTask(_Message):

@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from .rates import RATE_KEY_MAX, rate_limit_problem
 from .states import PRIORITY_MAX, PRIORITY_MIN, STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
 
@@ -128,6 +129,8 @@ class TaskData(dict[str, Any]):
     workflow = property(lambda self: lenient("workflow", self.get("workflow")))
     traceparent = property(lambda self: lenient("traceparent", self.get("traceparent")))  # tracing.py
     tracestate = property(lambda self: lenient("tracestate", self.get("tracestate")))
+    rate_limit = property(lambda self: self.get("rate_limit"))
+    rate_key = property(lambda self: self.get("rate_key"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -151,7 +154,17 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "queue", _ID)
     _check_number(obj, "not_before")
     _check_number(obj, "step_timeout", positive=True)
+    _check_rate(obj)
     return TaskData(obj)
+
+
+def _check_rate(obj: dict[str, Any]) -> None:
+    """``rate_limit`` (its grammar: ``rates.py``) and ``rate_key``, which needs a limit."""
+    if obj.get("rate_limit") is not None and (problem := rate_limit_problem(obj["rate_limit"])) is not None:
+        raise Invalid(f"field 'rate_limit': {problem}")
+    _check_str(obj, "rate_key", max_len=RATE_KEY_MAX, min_len=1)
+    if obj.get("rate_key") is not None and obj.get("rate_limit") is None:
+        raise Invalid("field 'rate_key': given without a rate_limit")
 
 
 def decode_task(payload: bytes) -> TaskData:

@@ -77,6 +77,8 @@ class TaskRecord:
     priority: int | None = None     # the task's own: orders the backlog (None: the default, 5)
     step_timeout: float | None = None  # a started attempt must report progress this often
     step_deadline: float | None = None  # its last progress (or start) + step_timeout
+    rate_limit: str | None = None   # the task's own: at most COUNT dispatches per PERIOD of its bucket
+    rate_key: str | None = None     # with rate_limit: the limit applies per key (ratelimits.py)
     progress: dict[str, Any] | None = None  # the latest progress event: fraction, message, attempt, ts
 
     @property
@@ -93,6 +95,13 @@ class TaskRecord:
         """The fields, shallow: nested values are the record's own (serialise, do not mutate)."""
         return {name: getattr(self, name) for name in _FIELDS}
 
+    def to_stored(self) -> dict[str, Any]:
+        """``to_dict`` less the fields that are None by default and None now: ``from_dict`` restores
+        them as they were, and a store's rows stay small as fields are added (a store on a small
+        disk has its WAL to fit beside them: tests/test_coordinator_outage.py)."""
+        return {name: value for name in _FIELDS
+                if (value := getattr(self, name)) is not None or name not in _NONE_BY_DEFAULT}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
         return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
@@ -100,6 +109,7 @@ class TaskRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 _FIELD_SET = frozenset(_FIELDS)
+_NONE_BY_DEFAULT = frozenset(f.name for f in dataclasses.fields(TaskRecord) if f.default is None)
 
 
 class Store(abc.ABC):
@@ -163,6 +173,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_workflows(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
         """Workflows, most recently updated first, optionally of one state."""
+
+    # -- rate-limit windows (ratelimits.py): buffered like records, committed with them --------
+    @abc.abstractmethod
+    def put_rate_window(self, bucket: str, window: dict[str, Any] | None) -> None:
+        """Buffer a bucket's window (JSON-able: period and dispatch times; None: forget it); durable
+        after the next ``commit``, in the same transaction as the dispatches of the same batch."""
+
+    @abc.abstractmethod
+    def load_rate_windows(self) -> dict[str, dict[str, Any]]:
+        """Every bucket's window, by bucket (recovery after a restart)."""
 
     def close(self) -> None:
         """Commit what is buffered and release resources."""

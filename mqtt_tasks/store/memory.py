@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from typing import Any
 
 from .base import Store, TaskRecord
 from .schedules import ScheduleRecord
@@ -22,6 +23,8 @@ class MemoryStore(Store):
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
         self._workflows: dict[str, WorkflowRecord] = {}
         self._pending_workflows: dict[str, WorkflowRecord] = {}
+        self._windows: dict[str, dict[str, Any]] = {}
+        self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -40,7 +43,7 @@ class MemoryStore(Store):
                 self._finished.pop(snapshot.id, None)
                 self._live[snapshot.id] = snapshot
         self._pending.clear()
-        return written + self._commit_schedules() + self._commit_workflows()
+        return written + self._commit_schedules() + self._commit_workflows() + self._commit_windows()
 
     def _commit_workflows(self) -> int:
         for workflow in self._pending_workflows.values():
@@ -60,6 +63,22 @@ class MemoryStore(Store):
         found = [w for w in self._workflows.values() if state is None or w.state == state]
         found.sort(key=lambda w: w.updated, reverse=True)
         return [copy.deepcopy(w) for w in found[:limit]]
+
+    def _commit_windows(self) -> int:
+        for bucket, window in self._pending_windows.items():
+            if window is None:
+                self._windows.pop(bucket, None)
+            else:
+                self._windows[bucket] = copy.deepcopy(window)
+        written, self._pending_windows = len(self._pending_windows), {}
+        return written
+
+    def put_rate_window(self, bucket: str, window: dict[str, Any] | None) -> None:
+        self._pending_windows[bucket] = window
+
+    def load_rate_windows(self) -> dict[str, dict[str, Any]]:
+        self.commit()
+        return copy.deepcopy(self._windows)
 
     def _commit_schedules(self) -> int:
         for name, schedule in self._pending_schedules.items():

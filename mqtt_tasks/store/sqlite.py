@@ -55,6 +55,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
                        "updated REAL NOT NULL, data TEXT NOT NULL)"),
     ("0002-leadership", "CREATE TABLE IF NOT EXISTS leadership (prefix TEXT PRIMARY KEY, holder TEXT NOT NULL, "
                         "epoch INTEGER NOT NULL, expires REAL NOT NULL)"),
+    ("0002-rate-windows", "CREATE TABLE IF NOT EXISTS rate_windows (bucket TEXT PRIMARY KEY, data TEXT NOT NULL)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
@@ -82,6 +83,7 @@ class SQLiteStore(Store):
         self._pending_schedules: dict[str, ScheduleRecord | None] = {}  # None: removed
         self._pending_workflows: dict[str, WorkflowRecord] = {}
         self.fence: Lease | None = None  # leadership: checked and renewed in every commit's transaction
+        self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
 
     def _open(self, path: str, synchronous: str) -> Any:
         db: Any = None
@@ -116,20 +118,21 @@ class SQLiteStore(Store):
     def commit(self) -> int:
         self._read.clear()
         if (not self._pending and not self._pending_schedules and not self._pending_workflows
-                and not (self.fence and self.fence.due())):
+                and not self._pending_windows and not (self.fence and self.fence.due())):
             return 0
         rows = [_row(r) for r in self._pending.values()]
-        schedules = self._pending_schedules
+        schedules, windows = self._pending_schedules, self._pending_windows
         flows = [(w.id, w.state, w.updated, _DUMPS(w.to_dict())) for w in self._pending_workflows.values()]
         try:
-            self._write(rows, schedules, flows)
+            self._write(rows, schedules, flows, windows)
         except sqlite3.Error as exc:
             self._checkpoint()
             raise self._error("cannot commit", exc) from exc
         self._pending.clear()
         self._pending_schedules = {}
         self._pending_workflows = {}
-        return len(rows) + len(schedules) + len(flows)
+        self._pending_windows = {}
+        return len(rows) + len(schedules) + len(flows) + len(windows)
 
     def _checkpoint(self) -> None:
         """After a failed commit: move the WAL into the database and truncate it, if that can be done.
@@ -143,7 +146,7 @@ class SQLiteStore(Store):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
-               flows: list[tuple[Any, ...]]) -> None:
+               flows: list[tuple[Any, ...]], windows: dict[str, dict[str, Any] | None]) -> None:
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
@@ -162,6 +165,13 @@ class SQLiteStore(Store):
             db.executemany("INSERT INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
                            "DO UPDATE SET state = excluded.state, updated = excluded.updated, data = excluded.data",
                            flows)
+            for bucket, window in windows.items():
+                if window is None:
+                    db.execute("DELETE FROM rate_windows WHERE bucket = ?", (bucket,))
+                else:
+                    db.execute("INSERT INTO rate_windows (bucket, data) VALUES (?, ?) "
+                               "ON CONFLICT (bucket) DO UPDATE SET data = excluded.data",
+                               (bucket, _DUMPS(window)))
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
             if self.fence is not None:
                 self.fence.committed()
@@ -265,6 +275,13 @@ class SQLiteStore(Store):
                                (state, limit))
         return [WorkflowRecord.from_dict(json.loads(r[0])) for r in rows]
 
+    def put_rate_window(self, bucket: str, window: dict[str, Any] | None) -> None:
+        self._pending_windows[bucket] = window
+
+    def load_rate_windows(self) -> dict[str, dict[str, Any]]:
+        self.commit()
+        return {bucket: json.loads(data) for bucket, data in self._query("SELECT bucket, data FROM rate_windows")}
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -315,5 +332,5 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _row(record: TaskRecord) -> tuple[Any, ...]:
-    data = _DUMPS(record.to_dict())
+    data = _DUMPS(record.to_stored())
     return (record.id, record.state, record.queue, record.updated, record.created, data)

@@ -10,7 +10,11 @@ here with a verdict, without taking a slot. In order:
    handed to the coordinator (``deferred``), which holds it until then (``scheduled``); with no
    coordinator online, refused: an error report and a final ``failed`` (``NotBeforeError``), never
    run early. A task from this worker's inbox was judged due by the coordinator: it runs;
-5. no function registered under its name: ``failed`` with ``UnknownTaskError``.
+5. a ``rate_limit`` (the task's, else its registration's here), on a task topic: handed to the
+   coordinator alike (``deferred``, ``delayed``), whose backlog dispatches it within the limit
+   across the fleet; with no coordinator online, refused (``RateLimitError``), never run
+   unlimited. From this worker's inbox: it runs;
+6. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
 
@@ -35,7 +39,7 @@ import time
 from collections.abc import Callable, Container
 from typing import Any, Literal
 
-from ..app import TaskDef
+from ..app import TaskDef, rate_fields
 from ..config import Settings
 from ..errors import DecodeError, UnknownTaskError
 from ..execution import Outcome
@@ -53,12 +57,13 @@ from .stats import Counters
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet"]
+Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet", "rate_limited"]
 DUPLICATE: Verdict = "duplicate"
 EXPIRED_VERDICT: Verdict = "expired"
 UNSURE: Verdict = "unsure"
 UNKNOWN: Verdict = "unknown"
 NOT_YET: Verdict = "not_yet"
+RATE_LIMITED: Verdict = "rate_limited"
 
 
 def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key: str | bytes | None) -> TaskData:
@@ -83,7 +88,8 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
           clock: Callable[[], float | None] = time.time, *, due: bool = False) -> Verdict | None:
     """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
     (the fleet's time, None when this worker cannot tell it yet) is read only for a task that
-    has an expiry or a ``not_before``; ``due``: the coordinator judged its ``not_before`` already."""
+    has an expiry or a ``not_before``; ``due``: the coordinator dispatched it (from this worker's inbox):
+    it judged its ``not_before`` and its ``rate_limit`` already."""
     if running_attempt == task.attempt:
         return DUPLICATE
     if task.expires_at is not None:
@@ -96,6 +102,8 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
         now = clock()
         if now is None or task.not_before > now:
             return NOT_YET
+    if task.rate_limit is not None and not due:
+        return RATE_LIMITED
     if task.task not in registry:
         return UNKNOWN
     return None
@@ -129,20 +137,40 @@ class Intake:
         # judged by the fleet's clock; a relative expiry by any
         absolute = task.expires_at is not None or task.not_before is not None
         apply_message_expiry(task, message, clock.now)
-        due = task.not_before is not None and message.topic.startswith(self._topics.inbox_root)
+        due = message.topic.startswith(self._topics.inbox_root)
         verdict = judge(task, self._running.attempt_of(task.id), self._registry,
                         clock.now_or_none if absolute else clock.now, due=due)
-        if verdict is None:
+        registered = self._registered_limit(task) if verdict is None and not due else None
+        if registered is not None:
+            verdict = RATE_LIMITED
+        elif verdict is None:
             return task
-        self._settle(verdict, task, message)
+        self._settle(verdict, task, message, registered)
         return None
+
+    def _registered_limit(self, task: TaskData) -> dict[str, Any] | None:
+        """For a task without a ``rate_limit`` whose registration here has one (sent by another
+        client, or by name from a producer that did not register it): the registration's
+        ``rate_limit`` and the ``rate_key`` read from the task's arguments. It is handed to the
+        coordinator with them, never run unlimited; the task itself is left as it was (a signed
+        task must stay as signed)."""
+        tdef = self._registry.get(task.task)
+        if task.rate_limit is not None or tdef is None or tdef.options.rate_limit is None:
+            return None
+        try:
+            return rate_fields(tdef.name, tdef.options, tdef.fn, tuple(task.args), task.kwargs)
+        except Exception as exc:  # a key that cannot be read from these arguments: the name's own window
+            log.warning("worker %s: task %s: no rate key (%s); limited by its name alone", self.worker_id,
+                        task.id, exc)
+            return {"rate_limit": tdef.options.rate_limit}
 
     def _reject(self, message: Message, reason: str) -> None:
         self._counters.add("rejected")
         log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, reason)
         self._reporter.error(reason, message.topic, message.payload, codec.guess_id(message.payload))
 
-    def _settle(self, verdict: Verdict, task: TaskData, message: Message) -> None:
+    def _settle(self, verdict: Verdict, task: TaskData, message: Message,
+                registered: dict[str, Any] | None = None) -> None:
         if verdict == DUPLICATE:
             log.info("worker %s: task %s attempt %d delivered again; already running", self.worker_id,
                      task.id, task.attempt)
@@ -152,6 +180,10 @@ class Intake:
             self._reporter.defer(task, "its expiry is the coordinator's to judge until this worker has read its clock")
         elif verdict == NOT_YET:
             self._not_yet(task, message)
+        elif verdict == RATE_LIMITED:
+            limit = task.rate_limit or (registered or {}).get("rate_limit")
+            self._hand_over(task, message, f"rate_limit {limit} is the coordinator's to keep", "RateLimitError",
+                            f"has rate_limit {limit}", registered=registered)
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))
@@ -160,13 +192,19 @@ class Intake:
         """A task that may not start yet: the coordinator holds it; with none online, refused."""
         now = self._clock.now()
         ahead = f"{task.not_before - now:.0f} s ahead" if task.not_before > now else "not judged yet"
+        self._hand_over(task, message, f"not_before {task.not_before} is {ahead}: the coordinator holds it",
+                        "NotBeforeError", f"not_before {task.not_before} is {ahead}", "run early")
+
+    def _hand_over(self, task: TaskData, message: Message, why: str, error_type: str, what: str,
+                   instead: str = "run unlimited", registered: dict[str, Any] | None = None) -> None:
+        """Hand a task only the coordinator may dispatch to it (``deferred``, ``delayed``, with the
+        ``registered`` rate fields); with no coordinator online, refuse it: an error report and a
+        final ``failed`` of ``error_type``."""
         if self._link is None or self._link.online:
-            self._reporter.defer(task, f"not_before {task.not_before} is {ahead}: the coordinator holds it",
-                                 delayed=True)
+            self._reporter.defer(task, why, delayed=True, extra=registered)
             return
-        reason = (f"task {task.id}: not_before {task.not_before} is {ahead} and no coordinator is online to hold "
-                  "it; refused rather than run early")
+        reason = f"task {task.id}: {what} and no coordinator is online to hold it; refused rather than {instead}"
         log.warning("worker %s: %s", self.worker_id, reason)
         self._reporter.error(reason, message.topic, None, task.id)
-        error = events.error_info("NotBeforeError", reason)
+        error = events.error_info(error_type, reason)
         self._reporter.finish(task, message, FAILED, {"error": error}, final=True)

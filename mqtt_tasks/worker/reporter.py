@@ -98,11 +98,12 @@ class Reporter:
         self._running.forget(task)
         self.end_attempt(task, state, extra.get("error"))
 
-    def defer(self, task: TaskData, reason: str, *, delayed: bool = False) -> None:
+    def defer(self, task: TaskData, reason: str, *, delayed: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
-        (``delayed``: because its ``not_before`` is ahead)."""
+        (``delayed``: because its ``not_before`` is ahead or it has a rate limit; ``extra``: more
+        fields of the event, e.g. the ``rate_limit`` of this worker's registration)."""
         self._counters.add(DEFERRED)
-        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None})
+        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None, **(extra or {})})
 
     def max_attempts(self, task: TaskData) -> int:
         tdef = self._registry.get(task.task)
