@@ -41,6 +41,7 @@ from .errors import (
     TaskFailedError,
 )
 from .protocol import codec, events
+from .protocol.labels import MAX_REQUIRED, check_labels
 from .protocol.states import (
     CANCELLED,
     DEAD,
@@ -109,12 +110,14 @@ class TaskDef(Generic[R]):
         at: datetime.datetime | float | None = None,
         priority: int | None = None,
         step_timeout: float | None = None,
+        requires: Iterable[str] | None = None,
     ) -> TaskHandle:
         """Submit with per-submission options overriding the registration's.
 
         ``delay`` (seconds) or ``at`` (a datetime, naive meaning local time, or epoch seconds): the
         task does not start before then; it is sent at once with ``not_before`` and the coordinator
-        holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog."""
+        holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog.
+        ``requires``: labels the worker that runs it must all have (docs/routing.md)."""
         opts = TaskOptions(
             queue=queue or self.options.queue,
             timeout=timeout if timeout is not None else self.options.timeout,
@@ -122,14 +125,16 @@ class TaskDef(Generic[R]):
             expires=expires if expires is not None else self.options.expires,
             step_timeout=step_timeout if step_timeout is not None else self.options.step_timeout,
         )
-        extra = scheduling_fields(delay=delay, at=at, priority=priority)
+        extra = scheduling_fields(delay=delay, at=at, priority=priority, requires=requires)
         return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id, extra=extra)
 
 
 def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | float | None = None,
-                      priority: int | None = None, now: float | None = None) -> dict[str, Any] | None:
-    """The task fields ``not_before`` and ``priority`` for a submission, checked: a delay or a time
-    in the past, both at once, or a priority out of 0-9 is a ``ConfigError`` naming the value."""
+                      priority: int | None = None, now: float | None = None,
+                      requires: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """The task fields ``not_before``, ``priority`` and ``requires`` for a submission, checked: a delay
+    or a time in the past, both at once, a priority out of 0-9 or a bad label (``requires_field``)
+    is a ``ConfigError`` naming the value."""
     fields: dict[str, Any] = {}
     now = time.time() if now is None else now
     if delay is not None and at is not None:
@@ -151,7 +156,15 @@ def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | flo
                 PRIORITY_MIN <= priority <= PRIORITY_MAX):
             raise ConfigError(f"priority {priority!r} is out of range: give an integer {PRIORITY_MIN}-{PRIORITY_MAX}")
         fields["priority"] = priority
+    fields.update(requires_field(requires))
     return fields or None
+
+
+def requires_field(requires: Iterable[str] | None) -> dict[str, Any]:
+    """``{"requires": [...]}``, the labels checked and sorted; empty for no labels."""
+    if not requires:
+        return {}
+    return {"requires": list(check_labels(requires, most=MAX_REQUIRED, kind="requires"))}
 
 
 def _iso(ts: float) -> str:

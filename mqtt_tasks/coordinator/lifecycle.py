@@ -109,7 +109,7 @@ class Coordinator:
         self._effects = Effects(self.settings, self.topics, self.client_id, self._backlog, clock, stats)
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
-                                self._effects, stats)
+                                self._effects, stats, clock)
         self._queries.ops.update(Admin(self._records, clock).ops())
         cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         handlers = Handlers(self.settings, self.topics, self._records, self._fleet, self._effects, self._queries,

@@ -35,6 +35,7 @@ from ..errors import (
 from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
+from . import routing
 from .effects import final_event
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ class Queries:
     """Answers the queries that arrive on the query topic."""
 
     def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, backlog: Backlog,
-                 effects: Effects, stats: dict[str, int]) -> None:
+                 effects: Effects, stats: dict[str, int], clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._max_payload = settings.max_payload
         self._topics = topics
         self._records = records
@@ -95,7 +97,7 @@ class Queries:
             record = self._records.get(str(request.get("id", "")))
             if record is None:
                 return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
-            return {"ok": True, "task": record_view(record)}
+            return {"ok": True, "task": self._with_waiting(record_view(record), record)}
         if op == "tasks":
             state = request.get("state")
             limit = max(1, min(int(request.get("limit") or 100), 1000))
@@ -109,6 +111,11 @@ class Queries:
         if isinstance(op, str) and op in self.ops:
             return self.ops[op](request)
         return {"ok": False, "error": f"unknown op {op!r}: use {', '.join(OPS[:-1])} or {OPS[-1]}"}
+
+    def _with_waiting(self, view: dict[str, Any], record: TaskRecord) -> dict[str, Any]:
+        """A routed task in the backlog says why it waits (``routing.waiting_reason``)."""
+        reason = routing.waiting_reason(record, self._fleet.live(self._clock()))
+        return {**view, "waiting": reason} if reason else view
 
     def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
         """From the store; while it cannot commit, the live tasks from memory, saying so."""
@@ -124,7 +131,8 @@ class Queries:
     def snapshot(self) -> dict[str, Any]:
         """The counters, live and backlog sizes, and the view of the workers (no store access)."""
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
-                "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
+                "workers": {w.worker: {"state": w.state, "free": w.free, "labels": sorted(w.labels)}
+                            for w in list(self._fleet.views.values())}}
 
 
 # -- views of a record -------------------------------------------------------------------------

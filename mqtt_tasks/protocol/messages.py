@@ -6,11 +6,11 @@ re-dispatch by the coordinator, and a v1 consumer ignores what it does not know.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from . import validate
+from . import labels, validate
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
     COORDINATOR_STATES,
@@ -42,6 +42,9 @@ else:  # the vocabulary of states.py, as enums in the JSON Schema
     StatusState = Literal[STATUS_STATES]
     WorkerStateName = Literal[WORKER_STATES]
     CoordinatorStateName = Literal[COORDINATOR_STATES]
+
+
+Label = Annotated[str, Field(pattern=labels.LABEL_PATTERN)]
 
 
 class _Message(BaseModel):
@@ -83,6 +86,17 @@ class Task(_Message):
     schedule: str | None = Field(default=None, description="set by the coordinator on a periodic task's fire: "
                                  "the schedule's name (docs/scheduling.md)")
     scheduled_for: float | None = Field(default=None, description="with schedule: the fire time, epoch seconds")
+    requires: list[Label] | None = Field(default=None, max_length=labels.MAX_REQUIRED,
+                                       description="labels the worker that runs it must all have (0-3 distinct "
+                                                   "labels of 1-64 characters of A-Z a-z 0-9 _ . : -; "
+                                                   "docs/routing.md)")
+
+    @field_validator("requires")
+    @classmethod
+    def _requires_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (reason := labels.problem(value)) is not None:
+            raise ValueError(reason)
+        return value
 
     @field_validator("priority", "alone", "schedule", "scheduled_for", mode="before")
     @classmethod
@@ -127,6 +141,8 @@ class StatusEvent(_Message):
     alone: bool | None = Field(default=None, description="on started: the worker runs this attempt with nothing else")
     delayed: bool | None = Field(default=None, description="on deferred: handed over because its not_before is "
                                  "ahead; the coordinator holds it until then")
+    routed: bool | None = Field(default=None, description="on deferred: handed over because this worker lacks a "
+                                "label the task requires; the coordinator gives it to a worker that has them")
 
 
 class HeldTask(_Message):
@@ -152,6 +168,7 @@ class WorkerState(_Message):
     stuck: int | None = Field(default=None, description="slots taken by cancelled task bodies that did not stop "
                               "within the cancel grace (Python cannot stop a thread)")
     group: str | None = None
+    labels: list[Label] | None = Field(default=None, description="the worker's capability labels (docs/routing.md)")
     pid: int | None = None
     host: str | None = None
     version: str | None = None

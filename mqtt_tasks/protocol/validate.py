@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from . import labels
 from .states import PRIORITY_MAX, PRIORITY_MIN, STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
 
@@ -125,6 +126,7 @@ class TaskData(dict[str, Any]):
     schedule = property(lambda self: lenient("schedule", self.get("schedule")))
     scheduled_for = property(lambda self: lenient("scheduled_for", self.get("scheduled_for")))
     step_timeout = property(lambda self: self.get("step_timeout"))
+    requires = property(lambda self: self.get("requires") or [])
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -148,6 +150,8 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_str(obj, "queue", _ID)
     _check_number(obj, "not_before")
     _check_number(obj, "step_timeout", positive=True)
+    if obj.get("requires") is not None and (reason := labels.problem(obj["requires"])) is not None:
+        raise Invalid(f"field 'requires': {reason}")
     return TaskData(obj)
 
 

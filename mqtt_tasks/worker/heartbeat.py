@@ -43,6 +43,7 @@ class Identity:
     concurrency: int
     heartbeat_s: float
     group: str
+    labels: tuple[str, ...] = ()
 
 
 def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]], free: int, waiting: int,
@@ -51,7 +52,8 @@ def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]]
     return codec.encode(events.worker_state(
         identity.worker_id, state, time.time(), queues=identity.queues, concurrency=identity.concurrency,
         tasks=tasks, heartbeat_s=identity.heartbeat_s, free=free, waiting=waiting, full_ago=full_ago,
-        group=identity.group, pid=os.getpid(), host=socket.gethostname(), version=__version__, stuck=stuck or None,
+        group=identity.group, labels=list(identity.labels) or None, pid=os.getpid(), host=socket.gethostname(),
+        version=__version__, stuck=stuck or None,
     ))
 
 

@@ -10,7 +10,13 @@ here with a verdict, without taking a slot. In order:
    handed to the coordinator (``deferred``), which holds it until then (``scheduled``); with no
    coordinator online, refused: an error report and a final ``failed`` (``NotBeforeError``), never
    run early. A task from this worker's inbox was judged due by the coordinator: it runs;
-5. no function registered under its name: ``failed`` with ``UnknownTaskError``.
+5. ``requires`` a label this worker lacks (docs/routing.md): handed to the coordinator
+   (``deferred``, ``routed``), which gives it to a worker that has them all; with no coordinator
+   online, a task from ``P/tasks/{queue}`` is forwarded to its routed topic
+   ``P/routed/{queue}/{labels}``, which only such workers share; one that arrived on a routed topic
+   or the inbox is refused (an error report and a final ``failed``, ``LabelMismatchError``).
+   A task on a routed topic without ``requires`` takes the topic's labels as its own;
+6. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
 
@@ -39,7 +45,7 @@ from ..app import TaskDef
 from ..config import Settings
 from ..errors import DecodeError, UnknownTaskError
 from ..execution import Outcome
-from ..protocol import codec, events
+from ..protocol import codec, events, labels
 from ..protocol.states import EXPIRED, FAILED
 from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
@@ -53,12 +59,13 @@ from .stats import Counters
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet"]
+Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet", "unmatched"]
 DUPLICATE: Verdict = "duplicate"
 EXPIRED_VERDICT: Verdict = "expired"
 UNSURE: Verdict = "unsure"
 UNKNOWN: Verdict = "unknown"
 NOT_YET: Verdict = "not_yet"
+UNMATCHED: Verdict = "unmatched"
 
 
 def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key: str | bytes | None) -> TaskData:
@@ -80,10 +87,12 @@ def apply_message_expiry(task: TaskData, message: Message, clock: Callable[[], f
 
 
 def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
-          clock: Callable[[], float | None] = time.time, *, due: bool = False) -> Verdict | None:
+          clock: Callable[[], float | None] = time.time, *, due: bool = False,
+          own_labels: Container[str] = ()) -> Verdict | None:
     """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
     (the fleet's time, None when this worker cannot tell it yet) is read only for a task that
-    has an expiry or a ``not_before``; ``due``: the coordinator judged its ``not_before`` already."""
+    has an expiry or a ``not_before``; ``due``: the coordinator judged its ``not_before`` already;
+    ``own_labels``: this worker's, which must include every label the task ``requires``."""
     if running_attempt == task.attempt:
         return DUPLICATE
     if task.expires_at is not None:
@@ -96,6 +105,8 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
         now = clock()
         if now is None or task.not_before > now:
             return NOT_YET
+    if any(label not in own_labels for label in task.requires):
+        return UNMATCHED
     if task.task not in registry:
         return UNKNOWN
     return None
@@ -106,8 +117,9 @@ class Intake:
 
     def __init__(self, worker_id: str, topics: Topics, settings: Settings, registry: dict[str, TaskDef[Any]],
                  running: Running, reporter: Reporter, counters: Counters, clock: FleetClock,
-                 link: CoordinatorLink | None = None) -> None:
+                 link: CoordinatorLink | None = None, own_labels: tuple[str, ...] = ()) -> None:
         self.worker_id = worker_id
+        self.labels = frozenset(own_labels)
         self._clock = clock
         self._link = link
         self._topics = topics
@@ -125,17 +137,25 @@ class Intake:
         except (DecodeError, SignatureError) as exc:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
+        self._label_from_topic(task, message.topic)
         clock = self._clock
         # judged by the fleet's clock; a relative expiry by any
         absolute = task.expires_at is not None or task.not_before is not None
         apply_message_expiry(task, message, clock.now)
         due = task.not_before is not None and message.topic.startswith(self._topics.inbox_root)
         verdict = judge(task, self._running.attempt_of(task.id), self._registry,
-                        clock.now_or_none if absolute else clock.now, due=due)
+                        clock.now_or_none if absolute else clock.now, due=due, own_labels=self.labels)
         if verdict is None:
             return task
         self._settle(verdict, task, message)
         return None
+
+    def _label_from_topic(self, task: TaskData, topic: str) -> None:
+        """A task on ``P/routed/{queue}/{labels}`` without ``requires`` requires the topic's labels
+        (so a hand-over to the coordinator keeps them)."""
+        if not task.requires and topic.startswith(self._topics.routed_root):
+            level = topic.rsplit("/", 1)[-1]
+            task["requires"] = [label for label in level.split(",") if labels.is_label(label)]
 
     def _reject(self, message: Message, reason: str) -> None:
         self._counters.add("rejected")
@@ -152,6 +172,8 @@ class Intake:
             self._reporter.defer(task, "its expiry is the coordinator's to judge until this worker has read its clock")
         elif verdict == NOT_YET:
             self._not_yet(task, message)
+        elif verdict == UNMATCHED:
+            self._unmatched(task, message)
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))
@@ -170,3 +192,23 @@ class Intake:
         self._reporter.error(reason, message.topic, None, task.id)
         error = events.error_info("NotBeforeError", reason)
         self._reporter.finish(task, message, FAILED, {"error": error}, final=True)
+
+    def _unmatched(self, task: TaskData, message: Message) -> None:
+        """A task that requires a label this worker lacks: to the coordinator; with none online,
+        forwarded once to its routed topic, or refused when it came from one (or the inbox)."""
+        lacking = labels.describe(labels.missing(task.requires, self.labels))
+        if self._link is None or self._link.online:
+            self._reporter.defer(task, f"worker {self.worker_id} lacks label(s) {lacking}", routed=True)
+            return
+        if message.topic.startswith(self._topics.tasks_root):
+            topic = self._topics.routed(task.queue or "default", labels.routed_level(task.requires))
+            log.info("worker %s: task %s requires %s, which it lacks; no coordinator online: forwarded to %s",
+                     self.worker_id, task.id, lacking, topic)
+            self._reporter.forward(task, topic)
+            return
+        reason = (f"task {task.id}: requires {labels.describe(task.requires)}; worker {self.worker_id} lacks "
+                  f"{lacking} and no coordinator is online to route it")
+        log.warning("worker %s: %s", self.worker_id, reason)
+        self._reporter.error(reason, message.topic, None, task.id)
+        self._reporter.finish(task, message, FAILED, {"error": events.error_info("LabelMismatchError", reason)},
+                              final=True)

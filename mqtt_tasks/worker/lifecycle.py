@@ -30,11 +30,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..app import TaskApp
 from ..config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
 from ..execution import Executor, Run
+from ..protocol import labels as label_rules
+from ..protocol.labels import check_labels
 from ..protocol.states import DRAINING, OFFLINE, ONLINE
 from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
 from ..transport import Connection, Message, Will
@@ -97,6 +99,7 @@ class Worker:
         connection: Connection | None = None,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         progress_every: float = DEFAULT_PROGRESS_EVERY,
+        labels: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -105,6 +108,7 @@ class Worker:
         self.concurrency = max(1, concurrency or min(32, (os.cpu_count() or 1) * 4))
         self.worker_id = check_name("worker id", worker_id or default_worker_id())
         self.group = check_name("share group", group)
+        self.labels = check_labels(labels)
         self.heartbeat_s = heartbeat_s or self.settings.heartbeat_s
         self.grace = grace
         if defer_after < 0:
@@ -115,7 +119,8 @@ class Worker:
         self.started_after = started_after
         self.cancel_grace = cancel_grace
         self.progress_every = progress_every
-        self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group)
+        self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group,
+                                  self.labels)
         self._stopped = threading.Event()
         self._beat_now = threading.Event()
         self._started = False
@@ -142,25 +147,31 @@ class Worker:
         self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
                                   self._counters)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
-                        self._counters, self._link.clock, self._link)
+                        self._counters, self._link.clock, self._link, self.labels)
         self._cancels = Cancels(self.worker_id, self._running, self._executor, self._reporter, self._link,
                                 self._counters, self.cancel_grace)
         progress = Progress(self._reporter, self._running, self.progress_every, lambda due: self._dispatch.wake(due))
         self._dispatch = Dispatcher(
             worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
-            task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],
+            task_filters=self._task_filters(),
             slots=Slots(self.concurrency, self.defer_after, time.monotonic()), running=self._running,
             intake=intake, reporter=self._reporter, link=self._link, executor=self._executor,
             counters=self._counters, cancels=self._cancels, progress=progress)
         self._heartbeat = Heartbeat(self._identity, self.topics, self._conn, self._running, self._dispatch,
                                     self._beat_now, self._stopped)
 
+    def _task_filters(self) -> list[str]:
+        """Each queue's shared topic, and its routed topics for this worker's labels (docs/routing.md)."""
+        return [self.topics.shared_tasks(self.group, q) for q in self.queues] + [
+            self.topics.shared_routed(self.group, q, level) for q in self.queues
+            for level in label_rules.combinations(self.labels)]
+
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Worker:
         """Connect, subscribe and start the threads; returns when ready to take tasks."""
         self._conn.subscribe(self.topics.coordinator)  # first: whether a coordinator runs, before any task
-        for q in self.queues:
-            self._conn.subscribe(self.topics.shared_tasks(self.group, q))
+        for topic_filter in self._task_filters():
+            self._conn.subscribe(topic_filter)
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
         self._conn.subscribe(self.topics.all_cancel)  # cancels work without a coordinator (cancel.py)

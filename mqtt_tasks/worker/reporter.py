@@ -94,11 +94,18 @@ class Reporter:
                 self.reply(task, message, payload)
         self._running.forget(task)
 
-    def defer(self, task: TaskData, reason: str, *, delayed: bool = False) -> None:
+    def defer(self, task: TaskData, reason: str, *, delayed: bool = False, routed: bool = False) -> None:
         """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
-        (``delayed``: because its ``not_before`` is ahead)."""
+        (``delayed``: because its ``not_before`` is ahead; ``routed``: because this worker lacks a
+        label it requires)."""
         self._counters.add(DEFERRED)
-        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None})
+        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None,
+                                     "routed": routed or None})
+
+    def forward(self, task: TaskData, topic: str) -> None:
+        """Publish a task that has not started on another task topic (its routed topic)."""
+        self._counters.add("forwarded")
+        self._conn.publish(topic, codec.encode(task))
 
     def max_attempts(self, task: TaskData) -> int:
         tdef = self._registry.get(task.task)
