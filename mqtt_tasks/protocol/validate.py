@@ -126,7 +126,7 @@ class TaskData(dict[str, Any]):
     schedule = property(lambda self: lenient("schedule", self.get("schedule")))
     scheduled_for = property(lambda self: lenient("scheduled_for", self.get("scheduled_for")))
     step_timeout = property(lambda self: self.get("step_timeout"))
-    requires = property(lambda self: self.get("requires") or [])
+    requires = property(lambda self: self.get("requires"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:

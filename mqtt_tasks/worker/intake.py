@@ -105,7 +105,7 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
         now = clock()
         if now is None or task.not_before > now:
             return NOT_YET
-    if any(label not in own_labels for label in task.requires):
+    if any(label not in own_labels for label in task.requires or ()):
         return UNMATCHED
     if task.task not in registry:
         return UNKNOWN
