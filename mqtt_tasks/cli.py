@@ -208,6 +208,9 @@ def load_app(ref: str) -> TaskApp:
 @click.option("--label", "labels", multiple=True, callback=_labels_callback("labels"),
               help="A capability label of this worker (repeatable): it runs tasks that require it "
                    "(docs/routing.md).")
+@click.option("--outbox", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="Keep results and other events in this SQLite file until the broker has them: they survive "
+                   "a lost link and a restart; the worker also starts without a network (docs/offline.md).")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True)
@@ -215,7 +218,8 @@ def load_app(ref: str) -> TaskApp:
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
                    grace: float, defer_after: float, started_after: float, cancel_grace: float | None,
-                   progress_every: float | None, labels: tuple[str, ...], processes: int, log_level: str) -> None:
+                   progress_every: float | None, labels: tuple[str, ...], outbox: str | None, processes: int,
+                   log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
     from .worker import Worker
@@ -224,6 +228,8 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
     broker = broker or os.environ.pop(ENV_WORKER_BROKER, None)  # a supervisor's --broker, passed to its children
     app = load_app(app_ref)
     settings = worker_settings(app, broker, prefix, heartbeat)
+    if processes > 1 and outbox:
+        raise CLIError("--outbox takes one worker process (each process needs a file of its own)", RET_USAGE)
     if processes > 1:
         Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
@@ -239,7 +245,7 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
                     defer_after=defer_after, started_after=started_after,
                     cancel_grace=DEFAULT_CANCEL_GRACE if cancel_grace is None else cancel_grace,
                     progress_every=DEFAULT_PROGRESS_EVERY if progress_every is None else progress_every,
-                    labels=labels)
+                    labels=labels, outbox=outbox)
 
     def ready(w: Worker) -> None:
         click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, prefix "

@@ -22,7 +22,7 @@ def record(ident: str) -> str:
     if path:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{ident} {worker}\n".encode())  # one write: atomic
+            os.write(fd, f"{ident} {worker} {os.getpid()}\n".encode())  # one write: atomic
         finally:
             os.close(fd)
     return worker
@@ -36,12 +36,34 @@ def where(ident: str, seconds: float = 0.0) -> str:
     return record(ident)
 
 
+@app.task(name="offline_job")
+def offline_job(ident: str, seconds: float = 0.0) -> str:
+    """Record ``start:ident``, run ``seconds``, record ``ident``; returns ``ident@pid``, so a result
+    says which worker process computed it."""
+    record(f"start:{ident}")
+    if seconds:
+        time.sleep(seconds)
+    record(ident)
+    return f"{ident}@{os.getpid()}"
+
+
+def runs_by_pid(path: str) -> dict[str, list[int]]:
+    """ident -> the pids of the processes that ran it to the end."""
+    out: dict[str, list[int]] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                ident, _worker, pid = line.split()
+                out.setdefault(ident, []).append(int(pid))
+    return out
+
+
 def ledger(path: str) -> dict[str, list[str]]:
     """ident -> the workers that ran it, in order, from a ledger file."""
     out: dict[str, list[str]] = {}
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
-                ident, worker = line.split()
+                ident, worker, _pid = line.split()
                 out.setdefault(ident, []).append(worker)
     return out

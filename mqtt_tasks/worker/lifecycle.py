@@ -45,6 +45,7 @@ from .dispatch import Dispatcher
 from .heartbeat import Heartbeat, Identity, last_will
 from .intake import Intake
 from .link import CoordinatorLink
+from .outbox import OUTBOX_DRAIN_S, Outbox, connect_until_up
 from .probe import ShareProbe
 from .progress import DEFAULT_PROGRESS_EVERY, Progress
 from .reporter import Reporter
@@ -100,6 +101,7 @@ class Worker:
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         progress_every: float = DEFAULT_PROGRESS_EVERY,
         labels: Iterable[str] = (),
+        outbox: str | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -127,6 +129,7 @@ class Worker:
         self._stale: list[Run] = []  # runs handed back by stop(); see stale_runs
         self._threads: list[threading.Thread] = []
         self._conn = connection if connection is not None else self._make_connection()
+        self._outbox = Outbox(outbox, self._conn, self.settings.max_payload, self._stopped) if outbox else None
         self._build_parts()
 
     def _make_connection(self) -> Connection:
@@ -135,8 +138,13 @@ class Worker:
             will=Will(self.topics.worker(self.worker_id), last_will(self._identity)),
             receive_maximum=max(2 * self.concurrency, 8),
             buffered_reads=False,  # see the module docstring
-            on_connect=lambda first: self._beat_now.set(),
+            on_connect=self._on_connect,
         )
+
+    def _on_connect(self, first: bool) -> None:
+        self._beat_now.set()
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def _build_parts(self) -> None:
         registry = self.app.registry
@@ -144,8 +152,8 @@ class Worker:
         self._executor = Executor(self.concurrency)
         self._running = Running(self.started_after)
         self._link = CoordinatorLink(self.worker_id, self._running, self._executor, self.settings.max_payload)
-        self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
-                                  self._counters)
+        self._reporter = Reporter(self.worker_id, self.topics, self._outbox or self._conn, registry, self._running,
+                                  self._link, self._counters)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
                         self._counters, self._link.clock, self._link, self.labels)
         self._cancels = Cancels(self.worker_id, self._running, self._executor, self._reporter, self._link,
@@ -180,7 +188,11 @@ class Worker:
         probe.arm()
         self._spawn("mqtt-worker-timer", self._dispatch.timer.run)
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
-        self._conn.connect()
+        if self._outbox is not None:
+            self._spawn("mqtt-worker-outbox", self._outbox.run)
+            connect_until_up(self._conn, self._outbox, self._stopped, self.worker_id)
+        else:
+            self._conn.connect()
         self._started = True
         if self.app.schedules:  # declared with @app.periodic: the coordinator must know them
             from ..schedules import Registrar
@@ -216,8 +228,13 @@ class Worker:
         self._halt()
         for thread in self._threads:
             thread.join(5.0)
+        if self._outbox is not None and not self._outbox.drain(OUTBOX_DRAIN_S):
+            log.warning("worker %s: %d message(s) stay in the outbox %s for the next start", self.worker_id,
+                        self._outbox.pending(), self._outbox.path)
         self._heartbeat.publish(OFFLINE)
         self._conn.close()
+        if self._outbox is not None:
+            self._outbox.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _hand_back_running(self, grace: float) -> None:

@@ -33,6 +33,7 @@ from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
 from ..transport import Connection, Message
 from .link import CoordinatorLink
+from .outbox import Outbox
 from .running import Running
 from .stats import Counters
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 class Reporter:
     """Publishes what became of each attempt, and what this worker rejected."""
 
-    def __init__(self, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
+    def __init__(self, worker_id: str, topics: Topics, conn: Connection | Outbox, registry: dict[str, TaskDef[Any]],
                  running: Running, link: CoordinatorLink, counters: Counters) -> None:
         self.worker_id = worker_id
         self._topics = topics
