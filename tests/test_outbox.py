@@ -105,12 +105,15 @@ def test_a_worker_cut_off_and_restarted_loses_no_result(mosquitto: Any, prefix: 
             wait_until(lambda: pending(outbox) >= 4, TIMEOUT, message="the results never reached the outbox")
             first.kill()  # the device restarts while still cut off
             second = WorkerProcess(link.url, prefix, outbox)
-            second.wait_line("offline")  # it runs without a network and keeps trying
+            second.wait_line("wait in the outbox")  # it starts without a network and keeps trying
             assert not any(h.done() for h in handles.values())
             threading.Event().wait(OUTAGE_S)  # the fault itself: the link stays down this long
             assert pending(outbox) >= 4  # nothing left the device meanwhile
+            assert second.popen.poll() is None, "".join(second.output)
             link.heal()
-            results = {ident: h.result(TIMEOUT) for ident, h in handles.items()}
+            wait_until(lambda: all(h.done() for h in handles.values()), TIMEOUT,
+                       message=f"results lost; the restarted worker said: {''.join(second.output)}")
+            results = {ident: h.result(0) for ident, h in handles.items()}
             wait_until(lambda: pending(outbox) == 0, TIMEOUT, message="the outbox was not emptied")
             histories = {ident: query_status(settings(mosquitto.url, prefix), h.id)["history"]
                          for ident, h in handles.items()}
@@ -124,7 +127,8 @@ def test_a_worker_cut_off_and_restarted_loses_no_result(mosquitto: Any, prefix: 
     for ident, history in histories.items():
         # the first process's result of attempt 1 reached the coordinator: recorded as the result or,
         # had a re-dispatch finished first, as a duplicate (fencing), never lost
-        assert any(e.get("attempt") == 1 and e.get("event") in ("succeeded", "duplicate") for e in history), history
+        assert any(e.get("attempt") == 1 and e.get("event") in ("succeeded", "duplicate") for e in history), (
+            ident, history)
     assert all(runs.count(first_pid) == 1 for ident, runs in routing_tasks.runs_by_pid(ledger).items()
                if not ident.startswith("start:"))
     assert set(results) == set(handles) and all(r.startswith(ident) for ident, r in results.items())
@@ -150,8 +154,8 @@ def test_the_outbox_sends_in_order_and_keeps_what_the_broker_has_not_acknowledge
             box.publish(f"{prefix}/out/a", f'{{"n": {i}}}'.encode())
         assert box.send_round(0.2) == 0 and box.pending() == 5  # handed over, not acknowledged
         box.close()
+        link.close()  # what was handed over never arrives
         conn.abort()  # the process dies
-        link.heal()
         conn = Connection(Settings.from_url(mosquitto.url, prefix=prefix), f"outbox2-{prefix}")
         conn.connect(10)
         again = Outbox(path, conn, 1 << 16, stopped)  # the restarted process

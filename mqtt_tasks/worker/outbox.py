@@ -50,6 +50,8 @@ OUTBOX_DRAIN_S = 5.0
 """On a graceful stop, how long the worker keeps delivering what its outbox holds."""
 RETRY_S = (1.0, 30.0)
 """Connecting at start with an outbox: the first and the longest wait between two attempts."""
+ATTEMPT_S = 3.0
+"""...and how long one attempt waits for the broker's CONNACK (at most the settings' timeout)."""
 IDLE_WAIT_S = 0.5
 """How long the sender sleeps with nothing to do before it checks the connection again."""
 
@@ -160,9 +162,12 @@ def connect_until_up(conn: Connection, outbox: Outbox, stopped: threading.Event,
     off from ``retry[0]`` to ``retry[1]`` seconds) until it can, or until ``stopped`` is set (then
     the last ``TransportError`` is raised). What the outbox holds waits meanwhile."""
     delay = retry[0]
+    if outbox.pending():
+        log.warning("worker %s: %d message(s) from before wait in the outbox %s; connecting", worker_id,
+                    outbox.pending(), outbox.path)
     while True:
         try:
-            conn.connect()
+            conn.connect(min(ATTEMPT_S, conn.settings.connect_timeout))
             return
         except TransportError as exc:
             log.warning("worker %s: offline (%s); %d message(s) wait in the outbox; next try in %.0f s",
