@@ -6,7 +6,8 @@ the worker process. With ``mqtt-worker --outbox PATH`` the reporter hands every 
 the outbox instead of the connection:
 
 1. ``publish`` appends it to a SQLite table (WAL, ``synchronous=FULL``: committed before the
-   call returns, so a crash or a power cut right after loses nothing) and wakes the sender;
+   call returns, so a crash or a power cut right after loses nothing) and wakes the sender; a
+   final event and its reply are committed together (``held_writes``);
 2. the sender thread (``mqtt-worker-outbox``) hands the stored messages to the connection in
    order, once each per process, whenever the connection is up; a restarted process starts
    with everything the old one left, oldest first, before anything new;
@@ -29,6 +30,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PayloadTooLargeError, TransportError
@@ -69,7 +71,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()  # one statement at a time on the shared handle
+        self._lock = threading.RLock()  # one statement (or held_writes block) at a time on the handle
         self._handed = 0  # the last seq handed to the connection by this process
         self._confirmed = 0  # the last seq the broker acknowledged (deleted)
         self._dirty = False
@@ -90,8 +92,18 @@ class Outbox:
         self.wake()
         return 0
 
-    def held_writes(self) -> contextlib.AbstractContextManager[None]:
-        return self._conn.held_writes()
+    @contextlib.contextmanager
+    def held_writes(self) -> Iterator[None]:
+        """The messages published inside the block are kept together or not at all (one
+        transaction): a final event and its reply survive a crash as a pair."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def wake(self) -> None:
         """Something to send, or the connection is up again (its ``on_connect``)."""
