@@ -182,3 +182,17 @@ def test_the_outbox_sends_in_order_and_keeps_what_the_broker_has_not_acknowledge
         conn.close(1.0)
         link.close()
         observer.close()
+
+
+def test_the_cli_refuses_a_bad_outbox_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mqtt_tasks.cli import worker_command
+    from tests.test_cli import assert_one_line_error
+
+    bad = str(tmp_path / "no-such-dir" / "outbox.db")
+    result = CliRunner().invoke(worker_command, ["tests.routing_tasks:app", "--outbox", bad], prog_name="mqtt-worker")
+    assert "cannot use" in assert_one_line_error(result, 2) and "outbox" in result.stderr
+    result = CliRunner().invoke(worker_command, ["tests.routing_tasks:app", "--outbox", str(tmp_path / "o.db"),
+                                                 "--processes", "2"], prog_name="mqtt-worker")
+    assert "one worker process" in assert_one_line_error(result, 2)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PayloadTooLargeError, TransportError
+from ..errors import ConfigError, PayloadTooLargeError, TransportError
 
 if TYPE_CHECKING:
     from ..transport import Connection
@@ -67,10 +67,13 @@ class Outbox:
         self._max_payload = max_payload
         self._stopped = stopped
         self._wake = threading.Condition()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot use {path!r} as the worker's outbox: {exc}") from exc
         self._lock = threading.RLock()  # one statement (or held_writes block) at a time on the handle
         self._handed = 0  # the last seq handed to the connection by this process
         self._confirmed = 0  # the last seq the broker acknowledged (deleted)
