@@ -86,6 +86,20 @@ def test_labels_and_requires_are_checked_where_they_are_given() -> None:
         Worker(TaskApp(), labels=["a b"])
 
 
+def test_the_fleet_serves_a_lane_only_with_workers_that_have_its_labels() -> None:
+    from mqtt_tasks.coordinator.fleet import Fleet
+    from tests.chaos_tasks import test_policy
+
+    fleet = Fleet(test_policy(HB))
+    for name, worker_labels, free in (("plain", (), 2), ("gpu", ("gpu",), 2), ("busy-cam", ("camera",), 0)):
+        view = fleet.view(name)
+        view.queues, view.labels, view.free, view.heartbeat_s, view.last_seen = ("q",), frozenset(worker_labels), \
+            free, HB, 100.0
+    serving = fleet.serving(["q", "q/gpu", "q/camera", "q/lidar", "other"], now=100.0)
+    assert {lane: sorted(w.worker for w in ws) for lane, ws in serving.items()} == {
+        "q": ["busy-cam", "gpu", "plain"], "q/gpu": ["gpu"]}  # camera: its only worker is full
+
+
 def test_the_waiting_reason_names_the_labels_and_the_workers() -> None:
     record = TaskRecord("t1", state=BACKLOG, queue="q", body={"id": "t1", "task": "x", "requires": ["camera"]})
     plain = WorkerView("plain", queues=("q",))
