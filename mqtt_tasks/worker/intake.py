@@ -152,8 +152,9 @@ class Intake:
 
     def _label_from_topic(self, task: TaskData, topic: str) -> None:
         """A task on ``P/routed/{queue}/{labels}`` without ``requires`` requires the topic's labels
-        (so a hand-over to the coordinator keeps them)."""
-        if not task.requires and topic.startswith(self._topics.routed_root):
+        (so a hand-over to the coordinator keeps them). Not a signed one: its signature covers its
+        fields (signing.py), so a signed task must carry its ``requires`` itself."""
+        if not task.requires and "sig" not in task and topic.startswith(self._topics.routed_root):
             level = topic.rsplit("/", 1)[-1]
             task["requires"] = [label for label in level.split(",") if labels.is_label(label)]
 
