@@ -272,3 +272,13 @@ def test_a_failed_routed_task_says_so(broker_url: str, prefix: str, ledger: str)
              "reply_to": app.reply_topic}).encode())
         with pytest.raises(TaskFailedError, match="LabelMismatchError"):
             handle.result(TIMEOUT)
+
+
+def test_the_cli_submits_a_task_that_requires_labels(mosquitto: Any, prefix: str, ledger: str) -> None:
+    with in_process_worker(mosquitto.url, prefix, "plain"), in_process_worker(mosquitto.url, prefix, "gpu", "gpu"):
+        for i in range(3):
+            result = CliRunner().invoke(cli, ["submit", "where", f"cli-{i}", "--require", "gpu", "--wait",
+                                              "--broker", mosquitto.url, "--prefix", prefix])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout) == "gpu"
+    assert all(routing_tasks.ledger(ledger)[f"cli-{i}"] == ["gpu"] for i in range(3))
