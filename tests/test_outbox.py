@@ -196,3 +196,25 @@ def test_the_cli_refuses_a_bad_outbox_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(worker_command, ["tests.routing_tasks:app", "--outbox", str(tmp_path / "o.db"),
                                                  "--processes", "2"], prog_name="mqtt-worker")
     assert "one worker process" in assert_one_line_error(result, 2)
+
+
+def test_an_outbox_that_cannot_write_still_sends(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    """A broken outbox file (here: its table dropped under it) degrades to sending without it."""
+    from tests.test_request_response import PlainClient
+
+    path = str(tmp_path / "outbox.db")
+    observer = PlainClient(mosquitto.url, mqtt5=False)
+    observer.subscribe(f"{prefix}/out/#")
+    conn = Connection(Settings.from_url(mosquitto.url, prefix=prefix), f"outbox-{prefix}").connect(10)
+    box = Outbox(path, conn, 1 << 16, threading.Event())
+    try:
+        other = sqlite3.connect(path)
+        other.execute("DROP TABLE outbox")
+        other.commit()
+        other.close()
+        box.publish(f"{prefix}/out/x", b'{"n": 1}')
+        assert observer.next()[1] == {"n": 1}
+    finally:
+        box.close()
+        conn.close(1.0)
+        observer.close()

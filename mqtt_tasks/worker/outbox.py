@@ -89,9 +89,14 @@ class Outbox:
                                       **options)
         if len(payload) > self._max_payload:
             raise PayloadTooLargeError(len(payload), self._max_payload, topic=topic)
-        with self._lock:
-            self._db.execute("INSERT INTO outbox (topic, payload, correlation, ts) VALUES (?, ?, ?, ?)",
-                             (topic, payload, correlation_data, time.time()))
+        try:
+            with self._lock:
+                self._db.execute("INSERT INTO outbox (topic, payload, correlation, ts) VALUES (?, ?, ?, ?)",
+                                 (topic, payload, correlation_data, time.time()))
+        except sqlite3.Error as exc:  # a full or broken disk: still sent, kept in memory only (paho)
+            log.error("outbox %s: cannot keep a message for %s (%s); sending it without the outbox", self.path,
+                      topic, exc)
+            return self._conn.publish(topic, payload, qos=qos, correlation_data=correlation_data)
         self.wake()
         return 0
 
