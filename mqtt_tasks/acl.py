@@ -75,9 +75,11 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
     task_topics = [t.tasks(check_name("queue", q)) for q in queues] if queues else [t.all_tasks]
     replies_any = t.replies_root + "+"
     record_topics = [t.record(check_name("queue", q)) for q in queues] if queues else [t.all_record]
+    routed_topics = [t.routed(q, "+") for q in queues] if queues else [t.routed("+", "+")]  # docs/routing.md
     if role == "producer":  # P/coordinator, receipts and P/record: keeping tasks until the coordinator has them
         return [*(Rule("write", q) for q in task_topics),
                 *(Rule("write", q) for q in record_topics),
+                *(Rule("write", q) for q in routed_topics),
                 Rule("read", t.replies(ident)),
                 Rule("read", t.receipts(ident)),
                 Rule("read", t.coordinator),
@@ -86,6 +88,7 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", t.workflows)]  # chains, groups, chords, sagas (docs/workflows.md)
     if role == "worker":
         return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
+                *(Rule("readwrite", q) for q in routed_topics),  # labels; write: forward with no coordinator
                 Rule("read", t.inbox(ident)),
                 Rule("read", t.control(ident)),
                 Rule("read", t.coordinator),

@@ -44,6 +44,7 @@ from .errors import (
     TaskFailedError,
 )
 from .protocol import codec, events
+from .protocol.labels import MAX_REQUIRED, check_labels
 from .protocol.rates import RATE_KEY_MAX, parse_rate_limit
 from .protocol.states import (
     CANCELLED,
@@ -127,6 +128,7 @@ class TaskDef(Generic[R]):
         step_timeout: float | None = None,
         rate_limit: str | None = None,
         rate_key: str | None = None,
+        requires: Iterable[str] | None = None,
     ) -> TaskHandle:
         """Submit with per-submission options overriding the registration's.
 
@@ -134,7 +136,8 @@ class TaskDef(Generic[R]):
         task does not start before then; it is sent at once with ``not_before`` and the coordinator
         holds it (docs/scheduling.md). ``priority``: 0-9, higher first in the coordinator's backlog.
         ``rate_limit`` (``"10/s"``) and ``rate_key`` (this submission's key itself, a string):
-        override the registration's (docs/scheduling.md, "Rate limits")."""
+        override the registration's (docs/scheduling.md, "Rate limits").
+        ``requires``: labels the worker that runs it must all have (docs/routing.md)."""
         opts = TaskOptions(
             queue=queue or self.options.queue,
             timeout=timeout if timeout is not None else self.options.timeout,
@@ -144,16 +147,18 @@ class TaskDef(Generic[R]):
             rate_limit=check_rate_limit(rate_limit) if rate_limit is not None else self.options.rate_limit,
             rate_key=self.options.rate_key,
         )
-        extra = scheduling_fields(delay=delay, at=at, priority=priority)
+        extra = scheduling_fields(delay=delay, at=at, priority=priority, requires=requires)
         if rate_key is not None:
             extra = {**(extra or {}), "rate_key": _key_text(rate_key, self.name)}
         return self.app.send(self.name, tuple(args), kwargs or {}, options=opts, task_id=task_id, extra=extra)
 
 
 def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | float | None = None,
-                      priority: int | None = None, now: float | None = None) -> dict[str, Any] | None:
-    """The task fields ``not_before`` and ``priority`` for a submission, checked: a delay or a time
-    in the past, both at once, or a priority out of 0-9 is a ``ConfigError`` naming the value."""
+                      priority: int | None = None, now: float | None = None,
+                      requires: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """The task fields ``not_before``, ``priority`` and ``requires`` for a submission, checked: a delay
+    or a time in the past, both at once, a priority out of 0-9 or a bad label (``requires_field``)
+    is a ``ConfigError`` naming the value."""
     fields: dict[str, Any] = {}
     now = time.time() if now is None else now
     if delay is not None and at is not None:
@@ -175,6 +180,7 @@ def scheduling_fields(*, delay: float | None = None, at: datetime.datetime | flo
                 PRIORITY_MIN <= priority <= PRIORITY_MAX):
             raise ConfigError(f"priority {priority!r} is out of range: give an integer {PRIORITY_MIN}-{PRIORITY_MAX}")
         fields["priority"] = priority
+    fields.update(requires_field(requires))
     return fields or None
 
 
@@ -238,6 +244,13 @@ def _key_text(value: Any, name: str) -> str:
     if not 1 <= len(text) <= RATE_KEY_MAX:
         raise ConfigError(f"task {name!r}: rate key {text[:40]!r} must be 1-{RATE_KEY_MAX} characters")
     return text
+
+
+def requires_field(requires: Iterable[str] | None) -> dict[str, Any]:
+    """``{"requires": [...]}``, the labels checked and sorted; empty for no labels."""
+    if not requires:
+        return {}
+    return {"requires": list(check_labels(requires, most=MAX_REQUIRED, kind="requires"))}
 
 
 def _iso(ts: float) -> str:

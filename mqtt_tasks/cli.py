@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
 )
 from .protocol import codec
+from .protocol.labels import MAX_LABELS, MAX_REQUIRED, check_labels
 from .protocol.states import ONLINE, PRIORITY_MAX, PRIORITY_MIN, RECORD_STATES, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
 from .transport import Connection, Message
@@ -139,6 +140,15 @@ def _name_callback(kind: str) -> Callable[[click.Context, click.Parameter, Any],
     return check
 
 
+def _labels_callback(kind: str, most: int = MAX_LABELS) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def check(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return check_labels(value, most=most, kind=kind)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return check
+
+
 def broker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--prefix", help="Topic prefix [default: mqtt-tasks].")(fn)
     return click.option("--broker", metavar="URL",
@@ -195,6 +205,12 @@ def load_app(ref: str) -> TaskApp:
                    "until its body returns) [default: 10].")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="At most one `progress` event per task per this many seconds [default: 1].")
+@click.option("--label", "labels", multiple=True, callback=_labels_callback("labels"),
+              help="A capability label of this worker (repeatable): it runs tasks that require it "
+                   "(docs/routing.md).")
+@click.option("--outbox", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="Keep results and other events in this SQLite file until the broker has them: they survive "
+                   "a lost link and a restart; the worker also starts without a network (docs/offline.md).")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -205,7 +221,8 @@ def load_app(ref: str) -> TaskApp:
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
                    grace: float, defer_after: float, started_after: float, cancel_grace: float | None,
-                   progress_every: float | None, processes: int, metrics_port: int | None, log_level: str) -> None:
+                   progress_every: float | None, labels: tuple[str, ...], outbox: str | None, processes: int,
+                   metrics_port: int | None, log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
     from .worker import Worker
@@ -214,12 +231,14 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
     broker = broker or os.environ.pop(ENV_WORKER_BROKER, None)  # a supervisor's --broker, passed to its children
     app = load_app(app_ref)
     settings = worker_settings(app, broker, prefix, heartbeat)
+    if processes > 1 and outbox:
+        raise CLIError("--outbox takes one worker process (each process needs a file of its own)", RET_USAGE)
     if processes > 1:
         Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
                    prefix=prefix, group=group, heartbeat=heartbeat, log_level=log_level,
                    defer_after=defer_after, started_after=started_after, cancel_grace=cancel_grace,
-                   progress_every=progress_every, metrics_port=metrics_port)
+                   progress_every=progress_every, metrics_port=metrics_port, labels=labels)
         return
     from .worker.cancel import DEFAULT_CANCEL_GRACE
     from .worker.progress import DEFAULT_PROGRESS_EVERY
@@ -228,11 +247,13 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
                     worker_id=worker_id, group=group, heartbeat_s=heartbeat, grace=grace,
                     defer_after=defer_after, started_after=started_after,
                     cancel_grace=DEFAULT_CANCEL_GRACE if cancel_grace is None else cancel_grace,
-                    progress_every=DEFAULT_PROGRESS_EVERY if progress_every is None else progress_every)
+                    progress_every=DEFAULT_PROGRESS_EVERY if progress_every is None else progress_every,
+                    labels=labels, outbox=outbox)
 
     def ready(w: Worker) -> None:
         click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, prefix "
-                   f"{settings.prefix}, queues {','.join(w.queues)}, concurrency {w.concurrency}, group {w.group}",
+                   f"{settings.prefix}, queues {','.join(w.queues)}, concurrency {w.concurrency}, group {w.group}"
+                   + (f", labels {','.join(w.labels)}" if w.labels else ""),
                    nl=True)
         sys.stdout.flush()
 
@@ -291,10 +312,12 @@ def _supervise(app_ref: str, broker: str | None, worker_id: str | None, processe
                 "--worker-id", child_id, "--grace", str(grace)]
         for queue in options["queues"]:
             argv += ["--queue", queue]
+        for label in options["labels"]:
+            argv += ["--label", label]
         for name, value in options.items():
             if name == "metrics_port" and value is not None:
                 value = value + index  # one port per process
-            if name != "queues" and value is not None:
+            if name not in ("queues", "labels") and value is not None:
                 argv += [f"--{name.replace('_', '-')}", str(value)]
         return argv
 
@@ -391,18 +414,21 @@ def _check_task_name(ctx: click.Context, param: click.Parameter, value: str) -> 
               "local time unless it has an offset or Z) or epoch seconds.")
 @click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), metavar=f"{PRIORITY_MIN}-{PRIORITY_MAX}",
               help="Higher first in the coordinator's backlog [default: 5].")
+@click.option("--require", "requires", multiple=True, callback=_labels_callback("requires", MAX_REQUIRED),
+              metavar="LABEL", help="Run it only on a worker with this label (repeatable; docs/routing.md).")
 @click.option("--rate-limit", metavar="COUNT/UNIT", help="At most COUNT of TASK dispatched in any window (10/s, "
               "100/m, 1000/h, 5/10s), across the fleet; the coordinator enforces it.")
 @click.option("--rate-key", metavar="KEY", help="With --rate-limit: the limit applies to each KEY separately.")
 @broker_options
 def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str, wait: bool, timeout: float,
-           delay: float | None, at: str | None, priority: int | None, rate_limit: str | None, rate_key: str | None,
-           broker: str | None, prefix: str | None) -> None:
+           delay: float | None, at: str | None, priority: int | None, requires: tuple[str, ...],
+           rate_limit: str | None, rate_key: str | None, broker: str | None, prefix: str | None) -> None:
     """Submit TASK with ARGS (each parsed as JSON where valid, else a string); print its id or, with --wait,
     its result. Put negative numbers after --: submit add -- -1 2."""
     kwargs = _parse_kwargs(kwargs_json)
     positional = [parse_arg(a) for a in args]
-    extra = scheduling_fields(delay=delay, at=None if at is None else parse_when(at), priority=priority)
+    extra = scheduling_fields(delay=delay, at=None if at is None else parse_when(at), priority=priority,
+                              requires=requires)
     if rate_key is not None and rate_limit is None:
         raise CLIError("--rate-key needs --rate-limit", RET_USAGE)
     if rate_limit is not None:

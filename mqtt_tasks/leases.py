@@ -507,6 +507,7 @@ class WorkerView:
     duration: float = 0.0  # moving average of its task run times (0: not known yet)
     full_at: float | None = None  # when it last had no free slot (coordinator clock), from its heartbeat
     lost_at: float | None = None  # when it last went offline
+    labels: frozenset[str] = frozenset()  # its capability labels (docs/routing.md)
 
 
 def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:

@@ -299,6 +299,38 @@ def test_with_a_coordinator_deferred_tasks_come_back_through_the_inbox(
         inbox.close()
 
 
+@pytest.mark.parametrize("with_coordinator", [True, False], ids=["coordinator", "no-coordinator"])
+def test_routed_tasks_run_only_on_the_device_with_the_label(
+        mosquitto: MosquittoProcess, device_factory: Any, producer: TaskApp, observer: PlainClient, prefix: str,
+        with_coordinator: bool) -> None:
+    """docs/routing.md: a device without the label hands a task that requires it to the coordinator
+    (which dispatches it to the labelled device's inbox) or, with none online, forwards it to
+    P/routed/{queue}/{labels}, which only the labelled device shares."""
+    from contextlib import nullcontext
+
+    with coordinator(mosquitto.url, prefix) if with_coordinator else nullcontext():
+        plain = device_factory("esp-plain")
+        camera = device_factory("esp-cam", labels=("camera",))
+        beat = observer.until(lambda item: item[0] == f"{prefix}/workers/esp-cam")[-1][1]
+        assert beat["labels"] == ["camera"]
+        if with_coordinator:
+            wait_until(lambda: plain.worker.coordinator_online and camera.worker.coordinator_online, TIMEOUT)
+        routed = [producer.send("add", [i, 1], {}, extra={"requires": ["camera"]}) for i in range(6)]
+        free = [producer.send("add", [i, 2], {}) for i in range(4)]
+        assert results(camera, routed, TIMEOUT) == [i + 1 for i in range(6)]
+        assert results(plain, free, TIMEOUT) == [i + 2 for i in range(4)]
+        assert camera.handled >= 6 and plain.handled == 10 - camera.handled
+        ran_on: dict[str, str] = {}
+        ids = {h.id for h in routed}
+
+        def all_seen(item: tuple[str, dict[str, Any], Any]) -> bool:
+            if item[1].get("id") in ids and item[1].get("state") in ("started", "succeeded"):
+                ran_on[item[1]["id"]] = item[1]["worker"]
+            return set(ran_on) == ids
+        observer.until(all_seen)
+        assert set(ran_on.values()) == {"esp-cam"}
+
+
 def test_non_ascii_arguments_result_and_reply_topic_round_trip(device_factory: Any, producer: TaskApp,
                                                                mosquitto: MosquittoProcess, observer: PlainClient,
                                                                prefix: str) -> None:

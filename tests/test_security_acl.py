@@ -128,7 +128,7 @@ def test_worker_role_is_least_privilege() -> None:
     assert rules == {("readwrite", t.tasks("default")), ("read", t.inbox("w1")), ("read", t.control("w1")),
                      ("read", t.coordinator), ("readwrite", t.probe("w1")), ("write", "P/status/+"),
                      ("write", t.worker("w1")), ("write", t.errors), ("write", "P/replies/+"),
-                     ("read", "P/cancel/+")}
+                     ("read", "P/cancel/+"), ("readwrite", "P/routed/default/+")}
 
 
 def test_monitor_role_is_read_only() -> None:

@@ -25,6 +25,7 @@ fields = {
     "timeout": json_values, "reply_to": json_values | st.sampled_from(["a/b", "a/+", "$x", ""]),
     "correlation": json_values, "expires_at": json_values, "queue": json_values | ids, "extra": json_values,
     "not_before": json_values, "priority": json_values | st.integers(-1, 10),
+    "requires": json_values | st.lists(st.sampled_from(["gpu", "cam", "a b", "", "x" * 65, "a,b"]), max_size=4),
 }
 tasks = st.fixed_dictionaries({}, optional=fields)
 

@@ -1,9 +1,12 @@
 """A minimal mqtt-tasks worker for MicroPython's umqtt.simple (MQTT 3.1.1, one task at a time).
 
 Speaks docs/protocol.md: takes tasks from $share/{group}/P/tasks/{queue} and, from a coordinator,
-P/inbox/{id}; publishes started / succeeded / failed events on P/status/{id} (and the final one on
-the task's reply_to), a retained heartbeat on P/workers/{id} with a retained Last Will "offline",
-and reports input it rejects on P/errors. Reconnects with back-off when the connection drops.
+P/inbox/{id}; with labels (``labels=("camera",)``, docs/routing.md) also from the routed topics
+$share/{group}/P/routed/{queue}/{labels}, and hands a task whose ``requires`` it cannot meet to the
+coordinator (or, with none online, forwards it to its routed topic); publishes started /
+succeeded / failed events on P/status/{id} (and the final one on the task's reply_to), a
+retained heartbeat on P/workers/{id} with a retained Last Will "offline", and reports input it
+rejects on P/errors. Reconnects with back-off when the connection drops.
 
 Written for umqtt.simple (>= 1.5; tested with 1.8.0) as it is:
 - it writes len() of a topic or payload as its length, so a str with a non-ASCII character makes
@@ -63,6 +66,27 @@ def valid_id(value):
     return isinstance(value, str) and 0 < len(value) <= 128 and all(c in _ID_CHARS for c in value)
 
 
+def valid_label(value):
+    """1-64 characters of A-Z a-z 0-9 _ . : - (docs/routing.md)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and all(c in _ID_CHARS for c in value)
+
+
+def combinations(labels, most=3):
+    """The routed-topic levels of a worker with `labels`: every combination of 1 to `most` of them,
+    sorted, joined by "," (no itertools on MicroPython)."""
+    out = []
+
+    def grow(start, chosen):
+        if chosen:
+            out.append(",".join(chosen))
+        if len(chosen) < most:
+            for i in range(start, len(labels)):
+                grow(i + 1, chosen + [labels[i]])
+
+    grow(0, [])
+    return sorted(out, key=lambda level: (level.count(","), level))
+
+
 class BadTask(ValueError):
     pass
 
@@ -70,9 +94,12 @@ class BadTask(ValueError):
 class Worker:
     def __init__(self, client, worker_id, prefix="mqtt-tasks", queues=("default",), group="workers",
                  heartbeat_s=10, max_pending=4, max_held=64, backoff_ms=1000, max_backoff_ms=30000,
-                 connect_timeout_s=10):
+                 connect_timeout_s=10, labels=()):
         if not valid_id(worker_id):
             raise ValueError("invalid worker id")
+        if not all(valid_label(label) for label in labels):
+            raise ValueError("invalid label")
+        self.labels = sorted(set(labels))
         self.client = client
         self.worker_id = worker_id
         self.prefix = prefix
@@ -125,6 +152,9 @@ class Worker:
         self.client.subscribe(_b(self._inbox), qos=1)
         for queue in self.queues:
             self.client.subscribe(_b("$share/{}/{}".format(self.group, self._topic("tasks", queue))), qos=1)
+            for level in combinations(self.labels):
+                self.client.subscribe(_b("$share/{}/{}".format(self.group, self._topic("routed", queue, level))),
+                                      qos=1)
         self.heartbeat()
         pending, self.unsent = self.unsent, []
         for message in pending:
@@ -248,8 +278,36 @@ class Worker:
         attempt = task.setdefault("attempt", 1)
         if not isinstance(attempt, int) or attempt < 1:
             raise BadTask("field 'attempt': expected an integer >= 1")
-        task.setdefault("queue", self.queues[0] if topic == self._inbox else topic.rsplit("/", 1)[-1])
+        self._routing_fields(topic, task)
         return task
+
+    def _routing_fields(self, topic, task):
+        """The task's queue (from the topic where absent) and its checked ``requires``."""
+        routed = topic.startswith(self._topic("routed") + "/")
+        levels = topic.split("/")
+        task.setdefault("queue", self.queues[0] if topic == self._inbox else levels[-2 if routed else -1])
+        requires = task.get("requires")
+        if requires is None and routed:  # the routed topic's labels are the task's
+            requires = task["requires"] = levels[-1].split(",")
+        if requires is not None and not (isinstance(requires, list) and len(requires) <= 3
+                                         and all(valid_label(label) for label in requires)):
+            raise BadTask("field 'requires': a list of at most 3 labels")
+
+    def _unmatched(self, topic, task):
+        """The task requires a label this worker lacks: to the coordinator, else to its routed
+        topic (from P/tasks only), else failed. True if it was settled here."""
+        lacking = [label for label in task.get("requires") or () if label not in self.labels]
+        if not lacking:
+            return False
+        reason = "worker " + self.worker_id + " lacks label(s) " + ", ".join(lacking)
+        if self.coordinator_online:
+            self._status(task, "deferred", {"reason": reason, "body": task, "routed": True})
+        elif topic.startswith(self._topic("tasks") + "/"):
+            self._publish(self._topic("routed", task["queue"], ",".join(sorted(task["requires"]))), json.dumps(task))
+        else:
+            self._report(topic, b"", reason + " and no coordinator is online", task["id"])
+            self._finish(task, "failed", {"error": {"type": "LabelMismatchError", "message": reason}}, final=True)
+        return True
 
     def _handle(self, topic, payload):
         try:
@@ -260,6 +318,8 @@ class Worker:
         expires_at = task.get("expires_at")
         if isinstance(expires_at, (int, float)) and expires_at < now():
             self._finish(task, "expired", {"reason": "expired before it was started"}, final=True)
+            return
+        if self._unmatched(topic, task):
             return
         fn = self.functions.get(task["task"])
         if fn is None:
@@ -317,7 +377,7 @@ class Worker:
             "free": 1 if (online and self.running is None and not self.waiting) else 0,
             "waiting": len(self.waiting) if online else 0,
             "tasks": held if online else [], "ts": now(), "heartbeat_s": self.heartbeat_s,
-            "group": self.group, "version": VERSION,
+            "group": self.group, "version": VERSION, "labels": self.labels,
         })
 
     def _publish(self, topic, payload, retain=False):

@@ -8,7 +8,9 @@ Built on these facts (DESIGN.md, BROKER-FACTS.md):
   backlog is not given back to the shared topic: each task goes to the inbox of one worker the
   fleet knows has a free slot (``P/inbox/{worker}``): highest ``priority`` first, then oldest, across
   the queues (docs/scheduling.md). A heap per queue: O(log n) a push or a pop.
-- A dispatch pass costs O(queues x workers) to find the free slots, then O(placed): a queue without
+- A task that ``requires`` labels waits in its own lane, ``queue/label,label`` (``routing``), for a
+  worker that has them all; a lane nobody serves holds up no other lane.
+- A dispatch pass costs O(lanes x workers) to find the free slots, then O(placed): a queue without
   a free slot is not looked at, and the pass stops when nothing more can be placed.
 - A task with a ``rate_limit`` whose bucket is at its limit is parked by the gate
   (``ratelimits.RateGate``) when it comes up, and comes back when the bucket has room; each
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import leases
 from ..protocol.states import BACKLOG, DEFAULT_PRIORITY
+from . import routing
 from .ratelimits import RateGate
 
 if TYPE_CHECKING:
@@ -103,8 +106,8 @@ class Backlog:
         record = records.live.get(task_id)
         if record is None or record.state != BACKLOG:
             return None
-        if record.queue != name:
-            self.push(task_id, record.queue, record.priority)
+        if routing.lane_of(record) != name:
+            self.push(task_id, routing.lane_of(record), record.priority)
             return None
         return record
 

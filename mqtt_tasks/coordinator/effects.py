@@ -37,6 +37,7 @@ from .. import tracing
 from ..leases import Announce, Cancel, Effect, Enqueue
 from ..protocol import codec, events
 from ..protocol.states import CANCELLED, DEAD, EXPIRED, ONLINE, RETRYING, SUCCEEDED
+from . import routing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,7 +139,7 @@ class Effects:
 
     def apply(self, record: TaskRecord, effect: Effect) -> None:
         if isinstance(effect, Enqueue):
-            self._backlog.push(effect.task_id, record.queue, record.priority)
+            self._backlog.push(effect.task_id, routing.lane_of(record), record.priority)
         elif isinstance(effect, Cancel):
             self._stats["cancels"] += 1
             log.info("coordinator: telling %s to stop task %s attempt %d: %s", effect.worker, effect.task_id,

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 from .. import leases
 from ..leases import WorkerView
 from ..protocol.states import DISPATCHED, OFFLINE, ONLINE, QUEUED, STARTED
+from . import routing
 
 if TYPE_CHECKING:
-    from collections.abc import Container
+    from collections.abc import Iterable
 
     from ..leases import LeasePolicy
     from ..protocol.messages import WorkerState
@@ -88,6 +89,7 @@ class Fleet:
             view.free = 0
             return view
         view.queues = tuple(state.queues)
+        view.labels = frozenset(state.labels or ())
         view.concurrency = state.concurrency
         view.heartbeat_s = state.heartbeat_s
         view.last_seen = 0.0 if retained else now  # a retained state may be old: not proof of life
@@ -108,16 +110,19 @@ class Fleet:
         self._inflight.pop(worker, None)
 
     # -- dispatch --------------------------------------------------------------------------
-    def serving(self, backlogged: Container[str], now: float) -> dict[str, list[WorkerView]]:
-        """Backlogged queue -> the live workers serving it, for the queues where one has a free slot."""
+    def live(self, now: float) -> list[WorkerView]:
+        return [w for w in self.views.values() if leases.is_live(w, now, self._policy)]
+
+    def serving(self, backlogged: Iterable[str], now: float) -> dict[str, list[WorkerView]]:
+        """Backlog lane (a queue, or a queue and required labels: ``routing``) -> the live workers
+        serving it, for the lanes where one has a free slot."""
+        live = self.live(now)
         serving: dict[str, list[WorkerView]] = {}
-        for w in self.views.values():
-            if not leases.is_live(w, now, self._policy):
-                continue
-            for name in w.queues:
-                if name in backlogged:
-                    serving.setdefault(name, []).append(w)
-        return {q: ws for q, ws in serving.items() if any(w.free > 0 for w in ws)}
+        for lane in backlogged:
+            workers = [w for w in live if routing.serves(w, lane)]
+            if any(w.free > 0 for w in workers):
+                serving[lane] = workers
+        return serving
 
     def assign(self, record: TaskRecord, workers: list[WorkerView], waiting: int, now: float) -> WorkerView | None:
         """The worker to dispatch the record to (``leases.pick_worker``), its slot taken; or None."""

@@ -46,6 +46,7 @@ from ..protocol.states import (
     STARTED,
     SUCCEEDED,
 )
+from . import routing
 from .effects import SOURCE
 
 if TYPE_CHECKING:
@@ -198,7 +199,11 @@ class Handlers:
     def on_deferred(self, event: StatusEvent) -> None:
         assert event.worker is not None
         record = self._records.get_or_new(event.id, event.body, task=event.task, queue=event.queue)
-        self._fleet.deferred(event.worker, record, full=not event.delayed)  # not_before ahead: not a full worker
+        self._fleet.deferred(event.worker, record, full=not (event.delayed or event.routed))  # neither is full
+        if event.routed:  # the worker lacks a label the task requires (routing.py)
+            self._records.save(record, routing.on_unmatched(record, event.attempt, event.worker, event.body,
+                                                            self._clock()))
+            return
         if event.delayed:
             rate = (event.rate_limit, event.rate_key) if event.rate_limit else None  # the worker's registration
             self._records.save(record, leases.on_delayed_handover(record, event.attempt, event.worker, event.body,

@@ -124,7 +124,7 @@ class Coordinator:
             self._effects.identity = {"name": self.name, "epoch": self.lease.epoch}
         self._records = Records(self.store, policy, timers, self._backlog, self._effects.apply, clock, stats)
         self._queries = Queries(self.settings, self.topics, self._records, self._fleet, self._backlog,
-                                self._effects, stats)
+                                self._effects, stats, clock)
         self._queries.ops.update(Admin(self._records, clock).ops())
         cancels = CancelRequests(self.settings, self.topics, self._records, self._effects, clock)
         self._workflows = Workflows(self.settings, self.topics, self._records, self._effects, policy, clock, stats)

@@ -35,6 +35,7 @@ from ..errors import (
 from ..protocol import codec, events
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
+from . import routing
 from .effects import final_event
 from .workflows import encode_event, workflow_view
 
@@ -56,7 +57,8 @@ class Queries:
     """Answers the queries that arrive on the query topic."""
 
     def __init__(self, settings: Settings, topics: Topics, records: Records, fleet: Fleet, backlog: Backlog,
-                 effects: Effects, stats: dict[str, int]) -> None:
+                 effects: Effects, stats: dict[str, int], clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._max_payload = settings.max_payload
         self._topics = topics
         self._records = records
@@ -94,7 +96,7 @@ class Queries:
         if op == "status":
             record = self._records.get(str(request.get("id", "")))
             if record is not None:
-                view = record_view(record)
+                view = self._with_waiting(record_view(record), record)
                 if (waiting := self._backlog.gate.waiting(record.id)) is not None:
                     view["rate_limited"] = waiting  # parked: its bucket is at its limit
                 return {"ok": True, "task": view}
@@ -129,6 +131,11 @@ class Queries:
                                    self._max_payload)
             self._effects.send_now(reply_to, payload, correlation_data=correlation_data)
 
+    def _with_waiting(self, view: dict[str, Any], record: TaskRecord) -> dict[str, Any]:
+        """A routed task in the backlog says why it waits (``routing.waiting_reason``)."""
+        reason = routing.waiting_reason(record, self._fleet.live(self._clock()))
+        return {**view, "waiting": reason} if reason else view
+
     def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
         """From the store; while it cannot commit, the live tasks from memory, saying so."""
         try:
@@ -145,7 +152,8 @@ class Queries:
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
                 "backlog_by_queue": self._backlog.by_queue(),
                 "rate_limited": self._backlog.gate.parked,
-                "workers": {w.worker: {"state": w.state, "free": w.free} for w in list(self._fleet.views.values())}}
+                "workers": {w.worker: {"state": w.state, "free": w.free, "labels": sorted(w.labels)}
+                            for w in list(self._fleet.views.values())}}
 
 
 # -- views of a record -------------------------------------------------------------------------

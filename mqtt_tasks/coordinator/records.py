@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import leases
 from ..protocol.states import BACKLOG
+from . import routing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -55,7 +56,7 @@ class Records:
             leases.extend(record, now, self._policy.reconnect_grace)
             self._timers.schedule(record)
             if record.state == BACKLOG:
-                self._backlog.push(record.id, record.queue, record.priority)
+                self._backlog.push(record.id, routing.lane_of(record), record.priority)
         return len(self.live)
 
     def extend_leases(self, now: float) -> None:

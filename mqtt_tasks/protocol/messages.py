@@ -6,11 +6,11 @@ re-dispatch by the coordinator, and a v1 consumer ignores what it does not know.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from . import validate
+from . import labels, validate
 from .rates import RATE_KEY_MAX, RATE_LIMIT_PATTERN, rate_limit_problem
 from .states import (  # noqa: F401 - re-exported: the states belong to the contract
     CANCELLED,
@@ -46,6 +46,9 @@ else:  # the vocabulary of states.py, as enums in the JSON Schema
     WorkerStateName = Literal[WORKER_STATES]
     CoordinatorStateName = Literal[COORDINATOR_STATES]
     WorkflowKind = Literal[WORKFLOW_KINDS]
+
+
+Label = Annotated[str, Field(pattern=labels.LABEL_PATTERN)]
 
 
 class _Message(BaseModel):
@@ -99,6 +102,17 @@ class Task(_Message):
                                    "period at most 24 h")
     rate_key: str | None = Field(default=None, min_length=1, max_length=RATE_KEY_MAX, description="with "
                                  "rate_limit: the limit applies to each key separately (a device, a customer)")
+    requires: list[Label] | None = Field(default=None, max_length=labels.MAX_REQUIRED,
+                                       description="labels the worker that runs it must all have (0-3 distinct "
+                                                   "labels of 1-64 characters of A-Z a-z 0-9 _ . : -; "
+                                                   "docs/routing.md)")
+
+    @field_validator("requires")
+    @classmethod
+    def _requires_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (reason := labels.problem(value)) is not None:
+            raise ValueError(reason)
+        return value
 
     @field_validator("priority", "alone", "schedule", "scheduled_for", "workflow", "traceparent", "tracestate",
                      mode="before")
@@ -166,6 +180,8 @@ class StatusEvent(_Message):
                                    "worker's registration of a task that carried none; the coordinator adopts it")
     rate_key: str | None = Field(default=None, description="with rate_limit: the key the worker read from the "
                                  "task's arguments")
+    routed: bool | None = Field(default=None, description="on deferred: handed over because this worker lacks a "
+                                "label the task requires; the coordinator gives it to a worker that has them")
 
 
 class HeldTask(_Message):
@@ -191,6 +207,7 @@ class WorkerState(_Message):
     stuck: int | None = Field(default=None, description="slots taken by cancelled task bodies that did not stop "
                               "within the cancel grace (Python cannot stop a thread)")
     group: str | None = None
+    labels: list[Label] | None = Field(default=None, description="the worker's capability labels (docs/routing.md)")
     pid: int | None = None
     host: str | None = None
     version: str | None = None

@@ -17,6 +17,9 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
     P/cancel/{task_id}       (extension) a request to cancel a task: the coordinator and every worker read it
     P/workflows              (extension) chains, groups, chords and sagas for the coordinator (docs/workflows.md)
+    P/routed/{queue}/{labels}  (extension) a task that requires labels, without a coordinator: workers
+                             that have them all take it as $share/{group}/P/routed/{queue}/{labels}
+                             (labels sorted, joined by ``,``; protocol/labels.py)
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class Topics:
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
                  "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root",
-                 "cancel_root", "workflows")
+                 "cancel_root", "workflows", "routed_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -79,6 +82,7 @@ class Topics:
         self.record_root = f"{prefix}/record/"
         self.cancel_root = f"{prefix}/cancel/"
         self.workflows = f"{prefix}/workflows"
+        self.routed_root = f"{prefix}/routed/"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:
@@ -116,6 +120,13 @@ class Topics:
     def cancel(self, task_id: str) -> str:
         return self.cancel_root + task_id
 
+    def routed(self, queue: str, level: str) -> str:
+        """``P/routed/{queue}/{level}``: ``level`` is ``labels.routed_level`` of the required labels."""
+        return f"{self.routed_root}{queue}/{level}"
+
+    def shared_routed(self, group: str, queue: str, level: str) -> str:
+        return f"$share/{group}/{self.routed(queue, level)}"
+
     # -- wildcard filters -------------------------------------------------------
     @property
     def all_tasks(self) -> str:
@@ -139,8 +150,15 @@ class Topics:
 
     # -- parsers: return the last level, or None when the topic is not of that kind --
     def queue_of(self, topic: str) -> str | None:
-        """The queue of a task topic: ``P/tasks/{queue}`` or ``P/record/{queue}``."""
-        return _tail(topic, self.tasks_root) or _tail(topic, self.record_root)
+        """The queue of a task topic: ``P/tasks/{queue}``, ``P/record/{queue}`` or
+        ``P/routed/{queue}/{labels}``."""
+        return _tail(topic, self.tasks_root) or _tail(topic, self.record_root) or self._routed_queue(topic)
+
+    def _routed_queue(self, topic: str) -> str | None:
+        if not topic.startswith(self.routed_root):
+            return None
+        queue, _, level = topic[len(self.routed_root):].partition("/")
+        return queue if queue and level and "/" not in level else None
 
     def task_id_of_status(self, topic: str) -> str | None:
         return _tail(topic, self.status_root)

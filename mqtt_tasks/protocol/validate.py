@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from . import labels
 from .rates import RATE_KEY_MAX, rate_limit_problem
 from .states import PRIORITY_MAX, PRIORITY_MIN, STATUS_STATES, TASK_NAME_PATTERN
 from .topics import ID_PATTERN
@@ -131,6 +132,7 @@ class TaskData(dict[str, Any]):
     tracestate = property(lambda self: lenient("tracestate", self.get("tracestate")))
     rate_limit = property(lambda self: self.get("rate_limit"))
     rate_key = property(lambda self: self.get("rate_key"))
+    requires = property(lambda self: self.get("requires"))
 
 
 def task(obj: dict[str, Any]) -> TaskData:
@@ -155,6 +157,8 @@ def task(obj: dict[str, Any]) -> TaskData:
     _check_number(obj, "not_before")
     _check_number(obj, "step_timeout", positive=True)
     _check_rate(obj)
+    if obj.get("requires") is not None and (reason := labels.problem(obj["requires"])) is not None:
+        raise Invalid(f"field 'requires': {reason}")
     return TaskData(obj)
 
 

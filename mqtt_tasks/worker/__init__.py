@@ -11,6 +11,8 @@ Its parts, in the order a task meets them:
 - ``running``: the attempts held, their ``started`` announcements, the snapshot;
 - ``reporter``: outcomes -> status events, replies, error reports;
 - ``heartbeat``: the retained worker state;
+- ``outbox``: with ``outbox=PATH``, what the reporter publishes kept on disk until the broker has
+  it (docs/offline.md);
 - ``link``: the coordinator's presence and its control ops (cancel);
 - ``fleet_clock``: the coordinator's clock as read from its presence, by which expiry is judged;
 - ``stats``: thread-safe counters;

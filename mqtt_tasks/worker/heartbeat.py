@@ -11,6 +11,10 @@ Facts it is built on:
   the Last Will (``offline``, no tasks) is retained too, and is what the broker publishes for a
   worker that vanishes without a DISCONNECT.
 - A heartbeat that fails is logged and retried at the next beat: it never ends the thread.
+- None is published while disconnected: paho would queue it (a stale state, useless), and a
+  queued publish keeps paho's network thread from stopping until the socket times out, which
+  held a worker starting without a network (``outbox.connect_until_up``) for a keep-alive.
+  The connection's ``on_connect`` asks for one at once.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Identity:
     concurrency: int
     heartbeat_s: float
     group: str
+    labels: tuple[str, ...] = ()
 
 
 def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]], free: int, waiting: int,
@@ -51,7 +56,8 @@ def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]]
     return codec.encode(events.worker_state(
         identity.worker_id, state, time.time(), queues=identity.queues, concurrency=identity.concurrency,
         tasks=tasks, heartbeat_s=identity.heartbeat_s, free=free, waiting=waiting, full_ago=full_ago,
-        group=identity.group, pid=os.getpid(), host=socket.gethostname(), version=__version__, stuck=stuck or None,
+        group=identity.group, labels=list(identity.labels) or None, pid=os.getpid(), host=socket.gethostname(),
+        version=__version__, stuck=stuck or None,
     ))
 
 
@@ -78,6 +84,8 @@ class Heartbeat:
             self._beat_now.clear()
             if self._stopped.is_set():
                 return
+            if not getattr(self._conn, "connected", True):
+                continue  # a stale state queued in paho is worth nothing; one goes out on the next connect
             try:
                 self.publish(DRAINING if self._dispatch.draining else ONLINE)
             except Exception:

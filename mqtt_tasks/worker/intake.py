@@ -14,7 +14,13 @@ here with a verdict, without taking a slot. In order:
    coordinator alike (``deferred``, ``delayed``), whose backlog dispatches it within the limit
    across the fleet; with no coordinator online, refused (``RateLimitError``), never run
    unlimited. From this worker's inbox: it runs;
-6. no function registered under its name: ``failed`` with ``UnknownTaskError``.
+6. ``requires`` a label this worker lacks (docs/routing.md): handed to the coordinator
+   (``deferred``, ``routed``), which gives it to a worker that has them all; with no coordinator
+   online, a task from ``P/tasks/{queue}`` is forwarded to its routed topic
+   ``P/routed/{queue}/{labels}``, which only such workers share; one that arrived on a routed topic
+   or the inbox is refused (an error report and a final ``failed``, ``LabelMismatchError``).
+   A task on a routed topic without ``requires`` takes the topic's labels as its own;
+7. no function registered under its name: ``failed`` with ``UnknownTaskError``.
 
 Whatever is settled here is acknowledged by the dispatcher.
 
@@ -43,7 +49,7 @@ from ..app import TaskDef, rate_fields
 from ..config import Settings
 from ..errors import DecodeError, UnknownTaskError
 from ..execution import Outcome
-from ..protocol import codec, events
+from ..protocol import codec, events, labels
 from ..protocol.states import EXPIRED, FAILED
 from ..protocol.topics import Topics
 from ..protocol.validate import TaskData
@@ -57,13 +63,14 @@ from .stats import Counters
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet", "rate_limited"]
+Verdict = Literal["duplicate", "expired", "unsure", "unknown", "not_yet", "rate_limited", "unmatched"]
 DUPLICATE: Verdict = "duplicate"
 EXPIRED_VERDICT: Verdict = "expired"
 UNSURE: Verdict = "unsure"
 UNKNOWN: Verdict = "unknown"
 NOT_YET: Verdict = "not_yet"
 RATE_LIMITED: Verdict = "rate_limited"
+UNMATCHED: Verdict = "unmatched"
 
 
 def read_task(message: Message, topics: Topics, *, max_payload: int, signing_key: str | bytes | None) -> TaskData:
@@ -85,11 +92,13 @@ def apply_message_expiry(task: TaskData, message: Message, clock: Callable[[], f
 
 
 def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
-          clock: Callable[[], float | None] = time.time, *, due: bool = False) -> Verdict | None:
+          clock: Callable[[], float | None] = time.time, *, due: bool = False,
+          own_labels: Container[str] = ()) -> Verdict | None:
     """Why ``task`` ends here without taking a slot, or None when it may start. Pure; ``clock``
     (the fleet's time, None when this worker cannot tell it yet) is read only for a task that
     has an expiry or a ``not_before``; ``due``: the coordinator dispatched it (from this worker's inbox):
-    it judged its ``not_before`` and its ``rate_limit`` already."""
+    it judged its ``not_before`` and its ``rate_limit`` already; ``own_labels``: this worker's, which
+    must include every label the task ``requires``."""
     if running_attempt == task.attempt:
         return DUPLICATE
     if task.expires_at is not None:
@@ -104,6 +113,8 @@ def judge(task: TaskData, running_attempt: int | None, registry: Container[str],
             return NOT_YET
     if task.rate_limit is not None and not due:
         return RATE_LIMITED
+    if any(label not in own_labels for label in task.requires or ()):
+        return UNMATCHED
     if task.task not in registry:
         return UNKNOWN
     return None
@@ -114,8 +125,9 @@ class Intake:
 
     def __init__(self, worker_id: str, topics: Topics, settings: Settings, registry: dict[str, TaskDef[Any]],
                  running: Running, reporter: Reporter, counters: Counters, clock: FleetClock,
-                 link: CoordinatorLink | None = None) -> None:
+                 link: CoordinatorLink | None = None, own_labels: tuple[str, ...] = ()) -> None:
         self.worker_id = worker_id
+        self.labels = frozenset(own_labels)
         self._clock = clock
         self._link = link
         self._topics = topics
@@ -133,13 +145,14 @@ class Intake:
         except (DecodeError, SignatureError) as exc:
             self._reject(message, exc.reason if isinstance(exc, DecodeError) else str(exc))
             return None
+        self._label_from_topic(task, message.topic)
         clock = self._clock
         # judged by the fleet's clock; a relative expiry by any
         absolute = task.expires_at is not None or task.not_before is not None
         apply_message_expiry(task, message, clock.now)
         due = message.topic.startswith(self._topics.inbox_root)
         verdict = judge(task, self._running.attempt_of(task.id), self._registry,
-                        clock.now_or_none if absolute else clock.now, due=due)
+                        clock.now_or_none if absolute else clock.now, due=due, own_labels=self.labels)
         registered = self._registered_limit(task) if verdict is None and not due else None
         if registered is not None:
             verdict = RATE_LIMITED
@@ -164,6 +177,14 @@ class Intake:
                         task.id, exc)
             return {"rate_limit": tdef.options.rate_limit}
 
+    def _label_from_topic(self, task: TaskData, topic: str) -> None:
+        """A task on ``P/routed/{queue}/{labels}`` without ``requires`` requires the topic's labels
+        (so a hand-over to the coordinator keeps them). Not a signed one: its signature covers its
+        fields (signing.py), so a signed task must carry its ``requires`` itself."""
+        if not task.requires and "sig" not in task and topic.startswith(self._topics.routed_root):
+            level = topic.rsplit("/", 1)[-1]
+            task["requires"] = [label for label in level.split(",") if labels.is_label(label)]
+
     def _reject(self, message: Message, reason: str) -> None:
         self._counters.add("rejected")
         log.warning("worker %s rejected a message on %s: %s", self.worker_id, message.topic, reason)
@@ -184,6 +205,8 @@ class Intake:
             limit = task.rate_limit or (registered or {}).get("rate_limit")
             self._hand_over(task, message, f"rate_limit {limit} is the coordinator's to keep", "RateLimitError",
                             f"has rate_limit {limit}", registered=registered)
+        elif verdict == UNMATCHED:
+            self._unmatched(task, message)
         else:
             err = UnknownTaskError(task.task)
             self._reporter.outcome(task, message, Outcome(False, None, type(err).__name__, str(err)))
@@ -208,3 +231,23 @@ class Intake:
         self._reporter.error(reason, message.topic, None, task.id)
         error = events.error_info(error_type, reason)
         self._reporter.finish(task, message, FAILED, {"error": error}, final=True)
+
+    def _unmatched(self, task: TaskData, message: Message) -> None:
+        """A task that requires a label this worker lacks: to the coordinator; with none online,
+        forwarded once to its routed topic, or refused when it came from one (or the inbox)."""
+        lacking = labels.describe(labels.missing(task.requires, self.labels))
+        if self._link is None or self._link.online:
+            self._reporter.defer(task, f"worker {self.worker_id} lacks label(s) {lacking}", routed=True)
+            return
+        if message.topic.startswith(self._topics.tasks_root):
+            topic = self._topics.routed(task.queue or "default", labels.routed_level(task.requires))
+            log.info("worker %s: task %s requires %s, which it lacks; no coordinator online: forwarded to %s",
+                     self.worker_id, task.id, lacking, topic)
+            self._reporter.forward(task, topic)
+            return
+        reason = (f"task {task.id}: requires {labels.describe(task.requires)}; worker {self.worker_id} lacks "
+                  f"{lacking} and no coordinator is online to route it")
+        log.warning("worker %s: %s", self.worker_id, reason)
+        self._reporter.error(reason, message.topic, None, task.id)
+        self._reporter.finish(task, message, FAILED, {"error": events.error_info("LabelMismatchError", reason)},
+                              final=True)

@@ -30,11 +30,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..app import TaskApp
 from ..config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, Settings
 from ..execution import Executor, Run
+from ..protocol import labels as label_rules
+from ..protocol.labels import check_labels
 from ..protocol.states import DRAINING, OFFLINE, ONLINE
 from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
 from ..tracing import Attempts
@@ -44,6 +46,7 @@ from .dispatch import Dispatcher
 from .heartbeat import Heartbeat, Identity, last_will
 from .intake import Intake
 from .link import CoordinatorLink
+from .outbox import OUTBOX_DRAIN_S, Outbox, connect_until_up
 from .probe import ShareProbe
 from .progress import DEFAULT_PROGRESS_EVERY, Progress
 from .reporter import Reporter
@@ -98,6 +101,8 @@ class Worker:
         connection: Connection | None = None,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         progress_every: float = DEFAULT_PROGRESS_EVERY,
+        labels: Iterable[str] = (),
+        outbox: str | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -106,6 +111,7 @@ class Worker:
         self.concurrency = max(1, concurrency or min(32, (os.cpu_count() or 1) * 4))
         self.worker_id = check_name("worker id", worker_id or default_worker_id())
         self.group = check_name("share group", group)
+        self.labels = check_labels(labels)
         self.heartbeat_s = heartbeat_s or self.settings.heartbeat_s
         self.grace = grace
         if defer_after < 0:
@@ -116,13 +122,15 @@ class Worker:
         self.started_after = started_after
         self.cancel_grace = cancel_grace
         self.progress_every = progress_every
-        self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group)
+        self._identity = Identity(self.worker_id, self.queues, self.concurrency, self.heartbeat_s, self.group,
+                                  self.labels)
         self._stopped = threading.Event()
         self._beat_now = threading.Event()
         self._started = False
         self._stale: list[Run] = []  # runs handed back by stop(); see stale_runs
         self._threads: list[threading.Thread] = []
         self._conn = connection if connection is not None else self._make_connection()
+        self._outbox = Outbox(outbox, self._conn, self.settings.max_payload, self._stopped) if outbox else None
         self._build_parts()
 
     def _make_connection(self) -> Connection:
@@ -131,8 +139,13 @@ class Worker:
             will=Will(self.topics.worker(self.worker_id), last_will(self._identity)),
             receive_maximum=max(2 * self.concurrency, 8),
             buffered_reads=False,  # see the module docstring
-            on_connect=lambda first: self._beat_now.set(),
+            on_connect=self._on_connect,
         )
+
+    def _on_connect(self, first: bool) -> None:
+        self._beat_now.set()
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def _build_parts(self) -> None:
         registry = self.app.registry
@@ -140,29 +153,35 @@ class Worker:
         self._executor = Executor(self.concurrency)
         self._running = Running(self.started_after)
         self._link = CoordinatorLink(self.worker_id, self._running, self._executor, self.settings.max_payload)
-        self._reporter = Reporter(self.worker_id, self.topics, self._conn, registry, self._running, self._link,
-                                  self._counters)
+        self._reporter = Reporter(self.worker_id, self.topics, self._outbox or self._conn, registry, self._running,
+                                  self._link, self._counters)
         self._reporter.attempts = Attempts.create(self.worker_id)
         intake = Intake(self.worker_id, self.topics, self.settings, registry, self._running, self._reporter,
-                        self._counters, self._link.clock, self._link)
+                        self._counters, self._link.clock, self._link, self.labels)
         self._cancels = Cancels(self.worker_id, self._running, self._executor, self._reporter, self._link,
                                 self._counters, self.cancel_grace)
         progress = Progress(self._reporter, self._running, self.progress_every, lambda due: self._dispatch.wake(due))
         self._dispatch = Dispatcher(
             worker_id=self.worker_id, topics=self.topics, conn=self._conn, registry=registry,
-            task_filters=[self.topics.shared_tasks(self.group, q) for q in self.queues],
+            task_filters=self._task_filters(),
             slots=Slots(self.concurrency, self.defer_after, time.monotonic()), running=self._running,
             intake=intake, reporter=self._reporter, link=self._link, executor=self._executor,
             counters=self._counters, cancels=self._cancels, progress=progress)
         self._heartbeat = Heartbeat(self._identity, self.topics, self._conn, self._running, self._dispatch,
                                     self._beat_now, self._stopped)
 
+    def _task_filters(self) -> list[str]:
+        """Each queue's shared topic, and its routed topics for this worker's labels (docs/routing.md)."""
+        return [self.topics.shared_tasks(self.group, q) for q in self.queues] + [
+            self.topics.shared_routed(self.group, q, level) for q in self.queues
+            for level in label_rules.combinations(self.labels)]
+
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Worker:
         """Connect, subscribe and start the threads; returns when ready to take tasks."""
         self._conn.subscribe(self.topics.coordinator)  # first: whether a coordinator runs, before any task
-        for q in self.queues:
-            self._conn.subscribe(self.topics.shared_tasks(self.group, q))
+        for topic_filter in self._task_filters():
+            self._conn.subscribe(topic_filter)
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
         self._conn.subscribe(self.topics.all_cancel)  # cancels work without a coordinator (cancel.py)
@@ -171,7 +190,11 @@ class Worker:
         probe.arm()
         self._spawn("mqtt-worker-timer", self._dispatch.timer.run)
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
-        self._conn.connect()
+        if self._outbox is not None:
+            self._spawn("mqtt-worker-outbox", self._outbox.run)
+            connect_until_up(self._conn, self._outbox, self._stopped, self.worker_id)
+        else:
+            self._conn.connect()
         self._started = True
         if self.app.schedules:  # declared with @app.periodic: the coordinator must know them
             from ..schedules import Registrar
@@ -207,8 +230,13 @@ class Worker:
         self._halt()
         for thread in self._threads:
             thread.join(5.0)
+        if self._outbox is not None and not self._outbox.drain(OUTBOX_DRAIN_S):
+            log.warning("worker %s: %d message(s) stay in the outbox %s for the next start", self.worker_id,
+                        self._outbox.pending(), self._outbox.path)
         self._heartbeat.publish(OFFLINE)
         self._conn.close()
+        if self._outbox is not None:
+            self._outbox.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _hand_back_running(self, grace: float) -> None:

@@ -35,6 +35,7 @@ from ..protocol.validate import TaskData
 from ..tracing import Attempts
 from ..transport import Connection, Message
 from .link import CoordinatorLink
+from .outbox import Outbox
 from .running import Running
 from .stats import Counters
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 class Reporter:
     """Publishes what became of each attempt, and what this worker rejected."""
 
-    def __init__(self, worker_id: str, topics: Topics, conn: Connection, registry: dict[str, TaskDef[Any]],
+    def __init__(self, worker_id: str, topics: Topics, conn: Connection | Outbox, registry: dict[str, TaskDef[Any]],
                  running: Running, link: CoordinatorLink, counters: Counters) -> None:
         self.worker_id = worker_id
         self._topics = topics
@@ -98,12 +99,19 @@ class Reporter:
         self._running.forget(task)
         self.end_attempt(task, state, extra.get("error"))
 
-    def defer(self, task: TaskData, reason: str, *, delayed: bool = False, extra: dict[str, Any] | None = None) -> None:
+    def defer(self, task: TaskData, reason: str, *, delayed: bool = False, routed: bool = False,
+              extra: dict[str, Any] | None = None) -> None:
         """Hand a task that has not started to the coordinator: ``deferred``, with the whole task
-        (``delayed``: because its ``not_before`` is ahead or it has a rate limit; ``extra``: more
-        fields of the event, e.g. the ``rate_limit`` of this worker's registration)."""
+        (``delayed``: because its ``not_before`` is ahead or it has a rate limit; ``routed``: because
+        this worker lacks a label it requires; ``extra``: more fields of the event, e.g. the
+        ``rate_limit`` of this worker's registration)."""
         self._counters.add(DEFERRED)
-        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None, **(extra or {})})
+        self.status(task, DEFERRED, {"reason": reason, "body": dict(task), "delayed": delayed or None,
+                                     "routed": routed or None, **(extra or {})})
+    def forward(self, task: TaskData, topic: str) -> None:
+        """Publish a task that has not started on another task topic (its routed topic)."""
+        self._counters.add("forwarded")
+        self._conn.publish(topic, codec.encode(task))
 
     def max_attempts(self, task: TaskData) -> int:
         tdef = self._registry.get(task.task)

@@ -3,7 +3,8 @@
 They are incremented by the network thread (``started``, ``deferred``, ``rejected``, ``dropped``,
 under the dispatch lock), by task threads (``succeeded``, ``failed``, under no lock of the
 worker's), by ``stop`` (``handed_back``: still running when the grace ran out), by cancels
-(``cancelled``; ``abandoned``: a cancelled body still running after the cancel grace) and read from
+(``cancelled``; ``abandoned``: a cancelled body still running after the cancel grace), by intake
+(``forwarded``: to its routed topic, docs/routing.md) and read from
 anywhere. A ``+=`` on a shared dict from several threads can lose counts;
 one lock of their own, held for one addition, costs about a tenth of a microsecond per count.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 
 NAMES = ("started", "succeeded", "failed", "deferred", "rejected", "dropped", "handed_back", "cancelled",
-         "abandoned")
+         "abandoned", "forwarded")
 
 
 class Counters:
