@@ -48,7 +48,7 @@ def test_producer_refuses_oversize_before_publishing(mosquitto: MosquittoProcess
         canary.close()
         wait_until(lambda: t.tasks("canary") in watch.topics())
         assert watch.topics() == [t.tasks("canary")]  # the oversize task never reached the broker
-        assert app._pending == {}  # and left no waiting future behind
+        assert app.awaiting == 0  # and left no waiting future behind
     finally:
         watch.conn.close(1.0)
 

@@ -84,7 +84,7 @@ class Heartbeat:
             self._beat_now.clear()
             if self._stopped.is_set():
                 return
-            if not getattr(self._conn, "connected", True):
+            if not self._conn.connected:
                 continue  # a stale state queued in paho is worth nothing; one goes out on the next connect
             try:
                 self.publish(DRAINING if self._dispatch.draining else ONLINE)
