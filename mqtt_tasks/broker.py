@@ -302,6 +302,9 @@ class EmbeddedBroker:
         ready.set_result(None)
         await self._stop_requested.wait()
         self._broker = None
+        for server in broker._servers.values():  # free the ports first: the rest of a shutdown can be slow
+            if server.instance is not None:
+                server.instance.close()
         await broker.shutdown()
 
     def _config(self) -> dict[str, Any]:
