@@ -25,6 +25,7 @@ class MemoryStore(Store):
         self._pending_workflows: dict[str, WorkflowRecord] = {}
         self._windows: dict[str, dict[str, Any]] = {}
         self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
+        self._rollouts: dict[str, dict[str, Any]] = {}
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -79,6 +80,12 @@ class MemoryStore(Store):
     def load_rate_windows(self) -> dict[str, dict[str, Any]]:
         self.commit()
         return copy.deepcopy(self._windows)
+
+    def put_rollout(self, rollout_id: str, data: dict[str, Any]) -> None:
+        self._rollouts[rollout_id] = copy.deepcopy(data)  # nothing survives the process: no need to buffer
+
+    def load_rollouts(self) -> list[dict[str, Any]]:
+        return sorted(copy.deepcopy(list(self._rollouts.values())), key=lambda r: r.get("created", 0.0))
 
     def _commit_schedules(self) -> int:
         for name, schedule in self._pending_schedules.items():
