@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
+from .acl import ROLES
 from .app import TaskApp, TaskOptions, check_rate_limit, scheduling_fields
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
@@ -802,7 +803,7 @@ def schema(kind: str | None) -> None:
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("role", type=click.Choice(["producer", "worker", "coordinator", "monitor"]))
+@click.argument("role", type=click.Choice(list(ROLES)))
 @click.argument("ident")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
               envvar="MQTT_TASKS_ACL_PASSWORD", help="[env: MQTT_TASKS_ACL_PASSWORD]")

@@ -204,8 +204,11 @@ def test_bad_bundles_are_refused_reported_and_change_nothing(mosquitto: Any, pre
             worker_process(url, prefix, "w1", key[1], tmp_path, monkeypatch), \
             TaskApp(broker=url, prefix=prefix) as producer:
         wait_fleet(url, prefix, {"w1"})
-        # signed with a key this worker does not trust
-        wrong = client.start_rollout(s, client.sign_module(module_file(tmp_path, "2"), version="2", to="all",
+        # signed with a key this worker does not trust; its top level would leave a mark if it ran
+        marker = tmp_path / "the-code-ran"
+        wrong_file = Path(module_file(tmp_path, "2"))
+        wrong_file.write_text(wrong_file.read_text() + f"\nopen({str(marker)!r}, 'w').close()\n")
+        wrong = client.start_rollout(s, client.sign_module(str(wrong_file), version="2", to="all",
                                                            private_key_path=other[0]))
         final = wait_rollout(url, prefix, wrong["id"], "completed")
         assert final["workers"]["w1"]["state"] == "failed" and "does not verify" in final["workers"]["w1"]["reason"]
@@ -218,7 +221,7 @@ def test_bad_bundles_are_refused_reported_and_change_nothing(mosquitto: Any, pre
         private = keys.load_private(key[0])
         older = bundles.make(deploy_tasks.BUNDLE.format(version="1"), module=MODULE, version="1", to="all",
                              rollout="old-one", private_key=private, serial=good["manifest"]["serial"] - 1)
-        tampered = {**good, "source": good["source"].replace('VERSION = "3"', 'VERSION = "evil"')}
+        tampered = {**good, "source": good["source"] + f"\nopen({str(marker)!r}, 'w').close()\n"}
         elsewhere = bundles.make(deploy_tasks.BUNDLE.format(version="4"), module=MODULE, version="4",
                                  to="worker=w9", rollout="not-w1", private_key=private)
         unsigned = {**good, "sig": "A" * 86 + "=="}
@@ -235,6 +238,7 @@ def test_bad_bundles_are_refused_reported_and_change_nothing(mosquitto: Any, pre
         assert "does not verify" in reasons[4]
         assert "malformed bundle" in reasons[5]
         assert producer.send("which", ["after-bad"]).result(TIMEOUT) == "3"  # nothing changed, nothing lost
+        assert not marker.exists()  # code that did not verify never ran
         assert watch.reports("w1")[-1]["running"] == {MODULE: "3"}
 
 

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from ..config import Settings
-from ..coordinator.queries import _ask
+from ..coordinator import queries
 from ..errors import ConfigError, MqttTasksError, TaskNotFoundError
 from . import bundle as bundles
 from . import keys
@@ -86,6 +86,12 @@ def rollback(settings: Settings, rollout_id: str, private_key_path: str, *, wave
 
 def rollout_id_for_rollback(rollout_id: str) -> str:
     return rollout_id[:110] + "-rb-" + uuid.uuid4().hex[:4]
+
+
+def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """A query from the user's own client id when the settings carry a username: with ACLs on, the
+    deployer role may read its replies on ``P/replies/{username}`` only (docs/security.md)."""
+    return queries._ask(settings, request, timeout, client_id=settings.username)
 
 
 def _rollout(answer: dict[str, Any], action: str) -> dict[str, Any]:
