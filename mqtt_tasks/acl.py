@@ -117,6 +117,11 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", replies_any),
                 Rule("write", t.deploy_bundle_root + "+"),  # the waves of a rollout
                 Rule("read", t.all_deploy_status)]
+    return _onlooker_rules(role, ident, t)
+
+
+def _onlooker_rules(role: str, ident: str, t: Topics) -> list[Rule]:
+    """The roles that run no tasks: the deployer and the (read-only) monitor."""
     if role == "deployer":  # rollouts go through the coordinator: it alone writes the workers' bundle topics
         return [Rule("write", t.rpc),
                 Rule("read", t.replies(ident)),

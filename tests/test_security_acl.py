@@ -378,8 +378,6 @@ def test_a_rollout_works_through_the_roles_and_no_one_else_reaches_a_workers_bun
     keys.keygen(str(tmp_path / "d.key"), str(tmp_path / "d.pub"))
     module = tmp_path / "which_tasks.py"
     module.write_text(deploy_tasks.BUNDLE.format(version="2"))
-    spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
-    connect(open_conns, spy.conn)
     app = TaskApp(settings=settings_for(secured, "w1", prefix=prefix), client_id="w1-app")
     app.registry.update(deploy_tasks.app.registry)
     worker = Worker(app, worker_id="w1", settings=settings_for(secured, "w1", prefix=prefix), heartbeat_s=0.5,
@@ -393,6 +391,11 @@ def test_a_rollout_works_through_the_roles_and_no_one_else_reaches_a_workers_bun
         wait_until(lambda: client.rollout_status(deployer, started["id"])["state"] == "completed", 10)
         assert worker._deploys is not None and worker._deploys.versions() == {"which_tasks": "2"}
         # neither the deployer nor another worker can put a bundle on w1's topic or speak for w1
+        spy = Recorder(secured, "spy", client_id="spy-2").subscribe(t.deploy_bundle("w1"), t.deploy_status("w1"),
+                                                                    t.status("+"))
+        connect(open_conns, spy.conn)
+        wait_until(lambda: t.deploy_status("w1") in spy.topics(), message="w1's retained report never came")
+        spy.messages.clear()  # that one was w1's own (retained); from here on nothing may arrive
         for user, forbidden in (("d1", [t.deploy_bundle("w1"), t.tasks("default")]),
                                 ("w2", [t.deploy_bundle("w1"), t.deploy_status("w1")])):
             publisher = connect(open_conns, Connection(settings_for(secured, user), f"{user}-x"))

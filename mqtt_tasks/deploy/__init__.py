@@ -13,8 +13,21 @@ rollouts in its store and sends the waves (``coordinator/deploys.py``), and the 
 verifies and applies bundles between tasks (``worker/deploys.py``).
 """
 
-from .client import pause_rollout, resume_rollout, rollback, rollout_status, sign_module, start_rollout
+from typing import Any
+
 from .selector import Selector, parse
+
+_CLIENT = ("pause_rollout", "resume_rollout", "rollback", "rollout_status", "sign_module", "start_rollout")
+
+
+def __getattr__(name: str) -> Any:
+    """The client functions load on first use (with pydantic): ``mqtt-worker`` never needs them."""
+    if name in _CLIENT:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'mqtt_tasks.deploy' has no attribute {name!r}")
+
 
 __all__ = ["Selector", "parse", "pause_rollout", "resume_rollout", "rollback", "rollout_status", "sign_module",
            "start_rollout"]

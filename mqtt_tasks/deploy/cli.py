@@ -14,7 +14,6 @@ import click
 
 from ..cli import _Group, broker_options, print_table
 from ..config import Settings
-from . import client
 
 _HELP = {"help_option_names": ["-h", "--help"]}
 _SUBCOMMANDS = ("keygen", "status", "pause", "resume", "rollback", "push")
@@ -77,6 +76,8 @@ def push(path: str, version: str, to: str, key_path: str, module: str | None, wa
          abort_pct: float | None, min_executed: int, worker_timeout: float, broker: str | None,
          prefix: str | None, timeout: float) -> None:
     """Sign the module at PATH and start its rollout (also: mqtt-tasks deploy PATH ...)."""
+    from . import client
+
     bundle = client.sign_module(path, version=version, to=to, private_key_path=key_path, module=module)
     rollout = client.start_rollout(Settings.from_env(broker, prefix=prefix), bundle, wave_size=wave_size, rate=rate,
                                    abort_pct=abort_pct, min_executed=min_executed, timeout_s=worker_timeout,
@@ -93,6 +94,8 @@ def push(path: str, version: str, to: str, key_path: str, module: str | None, wa
 def status(rollout_id: str | None, as_json: bool, broker: str | None, prefix: str | None, timeout: float) -> None:
     """One rollout with each worker's state, or every rollout."""
     settings = Settings.from_env(broker, prefix=prefix)
+    from . import client
+
     found = client.rollout_status(settings, rollout_id, timeout=timeout)
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -108,18 +111,20 @@ def status(rollout_id: str | None, as_json: bool, broker: str | None, prefix: st
         print_table(f"rollout {found['id']}", ("worker", "state", "reason"), steps)
 
 
-def _simple(name: str, call: Any, doc: str) -> None:
+def _simple(name: str, call: str, doc: str) -> None:
     @deploy.command(name, context_settings=_HELP, help=doc)
     @click.argument("rollout_id")
     @broker_options
     @_timeout
     def command(rollout_id: str, broker: str | None, prefix: str | None, timeout: float) -> None:
-        rollout = call(Settings.from_env(broker, prefix=prefix), rollout_id, timeout=timeout)
+        from . import client
+
+        rollout = getattr(client, call)(Settings.from_env(broker, prefix=prefix), rollout_id, timeout=timeout)
         click.echo(f"rollout {rollout['id']}: {rollout['state']}; {_counts(rollout)}")
 
 
-_simple("pause", client.pause_rollout, "Start no further wave of ROLLOUT_ID (sent bundles still apply).")
-_simple("resume", client.resume_rollout, "Go on with a paused ROLLOUT_ID.")
+_simple("pause", "pause_rollout", "Start no further wave of ROLLOUT_ID (sent bundles still apply).")
+_simple("resume", "resume_rollout", "Go on with a paused ROLLOUT_ID.")
 
 
 @deploy.command("rollback", context_settings=_HELP)
@@ -132,6 +137,8 @@ _simple("resume", client.resume_rollout, "Go on with a paused ROLLOUT_ID.")
 def rollback(rollout_id: str, key_path: str, wave_size: int, rate: float | None, broker: str | None,
              prefix: str | None, timeout: float) -> None:
     """Stop ROLLOUT_ID and re-deploy the previous version to the workers that applied it (signed anew)."""
+    from . import client
+
     rollout = client.rollback(Settings.from_env(broker, prefix=prefix), rollout_id, key_path, wave_size=wave_size,
                               rate=rate, timeout=timeout)
     click.echo(f"rollout {rollout['id']}: {rollout['module']} {rollout['version']} back to "
