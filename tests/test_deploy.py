@@ -275,6 +275,12 @@ def test_a_running_task_finishes_on_the_old_code_the_next_runs_the_new_a_restart
             restored = wait_until(lambda: [r for r in watch.reports("w1") if r.get("restored")], TIMEOUT)
             assert restored[0]["version"] == "2" and restored[0]["running"] == {MODULE: "2"}
             assert producer.send("which", ["restarted"]).result(TIMEOUT) == "2"
+            # the serial it runs survived the restart: the older bundle replayed is refused
+            older = client.rollout_status(s, first["id"], bundle=True)["bundle"]
+            watch.conn.publish(f"{prefix}/deploy/bundle/w1", json.dumps(older).encode())
+            refused = wait_until(lambda: [e for e in watch.errors() if "replay or downgrade" in e["reason"]], TIMEOUT)
+            assert refused[0]["source"] == "w1"
+            assert producer.send("which", ["after-replay"]).result(TIMEOUT) == "2"
             wait_fleet(url, prefix, {"w1"})
             rolled = run_cli("deploy", "rollback", second["id"], "--key", key[0], "--broker", url, "--prefix", prefix)
             assert rolled.returncode == 0, rolled.stderr

@@ -75,6 +75,8 @@ class Worker:
     - ``mqtt-worker-timer``: what is due with no message to prompt it (expiries, deferrals of
       overdue waiting tasks, ``started`` events).
     - ``mqtt-worker-heartbeat``: the retained worker state every ``heartbeat_s``.
+    - ``mqtt-worker-deploy`` (with ``deploy=(public key file, directory)``): verifies and applies
+      signed code bundles (``deploys.py``, docs/deploy.md).
 
     Shutdown order (``stop``): 1. stop taking tasks (unsubscribe) and hand back what has not
     started; 2. let running tasks finish within ``grace`` while still heartbeating; 3. hand back
