@@ -26,6 +26,7 @@ class MemoryStore(Store):
         self._windows: dict[str, dict[str, Any]] = {}
         self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
         self._rollouts: dict[str, dict[str, Any]] = {}
+        self._pending_rollouts: dict[str, dict[str, Any]] = {}
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -44,7 +45,10 @@ class MemoryStore(Store):
                 self._finished.pop(snapshot.id, None)
                 self._live[snapshot.id] = snapshot
         self._pending.clear()
-        return written + self._commit_schedules() + self._commit_workflows() + self._commit_windows()
+        rollouts, self._pending_rollouts = self._pending_rollouts, {}
+        self._rollouts.update(rollouts)
+        return (written + self._commit_schedules() + self._commit_workflows() + self._commit_windows()
+                + len(rollouts))
 
     def _commit_workflows(self) -> int:
         for workflow in self._pending_workflows.values():
@@ -82,9 +86,10 @@ class MemoryStore(Store):
         return copy.deepcopy(self._windows)
 
     def put_rollout(self, rollout_id: str, data: dict[str, Any]) -> None:
-        self._rollouts[rollout_id] = copy.deepcopy(data)  # nothing survives the process: no need to buffer
+        self._pending_rollouts[rollout_id] = copy.deepcopy(data)
 
     def load_rollouts(self) -> list[dict[str, Any]]:
+        self.commit()
         return sorted(copy.deepcopy(list(self._rollouts.values())), key=lambda r: r.get("created", 0.0))
 
     def _commit_schedules(self) -> int:

@@ -307,6 +307,7 @@ class SQLiteStore(Store):
         """Close without committing: a coordinator that no longer leads drops what it buffered."""
         self._pending.clear()
         self._pending_schedules = {}
+        self._pending_rollouts = {}
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
