@@ -361,3 +361,31 @@ def test_the_cli_refuses_bad_deploy_input_in_one_line(tmp_path: Path, key: tuple
         assert_one_line_error(result, 2)
     made = runner.invoke(cli, ["deploy", "keygen", str(tmp_path / "fresh")], prog_name="mqtt-tasks")
     assert made.exit_code == 0 and os.path.exists(tmp_path / "fresh.key")
+
+
+# -- keys rotated, deploys off ---------------------------------------------------------------------------
+
+def test_a_worker_restarted_with_another_key_refuses_its_kept_bundles_and_one_without_deploys_ignores_them(
+        mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str]) -> None:
+    url = mosquitto.url
+    other = (str(tmp_path / "other.key"), str(tmp_path / "other.pub"))
+    keys.keygen(*other)
+    signed = bundles.make(deploy_tasks.BUNDLE.format(version="5"), module=MODULE, version="5", to="all",
+                          rollout="direct", private_key=keys.load_private(key[0]))
+    with watching(url, prefix) as watch, TaskApp(broker=url, prefix=prefix) as producer:
+        with in_process_worker(url, prefix, "w1", key[1], tmp_path):  # no coordinator needed to take a bundle
+            watch.conn.publish(f"{prefix}/deploy/bundle/w1", json.dumps(signed).encode())
+            wait_until(lambda: watch.states("w1")[-1:] == ["applied"], TIMEOUT)
+            assert producer.send("which", ["before-rotation"]).result(TIMEOUT) == "5"
+        with in_process_worker(url, prefix, "w1", other[1], tmp_path):  # the same directory, the new key
+            refused = wait_until(lambda: [r for r in watch.reports("w1") if r["state"] == "failed"], TIMEOUT)
+            assert "does not verify" in refused[0]["reason"] and refused[0]["running"] == {}
+            assert producer.send("which", ["after-rotation"]).result(TIMEOUT) == "local"
+        plain_app = TaskApp(broker=url, prefix=prefix)
+        plain_app.registry.update(deploy_tasks.app.registry)
+        with Worker(plain_app, worker_id="w3", heartbeat_s=HB, concurrency=1):  # no --accept-deploys
+            watch.conn.publish(f"{prefix}/deploy/bundle/w3", json.dumps(signed).encode())
+            assert producer.send("which", ["no-deploys"]).result(TIMEOUT) == "local"
+            assert producer.send("which", ["no-deploys-2"]).result(TIMEOUT) == "local"
+        plain_app.close()
+    assert watch.reports("w3") == []
