@@ -319,6 +319,9 @@ def test_acl_cli_command(tmp_path: Path) -> None:
     printed = runner.invoke(cli, ["acl", "worker", "w1", "--password", "s3cret-s3cret"])
     assert printed.exit_code == 0, printed.output
     assert "w1:$7$" in printed.output and "user w1" in printed.output
+    deployer = runner.invoke(cli, ["acl", "deployer", "d1", "--password", "s3cret-s3cret", "--prefix", "P"])
+    assert deployer.exit_code == 0 and "topic write P/rpc/coordinator" in deployer.output
+    assert "topic read P/replies/d1" in deployer.output and "deploy/bundle" not in deployer.output
     pw, acl_path = tmp_path / "passwd", tmp_path / "acl"
     written = runner.invoke(cli, ["acl", "producer", "p1", "--password", "pw-pw-pw-pw",
                                   "--password-file", str(pw), "--acl-file", str(acl_path)])
