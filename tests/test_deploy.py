@@ -239,6 +239,13 @@ def test_bad_bundles_are_refused_reported_and_change_nothing(mosquitto: Any, pre
         assert "malformed bundle" in reasons[5]
         assert producer.send("which", ["after-bad"]).result(TIMEOUT) == "3"  # nothing changed, nothing lost
         assert not marker.exists()  # code that did not verify never ran
+        # signed, but named like a module of the standard library: it would replace it; not applied
+        manifest = {**good["manifest"], "module": "json", "serial": good["manifest"]["serial"] + 1}
+        shadow = {**good, "manifest": manifest, "sig": keys.sign(private, bundles.canonical(manifest))}
+        watch.conn.publish(f"{prefix}/deploy/bundle/w1", json.dumps(shadow).encode())
+        taken = wait_until(lambda: [r for r in watch.reports("w1") if "taken" in r.get("reason", "")], TIMEOUT)
+        assert taken[0]["state"] == "failed" and taken[0]["module"] == "json"
+        assert producer.send("which", ["after-shadow"]).result(TIMEOUT) == "3"
         assert watch.reports("w1")[-1]["running"] == {MODULE: "3"}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from typing import Any
 
@@ -26,6 +27,14 @@ from . import keys
 
 MAX_SOURCE = 200_000
 """A module's source is at most this many bytes (it travels in one MQTT message, under the cap)."""
+RESERVED_MODULES = frozenset(sys.stdlib_module_names) | {"mqtt_tasks", "paho", "pydantic", "click", "cryptography"}
+"""Module names a bundle may not take: it would replace them in the worker's ``sys.modules``."""
+
+
+def check_module_name(module: str) -> None:
+    if module in RESERVED_MODULES:
+        raise ConfigError(f"module name {module!r} is taken by the standard library or mqtt-tasks itself: "
+                          "name the bundle's module otherwise (--module)")
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
@@ -36,6 +45,7 @@ def canonical(manifest: dict[str, Any]) -> bytes:
 def make(source: str, *, module: str, version: str, to: str, rollout: str, private_key: Any,
          serial: int | None = None, rollback_of: str | None = None) -> dict[str, Any]:
     """A signed bundle (its JSON object), checked against the wire model; ``ConfigError`` if it is not one."""
+    check_module_name(module)
     data = source.encode()
     if len(data) > MAX_SOURCE:
         raise ConfigError(f"module source is {len(data)} bytes; a bundle takes at most {MAX_SOURCE}")

@@ -182,8 +182,13 @@ class Deploys:
     def _load(self, bundle: Bundle) -> tuple[types.ModuleType, dict[str, TaskDef[Any]]]:
         """Run the module's top level; its ``app``'s tasks, bound to this worker's app."""
         from ..app import TaskApp, TaskDef
+        from ..deploy.bundle import check_module_name
 
         m = bundle.manifest
+        try:
+            check_module_name(m.module)
+        except ConfigError as exc:
+            raise ApplyError(str(exc)) from None
         module = types.ModuleType(m.module)
         module.__file__ = f"<bundle {m.module} {m.version}>"
         try:
