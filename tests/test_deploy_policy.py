@@ -84,6 +84,8 @@ def test_a_bundle_with_a_bad_name_or_version_is_not_made(pair: Any) -> None:
         _make(pair[0], module="no-dashes")
     with pytest.raises(ConfigError, match="version"):
         _make(pair[0], version="a b")
+    with pytest.raises(ConfigError, match="at most 200000 travel in one message"):
+        _make(pair[0], source="x = 1\n" * 40_000)
     for taken in ("json", "os", "mqtt_tasks"):  # it would replace them in the worker's sys.modules
         with pytest.raises(ConfigError, match="taken"):
             _make(pair[0], module=taken)

@@ -25,8 +25,9 @@ from ..errors import ConfigError, SignatureError
 from ..protocol.deploys import Bundle
 from . import keys
 
-MAX_SOURCE = 200_000
-"""A module's source is at most this many bytes (it travels in one MQTT message, under the cap)."""
+MAX_BUNDLE = 200_000
+"""A bundle is at most this many bytes as JSON: it travels in one MQTT message (the ``deploy.start``
+query, then to each worker), under the 256 KiB payload cap with room for the query around it."""
 RESERVED_MODULES = frozenset(sys.stdlib_module_names) | {"mqtt_tasks", "paho", "pydantic", "click", "cryptography"}
 """Module names a bundle may not take: it would replace them in the worker's ``sys.modules``."""
 
@@ -47,8 +48,6 @@ def make(source: str, *, module: str, version: str, to: str, rollout: str, priva
     """A signed bundle (its JSON object), checked against the wire model; ``ConfigError`` if it is not one."""
     check_module_name(module)
     data = source.encode()
-    if len(data) > MAX_SOURCE:
-        raise ConfigError(f"module source is {len(data)} bytes; a bundle takes at most {MAX_SOURCE}")
     manifest = {"rollout": rollout, "module": module, "version": version,
                 "serial": serial or int(time.time() * 1000), "sha256": hashlib.sha256(data).hexdigest(),
                 "to": to, "key": keys.key_id(private_key.public_key()), "created": time.time(),
@@ -59,6 +58,9 @@ def make(source: str, *, module: str, version: str, to: str, rollout: str, priva
         Bundle.model_validate(bundle)
     except ValidationError as exc:
         raise ConfigError(f"invalid bundle: {_first(exc)}") from None
+    size = len(json.dumps(bundle).encode())
+    if size > MAX_BUNDLE:
+        raise ConfigError(f"the bundle is {size} bytes as JSON; at most {MAX_BUNDLE} travel in one message")
     return bundle
 
 
