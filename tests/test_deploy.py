@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from mqtt_tasks import TaskApp, Worker
-from mqtt_tasks.cli import cli, worker_command
+from mqtt_tasks.cli import cli, fetch_worker_states, worker_command
 from mqtt_tasks.coordinator import query_stats
 from mqtt_tasks.deploy import bundle as bundles
 from mqtt_tasks.deploy import client, keys
@@ -281,6 +281,8 @@ def test_a_running_task_finishes_on_the_old_code_the_next_runs_the_new_a_restart
         with worker_process(url, prefix, "w1", key[1], tmp_path, monkeypatch):
             restored = wait_until(lambda: [r for r in watch.reports("w1") if r.get("restored")], TIMEOUT)
             assert restored[0]["version"] == "2" and restored[0]["running"] == {MODULE: "2"}
+            wait_until(lambda: any(w.worker == "w1" and w.state == "online" and w.code == {MODULE: "2"}
+                                   for w in fetch_worker_states(s)), TIMEOUT, message="no heartbeat says code 2")
             assert producer.send("which", ["restarted"]).result(TIMEOUT) == "2"
             # the serial it runs survived the restart: the older bundle replayed is refused
             older = client.rollout_status(s, first["id"], bundle=True)["bundle"]
