@@ -246,6 +246,11 @@ def test_bad_bundles_are_refused_reported_and_change_nothing(mosquitto: Any, pre
         taken = wait_until(lambda: [r for r in watch.reports("w1") if "taken" in r.get("reason", "")], TIMEOUT)
         assert taken[0]["state"] == "failed" and taken[0]["module"] == "json"
         assert producer.send("which", ["after-shadow"]).result(TIMEOUT) == "3"
+        # the bundle it runs, again (a QoS 1 redelivery): answered, not applied again (no `verified` step)
+        before = len(watch.reports("w1"))
+        watch.conn.publish(f"{prefix}/deploy/bundle/w1", json.dumps(good).encode())
+        wait_until(lambda: len(watch.reports("w1")) >= before + 2, TIMEOUT)
+        assert [r["state"] for r in watch.reports("w1")[before:]] == ["downloaded", "applied"]
         assert watch.reports("w1")[-1]["running"] == {MODULE: "3"}
 
 
