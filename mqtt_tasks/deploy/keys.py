@@ -70,9 +70,11 @@ def _read(path: str, kind: str) -> bytes:
 def load_private(path: str) -> Any:
     """An Ed25519 private key from a PEM file; ``ConfigError`` naming the file otherwise."""
     serialization = _serialization()
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_private_key(_read(path, "private"), password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, _ed25519().Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 private key")
@@ -82,9 +84,11 @@ def load_private(path: str) -> Any:
 def load_public(path: str) -> Any:
     """An Ed25519 public key from a PEM file; ``ConfigError`` naming the file otherwise."""
     serialization = _serialization()
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_public_key(_read(path, "public"))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path} is not a PEM public key ({exc})") from None
     if not isinstance(key, _ed25519().Ed25519PublicKey):
         raise ConfigError(f"{path} is not an Ed25519 public key")
