@@ -56,6 +56,14 @@ def test_keygen_keeps_the_private_key_private_and_never_overwrites(tmp_path: Pat
         keys.load_public(str(tmp_path / "k.key"))
     with pytest.raises(ConfigError, match="cannot read"):
         keys.load_private(str(tmp_path / "missing.key"))
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.pub").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(ConfigError, match="not an Ed25519 public key"):
+        keys.load_public(str(tmp_path / "ec.pub"))
 
 
 def test_a_signed_bundle_verifies_and_any_change_breaks_it(pair: Any, tmp_path: Path) -> None:
