@@ -1,4 +1,4 @@
-"""Least-privilege Mosquitto credentials for the four roles: producer, worker, coordinator, monitor.
+"""Least-privilege Mosquitto credentials for the roles: producer, worker, coordinator, monitor, deployer.
 
 ``generate(role, ident, password)`` returns a password-file line and an ACL block; ``install``
 writes them into a Mosquitto ``password_file`` and ``acl_file`` (replacing an earlier entry for
@@ -36,7 +36,7 @@ from typing import Literal
 from .errors import ConfigError
 from .protocol.topics import DEFAULT_PREFIX, Topics, check_name
 
-ROLES = ("producer", "worker", "coordinator", "monitor")
+ROLES = ("producer", "worker", "coordinator", "monitor", "deployer")
 Access = Literal["read", "write", "readwrite"]
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
@@ -97,7 +97,9 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", t.all_status),
                 Rule("write", t.worker(ident)),
                 Rule("write", t.errors),
-                Rule("write", replies_any)]
+                Rule("write", replies_any),
+                Rule("read", t.deploy_bundle(ident)),  # code bundles for it alone (docs/deploy.md)
+                Rule("write", t.deploy_status(ident))]
     if role == "coordinator":
         return [Rule("readwrite", t.all_tasks),
                 Rule("read", t.all_record),
@@ -112,12 +114,25 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
                 Rule("write", t.inbox_root + "+"),
                 Rule("write", t.control_root + "+"),
                 Rule("readwrite", t.coordinator),  # read: a group's leader answers a former leader's Will
-                Rule("write", replies_any)]
+                Rule("write", replies_any),
+                Rule("write", t.deploy_bundle_root + "+"),  # the waves of a rollout
+                Rule("read", t.all_deploy_status)]
+    return _onlooker_rules(role, ident, t)
+
+
+def _onlooker_rules(role: str, ident: str, t: Topics) -> list[Rule]:
+    """The roles that run no tasks: the deployer and the (read-only) monitor."""
+    if role == "deployer":  # rollouts go through the coordinator: it alone writes the workers' bundle topics
+        return [Rule("write", t.rpc),
+                Rule("read", t.replies(ident)),
+                Rule("read", t.all_deploy_status),
+                Rule("read", t.coordinator)]
     return [Rule("read", t.all_status),  # monitor: read-only
             Rule("read", t.all_workers),
             Rule("read", t.dead_root + "+"),
             Rule("read", t.errors),
-            Rule("read", t.coordinator)]
+            Rule("read", t.coordinator),
+            Rule("read", t.all_deploy_status)]
 
 
 def check_user(ident: str) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
+from .acl import ROLES
 from .app import TaskApp, TaskOptions, check_rate_limit, scheduling_fields
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
@@ -211,6 +212,13 @@ def load_app(ref: str) -> TaskApp:
 @click.option("--outbox", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
               help="Keep results and other events in this SQLite file until the broker has them: they survive "
                    "a lost link and a restart; the worker also starts without a network (docs/offline.md).")
+@click.option("--accept-deploys", is_flag=True,
+              help="Take signed code bundles (mqtt-tasks deploy) and apply them between tasks; needs --deploy-key "
+                   "and --deploy-dir (docs/deploy.md).")
+@click.option("--deploy-key", type=click.Path(dir_okay=False), metavar="PUBKEYFILE",
+              help="The Ed25519 public key (PEM) that bundles must be signed with.")
+@click.option("--deploy-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where applied bundles are kept: a restarted worker applies them again before any task.")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to run under one supervisor.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -221,7 +229,8 @@ def load_app(ref: str) -> TaskApp:
 def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues: tuple[str, ...],
                    concurrency: int | None, worker_id: str | None, group: str, heartbeat: float | None,
                    grace: float, defer_after: float, started_after: float, cancel_grace: float | None,
-                   progress_every: float | None, labels: tuple[str, ...], outbox: str | None, processes: int,
+                   progress_every: float | None, labels: tuple[str, ...], outbox: str | None, accept_deploys: bool,
+                   deploy_key: str | None, deploy_dir: str | None, processes: int,
                    metrics_port: int | None, log_level: str) -> None:
     """Run a worker for the TaskApp at MODULE:ATTR (e.g. tasks:app) until SIGTERM or Ctrl-C."""
     from .supervisor import serve
@@ -233,6 +242,7 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
     settings = worker_settings(app, broker, prefix, heartbeat)
     if processes > 1 and outbox:
         raise CLIError("--outbox takes one worker process (each process needs a file of its own)", RET_USAGE)
+    deploy = _deploy_options(accept_deploys, deploy_key, deploy_dir, processes)
     if processes > 1:
         Connection(settings, f"mqtt-worker-probe-{uuid.uuid4().hex[:8]}").connect().close()  # fail fast, once
         _supervise(app_ref, broker, worker_id, processes, grace, queues=queues, concurrency=concurrency,
@@ -248,7 +258,7 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
                     defer_after=defer_after, started_after=started_after,
                     cancel_grace=DEFAULT_CANCEL_GRACE if cancel_grace is None else cancel_grace,
                     progress_every=DEFAULT_PROGRESS_EVERY if progress_every is None else progress_every,
-                    labels=labels, outbox=outbox)
+                    labels=labels, outbox=outbox, deploy=deploy)
 
     def ready(w: Worker) -> None:
         click.echo(f"mqtt-worker {w.worker_id} ready: {app_ref} on {settings.display_url}, prefix "
@@ -262,6 +272,21 @@ def worker_command(app_ref: str, broker: str | None, prefix: str | None, queues:
         serve(worker, on_ready=ready)
     finally:
         stop_metrics()
+
+
+def _deploy_options(accept: bool, key: str | None, directory: str | None, processes: int) -> tuple[str, str] | None:
+    if not accept:
+        if key or directory:
+            raise CLIError("--deploy-key and --deploy-dir need --accept-deploys", RET_USAGE)
+        return None
+    if not key or not directory:
+        raise CLIError("--accept-deploys needs --deploy-key PUBKEYFILE and --deploy-dir DIR", RET_USAGE)
+    if processes > 1:
+        raise CLIError("--accept-deploys takes one worker process (each process applies bundles of its own)", RET_USAGE)
+    from .deploy.keys import load_public
+
+    load_public(key)  # a bad key file is one line now, not a traceback later
+    return key, directory
 
 
 def _worker_metrics(worker: Any, port: int | None) -> Callable[[], None]:
@@ -778,7 +803,7 @@ def schema(kind: str | None) -> None:
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("role", type=click.Choice(["producer", "worker", "coordinator", "monitor"]))
+@click.argument("role", type=click.Choice(list(ROLES)))
 @click.argument("ident")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
               envvar="MQTT_TASKS_ACL_PASSWORD", help="[env: MQTT_TASKS_ACL_PASSWORD]")
@@ -918,3 +943,9 @@ def _fire_time(ts: float | None) -> str:
 def main() -> None:
     """Console script ``mqtt-tasks``."""
     cli.main(prog_name="mqtt-tasks")
+
+
+# -- mqtt-tasks deploy (docs/deploy.md): its own module; imported last, it uses the helpers above --
+from .deploy.cli import deploy as _deploy  # noqa: E402
+
+cli.add_command(_deploy)

@@ -110,3 +110,43 @@ def test_the_rate_limited_example_from_the_cli(example_worker: dict[str, str], t
         coord.wait(30)
         if coord.stdout is not None:
             coord.stdout.close()
+
+
+def test_the_deploy_example_from_the_cli(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
+    """examples/README.md, "Rolling out new task code": the commands as written, as processes."""
+    env = {**os.environ, "MQTT_TASKS_BROKER": mosquitto.url}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mqtt_tasks", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    key = str(tmp_path / "deployer")
+    assert run("deploy", "keygen", key).returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "mqtt_tasks", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+             for argv in (["coordinator", "--db", str(tmp_path / "c.db")],
+                          ["worker", "examples.tasks:app", "--accept-deploys", "--deploy-key", key + ".pub",
+                           "--deploy-dir", str(tmp_path / "deploy-state"), "--heartbeat", "0.5", "--log-level",
+                           "warning"])]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and "ready" in proc.stdout.readline()
+        assert _coordinator_online(mosquitto.url)
+        assert run("submit", "text.shout", "hi", "--wait").stdout.strip() == '"HI"'
+        deadline = time.monotonic() + 20
+        while (started := run("deploy", "examples/deploy/text_tasks.py", "--version", "2", "--to", "all", "--key",
+                               key + ".key")).returncode != 0 and time.monotonic() < deadline:
+            assert "no live worker matches" in started.stderr, started.stderr  # not heard from yet: ask again
+            time.sleep(0.2)
+        assert started.returncode == 0, started.stderr
+        rollout = started.stdout.split()[1].rstrip(":")
+        while "completed" not in run("deploy", "status", rollout).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "1/1 applied" in run("deploy", "status", rollout).stdout
+        assert run("submit", "text.shout", "hi", "--wait").stdout.strip() == '"HI!"'
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+            if proc.stdout is not None:
+                proc.stdout.close()

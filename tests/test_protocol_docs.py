@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mqtt_tasks.protocol.deploys import Bundle, DeployReport, Manifest
 from mqtt_tasks.protocol.messages import (
     CoordinatorPresence,
     ErrorReport,
@@ -31,7 +32,7 @@ def documented_fields(section: str) -> set[str]:
         if not line.startswith("| `"):
             continue
         first_cell = line.split("|")[1]
-        names.update(re.findall(r"`([a-z_]+)`", first_cell))
+        names.update(re.findall(r"`([a-z_][a-z0-9_]*)`", first_cell))
     return names
 
 
@@ -39,7 +40,8 @@ def documented_fields(section: str) -> set[str]:
     ("section", "model"),
     [("Task", Task), ("Status event", StatusEvent), ("Worker state", WorkerState), ("Error report", ErrorReport),
      ("Coordinator presence", CoordinatorPresence), ("Receipt", Receipt), ("Schedules", Schedule),
-     ("Workflow", Workflow)],
+     ("Workflow", Workflow), ("Deploy bundle", Bundle), ("Bundle manifest", Manifest),
+     ("Deploy report", DeployReport)],
 )
 def test_documented_fields_match_the_model(section: str, model: type) -> None:
     assert documented_fields(section) == set(model.model_fields)
@@ -54,7 +56,7 @@ def test_required_task_fields_are_the_contracts() -> None:
 def test_every_schema_is_a_json_object_schema() -> None:
     schemas = json_schemas()
     assert set(schemas) == {"task", "status", "worker", "error", "presence", "receipt", "cancel", "schedule",
-                            "workflow"}
+                            "workflow", "bundle", "deploy_report"}
     for schema in schemas.values():
         assert schema["type"] == "object"
         assert schema["$schema"].endswith("2020-12/schema")

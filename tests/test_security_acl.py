@@ -35,7 +35,8 @@ from mqtt_tasks.transport import Connection, Message, Will
 from tests.brokers import MosquittoProcess, wait_until
 from tests.conftest import MosquittoFactory
 
-USERS = {"p1": "producer", "p2": "producer", "w1": "worker", "w2": "worker", "c1": "coordinator", "m1": "monitor"}
+USERS = {"p1": "producer", "p2": "producer", "w1": "worker", "w2": "worker", "c1": "coordinator", "m1": "monitor",
+         "d1": "deployer"}
 
 
 def password_of(user: str) -> str:
@@ -128,7 +129,16 @@ def test_worker_role_is_least_privilege() -> None:
     assert rules == {("readwrite", t.tasks("default")), ("read", t.inbox("w1")), ("read", t.control("w1")),
                      ("read", t.coordinator), ("readwrite", t.probe("w1")), ("write", "P/status/+"),
                      ("write", t.worker("w1")), ("write", t.errors), ("write", "P/replies/+"),
-                     ("read", "P/cancel/+"), ("readwrite", "P/routed/default/+")}
+                     ("read", "P/cancel/+"), ("readwrite", "P/routed/default/+"),
+                     ("read", "P/deploy/bundle/w1"), ("write", "P/deploy/status/w1")}
+
+
+def test_deployer_role_talks_to_the_coordinator_only() -> None:
+    rules = {(r.access, r.topic) for r in role_rules("deployer", "d1", prefix="P")}
+    assert rules == {("write", "P/rpc/coordinator"), ("read", "P/replies/d1"), ("read", "P/deploy/status/+"),
+                     ("read", "P/coordinator")}
+    coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
+    assert {("write", "P/deploy/bundle/+"), ("read", "P/deploy/status/+")} <= coordinator
 
 
 def test_monitor_role_is_read_only() -> None:
@@ -144,7 +154,7 @@ def test_ids_that_are_not_topic_safe_are_refused(bad: str) -> None:
 def test_unknown_role_refused() -> None:
     with pytest.raises(ConfigError, match="unknown role"):
         role_rules("admin", "x")
-    assert ROLES == ("producer", "worker", "coordinator", "monitor")
+    assert ROLES == ("producer", "worker", "coordinator", "monitor", "deployer")
 
 
 def test_install_replaces_the_users_entries(tmp_path: Path) -> None:
@@ -309,6 +319,9 @@ def test_acl_cli_command(tmp_path: Path) -> None:
     printed = runner.invoke(cli, ["acl", "worker", "w1", "--password", "s3cret-s3cret"])
     assert printed.exit_code == 0, printed.output
     assert "w1:$7$" in printed.output and "user w1" in printed.output
+    deployer = runner.invoke(cli, ["acl", "deployer", "d1", "--password", "s3cret-s3cret", "--prefix", "P"])
+    assert deployer.exit_code == 0 and "topic write P/rpc/coordinator" in deployer.output
+    assert "topic read P/replies/d1" in deployer.output and "deploy/bundle" not in deployer.output
     pw, acl_path = tmp_path / "passwd", tmp_path / "acl"
     written = runner.invoke(cli, ["acl", "producer", "p1", "--password", "pw-pw-pw-pw",
                                   "--password-file", str(pw), "--acl-file", str(acl_path)])
@@ -354,3 +367,39 @@ def test_producer_and_coordinator_may_exchange_receipts_and_re_sends() -> None:
     assert {("write", t.record("default")), ("read", t.receipts("p1")), ("read", t.coordinator)} <= producer
     assert {("read", t.all_record), ("write", "P/replies/+/receipts")} <= coordinator
     assert ("readwrite", t.coordinator) in coordinator  # several coordinators: the leader reads others' presence
+
+
+# -- the deployer role (docs/deploy.md, docs/security.md "Deploying code") ----------------------------
+
+def test_a_rollout_works_through_the_roles_and_no_one_else_reaches_a_workers_bundle_topic(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection], tmp_path: Path) -> None:
+    from mqtt_tasks.coordinator import Coordinator
+    from mqtt_tasks.deploy import client, keys
+    from tests import deploy_tasks
+
+    t = Topics(prefix)
+    keys.keygen(str(tmp_path / "d.key"), str(tmp_path / "d.pub"))
+    module = tmp_path / "which_tasks.py"
+    module.write_text(deploy_tasks.BUNDLE.format(version="2"))
+    app = TaskApp(settings=settings_for(secured, "w1", prefix=prefix), client_id="w1-app")
+    app.registry.update(deploy_tasks.app.registry)
+    worker = Worker(app, worker_id="w1", settings=settings_for(secured, "w1", prefix=prefix), heartbeat_s=0.5,
+                    deploy=(str(tmp_path / "d.pub"), str(tmp_path / "deploy-w1")))
+    coordinator = Coordinator(settings_for(secured, "c1", prefix=prefix), client_id="c1")
+    deployer = settings_for(secured, "d1", prefix=prefix)
+    with coordinator, worker:
+        wait_until(lambda: "w1" in coordinator.workers(), 10, message="the coordinator never saw w1")
+        signed = client.sign_module(str(module), version="2", to="all", private_key_path=str(tmp_path / "d.key"))
+        started = client.start_rollout(deployer, signed)
+        wait_until(lambda: client.rollout_status(deployer, started["id"])["state"] == "completed", 10)
+        assert worker._deploys is not None and worker._deploys.versions() == {"which_tasks": "2"}
+        # neither the deployer nor another worker can put a bundle on w1's topic or speak for w1
+        spy = Recorder(secured, "spy", client_id="spy-2").subscribe(t.deploy_bundle("w1"), t.deploy_status("w1"),
+                                                                    t.status("+"))
+        connect(open_conns, spy.conn)
+        wait_until(lambda: t.deploy_status("w1") in spy.topics(), message="w1's retained report never came")
+        spy.messages.clear()  # that one was w1's own (retained); from here on nothing may arrive
+        for user, forbidden in (("d1", [t.deploy_bundle("w1"), t.tasks("default")]),
+                                ("w2", [t.deploy_bundle("w1"), t.deploy_status("w1")])):
+            publisher = connect(open_conns, Connection(settings_for(secured, user), f"{user}-x"))
+            assert_denied(publisher, forbidden, spy, spy.conn, t.status(f"canary-{user}"))

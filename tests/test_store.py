@@ -253,6 +253,29 @@ def test_sqlite_rate_windows_survive_reopen_uncommitted_ones_do_not(tmp_path: Pa
         assert s3.load_rate_windows() == {"a|": {"period": 1.0, "times": [5.0]}}
 
 
+def test_rollouts_are_buffered_committed_and_replaced(store: Store) -> None:
+    store.put_rollout("r2", {"id": "r2", "created": 2.0, "state": "running"})
+    store.put_rollout("r1", {"id": "r1", "created": 1.0, "state": "running"})
+    store.put(rec("t1"))
+    assert store.commit() == 3
+    store.put_rollout("r2", {"id": "r2", "created": 2.0, "state": "aborted", "workers": {"w": {"state": "failed"}}})
+    assert store.load_rollouts() == [{"id": "r1", "created": 1.0, "state": "running"},  # oldest first; commits
+                                     {"id": "r2", "created": 2.0, "state": "aborted",
+                                      "workers": {"w": {"state": "failed"}}}]
+
+
+def test_sqlite_rollouts_survive_reopen_uncommitted_ones_do_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.db")
+    with SQLiteStore(path) as s:
+        s.put_rollout("r1", {"id": "r1", "created": 1.0})
+    s2 = SQLiteStore(path)
+    s2.put_rollout("r2", {"id": "r2", "created": 2.0})  # never committed: the process "dies"
+    s2._db.close()
+    with SQLiteStore(path) as s3:
+        assert [r["id"] for r in s3.load_rollouts()] == ["r1"]
+    assert "0003-rollouts" in dict(MIGRATIONS)
+
+
 def test_a_stored_row_leaves_out_none_fields_and_reads_back_the_same() -> None:
     bare = TaskRecord("t1")
     assert "rate_limit" not in bare.to_stored() and "worker" not in bare.to_stored()

@@ -19,6 +19,8 @@ Its parts, one module each (read them in this order):
   ``purge_queue`` that ask for them.
 - ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
 - ``schedules``: periodic tasks, fired at most once per fire time.
+- ``deploys``: code rollouts: the rollout records, the workers' reports, the waves (docs/deploy.md;
+  the policy is ``mqtt_tasks.rollouts``).
 - ``workflows``: chains, groups, chords and sagas on ``P/workflows``; their steps are tasks, and
   the policy is ``mqtt_tasks.flow`` (docs/workflows.md).
 - ``standby``: several coordinators on one prefix and one database, one leading

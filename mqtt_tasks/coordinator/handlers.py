@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ..protocol.topics import Topics
     from ..transport import Message
     from .cancels import CancelRequests
+    from .deploys import Rollouts
     from .effects import Effects
     from .fleet import Fleet
     from .queries import Queries
@@ -87,6 +88,7 @@ class Handlers:
         self._cancels = cancels
         self._workflows = workflows
         self.on_presence: Callable[[Message], None] | None = None  # several coordinators: standby.py
+        self.deploys: Rollouts | None = None  # code rollouts: deploys.py
         self.status_handlers: dict[str, Callable[[StatusEvent], None]] = {
             STARTED: self.on_started,
             SUCCEEDED: self.on_succeeded,
@@ -124,7 +126,8 @@ class Handlers:
             self._effects.report(f"internal error: {type(exc).__name__}: {exc}", topic, message.payload, None)
 
     def on_extension(self, message: Message) -> None:
-        """A cancel request, a workflow, or another coordinator's presence (several coordinators)."""
+        """A cancel request, a workflow, another coordinator's presence (several coordinators), or a
+        worker's answer to a code bundle."""
         topic = message.topic
         if self._cancels is not None and topic.startswith(self._topics.cancel_root):
             self._cancels.on_request(message)
@@ -132,6 +135,8 @@ class Handlers:
             self._workflows.on_message(message)
         elif topic == self._topics.coordinator and self.on_presence is not None:
             self.on_presence(message)
+        elif self.deploys is not None and topic.startswith(self._topics.deploy_status_root):
+            self.deploys.on_report(message)
 
     def on_task(self, message: Message) -> None:
         task = codec.decode_task(message.payload, topic=message.topic, queue=self._topics.queue_of(message.topic),

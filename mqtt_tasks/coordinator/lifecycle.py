@@ -40,6 +40,7 @@ from ..transport import Connection, Message, Will
 from .admin import Admin
 from .backlog import Backlog
 from .cancels import CancelRequests
+from .deploys import Rollouts
 from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
@@ -142,6 +143,9 @@ class Coordinator:
         self._schedules = Schedules(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
         self._queries.ops.update(self._schedules.ops)
         self._loop.idle_hooks.append(self._schedules.tick)
+        self._rollouts = handlers.deploys = Rollouts(self.topics, self.store, self._fleet, self._effects, clock)
+        self._queries.ops.update(self._rollouts.ops)
+        self._loop.idle_hooks.append(self._rollouts.tick)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Coordinator:
@@ -150,10 +154,11 @@ class Coordinator:
         log.info("coordinator %s: %d live task(s) recovered from the store", self.client_id, recovered)
         log.info("coordinator %s: %d schedule(s) in the store", self.client_id, self._schedules.recover())
         log.info("coordinator %s: %d running workflow(s) in the store", self.client_id, self._workflows.recover())
+        log.info("coordinator %s: %d rollout(s) in the store", self.client_id, self._rollouts.recover())
         windows = self._backlog.gate.recover(self._clock())
         log.info("coordinator %s: %d rate-limit window(s) in the store", self.client_id, windows)
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
-                      self.topics.rpc, self.topics.all_cancel, self.topics.workflows):
+                      self.topics.rpc, self.topics.all_cancel, self.topics.workflows, self.topics.all_deploy_status):
             self._connection.subscribe(topic)
         if self.lease is not None:  # to say online again over a former leader's late Last Will
             self._connection.subscribe(self.topics.coordinator)

@@ -174,22 +174,23 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
 
 
 # -- the client side ---------------------------------------------------------------------------
-def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _ask(settings: Settings, request: dict[str, Any], timeout: float, client_id: str | None = None) -> dict[str, Any]:
     rpc = Topics(settings.prefix).rpc
     answer = exchange(settings, rpc, lambda reply_to, correlation: {**request, "reply_to": reply_to,
                                                                      "correlation": correlation},
-                      timeout, properties=True)
+                      timeout, properties=True, client_id=client_id)
     if answer is None:
         raise CoordinatorTimeoutError(f"no coordinator answered on {rpc} within {timeout}s")
     return answer
 
 
 def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[str, Any]], timeout: float, *,
-             kind: str = "q", properties: bool = False) -> dict[str, Any] | None:
+             kind: str = "q", properties: bool = False, client_id: str | None = None) -> dict[str, Any] | None:
     """Publish ``request(reply_topic, correlation)`` on ``topic`` from a short-lived client and wait
     for the answer that carries the correlation on its own reply topic: the answer, or None after
-    ``timeout``. With ``properties``, the MQTT 5 Response Topic and Correlation Data say it too."""
-    client_id = f"mqtt-tasks-{kind}-{uuid.uuid4().hex[:12]}"
+    ``timeout``. With ``properties``, the MQTT 5 Response Topic and Correlation Data say it too.
+    ``client_id``: a fixed one (a user whose ACL names its reply topic, e.g. the deployer role)."""
+    client_id = client_id or f"mqtt-tasks-{kind}-{uuid.uuid4().hex[:12]}"
     reply_topic = Topics(settings.prefix).replies(client_id)
     answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
     conn = Connection(settings, client_id, on_message=answers.put)

@@ -211,6 +211,8 @@ class WorkerState(_Message):
     pid: int | None = None
     host: str | None = None
     version: str | None = None
+    code: dict[str, str] | None = Field(default=None, description="module -> version of the code bundles this "
+                                                                  "worker applied (docs/deploy.md)")
 
 
 class CoordinatorPresence(_Message):

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .deploys import Bundle, DeployReport
 from .messages import (
     CancelRequest,
     CoordinatorPresence,
@@ -20,7 +21,8 @@ from .messages import (
 
 MODELS: dict[str, type[BaseModel]] = {"task": Task, "status": StatusEvent, "worker": WorkerState, "error": ErrorReport,
                                       "presence": CoordinatorPresence, "receipt": Receipt, "cancel": CancelRequest,
-                                      "schedule": Schedule, "workflow": Workflow}
+                                      "schedule": Schedule, "workflow": Workflow, "bundle": Bundle,
+                                      "deploy_report": DeployReport}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

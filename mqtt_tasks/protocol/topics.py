@@ -20,6 +20,8 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/routed/{queue}/{labels}  (extension) a task that requires labels, without a coordinator: workers
                              that have them all take it as $share/{group}/P/routed/{queue}/{labels}
                              (labels sorted, joined by ``,``; protocol/labels.py)
+    P/deploy/bundle/{worker_id}  (extension) a signed code bundle for one worker (docs/deploy.md)
+    P/deploy/status/{worker_id}  (extension) retained: that worker's last word on a bundle
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Topics:
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
                  "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root",
-                 "cancel_root", "workflows", "routed_root")
+                 "cancel_root", "workflows", "routed_root", "deploy_bundle_root", "deploy_status_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -83,6 +85,8 @@ class Topics:
         self.cancel_root = f"{prefix}/cancel/"
         self.workflows = f"{prefix}/workflows"
         self.routed_root = f"{prefix}/routed/"
+        self.deploy_bundle_root = f"{prefix}/deploy/bundle/"
+        self.deploy_status_root = f"{prefix}/deploy/status/"
 
     # -- builders -------------------------------------------------------------
     def tasks(self, queue: str) -> str:
@@ -127,6 +131,12 @@ class Topics:
     def shared_routed(self, group: str, queue: str, level: str) -> str:
         return f"$share/{group}/{self.routed(queue, level)}"
 
+    def deploy_bundle(self, worker_id: str) -> str:
+        return self.deploy_bundle_root + worker_id
+
+    def deploy_status(self, worker_id: str) -> str:
+        return self.deploy_status_root + worker_id
+
     # -- wildcard filters -------------------------------------------------------
     @property
     def all_tasks(self) -> str:
@@ -148,6 +158,10 @@ class Topics:
     def all_cancel(self) -> str:
         return self.cancel_root + "+"
 
+    @property
+    def all_deploy_status(self) -> str:
+        return self.deploy_status_root + "+"
+
     # -- parsers: return the last level, or None when the topic is not of that kind --
     def queue_of(self, topic: str) -> str | None:
         """The queue of a task topic: ``P/tasks/{queue}``, ``P/record/{queue}`` or
@@ -168,6 +182,9 @@ class Topics:
 
     def task_id_of_cancel(self, topic: str) -> str | None:
         return _tail(topic, self.cancel_root)
+
+    def worker_of_deploy_status(self, topic: str) -> str | None:
+        return _tail(topic, self.deploy_status_root)
 
 
 def _tail(topic: str, root: str) -> str | None:

@@ -184,6 +184,16 @@ class Store(abc.ABC):
     def load_rate_windows(self) -> dict[str, dict[str, Any]]:
         """Every bucket's window, by bucket (recovery after a restart)."""
 
+    # -- code rollouts (coordinator/deploys.py): buffered, committed with the batch ---------------
+    @abc.abstractmethod
+    def put_rollout(self, rollout_id: str, data: dict[str, Any]) -> None:
+        """Buffer a rollout's record (``rollouts.Rollout.to_dict``); durable after the next ``commit``,
+        in the same transaction as the batch that decided its wave."""
+
+    @abc.abstractmethod
+    def load_rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout's record, oldest first (recovery after a restart)."""
+
     def close(self) -> None:
         """Commit what is buffered and release resources."""
         self.commit()

@@ -25,6 +25,8 @@ class MemoryStore(Store):
         self._pending_workflows: dict[str, WorkflowRecord] = {}
         self._windows: dict[str, dict[str, Any]] = {}
         self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
+        self._rollouts: dict[str, dict[str, Any]] = {}
+        self._pending_rollouts: dict[str, dict[str, Any]] = {}
 
     def put(self, record: TaskRecord) -> None:
         self._pending[record.id] = record
@@ -43,7 +45,10 @@ class MemoryStore(Store):
                 self._finished.pop(snapshot.id, None)
                 self._live[snapshot.id] = snapshot
         self._pending.clear()
-        return written + self._commit_schedules() + self._commit_workflows() + self._commit_windows()
+        rollouts, self._pending_rollouts = self._pending_rollouts, {}
+        self._rollouts.update(rollouts)
+        return (written + self._commit_schedules() + self._commit_workflows() + self._commit_windows()
+                + len(rollouts))
 
     def _commit_workflows(self) -> int:
         for workflow in self._pending_workflows.values():
@@ -79,6 +84,13 @@ class MemoryStore(Store):
     def load_rate_windows(self) -> dict[str, dict[str, Any]]:
         self.commit()
         return copy.deepcopy(self._windows)
+
+    def put_rollout(self, rollout_id: str, data: dict[str, Any]) -> None:
+        self._pending_rollouts[rollout_id] = copy.deepcopy(data)
+
+    def load_rollouts(self) -> list[dict[str, Any]]:
+        self.commit()
+        return sorted(copy.deepcopy(list(self._rollouts.values())), key=lambda r: r.get("created", 0.0))
 
     def _commit_schedules(self) -> int:
         for name, schedule in self._pending_schedules.items():

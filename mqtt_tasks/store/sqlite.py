@@ -56,6 +56,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0002-leadership", "CREATE TABLE IF NOT EXISTS leadership (prefix TEXT PRIMARY KEY, holder TEXT NOT NULL, "
                         "epoch INTEGER NOT NULL, expires REAL NOT NULL)"),
     ("0002-rate-windows", "CREATE TABLE IF NOT EXISTS rate_windows (bucket TEXT PRIMARY KEY, data TEXT NOT NULL)"),
+    ("0003-rollouts", "CREATE TABLE IF NOT EXISTS rollouts (id TEXT PRIMARY KEY, created REAL NOT NULL, "
+                      "data TEXT NOT NULL)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released."""
 _UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
@@ -84,6 +86,7 @@ class SQLiteStore(Store):
         self._pending_workflows: dict[str, WorkflowRecord] = {}
         self.fence: Lease | None = None  # leadership: checked and renewed in every commit's transaction
         self._pending_windows: dict[str, dict[str, Any] | None] = {}  # None: forgotten
+        self._pending_rollouts: dict[str, dict[str, Any]] = {}
 
     def _open(self, path: str, synchronous: str) -> Any:
         db: Any = None
@@ -118,13 +121,14 @@ class SQLiteStore(Store):
     def commit(self) -> int:
         self._read.clear()
         if (not self._pending and not self._pending_schedules and not self._pending_workflows
-                and not self._pending_windows and not (self.fence and self.fence.due())):
+                and not self._pending_windows and not self._pending_rollouts and not (self.fence and self.fence.due())):
             return 0
         rows = [_row(r) for r in self._pending.values()]
         schedules, windows = self._pending_schedules, self._pending_windows
         flows = [(w.id, w.state, w.updated, _DUMPS(w.to_dict())) for w in self._pending_workflows.values()]
+        rollouts = [(i, r.get("created", 0.0), _DUMPS(r)) for i, r in self._pending_rollouts.items()]
         try:
-            self._write(rows, schedules, flows, windows)
+            self._write(rows, schedules, flows, windows, rollouts)
         except sqlite3.Error as exc:
             self._checkpoint()
             raise self._error("cannot commit", exc) from exc
@@ -132,7 +136,8 @@ class SQLiteStore(Store):
         self._pending_schedules = {}
         self._pending_workflows = {}
         self._pending_windows = {}
-        return len(rows) + len(schedules) + len(flows) + len(windows)
+        self._pending_rollouts = {}
+        return len(rows) + len(schedules) + len(flows) + len(windows) + len(rollouts)
 
     def _checkpoint(self) -> None:
         """After a failed commit: move the WAL into the database and truncate it, if that can be done.
@@ -146,7 +151,8 @@ class SQLiteStore(Store):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
-               flows: list[tuple[Any, ...]], windows: dict[str, dict[str, Any] | None]) -> None:
+               flows: list[tuple[Any, ...]], windows: dict[str, dict[str, Any] | None],
+               rollouts: list[tuple[Any, ...]]) -> None:
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
@@ -172,6 +178,8 @@ class SQLiteStore(Store):
                     db.execute("INSERT INTO rate_windows (bucket, data) VALUES (?, ?) "
                                "ON CONFLICT (bucket) DO UPDATE SET data = excluded.data",
                                (bucket, _DUMPS(window)))
+            db.executemany("INSERT INTO rollouts (id, created, data) VALUES (?, ?, ?) "
+                           "ON CONFLICT (id) DO UPDATE SET data = excluded.data", rollouts)
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
             if self.fence is not None:
                 self.fence.committed()
@@ -282,6 +290,13 @@ class SQLiteStore(Store):
         self.commit()
         return {bucket: json.loads(data) for bucket, data in self._query("SELECT bucket, data FROM rate_windows")}
 
+    def put_rollout(self, rollout_id: str, data: dict[str, Any]) -> None:
+        self._pending_rollouts[rollout_id] = data
+
+    def load_rollouts(self) -> list[dict[str, Any]]:
+        self.commit()
+        return [json.loads(data) for (data,) in self._query("SELECT data FROM rollouts ORDER BY created, id")]
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -292,6 +307,7 @@ class SQLiteStore(Store):
         """Close without committing: a coordinator that no longer leads drops what it buffered."""
         self._pending.clear()
         self._pending_schedules = {}
+        self._pending_rollouts = {}
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 

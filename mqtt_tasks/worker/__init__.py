@@ -11,6 +11,7 @@ Its parts, in the order a task meets them:
 - ``running``: the attempts held, their ``started`` announcements, the snapshot;
 - ``reporter``: outcomes -> status events, replies, error reports;
 - ``heartbeat``: the retained worker state;
+- ``deploys``: with ``deploy=(key, dir)``, signed code bundles applied between tasks (docs/deploy.md);
 - ``outbox``: with ``outbox=PATH``, what the reporter publishes kept on disk until the broker has
   it (docs/offline.md);
 - ``link``: the coordinator's presence and its control ops (cancel);

@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,13 +52,13 @@ class Identity:
 
 
 def state_payload(identity: Identity, state: str, *, tasks: list[dict[str, Any]], free: int, waiting: int,
-                  full_ago: float | None, stuck: int | None = None) -> bytes:
+                  full_ago: float | None, stuck: int | None = None, code: dict[str, str] | None = None) -> bytes:
     """The retained worker state: the heartbeat, or (``offline``, no tasks) the Last Will."""
     return codec.encode(events.worker_state(
         identity.worker_id, state, time.time(), queues=identity.queues, concurrency=identity.concurrency,
         tasks=tasks, heartbeat_s=identity.heartbeat_s, free=free, waiting=waiting, full_ago=full_ago,
         group=identity.group, labels=list(identity.labels) or None, pid=os.getpid(), host=socket.gethostname(),
-        version=__version__, stuck=stuck or None,
+        version=__version__, stuck=stuck or None, code=code or None,
     ))
 
 
@@ -77,6 +78,7 @@ class Heartbeat:
         self._dispatch = dispatch
         self._beat_now = beat_now
         self._stopped = stopped
+        self.code: Callable[[], dict[str, str]] | None = None  # module -> version deployed (worker/deploys.py)
 
     def run(self) -> None:
         while not self._stopped.is_set():
@@ -101,4 +103,5 @@ class Heartbeat:
         cancels = self._dispatch.cancels
         return state_payload(self._identity, state, tasks=tasks, free=slots.offered() if state == ONLINE else 0,
                              waiting=len(slots.line), full_ago=slots.full_ago(time.monotonic()),
-                             stuck=cancels.stuck() if cancels is not None else None)
+                             stuck=cancels.stuck() if cancels is not None else None,
+                             code=self.code() if self.code is not None else None)

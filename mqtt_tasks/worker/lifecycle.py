@@ -42,6 +42,7 @@ from ..protocol.topics import DEFAULT_GROUP, Topics, check_name
 from ..tracing import Attempts
 from ..transport import Connection, Message, Will
 from .cancel import DEFAULT_CANCEL_GRACE, Cancels
+from .deploys import Deploys
 from .dispatch import Dispatcher
 from .heartbeat import Heartbeat, Identity, last_will
 from .intake import Intake
@@ -74,6 +75,8 @@ class Worker:
     - ``mqtt-worker-timer``: what is due with no message to prompt it (expiries, deferrals of
       overdue waiting tasks, ``started`` events).
     - ``mqtt-worker-heartbeat``: the retained worker state every ``heartbeat_s``.
+    - ``mqtt-worker-deploy`` (with ``deploy=(public key file, directory)``): verifies and applies
+      signed code bundles (``deploys.py``, docs/deploy.md).
 
     Shutdown order (``stop``): 1. stop taking tasks (unsubscribe) and hand back what has not
     started; 2. let running tasks finish within ``grace`` while still heartbeating; 3. hand back
@@ -103,6 +106,7 @@ class Worker:
         progress_every: float = DEFAULT_PROGRESS_EVERY,
         labels: Iterable[str] = (),
         outbox: str | None = None,
+        deploy: tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -132,6 +136,9 @@ class Worker:
         self._conn = connection if connection is not None else self._make_connection()
         self._outbox = Outbox(outbox, self._conn, self.settings.max_payload, self._stopped) if outbox else None
         self._build_parts()
+        self._deploys = Deploys(self.worker_id, self.labels, self.queues, app, self.topics, self._conn,
+                                *deploy) if deploy else None  # (public key file, directory): docs/deploy.md
+        self._heartbeat.code = self._deploys.versions if self._deploys else None
 
     def _make_connection(self) -> Connection:
         return Connection(
@@ -185,6 +192,10 @@ class Worker:
         self._conn.subscribe(self.topics.inbox(self.worker_id))
         self._conn.subscribe(self.topics.control(self.worker_id))
         self._conn.subscribe(self.topics.all_cancel)  # cancels work without a coordinator (cancel.py)
+        if self._deploys is not None:  # what it applied before, before any task (deploys.py)
+            self._conn.subscribe(self._deploys.topic)
+            self._deploys.restore()
+            self._spawn("mqtt-worker-deploy", self._deploys.run)
         probe = ShareProbe(self._conn, self.topics, self.worker_id, self.group)
         self._dispatch.probe_arrived = probe.arrived
         probe.arm()
@@ -196,6 +207,8 @@ class Worker:
         else:
             self._conn.connect()
         self._started = True
+        if self._deploys is not None:
+            self._deploys.announce()
         if self.app.schedules:  # declared with @app.periodic: the coordinator must know them
             from ..schedules import Registrar
 
@@ -281,6 +294,8 @@ class Worker:
         self._stopped.set()
         self._dispatch.stop_timer()
         self._beat_now.set()  # the heartbeat thread sees `stopped` and ends
+        if self._deploys is not None:
+            self._deploys.stop()
         self._executor.shutdown(wait=False)
 
     def run(self) -> None:
@@ -307,6 +322,10 @@ class Worker:
     def receive(self, message: Message) -> None:
         """Decide one incoming message in the calling thread, as the connection's network thread
         does for each message it reads; acknowledgements go out through the connection."""
+        if self._deploys is not None and message.topic == self._deploys.topic:
+            self._deploys.receive(message)
+            self._conn.ack(message)
+            return
         self._dispatch.receive(message)
 
     # -- what it holds -----------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""Rolling out task code, the pure parts: the selector, signed bundles, and the rollout policy
+(waves, rate, timeouts, the abort threshold, pause) with a fake clock (docs/deploy.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqtt_tasks import rollouts
+from mqtt_tasks.deploy import bundle as bundles
+from mqtt_tasks.deploy import keys
+from mqtt_tasks.deploy.selector import parse
+from mqtt_tasks.errors import ConfigError, SignatureError
+from mqtt_tasks.rollouts import Rollout, WorkerStep
+
+# -- the selector ------------------------------------------------------------------------------
+
+
+def test_the_selector_grammar() -> None:
+    assert parse("all").matches("w", [])
+    assert parse("worker=a,b").matches("b", []) and not parse("worker=a,b").matches("c", ["gpu"])
+    assert parse("label=gpu,camera").matches("w", ["camera", "gpu", "x"])
+    assert not parse("label=gpu,camera").matches("w", ["gpu"])
+    assert str(parse("label=gpu,camera")) == "label=camera,gpu"
+
+
+@pytest.mark.parametrize("text", ["", "any", "worker=", "label=", "worker=a b", "label=a/b", "host=x", "all,x"])
+def test_a_bad_selector_is_refused_with_the_grammar(text: str) -> None:
+    with pytest.raises(ConfigError, match="selector|worker id|labels"):
+        parse(text)
+
+
+# -- signed bundles ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Any, Any]:
+    keys.keygen(str(tmp_path / "k.key"), str(tmp_path / "k.pub"))
+    return keys.load_private(str(tmp_path / "k.key")), keys.load_public(str(tmp_path / "k.pub"))
+
+
+def _make(private: Any, source: str = "x = 1\n", **kw: Any) -> dict[str, Any]:
+    options = {"module": "m", "version": "2", "to": "all", "rollout": "r1", "serial": 5, **kw}
+    return bundles.make(source, private_key=private, **options)
+
+
+def test_keygen_keeps_the_private_key_private_and_never_overwrites(tmp_path: Path, pair: Any) -> None:
+    assert os.stat(tmp_path / "k.key").st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigError, match="cannot write the private key"):
+        keys.keygen(str(tmp_path / "k.key"), str(tmp_path / "other.pub"))
+    with pytest.raises(ConfigError, match="not a PEM public key"):
+        keys.load_public(str(tmp_path / "k.key"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        keys.load_private(str(tmp_path / "missing.key"))
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.pub").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(ConfigError, match="not an Ed25519 public key"):
+        keys.load_public(str(tmp_path / "ec.pub"))
+
+
+def test_a_signed_bundle_verifies_and_any_change_breaks_it(pair: Any, tmp_path: Path) -> None:
+    private, public = pair
+    signed = _make(private)
+    bundles.verify(bundles.read(json.dumps(signed).encode()), public)
+    for change in ({"source": "x = 2\n"}, {"manifest": {**signed["manifest"], "serial": 6}},
+                   {"manifest": {**signed["manifest"], "to": "worker=evil"}},
+                   {"manifest": {**signed["manifest"], "extra": 1}}):
+        with pytest.raises(SignatureError):
+            bundles.verify(bundles.read(json.dumps({**signed, **change}).encode()), public)
+    keys.keygen(str(tmp_path / "o.key"), str(tmp_path / "o.pub"))
+    with pytest.raises(SignatureError, match="does not verify"):
+        bundles.verify(bundles.read(json.dumps(signed).encode()), keys.load_public(str(tmp_path / "o.pub")))
+
+
+@pytest.mark.parametrize("payload", [b"", b"{", b"[]", b'{"manifest": {}, "source": "", "sig": "x"}',
+                                     b'{"source": "x", "sig": "' + b"A" * 88 + b'"}'])
+def test_a_malformed_bundle_is_refused(payload: bytes) -> None:
+    with pytest.raises(SignatureError, match="malformed bundle"):
+        bundles.read(payload)
+
+
+def test_a_bundle_with_a_bad_name_or_version_is_not_made(pair: Any) -> None:
+    with pytest.raises(ConfigError, match="module"):
+        _make(pair[0], module="no-dashes")
+    with pytest.raises(ConfigError, match="version"):
+        _make(pair[0], version="a b")
+    with pytest.raises(ConfigError, match="at most 200000 travel in one message"):
+        _make(pair[0], source="x = 1\n" * 40_000)
+    for taken in ("json", "os", "mqtt_tasks"):  # it would replace them in the worker's sys.modules
+        with pytest.raises(ConfigError, match="taken"):
+            _make(pair[0], module=taken)
+
+
+# -- the rollout policy ---------------------------------------------------------------------------
+
+
+def rollout(n: int = 5, **kw: Any) -> Rollout:
+    return Rollout(id="r", module="m", version="2", serial=1, to="all", bundle={},
+                   workers={f"w{i}": WorkerStep() for i in range(1, n + 1)}, **kw)
+
+
+def answer(r: Rollout, worker: str, state: str, now: float = 1.0) -> bool:
+    return rollouts.on_report(r, worker, state, "why" if state == "failed" else None, now)
+
+
+def test_waves_go_one_after_another_and_complete() -> None:
+    r = rollout(5, wave_size=2)
+    assert rollouts.step(r, 0.0) == ["w1", "w2"]
+    assert rollouts.step(r, 0.0) == []  # the wave is not done
+    answer(r, "w1", "applied")
+    answer(r, "w2", "downloaded")
+    assert rollouts.step(r, 1.0) == []
+    answer(r, "w2", "applied")
+    assert rollouts.step(r, 1.0) == ["w3", "w4"]
+    answer(r, "w3", "applied")
+    answer(r, "w4", "failed")
+    assert rollouts.step(r, 2.0) == ["w5"]
+    answer(r, "w5", "applied")
+    assert rollouts.step(r, 3.0) == [] and r.state == rollouts.COMPLETED
+    assert r.counts() == {"workers": 5, "pending": 0, "in_flight": 0, "applied": 4, "failed": 1}
+    assert r.waves == 3
+
+
+def test_the_rate_spaces_the_waves() -> None:
+    r = rollout(4, wave_size=2, rate=4.0)  # 4 workers a minute: a wave of 2 every 30 s
+    assert rollouts.step(r, 100.0) == ["w1", "w2"]
+    answer(r, "w1", "applied")
+    answer(r, "w2", "applied")
+    assert rollouts.step(r, 129.9) == [] and rollouts.next_due(r) == 130.0
+    assert rollouts.step(r, 130.0) == ["w3", "w4"]
+
+
+def test_the_abort_threshold_counts_after_the_minimum_and_stops_the_waves() -> None:
+    r = rollout(5, wave_size=1, abort_pct=50.0, min_executed=2)
+    assert rollouts.step(r, 0.0) == ["w1"]
+    answer(r, "w1", "failed")  # 1 of 1 failed, but fewer than 2 finished: go on
+    assert rollouts.step(r, 1.0) == ["w2"]
+    answer(r, "w2", "applied")  # 1 of 2 = 50 %: at the threshold (AWS: at or above)
+    assert rollouts.step(r, 2.0) == [] and r.state == rollouts.ABORTED
+    assert "1 of 2" in (r.reason or "")
+    assert r.count(rollouts.PENDING) == 3
+    assert answer(r, "w1", "applied") is False  # the first final answer wins
+
+
+def test_below_the_threshold_the_rollout_goes_on() -> None:
+    r = rollout(4, wave_size=2, abort_pct=60.0, min_executed=2)
+    rollouts.step(r, 0.0)
+    answer(r, "w1", "failed")
+    answer(r, "w2", "applied")
+    assert rollouts.step(r, 1.0) == ["w3", "w4"] and r.state == rollouts.RUNNING
+
+
+def test_a_worker_that_does_not_answer_times_out_as_failed() -> None:
+    r = rollout(2, wave_size=1, timeout_s=10.0, abort_pct=100.0, min_executed=1)
+    rollouts.step(r, 0.0)
+    answer(r, "w1", "verified")
+    assert rollouts.next_due(r) == 10.0
+    assert rollouts.step(r, 10.0) == [] and r.state == rollouts.ABORTED
+    assert r.workers["w1"].state == "failed" and "timed out" in (r.workers["w1"].reason or "")
+    assert "last: verified" in (r.workers["w1"].reason or "")
+
+
+def test_paused_starts_no_wave_but_records_answers_and_resumes() -> None:
+    r = rollout(3, wave_size=1)
+    rollouts.step(r, 0.0)
+    r.state = rollouts.PAUSED
+    answer(r, "w1", "applied")
+    assert rollouts.step(r, 1.0) == [] and r.workers["w1"].state == "applied"
+    r.state = rollouts.RUNNING
+    assert rollouts.step(r, 2.0) == ["w2"]
+
+
+def test_answers_only_move_forward_and_only_for_sent_workers() -> None:
+    r = rollout(2)
+    assert answer(r, "w2", "applied") is False  # never sent to it
+    assert answer(r, "nobody", "applied") is False
+    rollouts.step(r, 0.0)
+    assert answer(r, "w1", "verified") and not answer(r, "w1", "downloaded")
+
+
+def test_a_rollout_survives_its_record() -> None:
+    r = rollout(3, wave_size=2, rate=1.5, abort_pct=10.0)
+    rollouts.step(r, 5.0)
+    answer(r, "w1", "failed")
+    again = Rollout.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r
