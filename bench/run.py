@@ -192,6 +192,11 @@ class Bench:
             return
         coord.run_all(self)
 
+    def blackbox(self) -> None:
+        from bench import blackbox
+
+        blackbox.run(self)
+
     def peers_dramatiq(self) -> None:
         from bench import peers
 
@@ -323,7 +328,7 @@ def find_mosquitto_exe() -> str:
     return find_mosquitto() or "mosquitto"
 
 
-SECTIONS = ["paho", "mqtt", "coordinator", "amqtt", "dramatiq", "celery", "footprint"]
+SECTIONS = ["paho", "mqtt", "coordinator", "blackbox", "amqtt", "dramatiq", "celery", "footprint"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             ("paho", "ceiling: bare paho clients on Mosquitto", bench.bare_paho),
             ("mqtt", "mqtt-tasks on Mosquitto, no coordinator", bench.mqtt_tasks_mosquitto),
             ("coordinator", "mqtt-tasks on Mosquitto with the coordinator", bench.coordinator),
+            ("blackbox", "latency from outside: mosquitto_pub -l -> mosquitto_sub, with and without the coordinator",
+             bench.blackbox),
             ("amqtt", "mqtt-tasks on the embedded amqtt broker (own process)", bench.mqtt_tasks_amqtt),
             ("dramatiq", "Dramatiq + Redis", bench.peers_dramatiq),
             ("celery", "Celery + Redis", bench.peers_celery),
