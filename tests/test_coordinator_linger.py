@@ -38,11 +38,13 @@ class CountingStore(SQLiteStore):
         return written
 
 
-def run(tmp_path: Path, linger_s: float, gap_s: float, count: int) -> tuple[CountingStore, Recorder, float]:
+def run(tmp_path: Path, linger_s: float, gap_s: float, count: int,
+        linger_gap_s: float = 0.1) -> tuple[CountingStore, Recorder, float]:
     conn = Recorder()
     store = CountingStore(str(tmp_path / "tasks.db"), conn)
     coordinator = Coordinator(Settings.from_url("mqtt://127.0.0.1:1", prefix=PREFIX), store,
-                              connection=conn, linger_s=linger_s)  # type: ignore[arg-type]
+                              connection=conn, linger_s=linger_s,
+                              linger_gap_s=linger_gap_s)  # type: ignore[arg-type]
     coordinator.start()
     coordinator.connected(True)
     try:
@@ -72,7 +74,8 @@ def test_without_linger_each_trickling_message_commits_alone(tmp_path: Path) -> 
     assert len(store.writes) >= 8, "the reference case: 20 ms apart, no linger, a commit each"
 
 
-def test_linger_bounds_the_wait_for_a_lone_message(tmp_path: Path) -> None:
-    _, conn, took = run(tmp_path, linger_s=0.05, gap_s=0.0, count=1)
-    assert conn.acked == [1]
-    assert took < 2.0
+def test_a_gap_ends_the_linger(tmp_path: Path) -> None:
+    """Messages 50 ms apart with a 5 ms gap: each its own batch, whatever the linger."""
+    store, conn, _ = run(tmp_path, linger_s=1.0, gap_s=0.05, count=6, linger_gap_s=0.005)
+    assert conn.acked == [1, 2, 3, 4, 5, 6]
+    assert len(store.writes) >= 5, "a lone message waited out the whole linger"

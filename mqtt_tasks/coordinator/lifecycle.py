@@ -43,7 +43,7 @@ from .cancels import CancelRequests
 from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
-from .loop import CONNECTED, DISCONNECTED, LINGER_S, MSG, ConnectionLike, Loop
+from .loop import CONNECTED, DISCONNECTED, LINGER_GAP_S, LINGER_S, MSG, ConnectionLike, Loop
 from .outage import Outage
 from .queries import Queries
 from .records import Records
@@ -77,6 +77,7 @@ class Coordinator:
         batch_size: int = 1000,
         tick_s: float = 0.1,
         linger_s: float = LINGER_S,
+        linger_gap_s: float = LINGER_GAP_S,
         clock: Callable[[], float] = time.time,
         rng: Rng = random.random,
         connection: ConnectionLike | None = None,
@@ -90,6 +91,7 @@ class Coordinator:
         self.batch_size = batch_size
         self.tick_s = tick_s
         self.linger_s = linger_s
+        self.linger_gap_s = linger_gap_s
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._clock = clock
         self._stopped = threading.Event()
@@ -123,7 +125,7 @@ class Coordinator:
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s,
-                          self.linger_s)
+                          self.linger_s, self.linger_gap_s)
         self._put = self._loop.items.put
         self._schedules = Schedules(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
         self._queries.ops.update(self._schedules.ops)

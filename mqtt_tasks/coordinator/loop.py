@@ -3,8 +3,8 @@
 The paho network thread only hands off (``Coordinator.receive``, ``connected`` and
 ``disconnected`` put an item on one queue and return). The loop does, over and over::
 
-    take a batch of up to batch_size items (wait at most tick_s for the first, then up to
-    linger_s for more)
+    take a batch of up to batch_size items (wait at most tick_s for the first, then for more
+    while they keep coming: until a gap of gap_s, linger_s at most)
     -> prefetch the batch's records that are not live, in one store query
     -> decide each message (handlers -> leases.*), changing records, fleet, backlog, timers
     -> when idle (or FORCED_TICK_S went by) and online: fire due timers (leases, dispatch
@@ -29,12 +29,13 @@ Built on these facts:
   a dead letter) can be forgotten by a coordinator that restarts: at worst it is said twice.
 - Throughput comes from batching (docs/benchmarks.md): one wake-up, one prefetch query, one commit,
   one PUBACK burst per batch. The per-message work is the handler and nothing else.
-- A batch lingers ``linger_s`` (``LINGER_S``) after its first message: at 1,000 tasks/s messages
-  arrive one at a time, and a commit, an ack write and a wake-up per message or two made the
-  coordinator the busiest process on the machine (2.4-3.0 CPU s per 5,000 tasks measured at 1,000
-  tasks/s, 1.4-1.6 with a 5-20 ms linger), taking the CPU from the workers on a shared host
-  (docs/benchmarks.md, "Latency from outside"). Acks still follow the commit: they leave up to
-  ``linger_s`` later, which costs the fast path nothing (the broker already delivered to workers).
+- A batch lingers while messages keep coming (``LINGER_GAP_S`` between two, ``LINGER_S`` in all):
+  at 1,000 tasks/s messages arrive one at a time, and a commit, an ack write and a wake-up per
+  message or two made the coordinator the busiest process on the machine (2.4-3.0 CPU s per
+  5,000 tasks measured at 1,000 tasks/s), taking the CPU from the workers on a shared host
+  (docs/benchmarks.md, "Latency from outside"). A lone message (a chain's step, a query) waits
+  one gap, not the whole linger. Acks still follow the commit: they leave a few ms later, which
+  costs the fast path nothing (the broker already delivered the task to a worker).
 - Timers do not run while a burst is being drained, except every ``FORCED_TICK_S``: a burst
   must not starve lease expiry, and a lease check per batch would cost more than the batch.
 - An unexpected error in a batch is logged and the loop goes on; the batch's messages are not
@@ -72,7 +73,9 @@ log = logging.getLogger(__name__)
 FORCED_TICK_S = 2.0
 """Timers run at least this often while messages keep arriving."""
 LINGER_S = 0.01
-"""Seconds a batch waits after its first message for more (one commit, one ack write per batch)."""
+"""Seconds a batch may wait in all after its first message for more (one commit, one ack write)."""
+LINGER_GAP_S = 0.002
+"""Seconds without a message that end a lingering batch."""
 PRESENCE_EVERY = 15.0
 """Seconds between the live presences that let workers read the fleet's clock (besides one on
 every (re)connect and one when a worker that was not live is heard): workers keep the least
@@ -113,7 +116,7 @@ class Loop:
     def __init__(self, connection: ConnectionLike, topics: Topics, records: Records, timers: Timers, backlog: Backlog,
                  effects: Effects, outage: Outage, on_message: Callable[[Message], None],
                  on_connected: Callable[[], None], clock: Callable[[], float], batch_size: int,
-                 tick_s: float, linger_s: float = 0.0) -> None:
+                 tick_s: float, linger_s: float = 0.0, gap_s: float = 0.0) -> None:
         self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._conn = connection
         self._topics = topics
@@ -130,6 +133,7 @@ class Loop:
         self._batch_size = batch_size
         self._tick_s = tick_s
         self._linger_s = linger_s
+        self._gap_s = gap_s
         self._online = False
         self._last_tick = 0.0
         self._next_reading = 0.0
@@ -168,8 +172,8 @@ class Loop:
             return batch
         until = time.monotonic() + self._linger_s
         while len(batch) < self._batch_size:
-            try:
-                batch.append(self.items.get(timeout=max(0.0, until - time.monotonic())))
+            try:  # more while they keep coming (a gap of gap_s ends the batch), up to linger_s in all
+                batch.append(self.items.get(timeout=max(0.0, min(self._gap_s, until - time.monotonic()))))
             except queue.Empty:
                 break
         if any(kind == STOP for kind, _ in batch):
