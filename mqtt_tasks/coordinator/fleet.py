@@ -19,6 +19,7 @@ Built on these facts (DESIGN.md "Recommended mechanics", BROKER-FACTS.md):
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 from .. import leases
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from ..protocol.messages import WorkerState
     from ..store.base import TaskRecord
 
+RATE_EVERY = 1.0
+"""Seconds a queue's fleet rate (the dispatch horizon's) is reused: reading it is O(fleet). It is
+read again at once when a worker's first task duration becomes known."""
+
 
 class Fleet:
     """Worker views by id, and the dispatches in flight to each worker."""
@@ -40,11 +45,15 @@ class Fleet:
         self._policy = policy
         self.views: dict[str, WorkerView] = {}
         self._inflight: dict[str, set[str]] = {}
+        self._free: set[str] = set()  # workers whose view has a free slot
+        self._order: dict[str, int] = {}  # worker -> when first seen: pick_worker's tie-break
+        self._rates: dict[str, tuple[float, float, float]] = {}  # queue -> (when, tasks/s, shortest duration)
 
     def view(self, worker: str) -> WorkerView:
         view = self.views.get(worker)
         if view is None:
             view = self.views[worker] = WorkerView(worker)
+            self._order[worker] = len(self._order)
         return view
 
     # -- status events -------------------------------------------------------------------
@@ -54,7 +63,7 @@ class Fleet:
         if record.state == DISPATCHED and record.worker == worker:
             self._inflight.get(worker, set()).discard(record.id)
         else:
-            view.free = max(0, view.free - 1)
+            self.set_free(view, view.free - 1)
         return view
 
     def finished(self, worker: str | None, record: TaskRecord, now: float) -> None:
@@ -63,19 +72,22 @@ class Fleet:
             return
         view = self.view(worker)
         if record.state == STARTED and record.worker == worker and record.started_at:
+            if view.duration <= 0:  # the first duration known of this worker: the horizon changes now
+                for name in view.queues:
+                    self._rates.pop(name, None)
             leases.observe_duration(view, max(now - record.started_at, 0.0))
         if record.worker != worker or record.state not in (STARTED, DISPATCHED):
             return  # never counted against its slots (see the module docstring)
         if leases.is_suspect(record):
-            view.free = view.concurrency or 1  # it ran alone: the worker had nothing else running
+            self.set_free(view, view.concurrency or 1)  # it ran alone: the worker had nothing else running
             return
-        view.free = min(view.free + 1, view.concurrency or view.free + 1)
+        self.set_free(view, min(view.free + 1, view.concurrency or view.free + 1))
 
     def deferred(self, worker: str, record: TaskRecord, *, full: bool = True) -> None:
         """``worker`` handed the task back: it has no free slot (``full``; not so for a task it handed
         over because its ``not_before`` is ahead)."""
         if full:
-            self.view(worker).free = 0
+            self.set_free(self.view(worker), 0)
         if record.state == DISPATCHED and record.worker == worker:
             self._inflight.get(worker, set()).discard(record.id)
 
@@ -85,7 +97,7 @@ class Fleet:
         view = self.view(worker)
         view.state = state.state
         if state.state == OFFLINE:
-            view.free = 0
+            self.set_free(view, 0)
             return view
         view.queues = tuple(state.queues)
         view.concurrency = state.concurrency
@@ -100,30 +112,55 @@ class Fleet:
         pending = {i for i in self._inflight.get(worker, set())
                    if (r := live.get(i)) is not None and r.state == DISPATCHED and r.worker == worker}
         self._inflight[worker] = pending
-        self.views[worker].free = max(0, (state.free or 0) - len(pending - held.keys())) if state.state == ONLINE else 0
+        free = (state.free or 0) - len(pending - held.keys()) if state.state == ONLINE else 0
+        self.set_free(self.views[worker], free)
 
     def lost(self, worker: str, now: float) -> None:
         """``worker`` went offline: nothing is in flight to it any more."""
         self.view(worker).lost_at = now
         self._inflight.pop(worker, None)
 
+    def set_free(self, view: WorkerView, free: int) -> None:
+        """Every change of a view's free slots goes through here: it keeps the set of workers with one."""
+        view.free = max(0, free)
+        if view.free:
+            self._free.add(view.worker)
+        else:
+            self._free.discard(view.worker)
+
     # -- dispatch --------------------------------------------------------------------------
-    def serving(self, backlogged: Container[str], now: float) -> dict[str, list[WorkerView]]:
-        """Backlogged queue -> the live workers serving it, for the queues where one has a free slot."""
-        serving: dict[str, list[WorkerView]] = {}
-        for w in self.views.values():
+    def serving(self, backlogged: Container[str], now: float) -> dict[str, Picker]:
+        """Backlogged queue -> a ``Picker`` over its live workers with a free slot, for the queues
+        that have one. O(workers with a free slot), not O(fleet): a full fleet costs nothing."""
+        free: dict[str, list[WorkerView]] = {}
+        for worker in self._free:
+            w = self.views[worker]
             if not leases.is_live(w, now, self._policy):
                 continue
             for name in w.queues:
                 if name in backlogged:
-                    serving.setdefault(name, []).append(w)
-        return {q: ws for q, ws in serving.items() if any(w.free > 0 for w in ws)}
+                    free.setdefault(name, []).append(w)
+        return {q: Picker(ws, *self._rate(q, now), self._order) for q, ws in free.items()}
 
-    def assign(self, record: TaskRecord, workers: list[WorkerView], waiting: int, now: float) -> WorkerView | None:
-        """The worker to dispatch the record to (``leases.pick_worker``), its slot taken; or None."""
-        view = leases.pick_worker(workers, record.queue, now, self._policy, backlog=waiting)
+    def _rate(self, queue: str, now: float) -> tuple[float, float]:
+        """Tasks/s of the queue's live workers of known duration, and the shortest duration (0: none
+        known): ``leases.pick_worker``'s horizon, over the whole fleet, read at most every RATE_EVERY s."""
+        cached = self._rates.get(queue)
+        if cached is not None and now - cached[0] < RATE_EVERY:
+            return cached[1], cached[2]
+        timed = [w for w in self.views.values()
+                 if w.duration > 0 and queue in w.queues and leases.is_live(w, now, self._policy)]
+        rate = sum(max(w.concurrency, 1) / w.duration for w in timed)
+        shortest = min((w.duration for w in timed), default=0.0)
+        self._rates[queue] = (now, rate, shortest)
+        return rate, shortest
+
+    def assign(self, record: TaskRecord, picker: Picker, waiting: int) -> WorkerView | None:
+        """The worker to dispatch the record to (``Picker.pick``), its slot taken; or None."""
+        view = picker.pick(waiting)
         if view is not None:
-            view.free = 0 if leases.is_suspect(record) else view.free - 1  # alone: it takes the worker
+            self.set_free(view, 0 if leases.is_suspect(record) else view.free - 1)  # alone: it takes the worker
+            picker.taken(view)
             self._inflight.setdefault(view.worker, set()).add(record.id)
         return view
 
@@ -151,3 +188,35 @@ class Fleet:
         """A worker of the record's queue went offline since the task was seen."""
         return any(w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues
                    for w in self.views.values())
+
+
+class Picker:
+    """``leases.pick_worker`` over one dispatch pass, O(log n) a pick: a heap of the live workers
+    with a free slot by (most free slots, shortest duration, first seen), as ``pick_worker`` ranks them
+over the fleet in the order it was heard. The horizon only shrinks
+    as the backlog does, so a worker beyond it is dropped for the rest of the pass."""
+
+    def __init__(self, workers: list[WorkerView], rate: float, shortest: float, order: dict[str, int]) -> None:
+        self._rate = rate
+        self._shortest = shortest
+        self._order = order
+        self._heap = [(-w.free, w.duration, order[w.worker], w) for w in workers if w.free > 0]
+        heapq.heapify(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def pick(self, backlog: int) -> WorkerView | None:
+        horizon = backlog / self._rate + self._shortest if self._rate > 0 else float("inf")
+        while self._heap:
+            _, duration, _, w = self._heap[0]
+            if w.free > 0 and duration <= horizon:
+                return w
+            heapq.heappop(self._heap)
+        return None
+
+    def taken(self, view: WorkerView) -> None:
+        """``view`` (the last pick) took a slot: back in the heap at its new rank, if it has one left."""
+        heapq.heappop(self._heap)
+        if view.free > 0:
+            heapq.heappush(self._heap, (-view.free, view.duration, self._order[view.worker], view))
