@@ -57,3 +57,28 @@ def test_every_task_of_3000_workers_lost_at_once_is_dispatched_again(tmp_path: P
         assert took < 20, took
     finally:
         coordinator.stop()
+
+
+def test_stats_of_a_fleet_of_10000_fits_the_payload_cap(tmp_path: Path) -> None:
+    conn = Recorder()
+    coordinator = Coordinator(Settings.from_url("mqtt://127.0.0.1:1", prefix=PREFIX),
+                              SQLiteStore(str(tmp_path / "tasks.db")), connection=conn)  # type: ignore[arg-type]
+    coordinator.start()
+    coordinator.connected(True)
+    try:
+        now = time.time()
+        for i in range(10_000):
+            body = {"worker": f"w{i:05d}", "state": "online", "queues": ["default"], "concurrency": 2, "free": 1,
+                    "tasks": [], "ts": now, "heartbeat_s": 30}
+            coordinator.receive(Message(TOPICS.worker(f"w{i:05d}"), json.dumps(body).encode(), 1, False, i + 1, 0))
+        wait_until(lambda: len(conn.acked) == 10_000, 30, message="the heartbeats were not all handled")
+        reply_to = TOPICS.replies("stats")
+        request = {"op": "stats", "reply_to": reply_to, "correlation": "c"}
+        coordinator.receive(Message(TOPICS.rpc, json.dumps(request).encode(), 1, False, 10_001, 0))
+        answer = wait_until(lambda: (conn.on(reply_to) or [None])[-1], 10, message="no answer to stats")
+        assert answer["ok"] is True, answer
+        assert answer["workers_total"] == 10_000 and answer["workers_by_state"] == {"online": 10_000}
+        assert answer["free_slots"] == 10_000
+        assert len(answer["workers"]) == 1000 and "w00000" in answer["workers"] and "w09999" not in answer["workers"]
+    finally:
+        coordinator.stop()
