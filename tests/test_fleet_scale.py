@@ -68,3 +68,25 @@ def test_a_dispatch_pass_over_10000_workers_places_in_milliseconds_not_seconds()
     assert figures["placed"] > 0
     assert figures["placing_ms"] < 1_000, figures  # was 4,600 ms with a scan of the fleet per placement
     assert figures["full_pass_ms"] < 100, figures  # was 17 ms for every batch while the backlog waited
+
+
+def test_died_since_says_what_a_search_of_the_fleet_says() -> None:
+    """Random joins, losses and queue changes: the kept latest loss per queue against the search."""
+    from mqtt_tasks.protocol.messages import WorkerState
+    from mqtt_tasks.store.base import TaskRecord
+
+    rng = random.Random(11)
+    fleet = Fleet(POLICY)
+    now = NOW
+    for _ in range(3000):
+        now += rng.random()
+        worker = f"w{rng.randint(0, 20)}"
+        if rng.random() < 0.3:
+            fleet.lost(worker, now)
+        else:
+            queues = rng.sample(["a", "b", "c"], rng.randint(0, 2))
+            fleet.heard(worker, WorkerState(worker=worker, state="online", queues=queues, ts=now), now, False)
+        record = TaskRecord("t", queue=rng.choice(["a", "b", "c"]), created=now - rng.random() * 30)
+        searched = any(w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues
+                       for w in fleet.views.values())
+        assert fleet.died_since(record) is searched

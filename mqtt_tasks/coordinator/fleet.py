@@ -46,6 +46,7 @@ class Fleet:
         self.views: dict[str, WorkerView] = {}
         self._inflight: dict[str, set[str]] = {}
         self._free: set[str] = set()  # workers whose view has a free slot
+        self._last_loss: dict[str, float] = {}  # queue -> the latest lost_at of a worker serving it
         self._order: dict[str, int] = {}  # worker -> when first seen: pick_worker's tie-break
         self._rates: dict[str, tuple[float, float, float]] = {}  # queue -> (when, tasks/s, shortest duration)
 
@@ -99,7 +100,7 @@ class Fleet:
         if state.state == OFFLINE:
             self.set_free(view, 0)
             return view
-        view.queues = tuple(state.queues)
+        self._serve(view, tuple(state.queues))
         view.concurrency = state.concurrency
         view.heartbeat_s = state.heartbeat_s
         view.last_seen = 0.0 if retained else now  # a retained state may be old: not proof of life
@@ -117,8 +118,26 @@ class Fleet:
 
     def lost(self, worker: str, now: float) -> None:
         """``worker`` went offline: nothing is in flight to it any more."""
-        self.view(worker).lost_at = now
+        view = self.view(worker)
+        view.lost_at = now
+        for name in view.queues:
+            self._last_loss[name] = max(self._last_loss.get(name, now), now)
         self._inflight.pop(worker, None)
+
+    def _serve(self, view: WorkerView, queues: tuple[str, ...]) -> None:
+        """The worker's queues as its heartbeat says; a worker lost before that changes its queues
+        moves its loss to them (``died_since``: the latest loss per queue, kept, not searched)."""
+        old, view.queues = view.queues, queues
+        if old == queues or view.lost_at is None:
+            return
+        for name in set(old) - set(queues):  # rare: a lost worker back with other queues
+            losses = [w.lost_at for w in self.views.values() if w.lost_at is not None and name in w.queues]
+            if losses:
+                self._last_loss[name] = max(losses)
+            else:
+                self._last_loss.pop(name, None)
+        for name in set(queues) - set(old):
+            self._last_loss[name] = max(self._last_loss.get(name, view.lost_at), view.lost_at)
 
     def set_free(self, view: WorkerView, free: int) -> None:
         """Every change of a view's free slots goes through here: it keeps the set of workers with one."""
@@ -185,9 +204,10 @@ class Fleet:
                    for w in candidates)
 
     def died_since(self, record: TaskRecord) -> bool:
-        """A worker of the record's queue went offline since the task was seen."""
-        return any(w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues
-                   for w in self.views.values())
+        """A worker of the record's queue went offline since the task was seen: O(1), it is fired for
+        every task nobody accounts for (a broker that dropped 1,000 tasks, a fleet of 10,000)."""
+        last = self._last_loss.get(record.queue)
+        return last is not None and last >= record.created
 
 
 class Picker:
