@@ -3,8 +3,8 @@
 The paho network thread only hands off (``Coordinator.receive``, ``connected`` and
 ``disconnected`` put an item on one queue and return). The loop does, over and over::
 
-    take a batch of up to batch_size items (wait at most tick_s for the first, then for more
-    while they keep coming: until a gap of gap_s, linger_s at most)
+    take a batch of up to batch_size items (wait at most tick_s for the first; when one was
+    waiting already, for more while they keep coming: until a gap of gap_s, linger_s at most)
     -> prefetch the batch's records that are not live, in one store query
     -> decide each message (handlers -> leases.*), changing records, fleet, backlog, timers
     -> when idle (or FORCED_TICK_S went by) and online: fire due timers (leases, dispatch
@@ -29,13 +29,15 @@ Built on these facts:
   a dead letter) can be forgotten by a coordinator that restarts: at worst it is said twice.
 - Throughput comes from batching (docs/benchmarks.md): one wake-up, one prefetch query, one commit,
   one PUBACK burst per batch. The per-message work is the handler and nothing else.
-- A batch lingers while messages keep coming (``LINGER_GAP_S`` between two, ``LINGER_S`` in all):
-  at 1,000 tasks/s messages arrive one at a time, and a commit, an ack write and a wake-up per
-  message or two made the coordinator the busiest process on the machine (2.4-3.0 CPU s per
-  5,000 tasks measured at 1,000 tasks/s), taking the CPU from the workers on a shared host
-  (docs/benchmarks.md, "Latency from outside"). A lone message (a chain's step, a query) waits
-  one gap, not the whole linger. Acks still follow the commit: they leave a few ms later, which
-  costs the fast path nothing (the broker already delivered the task to a worker).
+- Under a stream of messages (one was already waiting when the loop came back for more) a batch
+  lingers while they keep coming (``LINGER_GAP_S`` between two, ``LINGER_S`` in all): at 1,000
+  tasks/s messages arrive one at a time, and a commit, an ack write and a wake-up per message or
+  two made the coordinator the busiest process on the machine (2.4-3.0 CPU s per 5,000 tasks
+  measured at 1,000 tasks/s, 1.4-1.8 with the linger), taking the CPU from the workers on a shared
+  host (docs/benchmarks.md, "Latency from outside"). A message that finds the loop idle (a chain's
+  step, a query) is decided at once: lingering there cost a 100-step chain 4-5 ms a step. Acks
+  still follow the commit: they leave a few ms later, which costs the fast path nothing (the
+  broker already delivered the task to a worker).
 - Timers do not run while a burst is being drained, except every ``FORCED_TICK_S``: a burst
   must not starve lease expiry, and a lease check per batch would cost more than the batch.
 - An unexpected error in a batch is logged and the loop goes on; the batch's messages are not
@@ -166,14 +168,16 @@ class Loop:
         batch: list[Item] = []
         if self._again and self._outage.due():
             batch, self._again = self._again, []
+        busy = not self.items.empty()  # a message was waiting already: they are coming in a stream
         try:
             batch.append(self.items.get(timeout=self._tick_s))
         except queue.Empty:
             return batch
-        until = time.monotonic() + self._linger_s
+        until = time.monotonic() + (self._linger_s if busy else 0.0)
         while len(batch) < self._batch_size:
-            try:  # more while they keep coming (a gap of gap_s ends the batch), up to linger_s in all
-                batch.append(self.items.get(timeout=max(0.0, min(self._gap_s, until - time.monotonic()))))
+            try:  # while busy, more as long as they keep coming (a gap of gap_s ends it), linger_s at most
+                gap = min(self._gap_s, until - time.monotonic())
+                batch.append(self.items.get(timeout=gap) if gap > 0 else self.items.get_nowait())
             except queue.Empty:
                 break
         if any(kind == STOP for kind, _ in batch):
