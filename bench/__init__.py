@@ -9,5 +9,10 @@ Modules:
 - ``cluster``    starting, waiting for and cleaning up child processes
 - ``stats``      medians, percentiles, the table
 - ``chart``      the PNG (docs/bench-throughput.png)
+- ``blackbox``   latency from outside: ``mosquitto_pub -l`` -> workers -> ``mosquitto_sub``, with and
+                 without the coordinator (``--only blackbox``)
+- ``fleetsim``   thousands of simulated workers per process on raw asyncio MQTT connections
+- ``scale``      one coordinator against 200 and 10,000 of them (``--only fleet``)
+- ``dispatchpass`` the coordinator's dispatch pass over a fleet of 10,000, in-process
 - ``celery_app``, ``dramatiq_app``   the peers' no-op task modules
 """

@@ -95,7 +95,8 @@ def paho_worker(args: argparse.Namespace) -> None:
         task = json.loads(msg.payload)
         reply = {"id": task["id"], "state": "succeeded", "attempt": task.get("attempt", 1),
                  "result": None, "ts": time.time()}
-        c.publish(task["reply_to"], json.dumps(reply, separators=(",", ":")), qos=1)
+        reply_to = task.get("reply_to") or f"{args.prefix}/status/{task['id']}"  # black-box: the status topic
+        c.publish(reply_to, json.dumps(reply, separators=(",", ":")), qos=1)
 
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     host, port = _host_port(args.broker)

@@ -192,6 +192,16 @@ class Bench:
             return
         coord.run_all(self)
 
+    def blackbox(self) -> None:
+        from bench import blackbox
+
+        blackbox.run(self)
+
+    def fleet(self) -> None:
+        from bench import scale
+
+        scale.run(self)
+
     def peers_dramatiq(self) -> None:
         from bench import peers
 
@@ -323,7 +333,7 @@ def find_mosquitto_exe() -> str:
     return find_mosquitto() or "mosquitto"
 
 
-SECTIONS = ["paho", "mqtt", "coordinator", "amqtt", "dramatiq", "celery", "footprint"]
+SECTIONS = ["paho", "mqtt", "coordinator", "blackbox", "fleet", "amqtt", "dramatiq", "celery", "footprint"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the table: py-spy profiles of the mqtt-tasks hot path")
     args = parser.parse_args(argv)
     install_cleanup()
+    from bench.fleetsim import raise_nofile
+
+    raise_nofile()  # before Mosquitto starts: it inherits the limit (10,000 simulated workers)
     cfg = Config.make(args.quick)
     if args.runs:
         cfg.runs = max(1, args.runs)
@@ -357,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             ("paho", "ceiling: bare paho clients on Mosquitto", bench.bare_paho),
             ("mqtt", "mqtt-tasks on Mosquitto, no coordinator", bench.mqtt_tasks_mosquitto),
             ("coordinator", "mqtt-tasks on Mosquitto with the coordinator", bench.coordinator),
+            ("blackbox", "latency from outside: mosquitto_pub -l -> mosquitto_sub, with and without the coordinator",
+             bench.blackbox),
+            ("fleet", "one coordinator, 200 and 10,000 simulated workers (30 s heartbeats)", bench.fleet),
             ("amqtt", "mqtt-tasks on the embedded amqtt broker (own process)", bench.mqtt_tasks_amqtt),
             ("dramatiq", "Dramatiq + Redis", bench.peers_dramatiq),
             ("celery", "Celery + Redis", bench.peers_celery),

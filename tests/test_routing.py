@@ -93,11 +93,18 @@ def test_the_fleet_serves_a_lane_only_with_workers_that_have_its_labels() -> Non
     fleet = Fleet(test_policy(HB))
     for name, worker_labels, free in (("plain", (), 2), ("gpu", ("gpu",), 2), ("busy-cam", ("camera",), 0)):
         view = fleet.view(name)
-        view.queues, view.labels, view.free, view.heartbeat_s, view.last_seen = ("q",), frozenset(worker_labels), \
-            free, HB, 100.0
+        view.queues, view.labels, view.heartbeat_s, view.last_seen = ("q",), frozenset(worker_labels), HB, 100.0
+        fleet.set_free(view, free)
     serving = fleet.serving(["q", "q/gpu", "q/camera", "q/lidar", "other"], now=100.0)
-    assert {lane: sorted(w.worker for w in ws) for lane, ws in serving.items()} == {
-        "q": ["busy-cam", "gpu", "plain"], "q/gpu": ["gpu"]}  # camera: its only worker is full
+    assert sorted(serving) == ["q", "q/gpu"]  # camera: its only worker is full; lidar, other: nobody
+    picked = serving["q/gpu"].pick(1)
+    assert picked is not None and picked.worker == "gpu"
+    plain_lane, seen = serving["q"], set()
+    while (worker := plain_lane.pick(10)) is not None:  # every worker with a free slot serves the plain lane
+        seen.add(worker.worker)
+        worker.free = 0
+        plain_lane.taken(worker)
+    assert seen == {"plain", "gpu"}
 
 
 def test_the_waiting_reason_names_the_labels_and_the_workers() -> None:

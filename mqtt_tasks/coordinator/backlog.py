@@ -10,8 +10,10 @@ Built on these facts (DESIGN.md, BROKER-FACTS.md):
   the queues (docs/scheduling.md). A heap per queue: O(log n) a push or a pop.
 - A task that ``requires`` labels waits in its own lane, ``queue/label,label`` (``routing``), for a
   worker that has them all; a lane nobody serves holds up no other lane.
-- A dispatch pass costs O(lanes x workers) to find the free slots, then O(placed): a queue without
-  a free slot is not looked at, and the pass stops when nothing more can be placed.
+- A dispatch pass costs O(workers with a free slot x lanes) to find them (the fleet keeps the set
+  of workers with a free slot), then O(log n) a placement (``fleet.Picker``): a full fleet of
+  10,000 costs a batch nothing, and a lane without a free slot is not looked at; the pass stops
+  when nothing more can be placed.
 - A task with a ``rate_limit`` whose bucket is at its limit is parked by the gate
   (``ratelimits.RateGate``) when it comes up, and comes back when the bucket has room; each
   dispatch of such a task takes its place in the bucket's window.
@@ -29,10 +31,10 @@ from . import routing
 from .ratelimits import RateGate
 
 if TYPE_CHECKING:
-    from ..leases import LeasePolicy, WorkerView
+    from ..leases import LeasePolicy
     from ..store.base import TaskRecord
     from .effects import Effects
-    from .fleet import Fleet
+    from .fleet import Fleet, Picker
     from .records import Records
 
 
@@ -83,8 +85,8 @@ class Backlog:
         serving = self._fleet.serving(self._queues, now)
         while serving:
             name = min(serving, key=lambda q: self._queues[q][0][:2])
-            workers = serving[name]
-            if not any(w.free > 0 for w in workers):
+            picker = serving[name]
+            if not picker:
                 del serving[name]
                 continue
             entries = self._queues[name]
@@ -92,7 +94,7 @@ class Backlog:
             record = self._take(entry[2], name, records)
             if record is not None and self.gate.hold(record, name, entry, now):
                 self._members.add(entry[2])  # parked: still in the backlog
-            elif record is not None and not self._place(record, workers, len(entries) + 1, now, records, effects):
+            elif record is not None and not self._place(record, picker, len(entries) + 1, now, records, effects):
                 heapq.heappush(entries, entry)  # no worker fits it now: it stays first
                 self._members.add(entry[2])
                 del serving[name]
@@ -111,9 +113,9 @@ class Backlog:
             return None
         return record
 
-    def _place(self, record: TaskRecord, workers: list[WorkerView], waiting: int, now: float, records: Records,
+    def _place(self, record: TaskRecord, picker: Picker, waiting: int, now: float, records: Records,
                effects: Effects) -> bool:
-        view = self._fleet.assign(record, workers, waiting, now)
+        view = self._fleet.assign(record, picker, waiting)
         if view is None:
             return False
         leases.on_dispatched(record, view.worker, now, self._policy)

@@ -19,6 +19,7 @@ Built on these facts (DESIGN.md "Recommended mechanics", BROKER-FACTS.md):
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 from .. import leases
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from ..protocol.messages import WorkerState
     from ..store.base import TaskRecord
 
+RATE_EVERY = 1.0
+"""Seconds a queue's fleet rate (the dispatch horizon's) is reused: reading it is O(fleet). It is
+read again at once when a worker's first task duration becomes known."""
+
 
 class Fleet:
     """Worker views by id, and the dispatches in flight to each worker."""
@@ -41,11 +46,16 @@ class Fleet:
         self._policy = policy
         self.views: dict[str, WorkerView] = {}
         self._inflight: dict[str, set[str]] = {}
+        self._free: set[str] = set()  # workers whose view has a free slot
+        self._last_loss: dict[str, float] = {}  # queue -> the latest lost_at of a worker serving it
+        self._order: dict[str, int] = {}  # worker -> when first seen: pick_worker's tie-break
+        self._rates: dict[str, tuple[float, float, float]] = {}  # queue -> (when, tasks/s, shortest duration)
 
     def view(self, worker: str) -> WorkerView:
         view = self.views.get(worker)
         if view is None:
             view = self.views[worker] = WorkerView(worker)
+            self._order[worker] = len(self._order)
         return view
 
     # -- status events -------------------------------------------------------------------
@@ -55,7 +65,7 @@ class Fleet:
         if record.state == DISPATCHED and record.worker == worker:
             self._inflight.get(worker, set()).discard(record.id)
         else:
-            view.free = max(0, view.free - 1)
+            self.set_free(view, view.free - 1)
         return view
 
     def finished(self, worker: str | None, record: TaskRecord, now: float) -> None:
@@ -64,19 +74,21 @@ class Fleet:
             return
         view = self.view(worker)
         if record.state == STARTED and record.worker == worker and record.started_at:
+            if view.duration <= 0:  # the first duration known of this worker: the horizon changes now
+                self._rates.clear()
             leases.observe_duration(view, max(now - record.started_at, 0.0))
         if record.worker != worker or record.state not in (STARTED, DISPATCHED):
             return  # never counted against its slots (see the module docstring)
         if leases.is_suspect(record):
-            view.free = view.concurrency or 1  # it ran alone: the worker had nothing else running
+            self.set_free(view, view.concurrency or 1)  # it ran alone: the worker had nothing else running
             return
-        view.free = min(view.free + 1, view.concurrency or view.free + 1)
+        self.set_free(view, min(view.free + 1, view.concurrency or view.free + 1))
 
     def deferred(self, worker: str, record: TaskRecord, *, full: bool = True) -> None:
         """``worker`` handed the task back: it has no free slot (``full``; not so for a task it handed
         over because its ``not_before`` is ahead)."""
         if full:
-            self.view(worker).free = 0
+            self.set_free(self.view(worker), 0)
         if record.state == DISPATCHED and record.worker == worker:
             self._inflight.get(worker, set()).discard(record.id)
 
@@ -86,9 +98,9 @@ class Fleet:
         view = self.view(worker)
         view.state = state.state
         if state.state == OFFLINE:
-            view.free = 0
+            self.set_free(view, 0)
             return view
-        view.queues = tuple(state.queues)
+        self._serve(view, tuple(state.queues))
         view.labels = frozenset(state.labels or ())
         view.concurrency = state.concurrency
         view.heartbeat_s = state.heartbeat_s
@@ -102,33 +114,78 @@ class Fleet:
         pending = {i for i in self._inflight.get(worker, set())
                    if (r := live.get(i)) is not None and r.state == DISPATCHED and r.worker == worker}
         self._inflight[worker] = pending
-        self.views[worker].free = max(0, (state.free or 0) - len(pending - held.keys())) if state.state == ONLINE else 0
+        free = (state.free or 0) - len(pending - held.keys()) if state.state == ONLINE else 0
+        self.set_free(self.views[worker], free)
 
     def lost(self, worker: str, now: float) -> None:
         """``worker`` went offline: nothing is in flight to it any more."""
-        self.view(worker).lost_at = now
+        view = self.view(worker)
+        view.lost_at = now
+        for name in view.queues:
+            self._last_loss[name] = max(self._last_loss.get(name, now), now)
         self._inflight.pop(worker, None)
+
+    def _serve(self, view: WorkerView, queues: tuple[str, ...]) -> None:
+        """The worker's queues as its heartbeat says; a worker lost before that changes its queues
+        moves its loss to them (``died_since``: the latest loss per queue, kept, not searched)."""
+        old, view.queues = view.queues, queues
+        if old == queues or view.lost_at is None:
+            return
+        for name in set(old) - set(queues):  # rare: a lost worker back with other queues
+            losses = [w.lost_at for w in self.views.values() if w.lost_at is not None and name in w.queues]
+            if losses:
+                self._last_loss[name] = max(losses)
+            else:
+                self._last_loss.pop(name, None)
+        for name in set(queues) - set(old):
+            self._last_loss[name] = max(self._last_loss.get(name, view.lost_at), view.lost_at)
+
+    def set_free(self, view: WorkerView, free: int) -> None:
+        """Every change of a view's free slots goes through here: it keeps the set of workers with one."""
+        view.free = max(0, free)
+        if view.free:
+            self._free.add(view.worker)
+        else:
+            self._free.discard(view.worker)
 
     # -- dispatch --------------------------------------------------------------------------
     def live(self, now: float) -> list[WorkerView]:
         return [w for w in self.views.values() if leases.is_live(w, now, self._policy)]
 
-    def serving(self, backlogged: Iterable[str], now: float) -> dict[str, list[WorkerView]]:
-        """Backlog lane (a queue, or a queue and required labels: ``routing``) -> the live workers
-        serving it, for the lanes where one has a free slot."""
-        live = self.live(now)
-        serving: dict[str, list[WorkerView]] = {}
-        for lane in backlogged:
-            workers = [w for w in live if routing.serves(w, lane)]
-            if any(w.free > 0 for w in workers):
-                serving[lane] = workers
-        return serving
+    def serving(self, backlogged: Iterable[str], now: float) -> dict[str, Picker]:
+        """Backlog lane (a queue, or a queue and required labels: ``routing``) -> a ``Picker`` over
+        the live workers serving it with a free slot, for the lanes that have one. O(workers with
+        a free slot x lanes), not O(fleet): a full fleet costs nothing."""
+        lanes = list(backlogged)
+        free: dict[str, list[WorkerView]] = {}
+        for worker in self._free:
+            w = self.views[worker]
+            if not leases.is_live(w, now, self._policy):
+                continue
+            for lane in lanes:
+                if routing.serves(w, lane):
+                    free.setdefault(lane, []).append(w)
+        return {lane: Picker(ws, *self._rate(lane, now), self._order) for lane, ws in free.items()}
 
-    def assign(self, record: TaskRecord, workers: list[WorkerView], waiting: int, now: float) -> WorkerView | None:
-        """The worker to dispatch the record to (``leases.pick_worker``), its slot taken; or None."""
-        view = leases.pick_worker(workers, record.queue, now, self._policy, backlog=waiting)
+    def _rate(self, lane: str, now: float) -> tuple[float, float]:
+        """Tasks/s of the lane's live workers of known duration, and the shortest duration (0: none
+        known): ``leases.pick_worker``'s horizon, over the whole fleet, read at most every RATE_EVERY s."""
+        cached = self._rates.get(lane)
+        if cached is not None and now - cached[0] < RATE_EVERY:
+            return cached[1], cached[2]
+        timed = [w for w in self.views.values()
+                 if w.duration > 0 and routing.serves(w, lane) and leases.is_live(w, now, self._policy)]
+        rate = sum(max(w.concurrency, 1) / w.duration for w in timed)
+        shortest = min((w.duration for w in timed), default=0.0)
+        self._rates[lane] = (now, rate, shortest)
+        return rate, shortest
+
+    def assign(self, record: TaskRecord, picker: Picker, waiting: int) -> WorkerView | None:
+        """The worker to dispatch the record to (``Picker.pick``), its slot taken; or None."""
+        view = picker.pick(waiting)
         if view is not None:
-            view.free = 0 if leases.is_suspect(record) else view.free - 1  # alone: it takes the worker
+            self.set_free(view, 0 if leases.is_suspect(record) else view.free - 1)  # alone: it takes the worker
+            picker.taken(view)
             self._inflight.setdefault(view.worker, set()).add(record.id)
         return view
 
@@ -153,6 +210,39 @@ class Fleet:
                    for w in candidates)
 
     def died_since(self, record: TaskRecord) -> bool:
-        """A worker of the record's queue went offline since the task was seen."""
-        return any(w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues
-                   for w in self.views.values())
+        """A worker of the record's queue went offline since the task was seen: O(1), it is fired for
+        every task nobody accounts for (a broker that dropped 1,000 tasks, a fleet of 10,000)."""
+        last = self._last_loss.get(record.queue)
+        return last is not None and last >= record.created
+
+
+class Picker:
+    """``leases.pick_worker`` over one dispatch pass, O(log n) a pick: a heap of the live workers
+    with a free slot by (most free slots, shortest duration, first seen), as ``pick_worker`` ranks them
+over the fleet in the order it was heard. The horizon only shrinks
+    as the backlog does, so a worker beyond it is dropped for the rest of the pass."""
+
+    def __init__(self, workers: list[WorkerView], rate: float, shortest: float, order: dict[str, int]) -> None:
+        self._rate = rate
+        self._shortest = shortest
+        self._order = order
+        self._heap = [(-w.free, w.duration, order[w.worker], w) for w in workers if w.free > 0]
+        heapq.heapify(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def pick(self, backlog: int) -> WorkerView | None:
+        horizon = backlog / self._rate + self._shortest if self._rate > 0 else float("inf")
+        while self._heap:
+            _, duration, _, w = self._heap[0]
+            if w.free > 0 and duration <= horizon:
+                return w
+            heapq.heappop(self._heap)
+        return None
+
+    def taken(self, view: WorkerView) -> None:
+        """``view`` (the last pick) took a slot: back in the heap at its new rank, if it has one left."""
+        heapq.heappop(self._heap)
+        if view.free > 0:
+            heapq.heappush(self._heap, (-view.free, view.duration, self._order[view.worker], view))

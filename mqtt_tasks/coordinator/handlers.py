@@ -37,7 +37,6 @@ from ..protocol import codec
 from ..protocol.states import (
     CANCELLED,
     DEFERRED,
-    DISPATCHED,
     EXPIRED,
     FAILED,
     OFFLINE,
@@ -273,7 +272,7 @@ class Handlers:
 
     def _worker_lost(self, worker: str, now: float) -> None:
         self._fleet.lost(worker, now)
-        lost = [r for r in self._records.live.values() if r.worker == worker and r.state in (STARTED, DISPATCHED)]
+        lost = self._records.held_by(worker)
         if lost:
             log.warning("coordinator: worker %s went offline holding %d task(s); dispatching them again",
                         worker, len(lost))

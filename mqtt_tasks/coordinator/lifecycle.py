@@ -44,7 +44,7 @@ from .deploys import Rollouts
 from .effects import Effects
 from .fleet import Fleet
 from .handlers import Handlers
-from .loop import CONNECTED, DISCONNECTED, MSG, ConnectionLike, Loop
+from .loop import CONNECTED, DISCONNECTED, LINGER_GAP_S, LINGER_S, MSG, ConnectionLike, Loop
 from .outage import Outage
 from .queries import Queries
 from .ratelimits import RateGate
@@ -81,6 +81,8 @@ class Coordinator:
         session_expiry: int = 3600,
         batch_size: int = 1000,
         tick_s: float = 0.1,
+        linger_s: float = LINGER_S,
+        linger_gap_s: float = LINGER_GAP_S,
         clock: Callable[[], float] = time.time,
         rng: Rng = random.random,
         connection: ConnectionLike | None = None,
@@ -101,6 +103,8 @@ class Coordinator:
         self.client_id = client_id or "mqtt-tasks-coordinator-" + settings.prefix.replace("/", "_")
         self.batch_size = batch_size
         self.tick_s = tick_s
+        self.linger_s = linger_s
+        self.linger_gap_s = linger_gap_s
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._clock = clock
         self._stopped = threading.Event()
@@ -138,7 +142,7 @@ class Coordinator:
         self._outage = Outage(self._effects.store_outage)
         self._loop = Loop(self._connection, self.topics, self._records, timers, self._backlog, self._effects,
                           self._outage, handlers.on_message, self._went_online, clock, self.batch_size, self.tick_s,
-                          stats)
+                          stats, self.linger_s, self.linger_gap_s)
         self._put = self._loop.items.put
         self._schedules = Schedules(self.settings, self.topics, self._records, self._effects, policy, clock, stats)
         self._queries.ops.update(self._schedules.ops)

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 OPS = ("status", "tasks", "stats", "result", "retry", "purge")
 
 
+STATS_WORKERS = 1000
+"""Workers listed by name in a ``stats`` answer at most (``workers_total`` counts them all)."""
+
+
 class Queries:
     """Answers the queries that arrive on the query topic."""
 
@@ -148,12 +152,19 @@ class Queries:
         return {"ok": True, "tasks": [record_summary(r) for r in records]}
 
     def snapshot(self) -> dict[str, Any]:
-        """The counters, live and backlog sizes, and the view of the workers (no store access)."""
+        """The counters, live and backlog sizes, and the view of the workers (no store access): the
+        first ``STATS_WORKERS`` of them by name, with totals over all, so that a fleet of 10,000 (about
+        45 bytes each) still fits the payload cap."""
+        views = list(self._fleet.views.values())
+        shown = views if len(views) <= STATS_WORKERS else sorted(views, key=lambda w: w.worker)[:STATS_WORKERS]
+        states: dict[str, int] = {}
+        for w in views:
+            states[w.state] = states.get(w.state, 0) + 1
         return {"stats": dict(self._stats), "live": len(self._records.live), "backlog": len(self._backlog),
                 "backlog_by_queue": self._backlog.by_queue(),
                 "rate_limited": self._backlog.gate.parked,
-                "workers": {w.worker: {"state": w.state, "free": w.free, "labels": sorted(w.labels)}
-                            for w in list(self._fleet.views.values())}}
+                "workers": {w.worker: {"state": w.state, "free": w.free, "labels": sorted(w.labels)} for w in shown},
+                "workers_total": len(views), "workers_by_state": states, "free_slots": sum(w.free for w in views)}
 
 
 # -- views of a record -------------------------------------------------------------------------

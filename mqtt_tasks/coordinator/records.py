@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import leases
-from ..protocol.states import BACKLOG
+from ..protocol.states import BACKLOG, DISPATCHED, STARTED
 from . import routing
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class Records:
                  stats: dict[str, int]) -> None:
         self.store = store
         self.live: dict[str, TaskRecord] = {}
+        self._held: dict[str, set[str]] = {}  # worker -> ids of the live records last saved with it
+        self._holder: dict[str, str] = {}  # id -> that worker
         self._policy = policy
         self._timers = timers
         self._backlog = backlog
@@ -53,6 +55,7 @@ class Records:
         now = self._clock()
         for record in self.store.load_live():
             self.live[record.id] = record
+            self._index(record)
             leases.extend(record, now, self._policy.reconnect_grace)
             self._timers.schedule(record)
             if record.state == BACKLOG:
@@ -97,6 +100,7 @@ class Records:
             if record.id not in self.live:
                 self.live[record.id] = record
             self._timers.schedule(record)
+        self._index(record)
         for effect in effects:
             self._apply(record, effect)
         if ended:
@@ -106,4 +110,29 @@ class Records:
     def dispatched(self, record: TaskRecord) -> None:
         """The record was dispatched to a worker's inbox: its timer and store row follow."""
         self._timers.schedule(record)
+        self._index(record)
         self.store.put(record)
+
+    def held_by(self, worker: str) -> list[TaskRecord]:
+        """The live records started on or dispatched to ``worker``, oldest first: O(its tasks), not
+        O(live) (10,000 workers lost at once, each holding a task, would be 10^8 steps)."""
+        held = (self.live.get(i) for i in self._held.get(worker, ()))
+        return sorted((r for r in held if r is not None and r.worker == worker and r.state in (STARTED, DISPATCHED)),
+                      key=lambda r: r.created)
+
+    def _index(self, record: TaskRecord) -> None:
+        """Keep ``held_by``'s index in step with a saved record (a terminal one leaves it)."""
+        worker = None if record.terminal else record.worker
+        old = self._holder.get(record.id)
+        if old == worker:
+            return
+        if old is not None:
+            ids = self._held[old]
+            ids.discard(record.id)
+            if not ids:
+                del self._held[old]
+        if worker is None:
+            del self._holder[record.id]
+        else:
+            self._held.setdefault(worker, set()).add(record.id)
+            self._holder[record.id] = worker
