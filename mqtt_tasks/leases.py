@@ -419,7 +419,7 @@ def _deadline_passed(record: TaskRecord, now: float, policy: LeasePolicy, worker
         if record.expires_at is not None and record.expires_at <= now:
             return _expire_unaccounted(record, now, policy)
         if worker_died and record.state == QUEUED:
-            return _lost_with_worker(record, now, "not accounted for within the dispatch timeout, and a "
+            return _lost_with_worker(record, now, "not accounted for by any worker, and a "
                                      "worker of its queue went offline meanwhile", policy)
         return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
                            failed=False, policy=policy)
@@ -513,6 +513,40 @@ class WorkerView:
 def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
     """Online, and heard from within its lease (a retained heartbeat is not proof of life)."""
     return w.state == ONLINE and now - w.last_seen <= lease_s(policy, w.heartbeat_s)
+
+
+def drained(w: WorkerView, since: float, now: float, policy: LeasePolicy) -> bool:
+    """Nothing the broker sent ``w`` before ``since`` can still wait there unseen.
+
+    True when ``w`` is not live (what it held is lost with it), or when its latest heartbeat says it
+    has had a free slot and an empty line for one of its heartbeat intervals, counted from ``since``
+    or from when it was last full, whichever is later. A task it received by then has started (its
+    heartbeats list what runs) or ended, and its broker queue has nothing left: a worker with a free
+    slot acknowledges what it is sent at once (BROKER-FACTS.md)."""
+    if not is_live(w, now, policy):
+        return True
+    free_since = since if w.full_at is None else max(since, w.full_at)
+    return w.last_seen - free_since >= (w.heartbeat_s or policy.default_heartbeat_s)
+
+
+def lost_unseen(record: TaskRecord, workers: Iterable[WorkerView], now: float, policy: LeasePolicy) -> bool:
+    """A queued record whose queue lost a worker since it was seen: True once every worker that
+    could have it (``workers``, those of its queue) is ``drained`` since it was seen. Nobody
+    accounts for it then, so it went down with the dead worker: a suspect, dispatched again now
+    rather than at its dispatch timeout."""
+    return record.state == QUEUED and all(drained(w, record.created, now, policy) for w in workers)
+
+
+def recheck_after_loss(record: TaskRecord, now: float, recheck_s: float) -> bool:
+    """A worker of the record's queue went offline at ``now``: a queued record seen before then may
+    have gone down with it unannounced, so it is looked at again within ``recheck_s`` instead of at
+    its dispatch timeout (``lost_unseen`` decides then). True if its timer moved."""
+    if record.state != QUEUED or record.deadline is None or record.created > now:
+        return False
+    if record.deadline <= now + recheck_s:
+        return False
+    record.deadline = now + recheck_s
+    return True
 
 
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,

@@ -327,3 +327,42 @@ def test_pick_worker_keeps_the_last_tasks_of_a_batch_off_a_slow_worker() -> None
     assert leases.pick_worker([slow], "q", 10.0, P, backlog=1) is slow  # alone, slow is best
     leases.observe_duration(fast, 0.12)
     assert fast.duration == pytest.approx(0.04)
+
+
+# -- a queued task that may have gone down with a worker (the dead worker never announced it) --------
+def test_a_worker_death_brings_a_queued_task_timer_forward_to_one_heartbeat() -> None:
+    r = fresh(now=10.0)  # seen at 10: dispatch timeout at 15
+    assert leases.recheck_after_loss(r, 11.0, 0.5) and r.deadline == 11.5
+    assert not leases.recheck_after_loss(r, 11.2, 0.5)  # already that soon: unchanged
+    later = fresh(now=12.0)
+    assert not leases.recheck_after_loss(later, 11.0, 0.5) and later.deadline == 17.0  # seen after the death
+    running = fresh(now=10.0)
+    leases.on_started(running, 1, "w2", 0.5, 10.2, P)
+    assert not leases.recheck_after_loss(running, 11.0, 0.5)  # a live worker holds it: its lease decides
+
+
+def test_a_worker_shows_it_holds_nothing_unseen_by_a_heartbeat_with_room_for_one_interval() -> None:
+    w = WorkerView("w2", queues=("q",), free=2, concurrency=4, heartbeat_s=0.5, last_seen=10.3, full_at=None)
+    assert not leases.drained(w, 10.0, 10.4, P)  # a heartbeat 0.3 s after the task was seen: too soon
+    w.last_seen = 10.5
+    assert leases.drained(w, 10.0, 10.6, P)  # free for a whole interval since it was seen
+    w.full_at = 12.0  # full again later (the task could sit in its line or its broker queue) ...
+    w.last_seen = 12.3
+    assert not leases.drained(w, 10.0, 12.4, P)
+    w.last_seen = 12.5  # ... and free for an interval since
+    assert leases.drained(w, 10.0, 12.6, P)
+    w.last_seen = 1.0  # silent past its lease: whatever it holds is lost with it
+    assert leases.drained(w, 10.0, 12.6, P)
+
+
+def test_a_queued_task_is_lost_unseen_only_once_every_worker_of_its_queue_drained() -> None:
+    r = fresh(now=10.0)
+    busy = WorkerView("w2", queues=("q",), free=0, concurrency=4, heartbeat_s=0.5, last_seen=13.0, full_at=13.0)
+    idle = WorkerView("w3", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=13.0, full_at=None)
+    assert not leases.lost_unseen(r, [busy, idle], 13.1, P)  # w2 is full: it may hold it in its line
+    busy.full_at, busy.last_seen = 13.2, 13.7
+    assert leases.lost_unseen(r, [busy, idle], 13.8, P)
+    assert leases.on_timer(r, 13.8, P, worker_died=True) == [] and r.state == "queued"  # its timer decides when
+    leases.recheck_after_loss(r, 13.8, 0.0)
+    assert leases.on_timer(r, 13.8, P, worker_died=True) == [Enqueue("t1")]
+    assert (r.attempt, r.losses, r.failures) == (2, 1, 0)  # a suspect, not charged

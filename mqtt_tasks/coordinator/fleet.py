@@ -152,6 +152,18 @@ class Fleet:
         return any(w.full_at is not None and now - w.full_at <= window and leases.is_live(w, now, self._policy)
                    for w in candidates)
 
+    def lost_unseen(self, record: TaskRecord, now: float) -> bool:
+        """Every worker of the queued record's queue has shown that it does not hold it
+        (``leases.lost_unseen``)."""
+        workers = [w for w in self.views.values() if record.queue in w.queues]
+        return leases.lost_unseen(record, workers, now, self._policy)
+
+    def recheck_s(self, queue: str) -> float:
+        """How soon to look again at a task of ``queue`` that may have gone down with a worker: one
+        heartbeat of its slowest worker (a ``drained`` worker shows it in its next heartbeat)."""
+        beats = [w.heartbeat_s for w in self.views.values() if queue in w.queues and w.heartbeat_s]
+        return min(self._policy.dispatch_timeout, max(beats, default=self._policy.default_heartbeat_s))
+
     def died_since(self, record: TaskRecord) -> bool:
         """A worker of the record's queue went offline since the task was seen."""
         return any(w.lost_at is not None and w.lost_at >= record.created and record.queue in w.queues

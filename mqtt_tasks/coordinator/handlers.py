@@ -274,3 +274,11 @@ class Handlers:
                         worker, len(lost))
         for record in lost:
             self._records.save(record, leases.on_worker_lost(record, worker, now, self._policy))
+        self._recheck_queued(self._fleet.views[worker].queues, now)
+
+    def _recheck_queued(self, queues: tuple[str, ...], now: float) -> None:
+        """Queued tasks of a dead worker's queues, which it may have taken unannounced, are looked
+        at again within a heartbeat (``leases.recheck_after_loss``), not at their dispatch timeout."""
+        for record in list(self._records.live.values()):
+            if record.queue in queues and leases.recheck_after_loss(record, now, self._fleet.recheck_s(record.queue)):
+                self._records.reschedule(record)

@@ -103,6 +103,10 @@ class Records:
             for hook in self.finished:
                 hook(record)
 
+    def reschedule(self, record: TaskRecord) -> None:
+        """The record's timer moved earlier, in memory only (a restart gives leases a grace anyway)."""
+        self._timers.schedule(record)
+
     def dispatched(self, record: TaskRecord) -> None:
         """The record was dispatched to a worker's inbox: its timer and store row follow."""
         self._timers.schedule(record)

@@ -12,6 +12,10 @@ Built on these facts:
 - A queued task whose queue lost a worker since it was seen may have killed that worker before it
   could announce ``started`` (``Fleet.died_since``): it becomes a suspect and runs alone next, so
   a poison task is still found out and ends ``dead`` (leases.py, poison isolation).
+- Such a task is not left to its dispatch timeout: the worker's ``offline`` brings its timer
+  forward (``leases.recheck_after_loss``), and it is dispatched again as soon as every live worker
+  of its queue has shown, by a heartbeat with a free slot and an empty line, that it does not hold
+  it (``leases.lost_unseen``); until then it is looked at again every heartbeat.
 """
 
 from __future__ import annotations
@@ -71,11 +75,16 @@ class Timers:
 
     def _fire(self, record: TaskRecord, now: float, records: Records) -> None:
         state, attempt = record.state, record.attempt
-        if self._fleet.held_up(record, now):
+        died = record.state == QUEUED and self._fleet.died_since(record)
+        due = record.deadline is not None and record.deadline <= now
+        if died and due and not self._fleet.lost_unseen(record, now):
+            record.deadline = now + self._fleet.recheck_s(record.queue)  # a worker of its queue may hold it
+            self.schedule(record)
+            return
+        if not died and self._fleet.held_up(record, now):
             record.deadline = now + self._policy.dispatch_timeout
             self.schedule(record)
             return
-        died = record.state == QUEUED and self._fleet.died_since(record)
         effects = leases.on_timer(record, now, self._policy, worker_died=died)
         if record.state != state or record.attempt != attempt:
             if attempt != record.attempt and state != RETRYING:
