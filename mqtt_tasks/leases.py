@@ -21,12 +21,14 @@ the task is dead when ``failures`` reaches ``max_attempts``.
 
 Poison isolation (issue 13): a worker process that dies takes every task it holds with it, and
 nothing says which one killed it (a task that kills at once never even announces ``started``).
-So a task lost with its worker is not charged an attempt: it becomes a *suspect* (``losses`` > 0)
-and is from then on dispatched *alone* (``"alone": true`` in the body: the worker runs nothing
-else meanwhile, and announces ``started``, acknowledged by the broker, before the body runs).
-A suspect lost with its worker while it ran alone killed that worker: that conviction counts as
-a failed attempt (``kills``), so a poison task ends ``dead`` ("killed its worker N times") after
-``max_attempts`` convictions, while its neighbours only run once more, alone. A suspect lost
+So a task lost with its worker is not charged an attempt: it becomes a *suspect* (``losses`` > 0).
+Its first re-run shares a worker with others, so a dead worker's tasks run again at the fleet's
+speed (group testing: ``runs_alone``); lost again, it is from then on dispatched *alone*
+(``"alone": true`` in the body: the worker runs nothing else meanwhile, and announces
+``started``, acknowledged by the broker, before the body runs). A suspect lost with its worker
+while it ran alone killed that worker: that conviction counts as a failed attempt (``kills``), so
+a poison task ends ``dead`` ("killed its worker N times") after ``max_attempts`` convictions,
+while its neighbours run once more with others and at most once alone. A suspect lost
 before it started (its worker died of something else while it waited its turn) is not charged;
 ``max_losses`` bounds those, so no task circulates for ever.
 """
@@ -68,6 +70,7 @@ class LeasePolicy:
     backoff_cap: float = 60.0
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_losses: int = 10                # lost with its worker this often, never convicted: dead all the same
+    alone_from_loss: int = 2            # a suspect runs alone from its Nth loss; before, with others (1: always)
 
 
 @dataclass(frozen=True)
@@ -384,8 +387,19 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
 
 
 def is_suspect(record: TaskRecord) -> bool:
-    """Lost with a worker before: dispatched alone until it finishes."""
+    """Lost with a worker before (``runs_alone`` says whether it is dispatched alone)."""
     return record.losses > 0
+
+
+def runs_alone(record: TaskRecord, policy: LeasePolicy) -> bool:
+    """A suspect lost ``alone_from_loss`` times is dispatched alone: only a crash then convicts it.
+
+    Group testing: a first loss re-runs with the others (a worker's slots all busy), so the tasks
+    of a dead worker run again at the speed of the fleet, not one at a time; in the common case
+    (the worker died of something else: OOM, a node lost, ``kill -9``) that is all. A poison task
+    among them kills its worker once more, and everything lost with it then runs alone: convicted
+    as before, one crash later; an innocent neighbour runs alone once."""
+    return record.losses >= max(policy.alone_from_loss, 1)
 
 
 def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died: bool = False) -> list[Effect]:
@@ -580,14 +594,14 @@ def observe_duration(view: WorkerView, seconds: float, weight: float = 0.2) -> N
 # -- internals --------------------------------------------------------------------------------
 def _lost_with_worker(record: TaskRecord, now: float, reason: str, policy: LeasePolicy) -> list[Effect]:
     """The record went down with its worker (dead, or silent past its lease): convict or suspect."""
-    alone = is_suspect(record) and record.state == STARTED  # it ran alone: nothing else could have
+    alone = runs_alone(record, policy) and record.state == STARTED  # it ran alone: nothing else could have
     record.losses += 1
     if not alone:
         if record.losses >= policy.max_losses:
             return _finish(record, DEAD, f"lost with its worker {record.losses} times, never convicted "
                            f"running alone; last: {reason}", now)
-        return _redispatch(record, now, f"{reason}; a suspect now, it runs alone next", failed=False,
-                           policy=policy)
+        nxt = "it runs alone next" if runs_alone(record, policy) else "it runs again with others next"
+        return _redispatch(record, now, f"{reason}; a suspect now, {nxt}", failed=False, policy=policy)
     record.kills += 1
     record.failures += 1
     verdict = f"killed its worker {record.kills} time{'s' if record.kills > 1 else ''} running alone"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mqtt_tasks import leases
@@ -10,6 +12,7 @@ from mqtt_tasks.store.base import TaskRecord
 
 P = LeasePolicy(lease_heartbeats=3, lease_slack=0.0, dispatch_timeout=5.0, timeout_grace=1.0,
                 backoff_base=1.0, backoff_cap=8.0, default_max_attempts=3)
+STRICT = dataclasses.replace(P, alone_from_loss=1)  # every suspect alone, from its first loss
 BODY = {"id": "t1", "task": "add", "args": [1, 2], "queue": "q", "attempt": 1}
 
 
@@ -46,14 +49,14 @@ def test_heartbeats_renew_the_lease_so_a_long_task_is_never_redispatched() -> No
 
 def test_lease_expiry_makes_a_suspect_not_a_failure_until_it_runs_alone() -> None:
     r = fresh()
-    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
-    assert leases.on_timer(r, 2.9, P) == []
-    assert leases.on_timer(r, 3.0, P) == [Enqueue("t1")]
+    leases.on_started(r, 1, "w1", 1.0, 0.0, STRICT)
+    assert leases.on_timer(r, 2.9, STRICT) == []
+    assert leases.on_timer(r, 3.0, STRICT) == [Enqueue("t1")]
     assert (r.state, r.attempt, r.failures, r.losses, r.worker) == ("backlog", 2, 0, 1, None)
     assert leases.is_suspect(r)
-    leases.on_dispatched(r, "w2", 4.0, P)
-    leases.on_started(r, 2, "w2", 1.0, 4.0, P)  # alone: its worker went silent running it only
-    assert leases.on_timer(r, 7.0, P) == [Enqueue("t1")]
+    leases.on_dispatched(r, "w2", 4.0, STRICT)
+    leases.on_started(r, 2, "w2", 1.0, 4.0, STRICT)  # alone: its worker went silent running it only
+    assert leases.on_timer(r, 7.0, STRICT) == [Enqueue("t1")]
     assert (r.attempt, r.failures, r.kills) == (3, 1, 1)
 
 
@@ -69,16 +72,16 @@ def test_neighbours_lost_with_a_worker_are_suspects_not_failures() -> None:
 
 def test_a_suspect_that_kills_its_worker_running_alone_is_convicted_and_ends_dead() -> None:
     r = fresh()
-    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
-    leases.on_worker_lost(r, "w0", 0.1, P)  # among others: a suspect
+    leases.on_started(r, 1, "w0", 1.0, 0.0, STRICT)
+    leases.on_worker_lost(r, "w0", 0.1, STRICT)  # among others: a suspect
     for attempt in (2, 3):
-        leases.on_dispatched(r, f"w{attempt}", 1.0, P)
-        leases.on_started(r, attempt, f"w{attempt}", 1.0, 1.0, P)
-        assert leases.on_worker_lost(r, f"w{attempt}", 1.1, P) == [Enqueue("t1")]
+        leases.on_dispatched(r, f"w{attempt}", 1.0, STRICT)
+        leases.on_started(r, attempt, f"w{attempt}", 1.0, 1.0, STRICT)
+        assert leases.on_worker_lost(r, f"w{attempt}", 1.1, STRICT) == [Enqueue("t1")]
         assert r.failures == r.kills == attempt - 1
-    leases.on_dispatched(r, "w4", 2.0, P)
-    leases.on_started(r, 4, "w4", 1.0, 2.0, P)
-    effects = leases.on_worker_lost(r, "w4", 2.1, P)
+    leases.on_dispatched(r, "w4", 2.0, STRICT)
+    leases.on_started(r, 4, "w4", 1.0, 2.0, STRICT)
+    effects = leases.on_worker_lost(r, "w4", 2.1, STRICT)
     assert (r.state, r.failures, r.kills, r.losses) == ("dead", 3, 3, 4)
     assert (r.reason or "").startswith("killed its worker 3 times running alone")
     assert effects == [Announce("dead", r.reason or "", final=True, reply=True, dead_letter=True)]
@@ -281,16 +284,16 @@ def test_a_queued_task_lost_while_a_worker_of_its_queue_died_becomes_a_suspect()
     worker of its queue died meanwhile, it is a suspect and runs alone next; a kill then, with
     its `started` acknowledged before the body ran, convicts it."""
     r = leases.new_record("t1", 0.0, body=BODY)
-    leases.on_task(r, BODY, 0.0, P)
-    assert leases.on_timer(r, 6.0, P) == [Enqueue("t1")]
+    leases.on_task(r, BODY, 0.0, STRICT)
+    assert leases.on_timer(r, 6.0, STRICT) == [Enqueue("t1")]
     assert (r.attempt, r.failures, r.losses) == (2, 0, 0)  # lost in the broker, say: not the task's fault
     r2 = leases.new_record("t2", 0.0, body={**BODY, "id": "t2", "max_attempts": 1})
-    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 1}, 0.0, P)
-    assert leases.on_timer(r2, 6.0, P, worker_died=True) == [Enqueue("t2")]
+    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 1}, 0.0, STRICT)
+    assert leases.on_timer(r2, 6.0, STRICT, worker_died=True) == [Enqueue("t2")]
     assert (r2.attempt, r2.failures, r2.losses) == (2, 0, 1) and "went offline" in (r2.reason or "")
-    leases.on_dispatched(r2, "w2", 7.0, P)
-    leases.on_started(r2, 2, "w2", 1.0, 7.1, P)
-    leases.on_worker_lost(r2, "w2", 7.5, P)
+    leases.on_dispatched(r2, "w2", 7.0, STRICT)
+    leases.on_started(r2, 2, "w2", 1.0, 7.1, STRICT)
+    leases.on_worker_lost(r2, "w2", 7.5, STRICT)
     assert r2.state == "dead" and "killed its worker 1 time running alone" in (r2.reason or "")
 
 
@@ -366,3 +369,30 @@ def test_a_queued_task_is_lost_unseen_only_once_every_worker_of_its_queue_draine
     leases.recheck_after_loss(r, 13.8, 0.0)
     assert leases.on_timer(r, 13.8, P, worker_died=True) == [Enqueue("t1")]
     assert (r.attempt, r.losses, r.failures) == (2, 1, 0)  # a suspect, not charged
+
+
+# -- group testing: a first loss re-runs with others, alone only from the second -------------------
+def test_a_first_suspect_runs_with_others_and_a_crash_then_convicts_nobody() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
+    leases.on_worker_lost(r, "w0", 0.1, P)  # lost among others: a suspect
+    assert leases.is_suspect(r) and not leases.runs_alone(r, P) and leases.runs_alone(r, STRICT)
+    leases.on_dispatched(r, "w1", 1.0, P)
+    leases.on_started(r, 2, "w1", 1.0, 1.0, P)  # with others: a crash now names nobody
+    assert leases.on_worker_lost(r, "w1", 1.1, P) == [Enqueue("t1")]
+    assert (r.failures, r.kills, r.losses) == (0, 0, 2) and leases.runs_alone(r, P)
+
+
+def test_a_poison_task_is_convicted_one_crash_later_than_with_strict_isolation() -> None:
+    crashes: dict[int, int] = {}
+    for policy in (STRICT, P):
+        r = fresh()
+        n = 0
+        while not r.terminal:  # it kills every worker it runs on
+            n += 1
+            leases.on_dispatched(r, f"w{n}", float(n), policy)
+            leases.on_started(r, r.attempt, f"w{n}", 1.0, float(n), policy)
+            leases.on_worker_lost(r, f"w{n}", n + 0.1, policy)
+        assert r.state == "dead" and (r.reason or "").startswith("killed its worker 3 times running alone")
+        crashes[policy.alone_from_loss] = n
+    assert crashes == {1: 4, 2: 5}  # max_attempts convictions, after one loss (strict) or two

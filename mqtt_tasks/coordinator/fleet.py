@@ -9,8 +9,8 @@ Built on these facts (DESIGN.md "Recommended mechanics", BROKER-FACTS.md):
   dispatch takes a slot, a result gives one back, a ``deferred`` says the worker is full, and a
   dispatch to a worker's inbox takes one. Dispatches not yet confirmed by a ``started`` are *in
   flight*; a heartbeat counts them against the free slots it reports, until the worker lists them.
-- A suspect is dispatched alone: its worker runs nothing else until it ends, so it takes every
-  slot of that worker, and its result gives them all back.
+- A suspect that runs alone (``leases.runs_alone``) is dispatched alone: its worker runs nothing
+  else until it ends, so it takes every slot of that worker, and its result gives them all back.
 - A task that starts and finishes between two heartbeats is never counted (a worker announces
   ``started`` only after ``started_after``): its result gives back no slot it did not take.
 - Mosquitto queues a worker's messages behind the ones it holds, where no heartbeat lists them; so
@@ -67,7 +67,7 @@ class Fleet:
             leases.observe_duration(view, max(now - record.started_at, 0.0))
         if record.worker != worker or record.state not in (STARTED, DISPATCHED):
             return  # never counted against its slots (see the module docstring)
-        if leases.is_suspect(record):
+        if leases.runs_alone(record, self._policy):
             view.free = view.concurrency or 1  # it ran alone: the worker had nothing else running
             return
         view.free = min(view.free + 1, view.concurrency or view.free + 1)
@@ -128,7 +128,7 @@ class Fleet:
         """The worker to dispatch the record to (``leases.pick_worker``), its slot taken; or None."""
         view = leases.pick_worker(workers, record.queue, now, self._policy, backlog=waiting)
         if view is not None:
-            view.free = 0 if leases.is_suspect(record) else view.free - 1  # alone: it takes the worker
+            view.free = 0 if leases.runs_alone(record, self._policy) else view.free - 1  # alone: it takes the worker
             self._inflight.setdefault(view.worker, set()).add(record.id)
         return view
 

@@ -10,7 +10,7 @@ Built on these facts:
 - A task nobody accounts for is more likely waiting than lost while a live worker of its queue has
   been full within the dispatch timeout (``Fleet.held_up``): its deadline moves on instead.
 - A queued task whose queue lost a worker since it was seen may have killed that worker before it
-  could announce ``started`` (``Fleet.died_since``): it becomes a suspect and runs alone next, so
+  could announce ``started`` (``Fleet.died_since``): it becomes a suspect (``leases.runs_alone``), so
   a poison task is still found out and ends ``dead`` (leases.py, poison isolation).
 - Such a task is not left to its dispatch timeout: the worker's ``offline`` brings its timer
   forward (``leases.recheck_after_loss``), and it is dispatched again as soon as every live worker
