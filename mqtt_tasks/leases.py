@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol.states import DEFAULT_MAX_ATTEMPTS, ONLINE
+from .protocol.states import DEFAULT_MAX_ATTEMPTS, OFFLINE, ONLINE
 from .protocol.validate import lenient
 from .store.base import (
     BACKLOG,
@@ -433,8 +433,7 @@ def _deadline_passed(record: TaskRecord, now: float, policy: LeasePolicy, worker
         if record.expires_at is not None and record.expires_at <= now:
             return _expire_unaccounted(record, now, policy)
         if worker_died and record.state == QUEUED:
-            return _lost_with_worker(record, now, "not accounted for by any worker, and a "
-                                     "worker of its queue went offline meanwhile", policy)
+            return on_lost_unseen(record, now, policy)
         return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
                            failed=False, policy=policy)
     if record.state == RETRYING:
@@ -530,37 +529,61 @@ def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
 
 
 def drained(w: WorkerView, since: float, now: float, policy: LeasePolicy) -> bool:
-    """Nothing the broker sent ``w`` before ``since`` can still wait there unseen.
+    """Nothing the broker sent the live worker ``w`` before ``since`` can still wait there unseen.
 
-    True when ``w`` is not live (what it held is lost with it), or when its latest heartbeat says it
-    has had a free slot and an empty line for one of its heartbeat intervals, counted from ``since``
-    or from when it was last full, whichever is later. A task it received by then has started (its
-    heartbeats list what runs) or ended, and its broker queue has nothing left: a worker with a free
-    slot acknowledges what it is sent at once (BROKER-FACTS.md)."""
+    True when ``w`` is live and its latest heartbeat says it has had a free slot and an empty line
+    for one of its heartbeat intervals, counted from ``since`` or from when it was last full,
+    whichever is later. A task it received by then has started (its heartbeats list what runs) or
+    ended, and its broker queue holds nothing more: a worker with a free slot acknowledges what it
+    is sent at once (BROKER-FACTS.md). ``since`` is the coordinator's time, and a new leader's
+    clock reads the old leader's: a skew between them shortens or lengthens the interval."""
     if not is_live(w, now, policy):
-        return True
+        return False
     free_since = since if w.full_at is None else max(since, w.full_at)
     return w.last_seen - free_since >= (w.heartbeat_s or policy.default_heartbeat_s)
 
 
+def gone(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
+    """Offline, or heard live once and silent past its lease since: what it holds is lost with it.
+    (A worker known only from its retained state is neither gone nor ``drained``: not known yet.)"""
+    return w.state == OFFLINE or (w.last_seen > 0 and not is_live(w, now, policy))
+
+
+def may_have_taken(record: TaskRecord, queues: Iterable[str], lost_at: float) -> bool:
+    """A worker of ``queues`` went offline at ``lost_at``: the queued record, seen before, may have
+    gone down with it unannounced (``lost_unseen`` decides, before its dispatch timeout)."""
+    return record.state == QUEUED and record.queue in queues and record.updated <= lost_at
+
+
 def lost_unseen(record: TaskRecord, workers: Iterable[WorkerView], now: float, policy: LeasePolicy) -> bool:
-    """A queued record whose queue lost a worker since it was seen: True once every worker that
-    could have it (``workers``, those of its queue) is ``drained`` since it was seen. Nobody
-    accounts for it then, so it went down with the dead worker: a suspect, dispatched again now
-    rather than at its dispatch timeout."""
-    return record.state == QUEUED and all(drained(w, record.created, now, policy) for w in workers)
+    """A queued record whose queue lost a worker since it was seen: True once every other worker
+    that could have it (``workers``, those of its queue) is ``gone`` or ``drained`` since it was
+    seen. Nobody accounts for it then: it went down with the dead worker (``on_lost_unseen``)."""
+    return record.state == QUEUED and all(gone(w, now, policy) or drained(w, record.updated, now, policy)
+                                          for w in workers)
 
 
-def recheck_after_loss(record: TaskRecord, now: float, recheck_s: float) -> bool:
-    """A worker of the record's queue went offline at ``now``: a queued record seen before then may
-    have gone down with it unannounced, so it is looked at again within ``recheck_s`` instead of at
-    its dispatch timeout (``lost_unseen`` decides then). True if its timer moved."""
-    if record.state != QUEUED or record.deadline is None or record.created > now:
-        return False
-    if record.deadline <= now + recheck_s:
-        return False
-    record.deadline = now + recheck_s
-    return True
+def dispatch_unseen(record: TaskRecord, w: WorkerView | None, now: float, policy: LeasePolicy) -> bool:
+    """A record dispatched to ``w``'s inbox that ``w`` never got: ``w`` is ``drained`` since the
+    dispatch and has not listed it (a listed task is ``started``). A leader that died between its
+    commit and its publish leaves such records, and a broker may drop a message (BROKER-FACTS.md):
+    sent again within a heartbeat or two (``on_dispatch_unseen``), not at the dispatch timeout."""
+    return (record.state == DISPATCHED and w is not None and w.worker == record.worker
+            and drained(w, record.updated, now, policy))
+
+
+def on_lost_unseen(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """``lost_unseen``: a suspect now, before its dispatch timeout."""
+    return _lost_with_worker(record, now, "not accounted for by any worker, and a worker of its queue went "
+                             "offline meanwhile", policy)
+
+
+def on_dispatch_unseen(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """``dispatch_unseen``: dispatched again as ``attempt + 1``, not a failure and not a suspect
+    (the worker never had it). Should the first copy reach a worker after all, its attempt is stale:
+    cancelled when it starts (``on_started``), and a result of it is a duplicate (fencing)."""
+    return _redispatch(record, now, f"dispatched to worker {record.worker}, whose heartbeats show room and do "
+                       "not list it", failed=False, policy=policy)
 
 
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,

@@ -333,15 +333,14 @@ def test_pick_worker_keeps_the_last_tasks_of_a_batch_off_a_slow_worker() -> None
 
 
 # -- a queued task that may have gone down with a worker (the dead worker never announced it) --------
-def test_a_worker_death_brings_a_queued_task_timer_forward_to_one_heartbeat() -> None:
-    r = fresh(now=10.0)  # seen at 10: dispatch timeout at 15
-    assert leases.recheck_after_loss(r, 11.0, 0.5) and r.deadline == 11.5
-    assert not leases.recheck_after_loss(r, 11.2, 0.5)  # already that soon: unchanged
-    later = fresh(now=12.0)
-    assert not leases.recheck_after_loss(later, 11.0, 0.5) and later.deadline == 17.0  # seen after the death
+def test_a_worker_death_puts_in_doubt_the_queued_tasks_of_its_queues_seen_before() -> None:
+    r = fresh(now=10.0)
+    assert leases.may_have_taken(r, ("q",), 11.0)
+    assert not leases.may_have_taken(r, ("other",), 11.0)
+    assert not leases.may_have_taken(fresh(now=12.0), ("q",), 11.0)  # seen after the death
     running = fresh(now=10.0)
     leases.on_started(running, 1, "w2", 0.5, 10.2, P)
-    assert not leases.recheck_after_loss(running, 11.0, 0.5)  # a live worker holds it: its lease decides
+    assert not leases.may_have_taken(running, ("q",), 11.0)  # a live worker holds it: its lease decides
 
 
 def test_a_worker_shows_it_holds_nothing_unseen_by_a_heartbeat_with_room_for_one_interval() -> None:
@@ -355,7 +354,9 @@ def test_a_worker_shows_it_holds_nothing_unseen_by_a_heartbeat_with_room_for_one
     w.last_seen = 12.5  # ... and free for an interval since
     assert leases.drained(w, 10.0, 12.6, P)
     w.last_seen = 1.0  # silent past its lease: whatever it holds is lost with it
-    assert leases.drained(w, 10.0, 12.6, P)
+    assert not leases.drained(w, 10.0, 12.6, P) and leases.gone(w, 12.6, P)
+    w.last_seen = 0.0  # known only from its retained state: not known yet
+    assert not leases.drained(w, 10.0, 12.6, P) and not leases.gone(w, 12.6, P)
 
 
 def test_a_queued_task_is_lost_unseen_only_once_every_worker_of_its_queue_drained() -> None:
@@ -365,10 +366,42 @@ def test_a_queued_task_is_lost_unseen_only_once_every_worker_of_its_queue_draine
     assert not leases.lost_unseen(r, [busy, idle], 13.1, P)  # w2 is full: it may hold it in its line
     busy.full_at, busy.last_seen = 13.2, 13.7
     assert leases.lost_unseen(r, [busy, idle], 13.8, P)
-    assert leases.on_timer(r, 13.8, P, worker_died=True) == [] and r.state == "queued"  # its timer decides when
-    leases.recheck_after_loss(r, 13.8, 0.0)
-    assert leases.on_timer(r, 13.8, P, worker_died=True) == [Enqueue("t1")]
+    retained = WorkerView("w4", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=0.0)
+    assert not leases.lost_unseen(r, [busy, idle, retained], 13.8, P)  # not heard live yet: it may hold it
+    dead = WorkerView("w1", state="offline", queues=("q",), heartbeat_s=0.5, last_seen=10.2)
+    assert leases.lost_unseen(r, [busy, idle, dead], 13.8, P)
+    assert leases.on_lost_unseen(r, 13.8, P) == [Enqueue("t1")]  # before its dispatch timeout (15)
     assert (r.attempt, r.losses, r.failures) == (2, 1, 0)  # a suspect, not charged
+
+
+# -- a dispatch its worker never got (a leader killed between its commit and its publish) ---------
+def test_a_dispatch_its_worker_shows_it_never_got_is_sent_again_within_a_heartbeat() -> None:
+    r = fresh(now=10.0)
+    leases.on_task(r, BODY, 10.0, P)
+    r.state, r.body = "backlog", dict(BODY)
+    leases.on_dispatched(r, "w2", 10.0, P)  # by the old leader; deadline 15
+    w2 = WorkerView("w2", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=0.0)
+    assert not leases.dispatch_unseen(r, w2, 10.6, P)  # the new leader has heard only its retained state
+    w2.last_seen = 10.3
+    assert not leases.dispatch_unseen(r, w2, 10.4, P)  # a heartbeat too soon after the dispatch
+    other = WorkerView("w3", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=10.6)
+    assert not leases.dispatch_unseen(r, other, 10.7, P)  # another worker's heartbeats say nothing of it
+    w2.full_at, w2.last_seen = 10.4, 10.6  # full meanwhile: it may sit in its line
+    assert not leases.dispatch_unseen(r, w2, 10.7, P)
+    w2.last_seen = 10.9
+    assert leases.dispatch_unseen(r, w2, 11.0, P)
+    assert leases.on_dispatch_unseen(r, 11.0, P) == [Enqueue("t1")]
+    assert (r.state, r.attempt, r.failures, r.losses) == ("backlog", 2, 0, 0)  # not a failure, not a suspect
+    assert leases.on_started(r, 1, "w2", 0.5, 11.5, P) == [Cancel("w2", "t1", 1, "superseded by attempt 2")]
+
+
+def test_a_dispatch_the_worker_lists_is_started_not_unseen() -> None:
+    r = fresh(now=10.0)
+    r.state, r.body = "backlog", dict(BODY)
+    leases.on_dispatched(r, "w2", 10.0, P)
+    leases.on_started(r, 1, "w2", 0.5, 10.9, P)  # listed in the heartbeat
+    w2 = WorkerView("w2", queues=("q",), free=3, concurrency=4, heartbeat_s=0.5, last_seen=10.9)
+    assert not leases.dispatch_unseen(r, w2, 11.0, P) and r.state == "started"
 
 
 # -- group testing: a first loss re-runs with others, alone only from the second -------------------

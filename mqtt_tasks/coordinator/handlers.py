@@ -274,11 +274,7 @@ class Handlers:
                         worker, len(lost))
         for record in lost:
             self._records.save(record, leases.on_worker_lost(record, worker, now, self._policy))
-        self._recheck_queued(self._fleet.views[worker].queues, now)
-
-    def _recheck_queued(self, queues: tuple[str, ...], now: float) -> None:
-        """Queued tasks of a dead worker's queues, which it may have taken unannounced, are looked
-        at again within a heartbeat (``leases.recheck_after_loss``), not at their dispatch timeout."""
-        for record in list(self._records.live.values()):
-            if record.queue in queues and leases.recheck_after_loss(record, now, self._fleet.recheck_s(record.queue)):
-                self._records.reschedule(record)
+        queues = self._fleet.views[worker].queues
+        for record in self._records.live.values():  # taken unannounced? looked at within a heartbeat
+            if leases.may_have_taken(record, queues, now):
+                self._records.check_soon(record)
