@@ -30,7 +30,7 @@ class _Effects:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
-    def dispatch(self, record: TaskRecord, worker: str) -> None:
+    def dispatch(self, record: TaskRecord, worker: str, *, alone: bool = False) -> None:
         self.sent.append((record.id, worker))
 
 

@@ -24,12 +24,10 @@ import functools
 import logging
 import math
 import os
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from types import FrameType
 from typing import Any
 
 try:
@@ -42,6 +40,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a test with amqtt 
         "the embedded MQTT broker needs amqtt: pip install 'mqtt-tasks[broker]'",
         name="amqtt",
     ) from exc
+
+from .signals import SignalLatch
 
 __all__ = ["EmbeddedBroker", "run_broker"]
 
@@ -328,25 +328,14 @@ def run_broker(
     """Run in the foreground until SIGINT/SIGTERM (used by `mqtt-tasks broker --port P`).
 
     ``ready`` is called with the running broker once it listens. Call from the main thread:
-    it installs handlers for SIGINT and SIGTERM and restores the previous ones on return.
+    it installs handlers for SIGINT and SIGTERM (``SignalLatch``: a second SIGINT while stopping
+    exits at once) and restores the previous ones on return.
     """
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, stopping the embedded MQTT broker", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with EmbeddedBroker(host, port) as broker:
-            if ready is not None:
-                ready(broker)
-            # A bounded wait keeps the main thread responsive to signals on every platform.
-            while not stop.wait(timeout=1.0):
-                pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with SignalLatch() as latch, EmbeddedBroker(host, port) as broker:
+        if ready is not None:
+            ready(broker)
+        latch.event.wait()
+        logger.info("received %s, stopping the embedded MQTT broker", latch.signame)
 
 
 def _listening_port(broker: Broker, listener: str) -> int:

@@ -680,8 +680,8 @@ def coordinator_command(broker: str | None, prefix: str | None, db: str, ha: boo
     """Run the coordinator (leases, retries, backlog, dead letters) until SIGTERM or Ctrl-C."""
     from .coordinator import run_coordinator
     from .coordinator.standby import run_high_availability
+    from .signals import SignalLatch
     from .store.opening import is_postgres
-    from .supervisor import SignalLatch
 
     configure_logging(log_level)
     settings = Settings.from_env(broker, prefix=prefix)

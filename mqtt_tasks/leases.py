@@ -21,12 +21,14 @@ the task is dead when ``failures`` reaches ``max_attempts``.
 
 Poison isolation (issue 13): a worker process that dies takes every task it holds with it, and
 nothing says which one killed it (a task that kills at once never even announces ``started``).
-So a task lost with its worker is not charged an attempt: it becomes a *suspect* (``losses`` > 0)
-and is from then on dispatched *alone* (``"alone": true`` in the body: the worker runs nothing
-else meanwhile, and announces ``started``, acknowledged by the broker, before the body runs).
-A suspect lost with its worker while it ran alone killed that worker: that conviction counts as
-a failed attempt (``kills``), so a poison task ends ``dead`` ("killed its worker N times") after
-``max_attempts`` convictions, while its neighbours only run once more, alone. A suspect lost
+So a task lost with its worker is not charged an attempt: it becomes a *suspect* (``losses`` > 0).
+Its first re-run shares a worker with others, so a dead worker's tasks run again at the fleet's
+speed (group testing: ``runs_alone``); lost again, it is from then on dispatched *alone*
+(``"alone": true`` in the body: the worker runs nothing else meanwhile, and announces
+``started``, acknowledged by the broker, before the body runs). A suspect lost with its worker
+while it ran alone killed that worker: that conviction counts as a failed attempt (``kills``), so
+a poison task ends ``dead`` ("killed its worker N times") after ``max_attempts`` convictions,
+while its neighbours run once more with others and at most once alone. A suspect lost
 before it started (its worker died of something else while it waited its turn) is not charged;
 ``max_losses`` bounds those, so no task circulates for ever.
 """
@@ -37,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol.states import DEFAULT_MAX_ATTEMPTS, ONLINE
+from .protocol.states import DEFAULT_MAX_ATTEMPTS, OFFLINE, ONLINE
 from .protocol.validate import lenient
 from .store.base import (
     BACKLOG,
@@ -68,6 +70,7 @@ class LeasePolicy:
     backoff_cap: float = 60.0
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_losses: int = 10                # lost with its worker this often, never convicted: dead all the same
+    alone_from_loss: int = 2            # a suspect runs alone from its Nth loss; before, with others (1: always)
 
 
 @dataclass(frozen=True)
@@ -384,8 +387,19 @@ def on_worker_lost(record: TaskRecord, worker: str, now: float, policy: LeasePol
 
 
 def is_suspect(record: TaskRecord) -> bool:
-    """Lost with a worker before: dispatched alone until it finishes."""
+    """Lost with a worker before (``runs_alone`` says whether it is dispatched alone)."""
     return record.losses > 0
+
+
+def runs_alone(record: TaskRecord, policy: LeasePolicy) -> bool:
+    """A suspect lost ``alone_from_loss`` times is dispatched alone: only a crash then convicts it.
+
+    Group testing: a first loss re-runs with the others (a worker's slots all busy), so the tasks
+    of a dead worker run again at the speed of the fleet, not one at a time; in the common case
+    (the worker died of something else: OOM, a node lost, ``kill -9``) that is all. A poison task
+    among them kills its worker once more, and everything lost with it then runs alone: convicted
+    as before, one crash later; an innocent neighbour runs alone once."""
+    return record.losses >= max(policy.alone_from_loss, 1)
 
 
 def on_timer(record: TaskRecord, now: float, policy: LeasePolicy, *, worker_died: bool = False) -> list[Effect]:
@@ -419,8 +433,7 @@ def _deadline_passed(record: TaskRecord, now: float, policy: LeasePolicy, worker
         if record.expires_at is not None and record.expires_at <= now:
             return _expire_unaccounted(record, now, policy)
         if worker_died and record.state == QUEUED:
-            return _lost_with_worker(record, now, "not accounted for within the dispatch timeout, and a "
-                                     "worker of its queue went offline meanwhile", policy)
+            return on_lost_unseen(record, now, policy)
         return _redispatch(record, now, "not accounted for by any worker within the dispatch timeout",
                            failed=False, policy=policy)
     if record.state == RETRYING:
@@ -515,6 +528,64 @@ def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
     return w.state == ONLINE and now - w.last_seen <= lease_s(policy, w.heartbeat_s)
 
 
+def drained(w: WorkerView, since: float, now: float, policy: LeasePolicy) -> bool:
+    """Nothing the broker sent the live worker ``w`` before ``since`` can still wait there unseen.
+
+    True when ``w`` is live and its latest heartbeat says it has had a free slot and an empty line
+    for one of its heartbeat intervals, counted from ``since`` or from when it was last full,
+    whichever is later. A task it received by then has started (its heartbeats list what runs) or
+    ended, and its broker queue holds nothing more: a worker with a free slot acknowledges what it
+    is sent at once (BROKER-FACTS.md). ``since`` is the coordinator's time, and a new leader's
+    clock reads the old leader's: a skew between them shortens or lengthens the interval."""
+    if not is_live(w, now, policy):
+        return False
+    free_since = since if w.full_at is None else max(since, w.full_at)
+    return w.last_seen - free_since >= (w.heartbeat_s or policy.default_heartbeat_s)
+
+
+def gone(w: WorkerView, now: float, policy: LeasePolicy) -> bool:
+    """Offline, or heard live once and silent past its lease since: what it holds is lost with it.
+    (A worker known only from its retained state is neither gone nor ``drained``: not known yet.)"""
+    return w.state == OFFLINE or (w.last_seen > 0 and not is_live(w, now, policy))
+
+
+def may_have_taken(record: TaskRecord, queues: Iterable[str], lost_at: float) -> bool:
+    """A worker of ``queues`` went offline at ``lost_at``: the queued record, seen before, may have
+    gone down with it unannounced (``lost_unseen`` decides, before its dispatch timeout)."""
+    return record.state == QUEUED and record.queue in queues and record.updated <= lost_at
+
+
+def lost_unseen(record: TaskRecord, workers: Iterable[WorkerView], now: float, policy: LeasePolicy) -> bool:
+    """A queued record whose queue lost a worker since it was seen: True once every other worker
+    that could have it (``workers``, those of its queue) is ``gone`` or ``drained`` since it was
+    seen. Nobody accounts for it then: it went down with the dead worker (``on_lost_unseen``)."""
+    return record.state == QUEUED and all(gone(w, now, policy) or drained(w, record.updated, now, policy)
+                                          for w in workers)
+
+
+def dispatch_unseen(record: TaskRecord, w: WorkerView | None, now: float, policy: LeasePolicy) -> bool:
+    """A record dispatched to ``w``'s inbox that ``w`` never got: ``w`` is ``drained`` since the
+    dispatch and has not listed it (a listed task is ``started``). A leader that died between its
+    commit and its publish leaves such records, and a broker may drop a message (BROKER-FACTS.md):
+    sent again within a heartbeat or two (``on_dispatch_unseen``), not at the dispatch timeout."""
+    return (record.state == DISPATCHED and w is not None and w.worker == record.worker
+            and drained(w, record.updated, now, policy))
+
+
+def on_lost_unseen(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """``lost_unseen``: a suspect now, before its dispatch timeout."""
+    return _lost_with_worker(record, now, "not accounted for by any worker, and a worker of its queue went "
+                             "offline meanwhile", policy)
+
+
+def on_dispatch_unseen(record: TaskRecord, now: float, policy: LeasePolicy) -> list[Effect]:
+    """``dispatch_unseen``: dispatched again as ``attempt + 1``, not a failure and not a suspect
+    (the worker never had it). Should the first copy reach a worker after all, its attempt is stale:
+    cancelled when it starts (``on_started``), and a result of it is a duplicate (fencing)."""
+    return _redispatch(record, now, f"dispatched to worker {record.worker}, whose heartbeats show room and do "
+                       "not list it", failed=False, policy=policy)
+
+
 def pick_worker(workers: Iterable[WorkerView], queue: str, now: float, policy: LeasePolicy,
                 backlog: int = 1) -> WorkerView | None:
     """The live worker serving ``queue`` with the most free slots, or None.
@@ -546,14 +617,14 @@ def observe_duration(view: WorkerView, seconds: float, weight: float = 0.2) -> N
 # -- internals --------------------------------------------------------------------------------
 def _lost_with_worker(record: TaskRecord, now: float, reason: str, policy: LeasePolicy) -> list[Effect]:
     """The record went down with its worker (dead, or silent past its lease): convict or suspect."""
-    alone = is_suspect(record) and record.state == STARTED  # it ran alone: nothing else could have
+    alone = runs_alone(record, policy) and record.state == STARTED  # it ran alone: nothing else could have
     record.losses += 1
     if not alone:
         if record.losses >= policy.max_losses:
             return _finish(record, DEAD, f"lost with its worker {record.losses} times, never convicted "
                            f"running alone; last: {reason}", now)
-        return _redispatch(record, now, f"{reason}; a suspect now, it runs alone next", failed=False,
-                           policy=policy)
+        nxt = "it runs alone next" if runs_alone(record, policy) else "it runs again with others next"
+        return _redispatch(record, now, f"{reason}; a suspect now, {nxt}", failed=False, policy=policy)
     record.kills += 1
     record.failures += 1
     verdict = f"killed its worker {record.kills} time{'s' if record.kills > 1 else ''} running alone"

@@ -37,60 +37,22 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import NoReturn
 
+from .signals import SignalLatch
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 ENV_SUPERVISOR_PID = "MQTT_TASKS_SUPERVISOR_PID"
 EXIT_USAGE = 2  # a child exiting with this code is misconfigured: never restarted
-EXIT_FORCED = 130  # a SIGINT after the one that cut the grace short
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _POLL_S = 0.1
 
 
 # -- one worker, in the foreground ---------------------------------------------------------
-class SignalLatch:
-    """The first SIGTERM/SIGINT sets ``event``. Later SIGTERMs change nothing; a SIGINT after that
-    calls ``on_hurry`` (cut the grace short), the next exits at once with ``EXIT_FORCED``."""
-
-    def __init__(self, on_hurry: Callable[[], None] | None = None) -> None:
-        self.event = threading.Event()
-        self.signame = ""
-        self.on_hurry = on_hurry
-        self._hurried = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> SignalLatch:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if not self.event.is_set():
-            self.signame = name
-            self.event.set()
-        elif signum != signal.SIGINT:
-            log.info("%s again: already stopping, the grace period still holds", name)
-        elif not self._hurried and self.on_hurry is not None:
-            self._hurried = True
-            log.warning("SIGINT while stopping: handing back what still runs now (another exits at once)")
-            self.on_hurry()
-        else:
-            log.warning("SIGINT again: exiting without waiting for running tasks")
-            os._exit(EXIT_FORCED)
-
-
 def _parent_gone(parent_pid: int | None) -> bool:
     return parent_pid is not None and os.getppid() != parent_pid
 

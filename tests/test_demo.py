@@ -71,7 +71,7 @@ def test_run_demo_kills_a_worker_and_the_coordinator_recovers_its_tasks() -> Non
     assert record.recorded == record.submitted == 60 + 5 + 16
     assert record.states == {"succeeded": 60 + 5 + 16 - 6, "dead": 6}
     assert record.redispatched == rec.redispatched and record.duplicates == 0
-    (reason,) = record.reasons  # a suspect now: the coordinator says it runs alone next
+    (reason,) = record.reasons  # a suspect now: the coordinator says it runs again
     assert reason.startswith(f"worker {rec.killed} went offline while running it")
     assert result.problems() == []
 

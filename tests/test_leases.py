@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mqtt_tasks import leases
@@ -10,6 +12,7 @@ from mqtt_tasks.store.base import TaskRecord
 
 P = LeasePolicy(lease_heartbeats=3, lease_slack=0.0, dispatch_timeout=5.0, timeout_grace=1.0,
                 backoff_base=1.0, backoff_cap=8.0, default_max_attempts=3)
+STRICT = dataclasses.replace(P, alone_from_loss=1)  # every suspect alone, from its first loss
 BODY = {"id": "t1", "task": "add", "args": [1, 2], "queue": "q", "attempt": 1}
 
 
@@ -46,14 +49,14 @@ def test_heartbeats_renew_the_lease_so_a_long_task_is_never_redispatched() -> No
 
 def test_lease_expiry_makes_a_suspect_not_a_failure_until_it_runs_alone() -> None:
     r = fresh()
-    leases.on_started(r, 1, "w1", 1.0, 0.0, P)
-    assert leases.on_timer(r, 2.9, P) == []
-    assert leases.on_timer(r, 3.0, P) == [Enqueue("t1")]
+    leases.on_started(r, 1, "w1", 1.0, 0.0, STRICT)
+    assert leases.on_timer(r, 2.9, STRICT) == []
+    assert leases.on_timer(r, 3.0, STRICT) == [Enqueue("t1")]
     assert (r.state, r.attempt, r.failures, r.losses, r.worker) == ("backlog", 2, 0, 1, None)
     assert leases.is_suspect(r)
-    leases.on_dispatched(r, "w2", 4.0, P)
-    leases.on_started(r, 2, "w2", 1.0, 4.0, P)  # alone: its worker went silent running it only
-    assert leases.on_timer(r, 7.0, P) == [Enqueue("t1")]
+    leases.on_dispatched(r, "w2", 4.0, STRICT)
+    leases.on_started(r, 2, "w2", 1.0, 4.0, STRICT)  # alone: its worker went silent running it only
+    assert leases.on_timer(r, 7.0, STRICT) == [Enqueue("t1")]
     assert (r.attempt, r.failures, r.kills) == (3, 1, 1)
 
 
@@ -69,16 +72,16 @@ def test_neighbours_lost_with_a_worker_are_suspects_not_failures() -> None:
 
 def test_a_suspect_that_kills_its_worker_running_alone_is_convicted_and_ends_dead() -> None:
     r = fresh()
-    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
-    leases.on_worker_lost(r, "w0", 0.1, P)  # among others: a suspect
+    leases.on_started(r, 1, "w0", 1.0, 0.0, STRICT)
+    leases.on_worker_lost(r, "w0", 0.1, STRICT)  # among others: a suspect
     for attempt in (2, 3):
-        leases.on_dispatched(r, f"w{attempt}", 1.0, P)
-        leases.on_started(r, attempt, f"w{attempt}", 1.0, 1.0, P)
-        assert leases.on_worker_lost(r, f"w{attempt}", 1.1, P) == [Enqueue("t1")]
+        leases.on_dispatched(r, f"w{attempt}", 1.0, STRICT)
+        leases.on_started(r, attempt, f"w{attempt}", 1.0, 1.0, STRICT)
+        assert leases.on_worker_lost(r, f"w{attempt}", 1.1, STRICT) == [Enqueue("t1")]
         assert r.failures == r.kills == attempt - 1
-    leases.on_dispatched(r, "w4", 2.0, P)
-    leases.on_started(r, 4, "w4", 1.0, 2.0, P)
-    effects = leases.on_worker_lost(r, "w4", 2.1, P)
+    leases.on_dispatched(r, "w4", 2.0, STRICT)
+    leases.on_started(r, 4, "w4", 1.0, 2.0, STRICT)
+    effects = leases.on_worker_lost(r, "w4", 2.1, STRICT)
     assert (r.state, r.failures, r.kills, r.losses) == ("dead", 3, 3, 4)
     assert (r.reason or "").startswith("killed its worker 3 times running alone")
     assert effects == [Announce("dead", r.reason or "", final=True, reply=True, dead_letter=True)]
@@ -281,16 +284,16 @@ def test_a_queued_task_lost_while_a_worker_of_its_queue_died_becomes_a_suspect()
     worker of its queue died meanwhile, it is a suspect and runs alone next; a kill then, with
     its `started` acknowledged before the body ran, convicts it."""
     r = leases.new_record("t1", 0.0, body=BODY)
-    leases.on_task(r, BODY, 0.0, P)
-    assert leases.on_timer(r, 6.0, P) == [Enqueue("t1")]
+    leases.on_task(r, BODY, 0.0, STRICT)
+    assert leases.on_timer(r, 6.0, STRICT) == [Enqueue("t1")]
     assert (r.attempt, r.failures, r.losses) == (2, 0, 0)  # lost in the broker, say: not the task's fault
     r2 = leases.new_record("t2", 0.0, body={**BODY, "id": "t2", "max_attempts": 1})
-    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 1}, 0.0, P)
-    assert leases.on_timer(r2, 6.0, P, worker_died=True) == [Enqueue("t2")]
+    leases.on_task(r2, {**BODY, "id": "t2", "max_attempts": 1}, 0.0, STRICT)
+    assert leases.on_timer(r2, 6.0, STRICT, worker_died=True) == [Enqueue("t2")]
     assert (r2.attempt, r2.failures, r2.losses) == (2, 0, 1) and "went offline" in (r2.reason or "")
-    leases.on_dispatched(r2, "w2", 7.0, P)
-    leases.on_started(r2, 2, "w2", 1.0, 7.1, P)
-    leases.on_worker_lost(r2, "w2", 7.5, P)
+    leases.on_dispatched(r2, "w2", 7.0, STRICT)
+    leases.on_started(r2, 2, "w2", 1.0, 7.1, STRICT)
+    leases.on_worker_lost(r2, "w2", 7.5, STRICT)
     assert r2.state == "dead" and "killed its worker 1 time running alone" in (r2.reason or "")
 
 
@@ -327,3 +330,102 @@ def test_pick_worker_keeps_the_last_tasks_of_a_batch_off_a_slow_worker() -> None
     assert leases.pick_worker([slow], "q", 10.0, P, backlog=1) is slow  # alone, slow is best
     leases.observe_duration(fast, 0.12)
     assert fast.duration == pytest.approx(0.04)
+
+
+# -- a queued task that may have gone down with a worker (the dead worker never announced it) --------
+def test_a_worker_death_puts_in_doubt_the_queued_tasks_of_its_queues_seen_before() -> None:
+    r = fresh(now=10.0)
+    assert leases.may_have_taken(r, ("q",), 11.0)
+    assert not leases.may_have_taken(r, ("other",), 11.0)
+    assert not leases.may_have_taken(fresh(now=12.0), ("q",), 11.0)  # seen after the death
+    running = fresh(now=10.0)
+    leases.on_started(running, 1, "w2", 0.5, 10.2, P)
+    assert not leases.may_have_taken(running, ("q",), 11.0)  # a live worker holds it: its lease decides
+
+
+def test_a_worker_shows_it_holds_nothing_unseen_by_a_heartbeat_with_room_for_one_interval() -> None:
+    w = WorkerView("w2", queues=("q",), free=2, concurrency=4, heartbeat_s=0.5, last_seen=10.3, full_at=None)
+    assert not leases.drained(w, 10.0, 10.4, P)  # a heartbeat 0.3 s after the task was seen: too soon
+    w.last_seen = 10.5
+    assert leases.drained(w, 10.0, 10.6, P)  # free for a whole interval since it was seen
+    w.full_at = 12.0  # full again later (the task could sit in its line or its broker queue) ...
+    w.last_seen = 12.3
+    assert not leases.drained(w, 10.0, 12.4, P)
+    w.last_seen = 12.5  # ... and free for an interval since
+    assert leases.drained(w, 10.0, 12.6, P)
+    w.last_seen = 1.0  # silent past its lease: whatever it holds is lost with it
+    assert not leases.drained(w, 10.0, 12.6, P) and leases.gone(w, 12.6, P)
+    w.last_seen = 0.0  # known only from its retained state: not known yet
+    assert not leases.drained(w, 10.0, 12.6, P) and not leases.gone(w, 12.6, P)
+
+
+def test_a_queued_task_is_lost_unseen_only_once_every_worker_of_its_queue_drained() -> None:
+    r = fresh(now=10.0)
+    busy = WorkerView("w2", queues=("q",), free=0, concurrency=4, heartbeat_s=0.5, last_seen=13.0, full_at=13.0)
+    idle = WorkerView("w3", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=13.0, full_at=None)
+    assert not leases.lost_unseen(r, [busy, idle], 13.1, P)  # w2 is full: it may hold it in its line
+    busy.full_at, busy.last_seen = 13.2, 13.7
+    assert leases.lost_unseen(r, [busy, idle], 13.8, P)
+    retained = WorkerView("w4", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=0.0)
+    assert not leases.lost_unseen(r, [busy, idle, retained], 13.8, P)  # not heard live yet: it may hold it
+    dead = WorkerView("w1", state="offline", queues=("q",), heartbeat_s=0.5, last_seen=10.2)
+    assert leases.lost_unseen(r, [busy, idle, dead], 13.8, P)
+    assert leases.on_lost_unseen(r, 13.8, P) == [Enqueue("t1")]  # before its dispatch timeout (15)
+    assert (r.attempt, r.losses, r.failures) == (2, 1, 0)  # a suspect, not charged
+
+
+# -- a dispatch its worker never got (a leader killed between its commit and its publish) ---------
+def test_a_dispatch_its_worker_shows_it_never_got_is_sent_again_within_a_heartbeat() -> None:
+    r = fresh(now=10.0)
+    leases.on_task(r, BODY, 10.0, P)
+    r.state, r.body = "backlog", dict(BODY)
+    leases.on_dispatched(r, "w2", 10.0, P)  # by the old leader; deadline 15
+    w2 = WorkerView("w2", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=0.0)
+    assert not leases.dispatch_unseen(r, w2, 10.6, P)  # the new leader has heard only its retained state
+    w2.last_seen = 10.3
+    assert not leases.dispatch_unseen(r, w2, 10.4, P)  # a heartbeat too soon after the dispatch
+    other = WorkerView("w3", queues=("q",), free=4, concurrency=4, heartbeat_s=0.5, last_seen=10.6)
+    assert not leases.dispatch_unseen(r, other, 10.7, P)  # another worker's heartbeats say nothing of it
+    w2.full_at, w2.last_seen = 10.4, 10.6  # full meanwhile: it may sit in its line
+    assert not leases.dispatch_unseen(r, w2, 10.7, P)
+    w2.last_seen = 10.9
+    assert leases.dispatch_unseen(r, w2, 11.0, P)
+    assert leases.on_dispatch_unseen(r, 11.0, P) == [Enqueue("t1")]
+    assert (r.state, r.attempt, r.failures, r.losses) == ("backlog", 2, 0, 0)  # not a failure, not a suspect
+    assert leases.on_started(r, 1, "w2", 0.5, 11.5, P) == [Cancel("w2", "t1", 1, "superseded by attempt 2")]
+
+
+def test_a_dispatch_the_worker_lists_is_started_not_unseen() -> None:
+    r = fresh(now=10.0)
+    r.state, r.body = "backlog", dict(BODY)
+    leases.on_dispatched(r, "w2", 10.0, P)
+    leases.on_started(r, 1, "w2", 0.5, 10.9, P)  # listed in the heartbeat
+    w2 = WorkerView("w2", queues=("q",), free=3, concurrency=4, heartbeat_s=0.5, last_seen=10.9)
+    assert not leases.dispatch_unseen(r, w2, 11.0, P) and r.state == "started"
+
+
+# -- group testing: a first loss re-runs with others, alone only from the second -------------------
+def test_a_first_suspect_runs_with_others_and_a_crash_then_convicts_nobody() -> None:
+    r = fresh()
+    leases.on_started(r, 1, "w0", 1.0, 0.0, P)
+    leases.on_worker_lost(r, "w0", 0.1, P)  # lost among others: a suspect
+    assert leases.is_suspect(r) and not leases.runs_alone(r, P) and leases.runs_alone(r, STRICT)
+    leases.on_dispatched(r, "w1", 1.0, P)
+    leases.on_started(r, 2, "w1", 1.0, 1.0, P)  # with others: a crash now names nobody
+    assert leases.on_worker_lost(r, "w1", 1.1, P) == [Enqueue("t1")]
+    assert (r.failures, r.kills, r.losses) == (0, 0, 2) and leases.runs_alone(r, P)
+
+
+def test_a_poison_task_is_convicted_one_crash_later_than_with_strict_isolation() -> None:
+    crashes: dict[int, int] = {}
+    for policy in (STRICT, P):
+        r = fresh()
+        n = 0
+        while not r.terminal:  # it kills every worker it runs on
+            n += 1
+            leases.on_dispatched(r, f"w{n}", float(n), policy)
+            leases.on_started(r, r.attempt, f"w{n}", 1.0, float(n), policy)
+            leases.on_worker_lost(r, f"w{n}", n + 0.1, policy)
+        assert r.state == "dead" and (r.reason or "").startswith("killed its worker 3 times running alone")
+        crashes[policy.alone_from_loss] = n
+    assert crashes == {1: 4, 2: 5}  # max_attempts convictions, after one loss (strict) or two

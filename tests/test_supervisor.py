@@ -11,7 +11,8 @@ from typing import Any
 
 from mqtt_tasks import TaskApp
 from mqtt_tasks.cli import RET_CONNECT, RET_USAGE
-from mqtt_tasks.supervisor import EXIT_FORCED, RestartPolicy, Supervisor, describe_exit
+from mqtt_tasks.signals import EXIT_FORCED
+from mqtt_tasks.supervisor import RestartPolicy, Supervisor, describe_exit
 from tests.brokers import free_port, wait_until
 from tests.test_cli import Monitor, Proc, worker_argv
 
@@ -44,7 +45,7 @@ def test_describe_exit() -> None:
 # -- signals -----------------------------------------------------------------------------------
 LATCH_SCRIPT = """
 import os, signal, sys, threading
-from mqtt_tasks.supervisor import SignalLatch
+from mqtt_tasks.signals import SignalLatch
 hurried = threading.Event()
 def say(text):
     print(text, flush=True)

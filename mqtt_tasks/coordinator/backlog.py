@@ -122,5 +122,5 @@ class Backlog:
         self.gate.took(record, now)
         records.dispatched(record)
         self._stats["dispatched"] += 1
-        effects.dispatch(record, view.worker)
+        effects.dispatch(record, view.worker, alone=leases.runs_alone(record, self._policy))
         return True

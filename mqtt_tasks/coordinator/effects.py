@@ -14,8 +14,8 @@ Built on these facts:
   shares, decides; a refused reply becomes an error report on ``P/errors`` (docs/security.md).
 - The coordinator's own status events carry ``source: "coordinator"``, so that it ignores them
   when they come back on ``P/status/+``.
-- A suspect (a task lost with its worker before) is dispatched with ``"alone": true``
-  (``leases`` module docstring: poison isolation).
+- A suspect that runs alone (a task lost with its worker ``alone_from_loss`` times:
+  ``leases.runs_alone``) is dispatched with ``"alone": true`` (``leases``: poison isolation).
 - A task's ``receipt_to`` gets one receipt per commit listing every id recorded for it (not a
   message per task); a receipt goes out after the commit like every effect, so a producer that has
   it can forget the task. The reply guard applies to receipt topics too.
@@ -194,11 +194,12 @@ class Effects:
             log.warning("coordinator: task %s: %s", record.id, refusal)
             self.report(refusal, topic, None, record.id)
 
-    def dispatch(self, record: TaskRecord, worker: str) -> None:
-        """Send the record's task, as its next attempt, to ``worker``'s inbox."""
+    def dispatch(self, record: TaskRecord, worker: str, *, alone: bool = False) -> None:
+        """Send the record's task, as its next attempt, to ``worker``'s inbox; ``alone``: a suspect
+        (``leases.runs_alone``), its worker runs nothing else meanwhile."""
         body = dict(record.body or {})
         body.update(attempt=record.attempt, queue=record.queue)
-        if record.losses:  # a suspect (leases.is_suspect): its worker runs nothing else meanwhile
+        if alone:
             body["alone"] = True
         body.update(tracing.dispatch_context(body, worker))  # a span of its own where tracing records
         key = getattr(self._settings, "signing_key", None)

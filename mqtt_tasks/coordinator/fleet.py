@@ -9,8 +9,8 @@ Built on these facts (DESIGN.md "Recommended mechanics", BROKER-FACTS.md):
   dispatch takes a slot, a result gives one back, a ``deferred`` says the worker is full, and a
   dispatch to a worker's inbox takes one. Dispatches not yet confirmed by a ``started`` are *in
   flight*; a heartbeat counts them against the free slots it reports, until the worker lists them.
-- A suspect is dispatched alone: its worker runs nothing else until it ends, so it takes every
-  slot of that worker, and its result gives them all back.
+- A suspect that runs alone (``leases.runs_alone``) is dispatched alone: its worker runs nothing
+  else until it ends, so it takes every slot of that worker, and its result gives them all back.
 - A task that starts and finishes between two heartbeats is never counted (a worker announces
   ``started`` only after ``started_after``): its result gives back no slot it did not take.
 - Mosquitto queues a worker's messages behind the ones it holds, where no heartbeat lists them; so
@@ -79,7 +79,7 @@ class Fleet:
             leases.observe_duration(view, max(now - record.started_at, 0.0))
         if record.worker != worker or record.state not in (STARTED, DISPATCHED):
             return  # never counted against its slots (see the module docstring)
-        if leases.is_suspect(record):
+        if leases.runs_alone(record, self._policy):
             self.set_free(view, view.concurrency or 1)  # it ran alone: the worker had nothing else running
             return
         self.set_free(view, min(view.free + 1, view.concurrency or view.free + 1))
@@ -184,7 +184,8 @@ class Fleet:
         """The worker to dispatch the record to (``Picker.pick``), its slot taken; or None."""
         view = picker.pick(waiting)
         if view is not None:
-            self.set_free(view, 0 if leases.is_suspect(record) else view.free - 1)  # alone: it takes the worker
+            alone = leases.runs_alone(record, self._policy)  # alone: it takes the worker
+            self.set_free(view, 0 if alone else view.free - 1)
             picker.taken(view)
             self._inflight.setdefault(view.worker, set()).add(record.id)
         return view
@@ -208,6 +209,18 @@ class Fleet:
         window = self._policy.dispatch_timeout
         return any(w.full_at is not None and now - w.full_at <= window and leases.is_live(w, now, self._policy)
                    for w in candidates)
+
+    def lost_unseen(self, record: TaskRecord, now: float) -> bool:
+        """Every worker of the queued record's queue has shown that it does not hold it
+        (``leases.lost_unseen``)."""
+        workers = [w for w in self.views.values() if record.queue in w.queues]
+        return leases.lost_unseen(record, workers, now, self._policy)
+
+    def recheck_s(self, queue: str) -> float:
+        """How soon to look again at a task of ``queue`` that may have gone down with a worker: one
+        heartbeat of its slowest worker (a ``drained`` worker shows it in its next heartbeat)."""
+        beats = [w.heartbeat_s for w in self.views.values() if queue in w.queues and w.heartbeat_s]
+        return min(self._policy.dispatch_timeout, max(beats, default=self._policy.default_heartbeat_s))
 
     def died_since(self, record: TaskRecord) -> bool:
         """A worker of the record's queue went offline since the task was seen: O(1), it is fired for

@@ -58,6 +58,8 @@ class Records:
             self._index(record)
             leases.extend(record, now, self._policy.reconnect_grace)
             self._timers.schedule(record)
+            if record.state == DISPATCHED:  # a dead leader may have committed it and never sent it
+                self._timers.check_soon(record, now)
             if record.state == BACKLOG:
                 self._backlog.push(record.id, routing.lane_of(record), record.priority)
         return len(self.live)
@@ -107,10 +109,16 @@ class Records:
             for hook in self.finished:
                 hook(record)
 
+    def check_soon(self, record: TaskRecord) -> None:
+        """Look within a heartbeat whether a worker holds the record (``Timers.check_soon``)."""
+        self._timers.check_soon(record, self._clock())
+
     def dispatched(self, record: TaskRecord) -> None:
-        """The record was dispatched to a worker's inbox: its timer and store row follow."""
+        """The record was dispatched to a worker's inbox: its timer and store row follow, and a
+        look within a heartbeat whether the worker got it."""
         self._timers.schedule(record)
         self._index(record)
+        self.check_soon(record)
         self.store.put(record)
 
     def held_by(self, worker: str) -> list[TaskRecord]:

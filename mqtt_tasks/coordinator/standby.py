@@ -63,17 +63,9 @@ BROKER_LOST = "broker lost"
 def pause(stop: threading.Event, seconds: float) -> bool:
     """Sleep up to ``seconds``; True as soon as ``stop`` is set.
 
-    ``stop`` is set by a signal handler (``SignalLatch``) on this same main thread. ``Event.wait``
-    holds the event's lock for a moment around each wait, and a handler that runs in that moment
-    blocks forever in ``Event.set`` on the lock its own thread holds: so this thread only sleeps
-    and reads ``is_set``, which takes no lock."""
-    deadline = time.monotonic() + seconds
-    while not stop.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(left, WATCH_S))
-    return True
+    ``stop`` may be a ``SignalLatch``'s event: its relay thread sets it, never the signal handler,
+    so this main thread can wait on it (mqtt_tasks/signals.py says why that matters)."""
+    return stop.wait(seconds)
 
 
 def default_name() -> str:

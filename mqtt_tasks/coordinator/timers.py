@@ -10,8 +10,17 @@ Built on these facts:
 - A task nobody accounts for is more likely waiting than lost while a live worker of its queue has
   been full within the dispatch timeout (``Fleet.held_up``): its deadline moves on instead.
 - A queued task whose queue lost a worker since it was seen may have killed that worker before it
-  could announce ``started`` (``Fleet.died_since``): it becomes a suspect and runs alone next, so
+  could announce ``started`` (``Fleet.died_since``): it becomes a suspect (``leases.runs_alone``), so
   a poison task is still found out and ends ``dead`` (leases.py, poison isolation).
+- Such a task is not left to its dispatch timeout: the worker's ``offline`` has it looked at
+  within a heartbeat (``check_soon``), and it is dispatched again as soon as every live worker of
+  its queue has shown, by a heartbeat with a free slot and an empty line, that it does not hold it
+  (``leases.lost_unseen``); until then it is looked at every heartbeat, and at its dispatch
+  timeout the rules above apply as before.
+- Likewise a task dispatched to a worker's inbox (by this coordinator, or by a leader that died
+  before it could publish the dispatch it had committed: recovery looks at each within a
+  heartbeat) is sent again as soon as that worker's heartbeats show room and do not list it
+  (``leases.dispatch_unseen``).
 """
 
 from __future__ import annotations
@@ -21,10 +30,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import leases
-from ..protocol.states import QUEUED, RETRYING
+from ..protocol.states import DISPATCHED, QUEUED, RETRYING
 
 if TYPE_CHECKING:
-    from ..leases import LeasePolicy
+    from ..leases import Effect, LeasePolicy
     from ..store.base import TaskRecord
     from .fleet import Fleet
     from .records import Records
@@ -54,6 +63,27 @@ class Timers:
             self._due[record.id] = due
             heapq.heappush(self._heap, (due, record.id))
 
+    def check_soon(self, record: TaskRecord, now: float) -> None:
+        """Look at a record nobody may hold within a heartbeat (``_unseen``), before its own timer."""
+        at = now + self._fleet.recheck_s(record.queue)
+        if record.deadline is not None and at < record.deadline and at < self._due.get(record.id, _NEVER):
+            self._due[record.id] = at
+            heapq.heappush(self._heap, (at, record.id))
+
+    def _unseen(self, record: TaskRecord, now: float) -> list[Effect] | None:
+        """The effects if a queued or dispatched record is known lost before its dispatch timeout
+        (``leases.dispatch_unseen``, ``leases.lost_unseen``); else None, and another look soon."""
+        if record.state == DISPATCHED:
+            if leases.dispatch_unseen(record, self._fleet.views.get(record.worker or ""), now, self._policy):
+                return leases.on_dispatch_unseen(record, now, self._policy)
+        elif record.state == QUEUED and self._fleet.died_since(record):
+            if self._fleet.lost_unseen(record, now):
+                return leases.on_lost_unseen(record, now, self._policy)
+        else:
+            return None
+        self.check_soon(record, now)
+        return None
+
     def forget(self, task_id: str) -> None:
         """The record finished: its heap entries become stale."""
         self._due.pop(task_id, None)
@@ -71,12 +101,14 @@ class Timers:
 
     def _fire(self, record: TaskRecord, now: float, records: Records) -> None:
         state, attempt = record.state, record.attempt
-        if self._fleet.held_up(record, now):
-            record.deadline = now + self._policy.dispatch_timeout
-            self.schedule(record)
-            return
-        died = record.state == QUEUED and self._fleet.died_since(record)
-        effects = leases.on_timer(record, now, self._policy, worker_died=died)
+        effects = self._unseen(record, now)
+        if effects is None:
+            if self._fleet.held_up(record, now):
+                record.deadline = now + self._policy.dispatch_timeout
+                self.schedule(record)
+                return
+            died = record.state == QUEUED and self._fleet.died_since(record)
+            effects = leases.on_timer(record, now, self._policy, worker_died=died)
         if record.state != state or record.attempt != attempt:
             if attempt != record.attempt and state != RETRYING:
                 self._stats["redispatched"] += 1

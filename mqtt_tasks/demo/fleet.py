@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import MqttTasksError
+from ..supervisor import serve
 from ..worker import Worker
 from .tasks import build_demo_app
 
@@ -160,8 +161,5 @@ def serve_broker() -> None:
 def serve_worker(url: str, prefix: str, worker_id: str, concurrency: int) -> None:
     settings = Settings.from_url(url, prefix=prefix, heartbeat_s=WORKER_HEARTBEAT_S)
     worker = Worker(build_demo_app(settings), worker_id=worker_id, concurrency=concurrency, grace=5.0)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     _stop_with_parent()
-    worker.start()
-    print("ready", flush=True)
-    worker.run()
+    serve(worker, on_ready=lambda _: print("ready", flush=True))

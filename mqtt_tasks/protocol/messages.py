@@ -75,8 +75,9 @@ class Task(_Message):
     expires_at: float | None = Field(default=None, description="epoch seconds; not started by then: expired")
     queue: str | None = Field(default=None, pattern=ID_PATTERN,
                               description="the queue; taken from the topic when absent")
-    alone: bool | None = Field(default=None, description="set by the coordinator on a task lost with its worker "
-                               "before: run it with nothing else running in the worker process")
+    alone: bool | None = Field(default=None, description="set by the coordinator on a suspect (a task lost with its "
+                               "worker before; by default twice): run it with nothing else running in the worker "
+                               "process")
     receipt_to: str | None = Field(default=None, min_length=1, max_length=512,
                                    description="topic that receives the coordinator's receipt once it recorded the "
                                                "task (a Receipt, batched per commit)")

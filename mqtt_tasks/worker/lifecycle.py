@@ -269,7 +269,7 @@ class Worker:
 
     def hurry(self) -> None:
         """Cut the grace short: a ``stop`` under way (or the next one) hands back what still runs
-        now. Safe to call from a signal handler (``serve`` does on a second Ctrl-C)."""
+        now. Safe to call from any thread (``serve`` does, on a second Ctrl-C, from its signal relay)."""
         self._running.cut_short()
 
     @property
@@ -299,7 +299,8 @@ class Worker:
         self._executor.shutdown(wait=False)
 
     def run(self) -> None:
-        """Start and block until ``stop`` is called (from a signal handler or another thread)."""
+        """Start and block until ``stop`` is called from another thread (a signal handler must not call
+        it: ``serve`` and ``SignalLatch`` say why)."""
         if not self._started:
             self.start()
         self._stopped.wait()
