@@ -20,10 +20,13 @@ columns; no ``PRAGMA`` outside ``SQLiteStore._connect``; for the clock, the stor
 
 Facts this module is built on: psycopg 3 in autocommit mode sends ``BEGIN`` / ``COMMIT`` as
 written, so the store's explicit transactions are PostgreSQL's; ``executemany`` pipelines the
-batch (one round trip, not one per row). A network partition keeps the socket open while nothing
-moves (tests/faults/proxy.py): no TCP timeout ends a read then, so ``interrupt`` shuts the socket
-from another thread; ``lock_timeout`` bounds a wait on the lease row held by a partitioned
-leader's transaction, ``idle_in_transaction_session_timeout`` ends that transaction.
+batch (one round trip, not one per row), and a commit's BEGIN, lease renewal and rows share one
+pipeline (``Dialect.pipeline``): a commit costs two round trips (that one, then COMMIT) where it
+cost four, plus the batch's prefetch before it (docs/benchmarks.md, "PostgreSQL next to SQLite").
+A network partition keeps the socket open while nothing moves (tests/faults/proxy.py): no TCP
+timeout ends a read then, so ``interrupt`` shuts the socket from another thread; ``lock_timeout``
+bounds a wait on the lease row held by a partitioned leader's transaction,
+``idle_in_transaction_session_timeout`` ends that transaction.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 import re
 import socket
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import StoreError
@@ -118,6 +121,18 @@ class Dialect:
         except psycopg.Error as exc:
             raise DriverError(str(exc).strip()) from exc
 
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Statements executed in this block are sent at once and answered together when it ends
+        (psycopg's pipeline mode): one round trip for the lot. Their cursors are read after it."""
+        import psycopg
+
+        try:
+            with self._live().pipeline():
+                yield
+        except psycopg.Error as exc:
+            raise DriverError(str(exc).strip()) from exc
+
     def executescript(self, script: str) -> None:
         for statement in script.split(";"):
             if statement.strip():
@@ -175,6 +190,10 @@ class PostgresStore(SQLiteStore):
 
     def _connect(self, path: str, synchronous: str) -> Any:
         return Dialect(path)
+
+    def _pipelined(self, db: Any) -> contextlib.AbstractContextManager[Any]:
+        """A commit's BEGIN, lease renewal and rows go in one round trip (``Dialect.pipeline``)."""
+        return db.pipeline()  # type: ignore[no-any-return]
 
     def _checkpoint(self) -> None:
         """SQLite's WAL checkpoint after a failed commit: nothing to do on PostgreSQL."""
