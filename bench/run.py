@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import clients  # noqa: E402
+from bench import clients, coord_pg  # noqa: E402
 from bench.cluster import Child, Procs, cpu_s, install_cleanup  # noqa: E402
 from bench.stats import percentile, summary, table  # noqa: E402
 
@@ -324,6 +324,7 @@ def find_mosquitto_exe() -> str:
 
 
 SECTIONS = ["paho", "mqtt", "coordinator", "amqtt", "dramatiq", "celery", "footprint"]
+SECTIONS.append("coordinator-pg")  # bench/coord_pg.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             ("dramatiq", "Dramatiq + Redis", bench.peers_dramatiq),
             ("celery", "Celery + Redis", bench.peers_celery),
             ("footprint", "worker footprint", bench.footprint),
+            ("coordinator-pg", "the coordinator on PostgreSQL (HA), next to SQLite", lambda: coord_pg.run(bench)),
         ]
         for key, title, fn in plan:
             if key in wanted:
