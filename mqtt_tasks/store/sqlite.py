@@ -153,10 +153,16 @@ class SQLiteStore(Store):
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
         try:
+            moved = self._stage(db, rows)  # PostgreSQL: a large batch goes ahead by COPY, in the transaction it begins
             with self._pipelined(db):
-                db.execute("BEGIN")
+                if moved is None:
+                    db.execute("BEGIN")
                 renewal = self.fence.renew(db) if self.fence is not None else None
-                self._send_rows(db, rows, schedules, flows, windows)
+                if moved is None:
+                    db.executemany(_UPSERT, rows)
+                else:
+                    db.execute(moved)
+                self._send_others(db, schedules, flows, windows)
             if self.fence is not None:  # a deposed leader's batch fails here, whole
                 self.fence.verify(renewal)
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
@@ -173,10 +179,14 @@ class SQLiteStore(Store):
         mode); SQLite runs each as it comes."""
         return contextlib.nullcontext()
 
+    def _stage(self, db: Any, rows: list[tuple[Any, ...]]) -> str | None:
+        """Before the pipeline: PostgreSQL sends a large batch's rows by COPY (``PostgresStore``), in
+        a transaction it begins, and returns the statement that upserts them from there. SQLite: None."""
+        return None
+
     @staticmethod
-    def _send_rows(db: Any, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
-                   flows: list[tuple[Any, ...]], windows: dict[str, dict[str, Any] | None]) -> None:
-        db.executemany(_UPSERT, rows)
+    def _send_others(db: Any, schedules: dict[str, ScheduleRecord | None], flows: list[tuple[Any, ...]],
+                     windows: dict[str, dict[str, Any] | None]) -> None:
         for name, schedule in schedules.items():
             if schedule is None:
                 db.execute("DELETE FROM schedules WHERE name = ?", (name,))
