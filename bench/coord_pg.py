@@ -146,4 +146,5 @@ def commit_profile(bench: Any) -> None:
         bench.add("commits", f"one commit of {batch:,} tasks, SQLite", "prefetch+commit", "ms", [lite["ms"]],
                   "in-process, fence on, median")
         bench.add("commits", f"one commit of {batch:,} tasks, PostgreSQL", "prefetch+commit", "ms", [pg["ms"]],
-                  f"{pg['ms'] / lite['ms']:.1f}x SQLite; {pg['round_trips']:.0f} round trips")
+                  f"{pg['ms'] / lite['ms']:.1f}x SQLite; {pg['round_trips']:.0f} round trips; client CPU "
+                  f"{pg['cpu_ms']:.2f} ms (SQLite {lite['cpu_ms']:.2f} ms)")

@@ -2,9 +2,11 @@
 
 Each step is what the coordinator's loop does per batch (``coordinator/loop.py``): ``prefetch``
 the batch's ids (one SELECT), ``put`` one record per task, ``commit`` (BEGIN, the lease's renewal,
-the upserts, COMMIT). Reported per batch size: the median milliseconds of prefetch + commit, and
-on PostgreSQL the round trips, counted from libpq's own protocol trace (a round trip is a switch
-from the client's messages to the server's). Records are built before the clock starts.
+the upserts, COMMIT). Reported per batch size: the median milliseconds of prefetch + commit, the
+CPU milliseconds of this process in them (in production the coordinator's: the driver's work is
+the client's), and on PostgreSQL the round trips, counted from libpq's own protocol trace (a
+round trip is a switch from the client's messages to the server's). Records are built before the
+clock starts.
 
 ``python -m bench.pgcommit [--batches 1 10 100 1000] [--rounds 30]``; the ``coordinator-pg``
 section of ``python -m bench`` runs it too. Needs PostgreSQL on 127.0.0.1:5432 (trust auth, user
@@ -69,14 +71,15 @@ def round_trips(trace: str) -> int:
     return trips
 
 
-def one_batch(store: Any, ids: list[str]) -> float:
+def one_batch(store: Any, ids: list[str]) -> tuple[float, float]:
+    """(wall ms, this process's CPU ms) of one prefetch + put + commit."""
     records = [record(i) for i in ids]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     store.prefetch(ids)
     for r in records:
         store.put(r)
     store.commit()
-    return (time.perf_counter() - t0) * 1e3
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - cpu0) * 1e3
 
 
 def measure(store: Any, batch: int, rounds: int, tag: str) -> dict[str, float]:
@@ -88,8 +91,9 @@ def measure(store: Any, batch: int, rounds: int, tag: str) -> dict[str, float]:
     if not lease.acquire():
         raise RuntimeError("the bench's store has a leader already")
     store.fence = lease
-    times = [one_batch(store, [f"{tag}-{r}-{i}" for i in range(batch)]) for r in range(rounds)]
-    out = {"ms": statistics.median(times), "ms_per_task": statistics.median(times) / batch}
+    runs = [one_batch(store, [f"{tag}-{r}-{i}" for i in range(batch)]) for r in range(rounds)]
+    wall, cpu = statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+    out = {"ms": wall, "ms_per_task": wall / batch, "cpu_ms": cpu}
     if isinstance(store, PostgresStore):
         trace = traced(store, lambda: one_batch(store, [f"{tag}-traced-{i}" for i in range(batch)]))
         out["round_trips"] = round_trips(trace)
@@ -123,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args(argv)
     results = run(tuple(args.batches), args.rounds)
-    print(f"{'batch':>6} {'SQLite ms':>10} {'PostgreSQL ms':>14} {'ratio':>6} {'PG round trips':>15}")
+    print(f"{'batch':>6} {'SQLite ms':>10} {'(CPU ms)':>9} {'PostgreSQL ms':>14} {'(CPU ms)':>9} {'ratio':>6} "
+          f"{'PG round trips':>15}")
     for batch in args.batches:
         lite, pg = results["sqlite"][batch], results["postgres"][batch]
-        print(f"{batch:>6} {lite['ms']:>10.2f} {pg['ms']:>14.2f} {pg['ms'] / lite['ms']:>6.1f} "
-              f"{pg.get('round_trips', 0):>15.0f}")
+        print(f"{batch:>6} {lite['ms']:>10.2f} {lite['cpu_ms']:>9.2f} {pg['ms']:>14.2f} {pg['cpu_ms']:>9.2f} "
+              f"{pg['ms'] / lite['ms']:>6.1f} {pg.get('round_trips', 0):>15.0f}")
     return 0
 
 
