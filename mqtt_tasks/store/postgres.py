@@ -22,7 +22,8 @@ Facts this module is built on: psycopg 3 in autocommit mode sends ``BEGIN`` / ``
 written, so the store's explicit transactions are PostgreSQL's; ``executemany`` pipelines the
 batch (one round trip, not one per row), and a commit's BEGIN, lease renewal and rows share one
 pipeline (``Dialect.pipeline``): a commit costs two round trips (that one, then COMMIT) where it
-cost four, plus the batch's prefetch before it (docs/benchmarks.md, "PostgreSQL next to SQLite").
+cost four, plus the batch's prefetch before it; a batch of ``COPY_MIN`` rows or more goes first
+by COPY, inside the same transaction (``PostgresStore._stage``; docs/benchmarks.md, issue 17).
 A network partition keeps the socket open while nothing moves (tests/faults/proxy.py): no TCP
 timeout ends a read then, so ``interrupt`` shuts the socket from another thread; ``lock_timeout``
 bounds a wait on the lease row held by a partitioned leader's transaction,
@@ -89,7 +90,7 @@ class Dialect:
         self.url = url
         self._conn: Any = None
         self._closed = False
-        self._set_up: Any = None  # the connection copy_in's setup ran on
+        self._set_up: Any = None  # the connection set_up_session last ran on
         self._connect()
 
     def _connect(self) -> None:
