@@ -324,7 +324,9 @@ def find_mosquitto_exe() -> str:
 
 
 SECTIONS = ["paho", "mqtt", "coordinator", "amqtt", "dramatiq", "celery", "footprint"]
-SECTIONS.append("coordinator-pg")  # bench/coord_pg.py
+
+
+SECTIONS.append("coordinator-pg")  # bench/coord_pg.py: its own line, so that lists of sections merge
 
 
 def main(argv: list[str] | None = None) -> int:
