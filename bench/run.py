@@ -3,7 +3,8 @@
 Prints the table, writes ``bench/results/latest.json`` and ``docs/bench-throughput.png``.
 All traffic is on 127.0.0.1: a private Mosquitto from the repository's mosquitto.conf on a free
 port, the embedded amqtt broker in a child process, Redis on 127.0.0.1:6379 in DBs 9 and 10
-only (flushed before and after; DB 0 is never touched).
+only (flushed before and after; DB 0 is never touched), PostgreSQL on 127.0.0.1:5432 in a database
+of the ``coordinator-pg`` section's own (created, then dropped).
 """
 
 from __future__ import annotations
