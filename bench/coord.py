@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import clients
 from bench.cluster import PY, Child, Procs, cpu_s, rss_mb
+from bench.coord_pg import add_commit_rows, commit_counters
 from bench.mqttwatch import Watch, online
 
 SYSTEM = "mqtt-tasks + coordinator, Mosquitto"
@@ -68,9 +69,10 @@ def run_all(bench: Any) -> None:
     workers = bench.start_workers("mqtt-worker", url, prefix)
     client = clients.MqttTasksClient(url, prefix)
     try:
-        cpu0 = cpu_s(coordinator.pid)
+        cpu0, counters0 = cpu_s(coordinator.pid), commit_counters(url, prefix)
         bench.measure(SYSTEM, client, cfg.tasks, latency=False)
         tasks = min(500, cfg.tasks) + cfg.runs * cfg.tasks
+        add_commit_rows(bench, SYSTEM, counters0, commit_counters(url, prefix), tasks)
         cpu_per_10k = (cpu_s(coordinator.pid) - cpu0) / tasks * 10_000
         bench.add("coordinator", "coordinator", "CPU/10k tasks", "CPU s", [cpu_per_10k],
                   f"over the {tasks:,} tasks of the throughput runs (one figure over all runs)")

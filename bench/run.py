@@ -3,7 +3,8 @@
 Prints the table, writes ``bench/results/latest.json`` and ``docs/bench-throughput.png``.
 All traffic is on 127.0.0.1: a private Mosquitto from the repository's mosquitto.conf on a free
 port, the embedded amqtt broker in a child process, Redis on 127.0.0.1:6379 in DBs 9 and 10
-only (flushed before and after; DB 0 is never touched).
+only (flushed before and after; DB 0 is never touched), PostgreSQL on 127.0.0.1:5432 in a database
+of the ``coordinator-pg`` section's own (created, then dropped).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import clients  # noqa: E402
+from bench import clients, coord_pg  # noqa: E402
 from bench.cluster import Child, Procs, cpu_s, install_cleanup  # noqa: E402
 from bench.stats import percentile, summary, table  # noqa: E402
 
@@ -336,6 +337,9 @@ def find_mosquitto_exe() -> str:
 SECTIONS = ["paho", "mqtt", "coordinator", "blackbox", "fleet", "amqtt", "dramatiq", "celery", "footprint"]
 
 
+SECTIONS.append("coordinator-pg")  # bench/coord_pg.py: its own line, so that lists of sections merge
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (about a minute)")
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             ("dramatiq", "Dramatiq + Redis", bench.peers_dramatiq),
             ("celery", "Celery + Redis", bench.peers_celery),
             ("footprint", "worker footprint", bench.footprint),
+            ("coordinator-pg", "the coordinator on PostgreSQL (HA), next to SQLite", lambda: coord_pg.run(bench)),
         ]
         for key, title, fn in plan:
             if key in wanted:

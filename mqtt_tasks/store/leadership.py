@@ -9,10 +9,12 @@ of its prefix leads. The row says who (``holder``), under which ``epoch`` and un
   prefix is refused: the task records carry no prefix, so two groups would share them.
 - ``check`` runs inside every commit's transaction (``SQLiteStore._write``): it renews the lease
   ``WHERE epoch = <ours>``; when another coordinator took the row meanwhile it matches nothing,
-  and the whole batch rolls back with ``LeadershipLostError``. A deposed leader can therefore
-  write nothing, and since the coordinator acknowledges and publishes only after a commit, it
-  can do nothing else either (the pattern of Temporal's ``range_id`` and Hatchet's lease rows;
-  no advisory locks, which poolers break).
+  and the whole batch rolls back with ``LeadershipLostError``. A commit sends the renewal
+  (``renew``) with the batch's rows and reads its row count (``verify``) before its COMMIT: on
+  PostgreSQL both go in one pipelined round trip, and the COMMIT only after ``verify``. A deposed
+  leader can therefore write nothing, and since the coordinator acknowledges and publishes only
+  after a commit, it can do nothing else either (the pattern of Temporal's ``range_id`` and
+  Hatchet's lease rows; no advisory locks, which poolers break).
 - ``valid``: the leader's own view, on its monotonic clock: the lease it last renewed runs out
   ``ttl`` after that transaction *began*, so it runs out here before it runs out in the database
   (where it was written later), and the leader stops a ``MARGIN`` earlier still. A leader cut from
@@ -113,10 +115,18 @@ class Lease:
     # -- leader ----------------------------------------------------------------------------
     def check(self, db: Any) -> None:
         """Inside a commit's transaction: renew, or raise ``LeadershipLostError`` (the batch rolls back)."""
+        self.verify(self.renew(db))
+
+    def renew(self, db: Any) -> Any:
+        """Inside a commit's transaction: send the renewal; its cursor goes to ``verify`` before the
+        COMMIT (on PostgreSQL the two may be one round trip apart, with the batch's rows between)."""
         self._began = self._monotonic()
         if self.epoch is None:
             raise LeadershipLostError(f"coordinator {self.holder} does not lead {self.prefix}")
-        cursor = db.execute(self._renew, (self.ttl, self.prefix, self.holder, self.epoch))
+        return db.execute(self._renew, (self.ttl, self.prefix, self.holder, self.epoch))
+
+    def verify(self, cursor: Any) -> None:
+        """The renewal matched this coordinator's epoch, or ``LeadershipLostError`` (the batch rolls back)."""
         if cursor.rowcount != 1:
             self._until = 0.0
             raise LeadershipLostError(f"coordinator {self.holder} no longer leads {self.prefix}: epoch "

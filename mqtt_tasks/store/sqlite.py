@@ -153,33 +153,24 @@ class SQLiteStore(Store):
     def _write(self, rows: list[tuple[Any, ...]], schedules: dict[str, ScheduleRecord | None],
                flows: list[tuple[Any, ...]], windows: dict[str, dict[str, Any] | None],
                rollouts: list[tuple[Any, ...]]) -> None:
+        """One transaction: the lease's renewal and every buffered row are sent together (one round
+        trip on PostgreSQL, ``_pipelined``), the renewal is verified, and only then is COMMIT sent."""
         db = self._db
         if db.in_transaction:  # a rollback after an earlier failure failed too
             db.execute("ROLLBACK")
-        db.execute("BEGIN")
         try:
+            moved = self._stage(db, rows)  # PostgreSQL: a large batch goes ahead by COPY, in the transaction it begins
+            with self._pipelined(db):
+                if moved is None:
+                    db.execute("BEGIN")
+                renewal = self.fence.renew(db) if self.fence is not None else None
+                if moved is None:
+                    db.executemany(_UPSERT, rows)
+                else:
+                    db.execute(moved)
+                self._send_others(db, schedules, flows, windows, rollouts)
             if self.fence is not None:  # a deposed leader's batch fails here, whole
-                self.fence.check(db)
-            db.executemany(_UPSERT, rows)
-            for name, schedule in schedules.items():
-                if schedule is None:
-                    db.execute("DELETE FROM schedules WHERE name = ?", (name,))
-                else:
-                    db.execute("INSERT INTO schedules (name, data) VALUES (?, ?) "
-                               "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
-                               (name, _DUMPS(schedule.to_dict())))
-            db.executemany("INSERT INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
-                           "DO UPDATE SET state = excluded.state, updated = excluded.updated, data = excluded.data",
-                           flows)
-            for bucket, window in windows.items():
-                if window is None:
-                    db.execute("DELETE FROM rate_windows WHERE bucket = ?", (bucket,))
-                else:
-                    db.execute("INSERT INTO rate_windows (bucket, data) VALUES (?, ?) "
-                               "ON CONFLICT (bucket) DO UPDATE SET data = excluded.data",
-                               (bucket, _DUMPS(window)))
-            db.executemany("INSERT INTO rollouts (id, created, data) VALUES (?, ?, ?) "
-                           "ON CONFLICT (id) DO UPDATE SET data = excluded.data", rollouts)
+                self.fence.verify(renewal)
             db.execute("COMMIT")  # SQLITE_FULL / SQLITE_IOERR may come here, from the WAL append
             if self.fence is not None:
                 self.fence.committed()
@@ -188,6 +179,39 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+
+    def _pipelined(self, db: Any) -> contextlib.AbstractContextManager[Any]:
+        """Statements sent in this block are answered together at its end (PostgreSQL's pipeline
+        mode); SQLite runs each as it comes."""
+        return contextlib.nullcontext()
+
+    def _stage(self, db: Any, rows: list[tuple[Any, ...]]) -> str | None:
+        """Before the pipeline: PostgreSQL sends a large batch's rows by COPY (``PostgresStore``), in
+        a transaction it begins, and returns the statement that upserts them from there. SQLite: None."""
+        return None
+
+    @staticmethod
+    def _send_others(db: Any, schedules: dict[str, ScheduleRecord | None], flows: list[tuple[Any, ...]],
+                     windows: dict[str, dict[str, Any] | None], rollouts: list[tuple[Any, ...]]) -> None:
+        for name, schedule in schedules.items():
+            if schedule is None:
+                db.execute("DELETE FROM schedules WHERE name = ?", (name,))
+            else:
+                db.execute("INSERT INTO schedules (name, data) VALUES (?, ?) "
+                           "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                           (name, _DUMPS(schedule.to_dict())))
+        db.executemany("INSERT INTO workflows (id, state, updated, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
+                       "DO UPDATE SET state = excluded.state, updated = excluded.updated, data = excluded.data",
+                       flows)
+        for bucket, window in windows.items():
+            if window is None:
+                db.execute("DELETE FROM rate_windows WHERE bucket = ?", (bucket,))
+            else:
+                db.execute("INSERT INTO rate_windows (bucket, data) VALUES (?, ?) "
+                           "ON CONFLICT (bucket) DO UPDATE SET data = excluded.data",
+                           (bucket, _DUMPS(window)))
+        db.executemany("INSERT INTO rollouts (id, created, data) VALUES (?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET data = excluded.data", rollouts)
 
     def transact(self, work: Callable[[Any], T]) -> T:
         """Run ``work(connection)`` in a transaction of its own, outside the buffered batch (the
