@@ -59,6 +59,9 @@ def test_a_dead_worker_s_task_runs_again_elsewhere(mosquitto, prefix: str, tmp_p
     with coordinator(url, prefix), producer(url, prefix) as app, worker(url, prefix, "w1", log=log) as w1:
         h = app.submit("work", "long", 30.0)
         wait_until(lambda: "long" in executions(log), 10)
+        # the coordinator has heard it start on w1 (``started`` leaves after --started-after): a
+        # task it never heard start would be a different case (a queued task nobody accounts for)
+        wait_until(lambda: query_status(settings(url, prefix), h.id)["state"] == "started", 10)
         w1.abort()  # the process "dies": no DISCONNECT, so the broker sends the Last Will
         with worker(url, prefix, "w2", log=log):
             wait_until(lambda: query_status(settings(url, prefix), h.id)["attempt"] == 2, 10)
