@@ -217,6 +217,7 @@ def test_a_broker_crash_before_its_first_autosave_loses_no_acknowledged_task(clu
     cluster.mark_fault()
     cluster.mosquitto.kill()             # nothing saved: sessions, subscriptions, queued messages
     cluster.mosquitto.start()
+    wait_until(lambda: cluster.watching, 30, message="the observer never reconnected")  # or it misses events
     started = time.monotonic()
     coordinator = cluster.coordinator()
     cluster.worker("w1", concurrency=8)

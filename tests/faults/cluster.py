@@ -166,6 +166,12 @@ class Cluster:
         self._watch.connect()
         self.app = TaskApp(mosquitto.url, prefix=self.prefix)
 
+    @property
+    def watching(self) -> bool:
+        """The observer is connected. After a broker crash that lost its session, what is published
+        before it reconnects (and subscribes again) is never seen: wait for this first."""
+        return self._watch.connected
+
     # -- processes ----------------------------------------------------------------------
     def env(self, *, clock_skew: float = 0.0, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "MQTT_TASKS_BROKER"}
