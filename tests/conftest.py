@@ -118,3 +118,16 @@ def postgres_url() -> Iterator[str]:
 
     with private_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store opens (``tests.postgres.store_at``): an SQLite file, then a private
+    PostgreSQL database, created and dropped."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store.db")
+        return
+    from tests.postgres import private_database
+
+    with private_database() as url:
+        yield url

@@ -12,6 +12,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mqtt_tasks.store.opening import open_store
+from mqtt_tasks.store.sqlite import SQLiteStore
+
 ADMIN_URL = os.environ.get("MQTT_TASKS_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -32,3 +35,11 @@ def private_database() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+
+def store_at(location: str) -> SQLiteStore:
+    """The store ``open_store`` opens at ``location`` (PostgreSQL's is an SQLiteStore too)."""
+    store = open_store(location)
+    assert isinstance(store, SQLiteStore)
+    return store

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import MosquittoProcess
+from tests.brokers import MosquittoProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,12 +78,10 @@ def _coordinator_online(url: str) -> bool:
     conn.subscribe("mqtt-tasks/coordinator")
     conn.connect(5)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if any(codec.decode_json_object(p).get("state") == "online" for p in list(seen)):
-                return True
-            time.sleep(0.02)
-        return False
+        try:
+            return wait_until(lambda: any(codec.decode_json_object(p).get("state") == "online" for p in list(seen)), 5)
+        except AssertionError:
+            return False
     finally:
         conn.close()
 

@@ -8,34 +8,15 @@ needs to move it; the database's clock is real (the ``ttl`` is short where one m
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from mqtt_tasks.errors import ConfigError, LeadershipLostError, StoreError
-from mqtt_tasks.store import SQLiteStore, TaskRecord
+from mqtt_tasks.store import TaskRecord
 from mqtt_tasks.store.leadership import MARGIN, Lease
-from mqtt_tasks.store.opening import open_store
 from mqtt_tasks.store.postgres import translate
 from tests.brokers import wait_until
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "lead.db")
-        return
-    from tests.postgres import private_database
-
-    with private_database() as url:
-        yield url
-
-
-def store_at(location: str) -> SQLiteStore:
-    store = open_store(location)
-    assert isinstance(store, SQLiteStore)
-    return store
+from tests.postgres import store_at
 
 
 class Clock:

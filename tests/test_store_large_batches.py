@@ -6,36 +6,16 @@ Each test runs on an SQLite file and on a PostgreSQL database of its own (tests/
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from mqtt_tasks.errors import LeadershipLostError, StoreError
 from mqtt_tasks.store import SQLiteStore, TaskRecord
 from mqtt_tasks.store.leadership import Lease
-from mqtt_tasks.store.opening import open_store
 from mqtt_tasks.store.postgres import COPY_MIN, PostgresStore
 from tests.brokers import wait_until
+from tests.postgres import store_at
 
 LARGE = COPY_MIN * 3 + 7
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "large.db")
-        return
-    from tests.postgres import private_database
-
-    with private_database() as url:
-        yield url
-
-
-def store_at(location: str) -> SQLiteStore:
-    store = open_store(location)
-    assert isinstance(store, SQLiteStore)
-    return store
 
 
 def put_batch(store: SQLiteStore, state: str, count: int = LARGE, tag: str = "t") -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from mqtt_tasks.coordinator import Coordinator, query_status
 from mqtt_tasks.protocol import codec
 from mqtt_tasks.transport import Connection
 from mqtt_tasks.worker import Worker
+from tests.brokers import wait_until
 from tests.coord_helpers import HB, ROOT, settings, spawn_coordinator
 from tests.flow_tasks import count, make_flow_app, runs
 
@@ -34,13 +34,7 @@ RESULT_S = 30.0
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(condition, timeout, interval=0.05, message=f"timed out waiting for {what}")
 
 
 @contextmanager
