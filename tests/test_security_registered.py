@@ -12,9 +12,9 @@ import pytest
 
 from mqtt_tasks.protocol.topics import Topics
 from tests.brokers import wait_until
+from tests.sources import PACKAGE, package_trees
 from tests.test_fuzz import PREFIX, Harness
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mqtt_tasks"
 CALLED: list[str] = []
 
 
@@ -59,7 +59,7 @@ def test_arguments_arrive_as_plain_json_values(harness: Harness, arg: Any) -> No
 
 
 def _source_trees() -> list[tuple[Path, ast.Module]]:
-    return [(p, ast.parse(p.read_text(encoding="utf-8"))) for p in sorted(PACKAGE.rglob("*.py"))]
+    return sorted(package_trees().items())
 
 
 FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "jsonpickle", "yaml"}
@@ -95,7 +95,7 @@ def test_the_worker_looks_tasks_up_in_the_registry_only() -> None:
     modules = sorted((PACKAGE / "worker").glob("*.py"))
     assert modules, "the worker package moved"
     for path in modules:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = package_trees()[path]
         lookups = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                    and n.func.id in {"getattr", "globals", "locals", "vars"}]
         assert lookups == [], f"{path.name}: the worker must not resolve names dynamically"
