@@ -1,6 +1,6 @@
 """Simulated workers, thousands per process: ``python -m bench.fleetsim --count N ...``.
 
-Each one is a real MQTT 3.1.1 connection speaking the worker's wire protocol (DESIGN.md, "Wire
+Each one is a real MQTT 3.1.1 connection speaking the worker's wire protocol (docs/design.md, "Wire
 contract"), written on raw asyncio streams so that one process holds thousands of them (a paho
 client costs a thread with ``loop_start`` and three file descriptors):
 

@@ -535,7 +535,7 @@ def drained(w: WorkerView, since: float, now: float, policy: LeasePolicy) -> boo
     for one of its heartbeat intervals, counted from ``since`` or from when it was last full,
     whichever is later. A task it received by then has started (its heartbeats list what runs) or
     ended, and its broker queue holds nothing more: a worker with a free slot acknowledges what it
-    is sent at once (BROKER-FACTS.md). ``since`` is the coordinator's time, and a new leader's
+    is sent at once (docs/broker-facts.md). ``since`` is the coordinator's time, and a new leader's
     clock reads the old leader's: a skew between them shortens or lengthens the interval."""
     if not is_live(w, now, policy):
         return False
@@ -566,7 +566,7 @@ def lost_unseen(record: TaskRecord, workers: Iterable[WorkerView], now: float, p
 def dispatch_unseen(record: TaskRecord, w: WorkerView | None, now: float, policy: LeasePolicy) -> bool:
     """A record dispatched to ``w``'s inbox that ``w`` never got: ``w`` is ``drained`` since the
     dispatch and has not listed it (a listed task is ``started``). A leader that died between its
-    commit and its publish leaves such records, and a broker may drop a message (BROKER-FACTS.md):
+    commit and its publish leaves such records, and a broker may drop a message (docs/broker-facts.md):
     sent again within a heartbeat or two (``on_dispatch_unseen``), not at the dispatch timeout."""
     return (record.state == DISPATCHED and w is not None and w.worker == record.worker
             and drained(w, record.updated, now, policy))

@@ -1,6 +1,6 @@
 """Receipts: a producer keeps each task it sent until a coordinator says it recorded it.
 
-Built on these facts (BROKER-FACTS.md, docs/operations.md "What a broker crash can lose"):
+Built on these facts (docs/broker-facts.md, docs/operations.md "What a broker crash can lose"):
 
 - Mosquitto's PUBACK means "in my memory", not "on disk": it saves sessions and queued messages
   every ``autosave_interval``, so a ``kill -9`` loses what arrived since the last save, and a

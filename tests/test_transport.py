@@ -209,7 +209,7 @@ def test_send_window_honours_the_brokers_receive_maximum(broker_url: str, broker
 
 def test_mosquitto_sends_past_a_clients_receive_maximum_once_acks_flow(mosquitto: MosquittoProcess,
                                                                         prefix: str) -> None:
-    """A broker fact BROKER-FACTS.md does not have (Mosquitto 2.0.11): with messages queued for a
+    """A broker fact docs/broker-facts.md does not have (Mosquitto 2.0.11): with messages queued for a
     client, each PUBACK it sends lets Mosquitto send up to Receive Maximum more, so the client's
     unacknowledged messages grow past its Receive Maximum. So a worker's line of waiting tasks is
     not bounded by flow control; with a coordinator online the worker hands on what it does not
@@ -230,7 +230,7 @@ def test_mosquitto_sends_past_a_clients_receive_maximum_once_acks_flow(mosquitto
         for message in first:
             receiver.ack(message)
         # 4 acks free 4 places; Mosquitto sends more than that (measured: 16, Receive Maximum per ack).
-        # If this fails, Mosquitto now honours Receive Maximum: update BROKER-FACTS and the docs.
+        # If this fails, Mosquitto now honours Receive Maximum: update docs/broker-facts.md and the docs.
         assert len(inbox.wait(9)) - 4 > 4
     finally:
         receiver.close()

@@ -1,6 +1,6 @@
 """The backlog: tasks the coordinator holds until a worker has a free slot, and their dispatch.
 
-Built on these facts (DESIGN.md, BROKER-FACTS.md):
+Built on these facts (docs/design.md, docs/broker-facts.md):
 
 - A worker acknowledges a task at once and hands back (``deferred``) what it cannot start; a
   retry after a backoff and a re-dispatch after a loss land here too (``leases.Enqueue``).

@@ -1,6 +1,6 @@
 """The fleet: what the coordinator believes about each worker, and its slot accounting.
 
-Built on these facts (DESIGN.md "Recommended mechanics", BROKER-FACTS.md):
+Built on these facts (docs/design.md "Recommended mechanics", docs/broker-facts.md):
 
 - A worker's retained heartbeat (``P/workers/{id}``) says its queues, concurrency, free slots, the
   tasks it holds, and how long ago it was last full; its Last Will says ``offline``. A *retained*

@@ -1,6 +1,6 @@
 """Handlers: what each incoming message does to the record, the fleet and the backlog.
 
-Built on these facts (DESIGN.md "Wire contract"):
+Built on these facts (docs/design.md "Wire contract"):
 
 - The coordinator reads ``P/tasks/+`` (a task seen: recorded, its dispatch timer starts),
   ``P/record/+`` (a producer's re-send of a task it has no receipt for: ``leases.on_resent``),

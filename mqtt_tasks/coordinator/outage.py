@@ -8,7 +8,7 @@ Built on these facts:
 - The loop acknowledges a message only after a commit that covers it. While commits fail the
   messages stay unacknowledged in the coordinator's persistent MQTT session, so a crash or a stop
   during the outage loses none of them: the broker delivers them again to the next coordinator,
-  and the handlers treat a redelivery as the echo it is (BROKER-FACTS.md: manual acks work for
+  and the handlers treat a redelivery as the echo it is (docs/broker-facts.md: manual acks work for
   QoS 1; the coordinator's Receive Maximum of 65535 lets the broker keep sending meanwhile).
 - What the coordinator decides (dispatches, retries, dead letters) waits for the commit as
   always; only what states no decision goes out at once: answers to queries, from memory, and

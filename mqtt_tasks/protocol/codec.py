@@ -39,7 +39,7 @@ def encode(obj: dict[str, Any] | BaseModel) -> bytes:
 
 def check_size(payload: bytes, limit: int, topic: str = "") -> bytes:
     """The cap on what a component publishes: refused before it reaches the broker, which would
-    drop it silently or make paho re-send it forever (BROKER-FACTS.md)."""
+    drop it silently or make paho re-send it forever (docs/broker-facts.md)."""
     if len(payload) > limit:
         raise PayloadTooLargeError(len(payload), limit, topic=topic)
     return payload

@@ -7,7 +7,7 @@ messages until acked). Callbacks never block: incoming messages go to the owner'
 ``on_message`` (which decides quickly, as the worker does, or enqueues, as the coordinator
 does), acks of our publishes resolve the outstanding set that ``flush`` waits on.
 
-Facts this module is built on (../shared/BROKER-FACTS.md): an exception in a paho callback kills
+Facts this module is built on (docs/broker-facts.md): an exception in a paho callback kills
 the network thread while ``is_connected()`` still says True, so every callback is wrapped
 (``guard``); ``loop_start`` reconnects on its own, with ``reconnect_delay_set`` backoff, so
 ``on_connect`` redoes per-connection work (TCP_NODELAY, the send window, subscriptions); with

@@ -10,7 +10,7 @@ Incoming, every message is stamped with the connection's generation (incremented
 successful connect) and handed to the owner's ``on_message``; with ``manual_ack`` the owner acks
 it later, alone (``ack``) or in a batch (``ack_many``, one write for hundreds of PUBACKs).
 
-Facts this module is built on (../shared/BROKER-FACTS.md): message ids restart after a reconnect,
+Facts this module is built on (docs/broker-facts.md): message ids restart after a reconnect,
 so an ack of a message from an older connection is dropped (it would acknowledge another
 message); with QoS 2 the broker counts a message as delivered at PUBREC, so tasks use QoS 1;
 paho queues each PUBACK as its own packet, with its own wake-up of the network thread.

@@ -4,7 +4,7 @@ A ``Message`` is what the owner's ``on_message`` receives; a ``Will`` is the Las
 connection leaves with the broker. Neither imports paho, so nothing above this package sees an
 ``MQTTMessage`` or a ``Properties`` object.
 
-Fact this module is built on (../shared/BROKER-FACTS.md): message ids restart after a reconnect,
+Fact this module is built on (docs/broker-facts.md): message ids restart after a reconnect,
 so every incoming message carries the ``generation`` of the connection it arrived on, and an ack
 from an older connection can be told apart and dropped (inflight.py).
 """

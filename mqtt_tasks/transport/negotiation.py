@@ -10,7 +10,7 @@ Every failure here is translated once into ``mqtt_tasks.errors``: a bad option (
 topic, a negative window or keep-alive, a bad TLS file) is a ``ConfigError``; a broker that cannot
 be reached, a failed TLS handshake, a refusal or no answer is a ``ConnectError``.
 
-Facts this module is built on (../shared/BROKER-FACTS.md): amqtt refuses MQTT 5 CONNECTs, and
+Facts this module is built on (docs/broker-facts.md): amqtt refuses MQTT 5 CONNECTs, and
 cannot even parse one that carries properties, so ``auto`` probes with a bare CONNECT first; for
 3.1.1, ``clean_session`` goes to the client's constructor and ``connect()`` refuses MQTT 5
 arguments; paho sends Receive Maximum only if it is set in the CONNECT properties, and ignores

@@ -13,7 +13,7 @@ passes on both; their ``Client`` differs here only in how its own ``_handle_publ
 At import the private names are checked (``_check_paho``); a paho without them fails here, with
 the list of what is missing, instead of in the middle of a connection.
 
-Facts this module is built on (../shared/BROKER-FACTS.md and paho's source):
+Facts this module is built on (docs/broker-facts.md and paho's source):
 - paho reads every packet with at least three ``recv`` calls (command byte, each byte of the
   remaining length, the body); on a plain socket each is a system call. ``BufferedSocket`` serves
   them from a 64 KiB chunk.

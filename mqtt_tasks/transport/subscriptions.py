@@ -5,7 +5,7 @@ of them go out in one SUBSCRIBE; the connection is *ready* once every SUBSCRIBE 
 connect is answered by a SUBACK (``wait_ready``), which ``Connection.connect`` waits for so that
 nothing published after it returns can miss this client.
 
-Facts this module is built on (../shared/BROKER-FACTS.md): paho does not restore subscriptions
+Facts this module is built on (docs/broker-facts.md): paho does not restore subscriptions
 after a reconnect, and Mosquitto 2.0.11 does not restore durable ``$share`` subscriptions after
 a restart with persistence, so every remembered subscription is re-sent on every connect; a
 refused filter (SUBACK code >= 0x80, e.g. an ACL that denies it) gets nothing delivered, so it is

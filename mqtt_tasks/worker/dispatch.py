@@ -20,7 +20,7 @@ Facts it is built on:
   rejected): unacknowledged, it holds one of the broker's in-flight slots, which is the flow
   control that stops the broker sending more (MQTT 5 Receive Maximum).
 - paho's callbacks must not raise (an exception kills the network thread while
-  ``is_connected()`` still says True, BROKER-FACTS.md): a failed decision is logged, and the acks
+  ``is_connected()`` still says True, docs/broker-facts.md): a failed decision is logged, and the acks
   decided so far are still sent.
 - A task marked ``alone`` by the coordinator (a suspect, see leases.py) runs with nothing else
   running here: it waits for the running tasks to end, others arriving meanwhile are handed to the

@@ -5,7 +5,7 @@ Facts it is built on:
 
 - Leases ride on heartbeats: the state lists every attempt held (id, attempt, start time), which
   renews all their leases in one message; a worker whose heartbeats stop is presumed dead within
-  a few intervals (DESIGN.md). ``free``, ``waiting`` and ``full_ago`` tell the coordinator which
+  a few intervals (docs/design.md). ``free``, ``waiting`` and ``full_ago`` tell the coordinator which
   workers can take tasks from its backlog.
 - The state is retained, so a coordinator or monitor that subscribes later gets the latest one;
   the Last Will (``offline``, no tasks) is retained too, and is what the broker publishes for a

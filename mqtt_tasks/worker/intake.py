@@ -28,7 +28,7 @@ Facts it is built on:
 
 - Payloads are JSON, never pickle, and capped by the library below the broker's limit
   (``settings.max_payload``; an oversize message must never reach paho's re-send loop,
-  BROKER-FACTS.md); the per-message decoder is pydantic-free (``codec.decode_task_data``).
+  docs/broker-facts.md); the per-message decoder is pydantic-free (``codec.decode_task_data``).
 - With a signing key, the signature covers the payload bytes as received (``signing``).
 - QoS 1 is at-least-once: the broker re-sends what it has not seen acknowledged, e.g. after a
   reconnect, so the same attempt can arrive while it runs.

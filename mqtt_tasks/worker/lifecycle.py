@@ -4,7 +4,7 @@ Facts it is built on:
 
 - paho subscriptions are not restored after a reconnect, and amqtt / Mosquitto 2.0.11 may lose
   durable ``$share`` subscriptions: the connection re-subscribes on every connect, so they are
-  declared before it connects (BROKER-FACTS.md).
+  declared before it connects (docs/broker-facts.md).
 - Manual acknowledgement (``manual_ack=True``) is what lets a waiting task stay unacknowledged;
   the MQTT 5 Receive Maximum (2 x concurrency, at least 8) bounds how many the broker sends
   ahead. paho's own socket reads are kept (``buffered_reads=False``): Mosquitto sends past

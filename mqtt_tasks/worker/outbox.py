@@ -14,7 +14,7 @@ the outbox instead of the connection:
 3. once the broker acknowledged every publish handed over (``Connection.flush``, the PUBACK
    fence), the rows are deleted.
 
-Facts it is built on (BROKER-FACTS.md): paho keeps QoS 1 publishes made while disconnected in
+Facts it is built on (docs/broker-facts.md): paho keeps QoS 1 publishes made while disconnected in
 memory only and re-sends them after a reconnect, so within one process a message is handed over
 once; after a restart, what was handed over but not acknowledged is sent again. A message may
 thus arrive twice, never not at all: the coordinator's fencing makes the second copy harmless (a

@@ -12,7 +12,7 @@ Facts it is built on:
   Correlation Data echoed), and never onto the prefix's own topics: ``events.reply_refusal``
   decides, as for every component (docs/security.md).
 - The library caps payloads below the broker's limit (an oversize publish makes paho re-send it
-  forever, BROKER-FACTS.md): a result too large to publish fails the attempt, finally, with
+  forever, docs/broker-facts.md): a result too large to publish fails the attempt, finally, with
   ``PayloadTooLargeError``; a result that is not JSON fails it with ``TypeError``.
 - The status event and the reply leave behind one wake-up of the network thread (``held_writes``).
 - Publish first, forget second (see running.py); nothing about an attempt handed back.

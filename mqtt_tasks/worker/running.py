@@ -4,7 +4,7 @@ what the worker holds.
 Facts it is built on:
 
 - The heartbeat lists every attempt held (with its attempt number), which renews all their
-  leases in one message (DESIGN.md, "Leases ride on heartbeats"). ``started`` is therefore only
+  leases in one message (docs/design.md, "Leases ride on heartbeats"). ``started`` is therefore only
   news: it is published for tasks still running ``started_after`` seconds after they began (under
   load a task starts every fraction of a millisecond, and an event per task would cost more than
   the task), never after the task's final event.

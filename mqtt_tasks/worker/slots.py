@@ -6,7 +6,7 @@ policy is tested with a fake clock (tests/test_worker_slots.py).
 Facts it is built on:
 
 - Mosquitto hands shared-subscription messages out strictly round-robin, with no regard to how
-  busy a member is (BROKER-FACTS.md): a busy worker keeps receiving tasks it cannot start.
+  busy a member is (docs/broker-facts.md): a busy worker keeps receiving tasks it cannot start.
 - A waiting task stays unacknowledged, so the broker's in-flight window (MQTT 5 Receive Maximum,
   else Mosquitto's ``max_inflight_messages``) bounds the QoS 1 line; nothing bounds QoS 0, hence
   ``MAX_QUEUED_QOS0``.
