@@ -18,7 +18,6 @@ coordinator part (``coordinator/deploys.py``) does the I/O. Rules:
 - Snapshot (``snapshot``): the targets are fixed at the start, like an AWS IoT snapshot job; a
   start with no live match is refused. Records written before continuous rollouts existed have
   no ``snapshot`` field: they were snapshots, and stay so (``from_dict``).
-
 - Waves go out one after another: the next wave starts once every worker of the previous one has
   answered (``applied`` or ``failed``) or timed out, and not before the rate allows: with
   ``rate`` R workers per minute, a wave of n workers is followed by the next no sooner than

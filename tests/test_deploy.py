@@ -441,9 +441,10 @@ def test_workers_that_join_or_come_back_after_a_rollout_get_it_also_after_a_coor
             for name in ("w1", "w2"):
                 stack.enter_context(worker(name))
             wait_fleet(url, prefix, {"w1", "w2"})
-            started = run_cli("deploy", module_file(tmp_path, "2"), "--version", "2", "--to", "label=cam",
-                              "--key", key[0], "--wave-size", "2", "--broker", url, "--prefix", prefix)
-            assert started.returncode == 0, started.stderr
+            started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
+                                               "label=cam", "--key", key[0], "--wave-size", "2", "--broker", url,
+                                               "--prefix", prefix], prog_name="mqtt-tasks")
+            assert started.exit_code == 0, started.output
             assert "to 2 worker(s) (w1, w2); workers that match later get it when heard" in started.stdout
             rollout_id = rollout_id_of(started.stdout)
             assert set(wait_rollout(url, prefix, rollout_id, "completed")["workers"]) == {"w1", "w2"}
@@ -492,9 +493,10 @@ def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners(
             TaskApp(broker=url, prefix=prefix) as producer, ExitStack() as stack:
         stack.enter_context(worker("w1", env={"DEPLOY_BREAK": "3"}))  # v3 fails to load on w1
         wait_fleet(url, prefix, {"w1"})
-        started = run_cli("deploy", module_file(tmp_path, "2"), "--version", "2", "--to", "label=cam", "--snapshot",
-                          "--key", key[0], "--broker", url, "--prefix", prefix)
-        assert started.returncode == 0, started.stderr
+        started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
+                                           "label=cam", "--snapshot", "--key", key[0], "--broker", url, "--prefix",
+                                           prefix], prog_name="mqtt-tasks")
+        assert started.exit_code == 0, started.output
         assert "get it when heard" not in started.stdout
         snapshot = rollout_id_of(started.stdout)
         assert wait_rollout(url, prefix, snapshot, "completed")["snapshot"] is True
@@ -521,19 +523,17 @@ def test_a_continuous_rollout_with_no_live_match_waits_and_the_first_match_gets_
         mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     url = mosquitto.url
+    runner, where = CliRunner(), ["--broker", url, "--prefix", prefix]
     with coordinator(url, prefix), TaskApp(broker=url, prefix=prefix) as producer:
-        module = module_file(tmp_path, "2")
-        refused = run_cli("deploy", module, "--version", "2", "--to", "worker=w1,w2", "--snapshot", "--key", key[0],
-                          "--broker", url, "--prefix", prefix)
-        assert refused.returncode != 0 and "no live worker matches worker=w1,w2" in refused.stderr
-        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-        started = run_cli("deploy", module, "--version", "2", "--to", "worker=w1,w2", "--key", key[0],
-                          "--broker", url, "--prefix", prefix)
-        assert started.returncode == 0, started.stderr
+        deploy = ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to", "worker=w1,w2", "--key", key[0]]
+        refused = runner.invoke(cli, [*deploy, "--snapshot", *where], prog_name="mqtt-tasks")
+        assert "no live worker matches worker=w1,w2" in assert_one_line_error(refused, 1)
+        started = runner.invoke(cli, [*deploy, *where], prog_name="mqtt-tasks")
+        assert started.exit_code == 0, started.output
         assert "to 0 worker(s) (none live matches worker=w1,w2 yet), 2 named but not live (w1, w2)" in started.stdout
         assert started.stdout.rstrip().endswith("waiting")
         rollout_id = rollout_id_of(started.stdout)
-        shown = run_cli("deploy", "status", rollout_id, "--broker", url, "--prefix", prefix)
+        shown = runner.invoke(cli, ["deploy", "status", rollout_id, *where], prog_name="mqtt-tasks")
         assert ": waiting;" in shown.stdout and "2 waiting" in shown.stdout
         with worker_process(url, prefix, "w2", key[1], tmp_path, monkeypatch, labels=cam("w2")):
             wait_applied(url, prefix, rollout_id, "w2")
