@@ -1,10 +1,23 @@
-"""The rollout policy: waves, their rate, per-worker timeouts and the abort threshold (pure).
+"""The rollout policy: targets, late joiners, waves, their rate, per-worker timeouts and the abort threshold (pure).
 
-A rollout is the coordinator's durable record of one signed bundle going to a fixed list of
-workers (those the selector matched among the live workers when it started: a snapshot, like an
-AWS IoT snapshot job). ``step`` takes the record and ``now`` and returns the workers to send the
-bundle to now; the coordinator part (``coordinator/deploys.py``) does the I/O. Rules:
+A rollout is the coordinator's durable record of one signed bundle going to workers. ``targets``
+picks them at the start: the live workers the selector matches. ``step`` takes the record and
+``now`` and returns the workers to send the bundle to now; ``join`` adds a worker heard later; the
+coordinator part (``coordinator/deploys.py``) does the I/O. Rules:
 
+- Continuous (the default, like AWS IoT Jobs ``targetSelection: CONTINUOUS``): a worker the
+  selector matches that the coordinator hears live after the start (it was offline, it is new, it
+  was restarted fresh) joins the rollout as ``pending`` and goes out in the next wave, as long as
+  the rollout is its module's ``current`` one (the highest serial: not superseded) and neither
+  aborted nor rolled back. A worker that already runs the version (its heartbeat's ``code``) joins
+  as ``applied`` and is not sent it. A worker the rollout already has is never added again (its
+  first final answer stands). A joiner reopens a ``completed`` or ``waiting`` rollout
+  (``running`` until it answers). A ``worker=...`` selector names its targets: the named workers
+  not live at the start are recorded as ``waiting`` and become ``pending`` when heard. With no
+  target yet, the rollout is ``waiting``, not ``completed``.
+- Snapshot (``snapshot``): the targets are fixed at the start, like an AWS IoT snapshot job; a
+  start with no live match is refused. Records written before continuous rollouts existed have
+  no ``snapshot`` field: they were snapshots, and stay so (``from_dict``).
 - Waves go out one after another: the next wave starts once every worker of the previous one has
   answered (``applied`` or ``failed``) or timed out, and not before the rate allows: with
   ``rate`` R workers per minute, a wave of n workers is followed by the next no sooner than
@@ -18,19 +31,25 @@ bundle to now; the coordinator part (``coordinator/deploys.py``) does the I/O. R
 - ``paused``: no wave starts; answers are still recorded and timeouts still judged. ``resume``
   goes on where it stopped (the rate counts from the last wave's start).
 - ``completed``: every worker was sent the bundle and answered; failures are counted, not hidden.
+  (A continuous rollout's ``waiting`` workers do not hold it up: they are counted apart.)
 - A worker's first final answer wins; a report for a step it has passed changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-RUNNING, PAUSED, ABORTED, COMPLETED = "running", "paused", "aborted", "completed"
-ROLLOUT_STATES = (RUNNING, PAUSED, ABORTED, COMPLETED)
+from .deploy.selector import Selector, parse
+
+RUNNING, PAUSED, ABORTED, COMPLETED, WAITING = "running", "paused", "aborted", "completed", "waiting"
+ROLLOUT_STATES = (WAITING, RUNNING, PAUSED, ABORTED, COMPLETED)
 PENDING, SENT, DOWNLOADED, VERIFIED, APPLIED, FAILED = "pending", "sent", "downloaded", "verified", "applied", "failed"
-_ORDER = {PENDING: 0, SENT: 1, DOWNLOADED: 2, VERIFIED: 3, APPLIED: 4, FAILED: 4}
+_ORDER = {WAITING: 0, PENDING: 0, SENT: 1, DOWNLOADED: 2, VERIFIED: 3, APPLIED: 4, FAILED: 4}
+UNSENT = frozenset({WAITING, PENDING})
 IN_FLIGHT = frozenset({SENT, DOWNLOADED, VERIFIED})
 FINISHED = frozenset({APPLIED, FAILED})
 DEFAULT_TIMEOUT_S = 300.0
@@ -71,6 +90,7 @@ class Rollout:
     previous: str | None = None      # the earlier rollout of this module a rollback goes back to
     rollback_of: str | None = None
     rolled_back_by: str | None = None
+    snapshot: bool = False           # targets fixed at the start; else workers heard later join
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,6 +99,7 @@ class Rollout:
     def from_dict(cls, data: dict[str, Any]) -> Rollout:
         fields = {f.name for f in dataclasses.fields(cls)}
         body = {k: v for k, v in data.items() if k in fields}
+        body.setdefault("snapshot", True)  # a record from before continuous rollouts: it was a snapshot
         body["workers"] = {w: WorkerStep(**step) for w, step in data.get("workers", {}).items()}
         return cls(**body)
 
@@ -86,17 +107,77 @@ class Rollout:
         return sum(1 for step in self.workers.values() if step.state in states)
 
     def counts(self) -> dict[str, int]:
-        return {"workers": len(self.workers), "pending": self.count(PENDING), "in_flight": self.count(*IN_FLIGHT),
-                "applied": self.count(APPLIED), "failed": self.count(FAILED)}
+        return {"workers": len(self.workers), "waiting": self.count(WAITING), "pending": self.count(PENDING),
+                "in_flight": self.count(*IN_FLIGHT), "applied": self.count(APPLIED), "failed": self.count(FAILED)}
 
     def applied(self) -> list[str]:
         return [w for w, step in self.workers.items() if step.state == APPLIED]
 
 
+def targets(to: str, live: Iterable[tuple[str, Iterable[str]]], snapshot: bool) -> dict[str, WorkerStep]:
+    """The steps of a new rollout to selector ``to``: the ``live`` (worker, labels) it matches, sorted,
+    ``pending``; for a continuous ``worker=...`` selector, the named workers not live, ``waiting``.
+    ``ValueError`` for a snapshot that matches no live worker (a continuous rollout waits)."""
+    selector = _selector(to)
+    matched = sorted(worker for worker, labels in live if selector.matches(worker, labels))
+    if snapshot and not matched:
+        raise ValueError(f"no live worker matches {to} (a --snapshot rollout needs one; without it, the rollout "
+                         "waits for the workers that match)")
+    steps = {worker: WorkerStep() for worker in matched}
+    if not snapshot and selector.kind == "worker":
+        steps.update((worker, WorkerStep(WAITING)) for worker in sorted(selector.values - steps.keys()))
+    return steps
+
+
+def current(rollouts: Iterable[Rollout]) -> dict[str, Rollout]:
+    """Module -> its current rollout: the one of the highest serial (a newer one supersedes it)."""
+    newest: dict[str, Rollout] = {}
+    for rollout in rollouts:
+        if rollout.module not in newest or rollout.serial > newest[rollout.module].serial:
+            newest[rollout.module] = rollout
+    return newest
+
+
+def join(rollout: Rollout, worker: str, labels: Iterable[str], running: Mapping[str, str], now: float) -> bool:
+    """``worker`` (with ``labels``, running ``running``: module -> version) was heard live; True when it
+    joined the rollout (call it for the module's ``current`` rollout only)."""
+    if rollout.snapshot or rollout.state == ABORTED or rollout.rolled_back_by is not None:
+        return False
+    known = rollout.workers.get(worker)
+    if known is not None and known.state != WAITING:
+        return False  # it was a target already: its first final answer stands
+    if known is None and not _selector(rollout.to).matches(worker, labels):
+        return False
+    if running.get(rollout.module) == rollout.version:
+        reason = f"already running {rollout.version} when heard: not sent"
+        rollout.workers[worker] = WorkerStep(APPLIED, reason=reason, ended_at=now)
+    else:
+        rollout.workers[worker] = WorkerStep(PENDING)
+    if rollout.state in (COMPLETED, WAITING):
+        rollout.state, rollout.reason = RUNNING, None  # ``step`` decides again: a wave, or done
+    rollout.updated = now
+    return True
+
+
+def move(rollout: Rollout, after: str, now: float) -> str | None:
+    """``pause`` or ``resume`` (``after``: ``paused``, ``running``); the reason it cannot, or None.
+    A continuous rollout that is ``waiting`` or ``completed`` can be paused too: joiners then wait
+    as ``pending`` until it is resumed."""
+    if after == PAUSED:
+        allowed = {RUNNING, PAUSED} | (set() if rollout.snapshot else {WAITING, COMPLETED})
+    else:
+        allowed = {PAUSED, RUNNING}
+    if rollout.state not in allowed:
+        return f"rollout {rollout.id} is {rollout.state}: it cannot be {after}"
+    if rollout.state != after:
+        rollout.state, rollout.updated = after, now  # resumed: ``step`` decides whether it is done
+    return None
+
+
 def on_report(rollout: Rollout, worker: str, state: str, reason: str | None, now: float) -> bool:
     """Record a worker's answer; True when it changed the record."""
     step = rollout.workers.get(worker)
-    if step is None or step.state == PENDING or step.state in FINISHED or _ORDER.get(state, 0) <= _ORDER[step.state]:
+    if step is None or step.state in UNSENT or step.state in FINISHED or _ORDER.get(state, 0) <= _ORDER[step.state]:
         return False
     step.state, step.reason = state, reason if state == FAILED else None
     if state in FINISHED:
@@ -117,7 +198,8 @@ def step(rollout: Rollout, now: float) -> list[str]:
         return []
     pending = [w for w, s in rollout.workers.items() if s.state == PENDING]
     if not pending:
-        rollout.state, rollout.updated = COMPLETED, now
+        reached = len(rollout.workers) - rollout.count(WAITING)
+        rollout.state, rollout.updated = COMPLETED if reached or rollout.snapshot else WAITING, now
         return []
     if now < rollout.next_wave_at:
         return []
@@ -132,8 +214,8 @@ def step(rollout: Rollout, now: float) -> list[str]:
 
 def next_due(rollout: Rollout) -> float | None:
     """When ``step`` may have something to do (a wave, a timeout); None: only an answer can change it."""
-    if rollout.state in (ABORTED, COMPLETED):
-        return None
+    if rollout.state in (ABORTED, COMPLETED, WAITING):
+        return None  # only an answer or a joiner can change it
     timeouts = [s.sent_at + rollout.timeout_s for s in rollout.workers.values()
                 if s.state in IN_FLIGHT and s.sent_at is not None]
     if rollout.state == RUNNING and not timeouts:
@@ -153,3 +235,8 @@ def _abort_due(rollout: Rollout) -> bool:
         return False
     finished = rollout.count(*FINISHED)
     return finished >= max(1, rollout.min_executed) and rollout.count(FAILED) * 100 >= rollout.abort_pct * finished
+
+
+@functools.lru_cache(maxsize=256)
+def _selector(text: str) -> Selector:
+    return parse(text)  # checked when the bundle was signed and read: a join costs a lookup, not a parse

@@ -60,12 +60,15 @@ def module_file(tmp_path: Path, version: str) -> str:
 
 @contextmanager
 def worker_process(url: str, prefix: str, worker_id: str, public_key: str, tmp_path: Path,
-                   monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> Iterator[Proc]:
+                   monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None,
+                   labels: tuple[str, ...] = ()) -> Iterator[Proc]:
     """``mqtt-worker tests.deploy_tasks:app --accept-deploys ...`` as a real process (this checkout's code)."""
     argv = [sys.executable, "-m", "mqtt_tasks", "worker", "tests.deploy_tasks:app", "--broker", url,
             "--prefix", prefix, "--worker-id", worker_id, "--concurrency", "2", "--heartbeat", str(HB),
             "--grace", "2", "--log-level", "warning", "--accept-deploys", "--deploy-key", public_key,
             "--deploy-dir", str(tmp_path / f"deploy-{worker_id}")]
+    for label in labels:
+        argv += ["--label", label]
     with monkeypatch.context() as patch:
         for name, value in (env or {}).items():
             patch.setenv(name, value)
@@ -403,3 +406,138 @@ def test_a_worker_restarted_with_another_key_refuses_its_kept_bundles_and_one_wi
             assert producer.send("which", ["no-deploys-2"]).result(TIMEOUT) == "local"
         plain_app.close()
     assert watch.reports("w3") == []
+
+
+# -- workers heard after the start: continuous rollouts (the default) ---------------------------------------
+
+def cam(worker: str) -> tuple[str, ...]:
+    """The labels of a camera worker: ``cam``, and one of its own so a task can be routed to it alone."""
+    return "cam", f"at-{worker}"
+
+
+def run_on(producer: TaskApp, worker: str, ident: str) -> Any:
+    """The version of ``which`` that ``worker`` runs, by what the task returns (routed to it by its label)."""
+    return producer.send("which", [ident], extra={"requires": [f"at-{worker}"]}).result(TIMEOUT)
+
+
+def wait_offline(url: str, prefix: str, worker: str) -> None:
+    wait_until(lambda: query_stats(settings(url, prefix))["workers"].get(worker, {}).get("state") == "offline",
+               TIMEOUT, interval=0.1, message=f"the coordinator never saw {worker} go offline")
+
+
+def test_workers_that_join_or_come_back_after_a_rollout_get_it_also_after_a_coordinator_kill(
+        mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url, db = mosquitto.url, str(tmp_path / "coordinator.db")
+    coord = spawn_coordinator(url, prefix, db)
+
+    def worker(name: str) -> Any:
+        return worker_process(url, prefix, name, key[1], tmp_path, monkeypatch, labels=cam(name))
+    try:
+        with watching(url, prefix) as watch, TaskApp(broker=url, prefix=prefix) as producer, ExitStack() as stack:
+            with worker("w0"):  # a device that is down when the rollout starts (its process stopped)
+                wait_fleet(url, prefix, {"w0"})
+            wait_offline(url, prefix, "w0")
+            for name in ("w1", "w2"):
+                stack.enter_context(worker(name))
+            wait_fleet(url, prefix, {"w1", "w2"})
+            started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
+                                               "label=cam", "--key", key[0], "--wave-size", "2", "--broker", url,
+                                               "--prefix", prefix], prog_name="mqtt-tasks")
+            assert started.exit_code == 0, started.output
+            assert "to 2 worker(s) (w1, w2); workers that match later get it when heard" in started.stdout
+            rollout_id = rollout_id_of(started.stdout)
+            assert set(wait_rollout(url, prefix, rollout_id, "completed")["workers"]) == {"w1", "w2"}
+            # a new device with the label, after the rollout completed
+            stack.enter_context(worker("w3"))
+            wait_applied(url, prefix, rollout_id, "w3")
+            assert run_on(producer, "w3", "new-device") == "2"
+            # the coordinator killed: the rollout is in its store, and a worker back afterwards gets it too
+            coord.send_signal(signal.SIGKILL)
+            coord.wait(10)
+            coord = spawn_coordinator(url, prefix, db)
+            stack.enter_context(worker("w0"))
+            wait_applied(url, prefix, rollout_id, "w0")
+            assert run_on(producer, "w0", "came-back") == "2"
+            final = wait_rollout(url, prefix, rollout_id, "completed")
+            assert list(final["workers"]) == ["w1", "w2", "w3", "w0"]  # the joiners in the order heard
+            assert final["counts"]["applied"] == 4 and final["waves"] == 3 and final["snapshot"] is False
+            assert watch.states("w0")[-3:] == ["downloaded", "verified", "applied"]
+            assert watch.reports("w0")[-1]["rollout"] == rollout_id
+            assert run_on(producer, "w1", "target") == "2"
+    finally:
+        coord.send_signal(signal.SIGTERM)
+        coord.wait(10)
+    ran = {(w, v) for kind, ident, w, v in deploy_tasks.ledger(ledger) if kind == "end"}
+    assert {("w3", "2"), ("w0", "2"), ("w1", "2")} <= ran and not {v for _, v in ran} - {"2"}
+
+
+def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners(
+        mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = mosquitto.url
+    s = settings(url, prefix)
+
+    def worker(name: str, env: dict[str, str] | None = None) -> Any:
+        return worker_process(url, prefix, name, key[1], tmp_path, monkeypatch, env=env, labels=cam(name))
+
+    def joins(name: str, *rollout_ids: str) -> None:
+        """``name`` starts after these rollouts; none takes it, and it runs the code it started with."""
+        stack.enter_context(worker(name))
+        wait_fleet(url, prefix, {name})  # its first live heartbeat was handled: a join is decided there
+        for rollout_id in rollout_ids:
+            assert name not in client.rollout_status(s, rollout_id)["workers"]
+        assert run_on(producer, name, f"joined-{name}") == "local"
+        assert watch.reports(name) == []
+    with coordinator(url, prefix), watching(url, prefix) as watch, \
+            TaskApp(broker=url, prefix=prefix) as producer, ExitStack() as stack:
+        stack.enter_context(worker("w1", env={"DEPLOY_BREAK": "3"}))  # v3 fails to load on w1
+        wait_fleet(url, prefix, {"w1"})
+        started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
+                                           "label=cam", "--snapshot", "--key", key[0], "--broker", url, "--prefix",
+                                           prefix], prog_name="mqtt-tasks")
+        assert started.exit_code == 0, started.output
+        assert "get it when heard" not in started.stdout
+        snapshot = rollout_id_of(started.stdout)
+        assert wait_rollout(url, prefix, snapshot, "completed")["snapshot"] is True
+        joins("w2", snapshot)
+        # aborted: w1 fails v3 first (waves of 1, sorted), and the rollout stops at the threshold
+        aborted = client.start_rollout(s, client.sign_module(module_file(tmp_path, "3"), version="3",
+                                                             to="label=cam", private_key_path=key[0]),
+                                       abort_pct=50.0, min_executed=1)
+        assert wait_rollout(url, prefix, aborted["id"], "aborted")["workers"]["w2"]["state"] == "pending"
+        joins("w3", aborted["id"])
+        # rolled back: v4 reaches w1, w2 and w3; the rollback re-sends v2 to exactly them
+        v4 = client.start_rollout(s, client.sign_module(module_file(tmp_path, "4"), version="4", to="label=cam",
+                                                        private_key_path=key[0]), wave_size=3)
+        wait_rollout(url, prefix, v4["id"], "completed")
+        back = client.rollback(s, v4["id"], key[0], wave_size=3)
+        assert wait_rollout(url, prefix, back["id"], "completed")["counts"]["applied"] == 3
+        joins("w4", v4["id"], back["id"])
+        assert run_on(producer, "w3", "rolled-back") == "2"
+    ran = {(w, v) for kind, _, w, v in deploy_tasks.ledger(ledger) if kind == "end"}
+    assert {("w2", "local"), ("w3", "local"), ("w4", "local"), ("w3", "2")} <= ran
+
+
+def test_a_continuous_rollout_with_no_live_match_waits_and_the_first_match_gets_it(
+        mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = mosquitto.url
+    runner, where = CliRunner(), ["--broker", url, "--prefix", prefix]
+    with coordinator(url, prefix), TaskApp(broker=url, prefix=prefix) as producer:
+        deploy = ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to", "worker=w1,w2", "--key", key[0]]
+        refused = runner.invoke(cli, [*deploy, "--snapshot", *where], prog_name="mqtt-tasks")
+        assert "no live worker matches worker=w1,w2" in assert_one_line_error(refused, 1)
+        started = runner.invoke(cli, [*deploy, *where], prog_name="mqtt-tasks")
+        assert started.exit_code == 0, started.output
+        assert "to 0 worker(s) (none live matches worker=w1,w2 yet), 2 named but not live (w1, w2)" in started.stdout
+        assert started.stdout.rstrip().endswith("waiting")
+        rollout_id = rollout_id_of(started.stdout)
+        shown = runner.invoke(cli, ["deploy", "status", rollout_id, *where], prog_name="mqtt-tasks")
+        assert ": waiting;" in shown.stdout and "2 waiting" in shown.stdout
+        with worker_process(url, prefix, "w2", key[1], tmp_path, monkeypatch, labels=cam("w2")):
+            wait_applied(url, prefix, rollout_id, "w2")
+            final = wait_rollout(url, prefix, rollout_id, "completed")
+            assert final["workers"]["w1"] == {"state": "waiting"} and final["counts"]["waiting"] == 1
+            assert run_on(producer, "w2", "first-match") == "2"
+    assert ("end", "first-match", "w2", "2") in deploy_tasks.ledger(ledger)

@@ -125,7 +125,7 @@ def test_waves_go_one_after_another_and_complete() -> None:
     assert rollouts.step(r, 2.0) == ["w5"]
     answer(r, "w5", "applied")
     assert rollouts.step(r, 3.0) == [] and r.state == rollouts.COMPLETED
-    assert r.counts() == {"workers": 5, "pending": 0, "in_flight": 0, "applied": 4, "failed": 1}
+    assert r.counts() == {"workers": 5, "waiting": 0, "pending": 0, "in_flight": 0, "applied": 4, "failed": 1}
     assert r.waves == 3
 
 
@@ -192,3 +192,120 @@ def test_a_rollout_survives_its_record() -> None:
     answer(r, "w1", "failed")
     again = Rollout.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again == r
+
+
+# -- workers heard after the start (continuous rollouts) ------------------------------------------
+
+
+def test_the_targets_are_the_live_matches_and_named_workers_not_live_wait() -> None:
+    live = [("b", ["cam"]), ("a", ["cam", "gpu"]), ("c", [])]
+    assert list(rollouts.targets("label=cam", live, snapshot=False)) == ["a", "b"]
+    named = rollouts.targets("worker=a,x,c", live, snapshot=False)
+    assert {w: s.state for w, s in named.items()} == {"a": "pending", "c": "pending", "x": "waiting"}
+    assert list(rollouts.targets("worker=a,x,c", live, snapshot=True)) == ["a", "c"]  # today's fixed list
+    assert rollouts.targets("label=none", live, snapshot=False) == {}  # a continuous rollout may wait
+    with pytest.raises(ValueError, match="no live worker matches label=none"):
+        rollouts.targets("label=none", live, snapshot=True)
+
+
+def labelled(to: str = "label=cam", n: int = 2, **kw: Any) -> Rollout:
+    return Rollout(id="r", module="m", version="2", serial=1, to=to, bundle={},
+                   workers=rollouts.targets(to, [(f"w{i}", ["cam"]) for i in range(1, n + 1)], False), **kw)
+
+
+def finish(r: Rollout, now: float, state: str = "applied") -> None:
+    for worker in rollouts.step(r, now):
+        answer(r, worker, state, now)
+
+
+def test_a_worker_heard_after_the_rollout_completed_joins_and_reopens_it() -> None:
+    r = labelled(wave_size=2)
+    finish(r, 0.0)
+    assert rollouts.step(r, 1.0) == [] and r.state == rollouts.COMPLETED
+    assert rollouts.join(r, "w9", ["other"], {}, 2.0) is False  # the selector does not match it
+    assert rollouts.join(r, "w3", ["cam", "x"], {"m": "1"}, 2.0) is True
+    assert r.state == rollouts.RUNNING and r.workers["w3"].state == "pending" and rollouts.next_due(r) == 0.0
+    assert rollouts.step(r, 2.0) == ["w3"]
+    assert rollouts.join(r, "w3", ["cam"], {}, 3.0) is False  # it is a target now: never added twice
+    answer(r, "w3", "applied", 4.0)
+    assert rollouts.step(r, 4.0) == [] and r.state == rollouts.COMPLETED
+    assert r.counts()["applied"] == 3 and r.waves == 2
+
+
+def test_a_joiner_goes_in_the_next_wave_after_the_targets_at_the_rate() -> None:
+    r = labelled(n=2, wave_size=1, rate=6.0)  # a wave of 1 every 10 s
+    assert rollouts.step(r, 0.0) == ["w1"]
+    assert rollouts.join(r, "w0", ["cam"], {}, 1.0)
+    assert list(r.workers) == ["w1", "w2", "w0"]  # joiners go last, in the order heard
+    answer(r, "w1", "applied", 2.0)
+    assert rollouts.step(r, 5.0) == [] and rollouts.step(r, 10.0) == ["w2"]
+    answer(r, "w2", "applied", 11.0)
+    assert rollouts.step(r, 20.0) == ["w0"]
+
+
+def test_a_joiners_failure_and_timeout_count_toward_the_abort_threshold() -> None:
+    r = labelled(n=1, abort_pct=50.0, min_executed=2, timeout_s=10.0)
+    finish(r, 0.0)
+    assert rollouts.step(r, 1.0) == [] and r.state == rollouts.COMPLETED
+    rollouts.join(r, "w2", ["cam"], {}, 2.0)
+    assert rollouts.step(r, 2.0) == ["w2"] and rollouts.next_due(r) == 12.0
+    assert rollouts.step(r, 12.0) == [] and r.state == rollouts.ABORTED  # 1 of 2 timed out: 50 %
+    assert "timed out" in (r.workers["w2"].reason or "") and "1 of 2" in (r.reason or "")
+    assert rollouts.join(r, "w3", ["cam"], {}, 13.0) is False  # an aborted rollout takes no joiner
+
+
+def test_a_rollout_with_no_target_yet_waits_and_a_named_worker_joins_when_heard() -> None:
+    r = labelled(to="label=cam", n=0)
+    assert rollouts.step(r, 0.0) == [] and r.state == rollouts.WAITING and rollouts.next_due(r) is None
+    named = Rollout(id="n", module="m", version="2", serial=1, to="worker=a,b", bundle={},
+                    workers=rollouts.targets("worker=a,b", [("a", [])], snapshot=False))
+    finish(named, 0.0)
+    assert rollouts.step(named, 1.0) == [] and named.state == rollouts.COMPLETED  # b is counted apart
+    assert named.counts() == {"workers": 2, "waiting": 1, "pending": 0, "in_flight": 0, "applied": 1, "failed": 0}
+    assert rollouts.on_report(named, "b", "applied", None, 1.0) is False  # never sent to it
+    assert rollouts.join(named, "c", [], {}, 2.0) is False  # not named
+    assert rollouts.join(named, "b", [], {}, 2.0) and rollouts.step(named, 2.0) == ["b"]
+    gone = Rollout(id="g", module="m", version="2", serial=1, to="worker=x", bundle={},
+                   workers=rollouts.targets("worker=x", [], snapshot=False))
+    assert rollouts.step(gone, 0.0) == [] and gone.state == rollouts.WAITING
+
+
+def test_a_worker_that_already_runs_the_version_is_recorded_not_sent() -> None:
+    r = labelled(n=0)
+    rollouts.step(r, 0.0)
+    assert rollouts.join(r, "w5", ["cam"], {"m": "2", "other": "9"}, 1.0)
+    assert r.workers["w5"].state == "applied" and "already running 2" in (r.workers["w5"].reason or "")
+    assert rollouts.step(r, 1.0) == [] and r.state == rollouts.COMPLETED
+
+
+def test_snapshot_rolled_back_and_superseded_rollouts_take_no_joiner() -> None:
+    snap = labelled(snapshot=True)
+    finish(snap, 0.0)
+    assert rollouts.join(snap, "w3", ["cam"], {}, 1.0) is False
+    undone = labelled()
+    undone.rolled_back_by = "rb"
+    assert rollouts.join(undone, "w3", ["cam"], {}, 1.0) is False
+    old, new, other = labelled(), labelled(), labelled()
+    old.id, new.id, new.serial, other.id, other.module = "old", "new", 2, "other", "n"
+    assert rollouts.current([new, old, other]) == {"m": new, "n": other}
+
+
+def test_pause_holds_joiners_of_a_continuous_rollout_and_resume_sends_them() -> None:
+    r = labelled(n=1)
+    finish(r, 0.0)
+    rollouts.step(r, 1.0)
+    assert rollouts.move(r, rollouts.PAUSED, 2.0) is None and r.state == rollouts.PAUSED
+    rollouts.join(r, "w2", ["cam"], {}, 3.0)
+    assert rollouts.step(r, 3.0) == [] and r.workers["w2"].state == "pending"
+    assert rollouts.move(r, rollouts.RUNNING, 4.0) is None and rollouts.step(r, 4.0) == ["w2"]
+    snap = labelled(n=1, snapshot=True)
+    finish(snap, 0.0)
+    rollouts.step(snap, 1.0)
+    assert "completed: it cannot be paused" in (rollouts.move(snap, rollouts.PAUSED, 2.0) or "")
+
+
+def test_a_record_from_before_continuous_rollouts_stays_a_snapshot() -> None:
+    old = labelled().to_dict()
+    del old["snapshot"]
+    assert Rollout.from_dict(old).snapshot is True
+    assert Rollout.from_dict(labelled().to_dict()).snapshot is False

@@ -5,7 +5,10 @@ Built on these facts (docs/deploy.md; the policy is ``mqtt_tasks.rollouts``, pur
 - ``mqtt-tasks deploy`` signs a bundle and hands it over with the ``deploy.start`` query; the
   coordinator never holds a signing key and cannot change a bundle (the signature covers the
   manifest, the manifest the source's SHA-256 and the selector): it only decides *when* each
-  worker gets it. Targets are the live workers the selector matches at the start (heartbeat labels).
+  worker gets it. Targets are the live workers the selector matches at the start (heartbeat labels);
+  unless the rollout is a snapshot, a worker heard live later joins it (``on_heard``, called for
+  every live heartbeat: a dict lookup per module with a current rollout, ``rollouts.join``
+  decides), and its bundle goes out with the next wave.
 - A rollout is a store record (``Store.put_rollout``) written in the batch that decided its wave;
   the bundles of a wave go out after the commit (``Effects.send``). A coordinator killed between
   the two finds the wave ``sent`` and no answer: the worker's timeout judges it; one killed after
@@ -27,11 +30,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from .. import rollouts
-from ..deploy.selector import parse as parse_selector
 from ..errors import ConfigError, DecodeError
 from ..protocol import codec
 from ..protocol.deploys import Bundle, DeployReport
-from ..rollouts import Rollout, WorkerStep
+from ..rollouts import Rollout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,6 +56,7 @@ class Rollouts:
                  clock: Callable[[], float]) -> None:
         self._topics, self._store, self._fleet, self._effects, self._clock = topics, store, fleet, effects, clock
         self.by_id: dict[str, Rollout] = {}
+        self._current: dict[str, Rollout] = {}  # module -> its newest rollout: the one joiners may get
         self._wake = _NEVER
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "deploy.start": self.op_start, "deploy.status": self.op_status, "deploy.pause": self.op_pause,
@@ -63,6 +66,7 @@ class Rollouts:
         for data in self._store.load_rollouts():
             rollout = Rollout.from_dict(data)
             self.by_id[rollout.id] = rollout
+        self._current = rollouts.current(self.by_id.values())
         self._rewake()
         return len(self.by_id)
 
@@ -79,8 +83,10 @@ class Rollouts:
                 undone.state, undone.reason = rollouts.ABORTED, f"rolled back by {rollout.id}"
             self._save(undone)
         self.by_id[rollout.id] = rollout
-        log.info("coordinator: rollout %s of %s %s to %s: %d worker(s), waves of %d", rollout.id, rollout.module,
-                 rollout.version, rollout.to, len(rollout.workers), rollout.wave_size)
+        self._current = rollouts.current(self.by_id.values())
+        log.info("coordinator: rollout %s of %s %s to %s: %d worker(s), waves of %d%s", rollout.id, rollout.module,
+                 rollout.version, rollout.to, len(rollout.workers), rollout.wave_size,
+                 "" if rollout.snapshot else "; workers heard later join")
         self.tick(self._clock(), force=True)
         return {"ok": True, "rollout": view(rollout)}
 
@@ -89,13 +95,13 @@ class Rollouts:
         m = bundle.manifest
         if m.rollout in self.by_id:
             raise ConfigError(f"rollout {m.rollout} exists already")
-        selector, now = parse_selector(m.to), self._clock()
-        targets = sorted(w.worker for w in self._fleet.live(now) if selector.matches(w.worker, w.labels))
-        if not targets:
-            raise ConfigError(f"no live worker matches {m.to}")
+        now, snapshot = self._clock(), request.get("snapshot", False)
+        if not isinstance(snapshot, bool):
+            raise ConfigError("snapshot must be true or false")
+        targets = rollouts.targets(m.to, ((w.worker, w.labels) for w in self._fleet.live(now)), snapshot)
         previous = [r for r in self.by_id.values() if r.module == m.module and r.applied()]
         rollout = Rollout(id=m.rollout, module=m.module, version=m.version, serial=m.serial, to=m.to,
-                          bundle=bundle.model_dump(exclude_none=True), workers={w: WorkerStep() for w in targets},
+                          bundle=bundle.model_dump(exclude_none=True), workers=targets, snapshot=snapshot,
                           wave_size=_int(request, "wave_size", 1, 1), rate=_number(request, "rate"),
                           abort_pct=_number(request, "abort_pct"), min_executed=_int(request, "min_executed", 1, 1),
                           timeout_s=_number(request, "timeout") or rollouts.DEFAULT_TIMEOUT_S, created=now,
@@ -118,18 +124,18 @@ class Rollouts:
         return {"ok": True, "rollout": answer}
 
     def op_pause(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._move(request, rollouts.RUNNING, rollouts.PAUSED)
+        return self._move(request, rollouts.PAUSED)
 
     def op_resume(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._move(request, rollouts.PAUSED, rollouts.RUNNING)
+        return self._move(request, rollouts.RUNNING)
 
-    def _move(self, request: dict[str, Any], before: str, after: str) -> dict[str, Any]:
+    def _move(self, request: dict[str, Any], after: str) -> dict[str, Any]:
         rollout = self.by_id.get(str(request.get("id")))
         if rollout is None:
             return {"ok": False, "not_found": True, "error": f"no rollout {request.get('id')!r}"}
-        if rollout.state not in (before, after):
-            return {"ok": False, "error": f"rollout {rollout.id} is {rollout.state}: it cannot be {after}"}
-        rollout.state, rollout.updated = after, self._clock()
+        refused = rollouts.move(rollout, after, self._clock())
+        if refused:
+            return {"ok": False, "error": refused}
         self._save(rollout)
         log.info("coordinator: rollout %s %s", rollout.id, after)
         self.tick(self._clock(), force=True)
@@ -153,12 +159,26 @@ class Rollouts:
             self._save(rollout)
             self.tick(self._clock(), force=True)
 
+    # -- workers heard later ----------------------------------------------------------------------
+    def on_heard(self, worker: str, labels: frozenset[str], code: dict[str, str], now: float) -> None:
+        """A live heartbeat of ``worker``: it joins the current rollouts that take it (``rollouts.join``)."""
+        joined = False
+        for rollout in self._current.values():
+            if rollouts.join(rollout, worker, labels, code, now):
+                step = rollout.workers[worker]
+                log.info("coordinator: rollout %s: worker %s joined (%s)", rollout.id, worker,
+                         step.reason or f"{rollout.to}, heard after the start")
+                self._save(rollout)
+                joined = True
+        if joined:
+            self.tick(now, force=True)
+
     # -- the waves ---------------------------------------------------------------------------
     def tick(self, now: float, force: bool = False) -> None:
         if now < self._wake and not force:
             return
         for rollout in self.by_id.values():
-            if rollout.state in (rollouts.ABORTED, rollouts.COMPLETED):
+            if rollout.state in (rollouts.ABORTED, rollouts.COMPLETED, rollouts.WAITING):
                 continue
             before = (rollout.state, rollout.updated)
             wave = rollouts.step(rollout, now)

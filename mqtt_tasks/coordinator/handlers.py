@@ -21,6 +21,8 @@ Built on these facts (docs/design.md "Wire contract"):
   (``leases.on_started``); a Last Will (``offline``) re-dispatches what the worker held. A
   ``deferred`` marked ``abandoned`` is a started attempt a stopping worker handed back when its
   grace ran out: dispatched again as attempt + 1, no failure counted (``leases.on_handed_back``).
+- A live heartbeat (``online``, not retained) also tells the rollouts (``deploys.py``): a worker a
+  continuous rollout's selector matches that it does not have yet joins it.
 - A live heartbeat from a worker that was not live (it just started or came back) is answered
   with a reading of the fleet's clock (``Effects.tell_the_time``): the worker judges absolute
   expiries by it, and hands them to the coordinator until it has one (worker/fleet_clock.py).
@@ -259,10 +261,12 @@ class Handlers:
         if state.state == ONLINE and not message.retain and (known is None or not leases.is_live(
                 known, now, self._policy)):
             self._effects.tell_the_time()  # a worker joined: it needs a reading of the fleet's clock
-        self._fleet.heard(worker, state, now, message.retain)
+        view = self._fleet.heard(worker, state, now, message.retain)
         if state.state == OFFLINE:
             self._worker_lost(worker, now)
             return
+        if self.deploys is not None and state.state == ONLINE and not message.retain:
+            self.deploys.on_heard(worker, view.labels, state.code or {}, now)  # a late joiner of a rollout?
         held = {t.id: t.attempt for t in state.tasks}
         for task_id, attempt in held.items():
             record = self._records.get_or_create(task_id)

@@ -40,6 +40,9 @@ def _deploy() -> None:
     mqtt-tasks deploy keygen deployer          # deployer.key (keep it secret), deployer.pub (give to workers)
     mqtt-tasks deploy tasks.py --version 2 --to label=camera --key deployer.key --wave-size 2 --rate 4
     mqtt-tasks deploy status [ID] | pause ID | resume ID | rollback ID --key deployer.key
+
+    Workers that --to matches and the coordinator hears after the start (back online, new, restarted
+    fresh) get the bundle too; --snapshot keeps only the workers live at the start (deploy push --help).
     """
 
 
@@ -70,10 +73,13 @@ def keygen(name: str) -> None:
               help="Finished workers needed before the abort threshold is judged.")
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds a worker has to apply it; then it counts as failed.")
+@click.option("--snapshot", is_flag=True,
+              help="Only the workers live now: a worker that matches --to later (back online, new, restarted "
+                   "fresh) is left out [default: it gets the bundle when the coordinator hears it].")
 @broker_options
 @_timeout
 def push(path: str, version: str, to: str, key_path: str, module: str | None, wave_size: int, rate: float | None,
-         abort_pct: float | None, min_executed: int, worker_timeout: float, broker: str | None,
+         abort_pct: float | None, min_executed: int, worker_timeout: float, snapshot: bool, broker: str | None,
          prefix: str | None, timeout: float) -> None:
     """Sign the module at PATH and start its rollout (also: mqtt-tasks deploy PATH ...)."""
     from . import client
@@ -81,9 +87,20 @@ def push(path: str, version: str, to: str, key_path: str, module: str | None, wa
     bundle = client.sign_module(path, version=version, to=to, private_key_path=key_path, module=module)
     rollout = client.start_rollout(Settings.from_env(broker, prefix=prefix), bundle, wave_size=wave_size, rate=rate,
                                    abort_pct=abort_pct, min_executed=min_executed, timeout_s=worker_timeout,
-                                   timeout=timeout)
-    click.echo(f"rollout {rollout['id']}: {rollout['module']} {rollout['version']} to {len(rollout['workers'])} "
-               f"worker(s) ({', '.join(rollout['workers'])}), {rollout['state']}")
+                                   snapshot=snapshot, timeout=timeout)
+    click.echo(_started(rollout))
+
+
+def _started(rollout: dict[str, Any]) -> str:
+    steps = rollout["workers"]
+    now = [w for w, s in steps.items() if s["state"] != "waiting"]
+    later = [w for w, s in steps.items() if s["state"] == "waiting"]
+    line = f"rollout {rollout['id']}: {rollout['module']} {rollout['version']} to {len(now)} worker(s)" + \
+        (f" ({', '.join(now)})" if now else f" (none live matches {rollout['to']} yet)") + \
+        (f", {len(later)} named but not live ({', '.join(later)})" if later else "")
+    if not rollout.get("snapshot"):
+        line += "; workers that match later get it when heard"
+    return f"{line}, {rollout['state']}"
 
 
 @deploy.command("status", context_settings=_HELP)
@@ -123,7 +140,7 @@ def _simple(name: str, call: str, doc: str) -> None:
         click.echo(f"rollout {rollout['id']}: {rollout['state']}; {_counts(rollout)}")
 
 
-_simple("pause", "pause_rollout", "Start no further wave of ROLLOUT_ID (sent bundles still apply).")
+_simple("pause", "pause_rollout", "Start no further wave of ROLLOUT_ID (sent bundles still apply); joiners wait.")
 _simple("resume", "resume_rollout", "Go on with a paused ROLLOUT_ID.")
 
 
@@ -148,7 +165,7 @@ def rollback(rollout_id: str, key_path: str, wave_size: int, rate: float | None,
 def _counts(rollout: dict[str, Any]) -> str:
     c = rollout["counts"]
     return f"{c['applied']}/{c['workers']} applied, {c['failed']} failed, {c['in_flight']} in flight, " \
-           f"{c['pending']} pending"
+           f"{c['pending']} pending" + (f", {c['waiting']} waiting" if c.get("waiting") else "")
 
 
 def _when(ts: float) -> str:

@@ -40,10 +40,11 @@ def sign_module(path: str, *, version: str, to: str, private_key_path: str, modu
 
 def start_rollout(settings: Settings, bundle: dict[str, Any], *, wave_size: int = 1, rate: float | None = None,
                   abort_pct: float | None = None, min_executed: int = 1, timeout_s: float | None = None,
-                  timeout: float = 5.0) -> dict[str, Any]:
-    """Hand a signed bundle to the coordinator; the rollout as it started (its first wave is out)."""
+                  snapshot: bool = False, timeout: float = 5.0) -> dict[str, Any]:
+    """Hand a signed bundle to the coordinator; the rollout as it started (its first wave is out).
+    Workers the selector matches that the coordinator hears later join it, unless ``snapshot``."""
     request = {"op": "deploy.start", "bundle": bundle, "wave_size": wave_size, "rate": rate, "abort_pct": abort_pct,
-               "min_executed": min_executed, "timeout": timeout_s}
+               "min_executed": min_executed, "timeout": timeout_s, "snapshot": snapshot or None}
     return _rollout(_ask(settings, {k: v for k, v in request.items() if v is not None}, timeout), "start")
 
 
