@@ -32,6 +32,7 @@ from ..errors import (
     CoordinatorTimeoutError,
     DecodeError,
     MqttTasksError,
+    NotAuthorizedError,
     PayloadTooLargeError,
     StoreError,
     TaskNotFoundError,
@@ -208,11 +209,13 @@ def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[
     """Publish ``request(reply_topic, correlation)`` on ``topic`` from a short-lived client and wait
     for the answer that carries the correlation on its own reply topic: the answer, or None after
     ``timeout``. With ``properties``, the MQTT 5 Response Topic and Correlation Data say it too.
-    The client id and reply topic: ``rpc.reply_address`` (under the user's subtree with a username)."""
+    The client id and reply topic: ``rpc.reply_address`` (under the user's subtree with a username).
+    ``NotAuthorizedError`` at once when the broker refuses the request (MQTT 5: its ACL)."""
     client_id, reply_topic = rpc.reply_address(Topics(settings.prefix), settings.username, kind,
                                                uuid.uuid4().hex[:12])
-    answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    conn = Connection(settings, client_id, on_message=answers.put)
+    answers: queue.SimpleQueue[Message | str] = queue.SimpleQueue()
+    conn = Connection(settings, client_id, on_message=answers.put,
+                      on_rejected=lambda _mid, reason: answers.put(reason))
     conn.subscribe(reply_topic)
     conn.connect(timeout)
     correlation = uuid.uuid4().hex
@@ -220,17 +223,22 @@ def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[
         else {}
     try:
         conn.publish(topic, codec.encode(request(reply_topic, correlation)), **extra)
-        return _await_answer(answers, correlation, time.monotonic() + timeout)
+        return _await_answer(answers, correlation, time.monotonic() + timeout, topic, settings.username)
     finally:
         conn.close(1.0)
 
 
-def _await_answer(answers: queue.SimpleQueue[Message], correlation: str, deadline: float) -> dict[str, Any] | None:
+def _await_answer(answers: queue.SimpleQueue[Message | str], correlation: str, deadline: float, topic: str,
+                  user: str | None) -> dict[str, Any] | None:
     while (left := deadline - time.monotonic()) > 0:
         try:
             message = answers.get(timeout=left)
         except queue.Empty:
             break
+        if isinstance(message, str):  # the broker refused our one publish
+            who = f"user {user!r}" if user else "this client"
+            raise NotAuthorizedError(f"the broker refused the request on {topic} ({message}): the ACL of {who} "
+                                     "does not allow it (docs/security.md)")
         try:
             answer = codec.decode_json_object(message.payload, topic=message.topic)
         except DecodeError:
