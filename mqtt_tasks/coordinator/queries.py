@@ -16,9 +16,10 @@ Built on these facts:
   with its final event; otherwise it stays silent and the asker keeps waiting for the event.
 - An answer over the payload cap is replaced by a short refusal, never dropped.
 - The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
-  connection per call that subscribes to its own reply topic before asking, and sends each op on
-  the narrowest topic that takes it: ``P/replies/{username}/{unique}`` when the settings carry a
-  username (so a role's ACL can name it), else ``P/replies/{client}`` (``protocol.rpc``).
+  connection per call that sends each op on the narrowest rpc topic that takes it, having
+  subscribed to its own reply topic first: ``P/replies/{username}/{unique}`` when the settings
+  carry a username (so a role's ACL can name it), else ``P/replies/{client}`` (``protocol.rpc``).
+  A request the broker refuses (an MQTT 5 PUBACK "Not authorized") fails at once.
 """
 
 from __future__ import annotations
