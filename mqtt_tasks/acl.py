@@ -1,4 +1,5 @@
-"""Least-privilege Mosquitto credentials for the roles: producer, worker, coordinator, monitor, deployer.
+"""Least-privilege Mosquitto credentials for the roles: producer, worker, coordinator, monitor, deployer,
+operator, dashboard.
 
 ``generate(role, ident, password)`` returns a password-file line and an ACL block; ``install``
 writes them into a Mosquitto ``password_file`` and ``acl_file`` (replacing an earlier entry for
@@ -16,7 +17,10 @@ measured on Mosquitto 2.0.11 (tests/test_security_acl.py):
   could connect as ``w2`` and publish ``w2``'s heartbeat. The username is proven by the password.
 
 So a worker's ``--worker-id`` and a producer's ``client_id`` must equal their username (the reply
-topic ``P/replies/{client_id}`` is then readable by that producer only). Mosquitto checks a
+topic ``P/replies/{client_id}`` is then readable by that producer only). A user's short-lived query
+clients read their answers under ``P/replies/{username}/`` (``protocol.rpc.reply_address``), and
+each role writes only the rpc topics of the ops it may ask (``protocol.rpc``): producers and
+monitors ``P/rpc/query``, the operator ``P/rpc/coordinator``, the deployer ``P/rpc/deploy``. Mosquitto checks a
 ``$share/{group}/T`` subscription against ``T``, so a worker's read right on ``P/tasks/q`` covers
 its shared subscription.
 """
@@ -36,7 +40,7 @@ from typing import Literal
 from .errors import ConfigError
 from .protocol.topics import DEFAULT_PREFIX, Topics, check_name
 
-ROLES = ("producer", "worker", "coordinator", "monitor", "deployer")
+ROLES = ("producer", "worker", "coordinator", "monitor", "deployer", "operator", "dashboard")
 Access = Literal["read", "write", "readwrite"]
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
@@ -72,67 +76,110 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
         raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     check_user(ident)
     t = Topics(prefix)
-    task_topics = [t.tasks(check_name("queue", q)) for q in queues] if queues else [t.all_tasks]
-    replies_any = t.replies_root + "+"
-    record_topics = [t.record(check_name("queue", q)) for q in queues] if queues else [t.all_record]
-    routed_topics = [t.routed(q, "+") for q in queues] if queues else [t.routed("+", "+")]  # docs/routing.md
-    if role == "producer":  # P/coordinator, receipts and P/record: keeping tasks until the coordinator has them
-        return [*(Rule("write", q) for q in task_topics),
-                *(Rule("write", q) for q in record_topics),
-                *(Rule("write", q) for q in routed_topics),
-                Rule("read", t.replies(ident)),
-                Rule("read", t.receipts(ident)),
-                Rule("read", t.coordinator),
-                Rule("read", t.all_status),
-                Rule("write", t.all_cancel),  # handle.cancel(): any task id (docs/scheduling.md)
-                Rule("write", t.workflows)]  # chains, groups, chords, sagas (docs/workflows.md)
+    if role in ("producer", "dashboard"):
+        return _producer_rules(role, ident, t, queues)
     if role == "worker":
-        return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
-                *(Rule("readwrite", q) for q in routed_topics),  # labels; write: forward with no coordinator
-                Rule("read", t.inbox(ident)),
-                Rule("read", t.control(ident)),
-                Rule("read", t.coordinator),
-                Rule("read", t.all_cancel),  # cancel requests, which work without a coordinator
-                Rule("readwrite", t.probe(ident)),  # the start-up check that the broker routes $share
-                Rule("write", t.all_status),
-                Rule("write", t.worker(ident)),
-                Rule("write", t.errors),
-                Rule("write", replies_any),
-                Rule("read", t.deploy_bundle(ident)),  # code bundles for it alone (docs/deploy.md)
-                Rule("write", t.deploy_status(ident))]
+        return _worker_rules(ident, t, queues)
     if role == "coordinator":
-        return [Rule("readwrite", t.all_tasks),
-                Rule("read", t.all_record),
-                Rule("write", t.receipts("+")),
-                Rule("readwrite", t.all_status),
-                Rule("readwrite", t.all_workers),  # read heartbeats; clear a dead worker's retained state
-                Rule("read", t.rpc),
-                Rule("read", t.all_cancel),
-                Rule("read", t.workflows),
-                Rule("write", t.dead_root + "+"),
-                Rule("write", t.errors),
-                Rule("write", t.inbox_root + "+"),
-                Rule("write", t.control_root + "+"),
-                Rule("readwrite", t.coordinator),  # read: a group's leader answers a former leader's Will
-                Rule("write", replies_any),
-                Rule("write", t.deploy_bundle_root + "+"),  # the waves of a rollout
-                Rule("read", t.all_deploy_status)]
+        return _coordinator_rules(t)
     return _onlooker_rules(role, ident, t)
 
 
+def _answers(ident: str, t: Topics) -> Rule:
+    """Where a user's short-lived clients read the coordinator's answers: ``P/replies/{id}/{unique}``
+    (``protocol.rpc.reply_address``); it covers the receipts topic ``P/replies/{id}/receipts`` too."""
+    return Rule("read", t.replies(ident) + "/+")
+
+
+def _producer_rules(role: str, ident: str, t: Topics, queues: list[str] | None) -> list[Rule]:
+    """A producer; the dashboard is one (its ``TaskApp`` has the username as client id) that also
+    reads the live view (workers, every task) and may ask for a retry (``P/rpc/coordinator``)."""
+    rules = [*(Rule("write", q) for q in _queue_topics(t, queues)),
+             Rule("read", t.replies(ident)),
+             _answers(ident, t),  # receipts and the answers to queries
+             Rule("read", t.coordinator),  # P/coordinator, receipts, P/record: keep tasks until it has them
+             Rule("read", t.all_status),
+             Rule("write", t.all_cancel),  # handle.cancel(): any task id (docs/scheduling.md)
+             Rule("write", t.workflows),  # chains, groups, chords, sagas (docs/workflows.md)
+             Rule("write", t.rpc_query)]  # read-only queries: status, tasks, stats, result (protocol/rpc.py)
+    if role == "dashboard":
+        rules += [Rule("read", t.all_workers), Rule("read", t.all_tasks),  # the live view (web/monitor.py)
+                  Rule("write", t.rpc)]  # retry (its UI's one changing op; the operator's topic)
+    return rules
+
+
+def _queue_topics(t: Topics, queues: list[str] | None) -> list[str]:
+    """The topics a producer submits on: ``P/tasks``, ``P/record`` (re-sends) and ``P/routed``
+    (docs/routing.md), of the queues named (default all)."""
+    if not queues:
+        return [t.all_tasks, t.all_record, t.routed("+", "+")]
+    names = [check_name("queue", q) for q in queues]
+    return [*(t.tasks(q) for q in names), *(t.record(q) for q in names), *(t.routed(q, "+") for q in names)]
+
+
+def _worker_rules(ident: str, t: Topics, queues: list[str] | None) -> list[Rule]:
+    task_topics = [t.tasks(check_name("queue", q)) for q in queues] if queues else [t.all_tasks]
+    routed_topics = [t.routed(q, "+") for q in queues] if queues else [t.routed("+", "+")]  # docs/routing.md
+    return [*(Rule("readwrite", q) for q in task_topics),  # write: hand-back while draining
+            *(Rule("readwrite", q) for q in routed_topics),  # labels; write: forward with no coordinator
+            Rule("read", t.inbox(ident)),
+            Rule("read", t.control(ident)),
+            Rule("read", t.coordinator),
+            Rule("read", t.all_cancel),  # cancel requests, which work without a coordinator
+            Rule("readwrite", t.probe(ident)),  # the start-up check that the broker routes $share
+            Rule("write", t.all_status),
+            Rule("write", t.worker(ident)),
+            Rule("write", t.errors),
+            Rule("write", t.replies_root + "+"),
+            Rule("read", t.deploy_bundle(ident)),  # code bundles for it alone (docs/deploy.md)
+            Rule("write", t.deploy_status(ident))]
+
+
+def _coordinator_rules(t: Topics) -> list[Rule]:
+    return [Rule("readwrite", t.all_tasks),
+            Rule("read", t.all_record),
+            Rule("readwrite", t.all_status),
+            Rule("readwrite", t.all_workers),  # read heartbeats; clear a dead worker's retained state
+            Rule("read", t.rpc),
+            Rule("read", t.rpc_query),
+            Rule("read", t.rpc_deploy),
+            Rule("read", t.all_cancel),
+            Rule("read", t.workflows),
+            Rule("write", t.dead_root + "+"),
+            Rule("write", t.errors),
+            Rule("write", t.inbox_root + "+"),
+            Rule("write", t.control_root + "+"),
+            Rule("readwrite", t.coordinator),  # read: a group's leader answers a former leader's Will
+            Rule("write", t.replies_root + "+"),  # final events, answers to clients of earlier releases
+            Rule("write", t.replies_root + "+/+"),  # receipts; answers under a user's subtree (protocol/rpc.py)
+            Rule("write", t.deploy_bundle_root + "+"),  # the waves of a rollout
+            Rule("read", t.all_deploy_status)]
+
+
 def _onlooker_rules(role: str, ident: str, t: Topics) -> list[Rule]:
-    """The roles that run no tasks: the deployer and the (read-only) monitor."""
-    if role == "deployer":  # rollouts go through the coordinator: it alone writes the workers' bundle topics
+    """The roles that run and submit no tasks: the operator, the deployer and the monitor."""
+    if role == "operator":  # the changing ops: retry, purge, schedules (P/rpc/coordinator), cancel
         return [Rule("write", t.rpc),
-                Rule("read", t.replies(ident)),
+                Rule("write", t.rpc_query),
+                Rule("write", t.all_cancel),
+                _answers(ident, t),
+                Rule("read", t.coordinator),
+                Rule("read", t.all_status),
+                Rule("read", t.dead_root + "+"),
+                Rule("read", t.errors)]
+    if role == "deployer":  # rollouts go through the coordinator: it alone writes the workers' bundle topics
+        return [Rule("write", t.rpc_deploy),  # the deploy.* ops and nothing else (protocol/rpc.py)
+                _answers(ident, t),
                 Rule("read", t.all_deploy_status),
                 Rule("read", t.coordinator)]
-    return [Rule("read", t.all_status),  # monitor: read-only
+    return [Rule("read", t.all_status),  # monitor: reads, and asks read-only queries
             Rule("read", t.all_workers),
             Rule("read", t.dead_root + "+"),
             Rule("read", t.errors),
             Rule("read", t.coordinator),
-            Rule("read", t.all_deploy_status)]
+            Rule("read", t.all_deploy_status),
+            Rule("write", t.rpc_query),
+            _answers(ident, t)]
 
 
 def check_user(ident: str) -> str:

@@ -665,7 +665,7 @@ class TaskApp:
     def handle(self, task_id: str, name: str = "") -> TaskHandle:
         """A handle for a task submitted earlier, possibly by another process.
 
-        Follows ``P/status/{task_id}`` for the final event and asks the coordinator (``P/rpc/coordinator``)
+        Follows ``P/status/{task_id}`` for the final event and asks the coordinator (``P/rpc/query``)
         for it, in case the task finished before this call: ``result()`` works either way while a
         coordinator runs.
         """
@@ -678,7 +678,7 @@ class TaskApp:
         if existing is not handle:
             return existing  # another handle already waits for this id
         self.follow(handle)
-        conn.publish(self.topics.rpc, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
+        conn.publish(self.topics.rpc_query, codec.encode({"op": "result", "id": task_id, "reply_to": self.reply_topic}))
         return handle
 
     def follow(self, handle: TaskHandle) -> None:

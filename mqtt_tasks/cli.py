@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 RET_OK = 0
 RET_ERROR = 1  # any other MqttTasksError
 RET_USAGE = 2  # bad option, bad JSON, bad MODULE:ATTR, bad settings (click's own code)
-RET_CONNECT = 3  # the broker could not be reached
+RET_CONNECT = 3  # the broker could not be reached, or refused a request (its ACL)
 RET_TASK_FAILED = 4  # submit --wait: the task failed, died, was cancelled or expired
 RET_TIMEOUT = 5  # submit --wait: no result in time
 RET_SUPERVISOR = 6  # --processes: the workers could not be kept running
@@ -808,12 +808,22 @@ def schema(kind: str | None) -> None:
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
               envvar="MQTT_TASKS_ACL_PASSWORD", help="[env: MQTT_TASKS_ACL_PASSWORD]")
 @click.option("--prefix", default="mqtt-tasks", show_default=True)
-@click.option("--queue", "queues", multiple=True, help="Limit task topics to these queues (producer, worker).")
+@click.option("--queue", "queues", multiple=True,
+              help="Limit task topics to these queues (producer, worker, dashboard).")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="Mosquitto password_file to update.")
 @click.option("--acl-file", type=click.Path(dir_okay=False), help="Mosquitto acl_file to update.")
 def acl(role: str, ident: str, password: str, prefix: str, queues: tuple[str, ...], password_file: str | None,
         acl_file: str | None) -> None:
     """Create or replace a Mosquitto user IDENT with the least-privilege ACL of ROLE (docs/security.md).
+
+    \b
+    producer     submit, cancel, read its replies, ask read-only queries (status, tasks, stats)
+    worker       take its queues, report, heartbeat as IDENT (its --worker-id)
+    coordinator  mqtt-tasks coordinator: tasks, leases, queries, dead letters, rollouts
+    monitor      read status, workers, dead letters, errors; ask read-only queries
+    deployer     the deploy.* ops (mqtt-tasks deploy) and nothing else
+    operator     retry, purge, cancel, schedules, and the read-only queries
+    dashboard    mqtt-tasks dashboard: the live view, queries, submit, cancel, retry
 
     With neither file given, print the two entries to paste."""
     from .acl import acl_command

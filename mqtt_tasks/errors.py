@@ -8,7 +8,8 @@
     ├── TransportError              the broker could not be reached or talked to
     │   ├── ConnectError            connect refused, unreachable, bad credentials, TLS
     │   ├── NotConnectedError       an operation that needs a live connection had none
-    │   └── CoordinatorTimeoutError no coordinator answered a query in time
+    │   ├── CoordinatorTimeoutError no coordinator answered a query in time
+    │   └── NotAuthorizedError      the broker refused a request: the user's ACL does not allow it (MQTT 5)
     ├── ProtocolError               a message does not follow the wire contract
     │   ├── DecodeError             bytes that are not a valid message (carries the payload)
     │   ├── EncodeError             a value JSON cannot carry (NaN, Infinity, an object): also a ValueError
@@ -66,6 +67,12 @@ class NotConnectedError(TransportError):
 
 class CoordinatorTimeoutError(TransportError, TimeoutError):
     """No coordinator answered a query in time (none running, or the broker is unreachable)."""
+
+
+class NotAuthorizedError(TransportError, PermissionError):
+    """The broker refused a request (an MQTT 5 PUBACK "Not authorized"): the ACL of the user does
+    not allow that topic (docs/security.md). Over MQTT 3.1.1 a refusal is silent: a query then
+    ends in ``CoordinatorTimeoutError``."""
 
 
 class ProtocolError(MqttTasksError):

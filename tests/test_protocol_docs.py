@@ -76,3 +76,16 @@ def test_schema_command_prints_the_generated_schemas() -> None:
     assert json.loads(one.output)["required"] == ["id", "task"]
     bad = CliRunner().invoke(cli, ["schema", "nope"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_the_rpc_topics_and_the_ops_each_takes_are_documented() -> None:
+    """protocol.md's topic table lists the three rpc topics; the read-only one names every op it takes."""
+    from mqtt_tasks.protocol.rpc import READ_ONLY_OPS
+
+    text = DOC.read_text()
+    for topic in ("P/rpc/query", "P/rpc/deploy", "P/rpc/coordinator", "P/replies/{username}/{unique}"):
+        assert f"\n| `{topic}` |" in text, topic
+    row = next(line for line in text.splitlines() if line.startswith("| `P/rpc/query` |"))
+    assert [op for op in READ_ONLY_OPS if f"`{op}`" not in row] == []
+    section = text.split("\n## The rpc topics\n", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{op}`" in section for op in READ_ONLY_OPS)

@@ -36,7 +36,7 @@ from tests.brokers import MosquittoProcess, wait_until
 from tests.conftest import MosquittoFactory
 
 USERS = {"p1": "producer", "p2": "producer", "w1": "worker", "w2": "worker", "c1": "coordinator", "m1": "monitor",
-         "d1": "deployer"}
+         "d1": "deployer", "o1": "operator", "dash1": "dashboard"}
 
 
 def password_of(user: str) -> str:
@@ -133,16 +133,45 @@ def test_worker_role_is_least_privilege() -> None:
                      ("read", "P/deploy/bundle/w1"), ("write", "P/deploy/status/w1")}
 
 
+def rules_of(role: str, ident: str, **kw: object) -> set[tuple[str, str]]:
+    return {(r.access, r.topic) for r in role_rules(role, ident, prefix="P", **kw)}  # type: ignore[arg-type]
+
+
 def test_deployer_role_talks_to_the_coordinator_only() -> None:
-    rules = {(r.access, r.topic) for r in role_rules("deployer", "d1", prefix="P")}
-    assert rules == {("write", "P/rpc/coordinator"), ("read", "P/replies/d1"), ("read", "P/deploy/status/+"),
-                     ("read", "P/coordinator")}
-    coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
-    assert {("write", "P/deploy/bundle/+"), ("read", "P/deploy/status/+")} <= coordinator
+    assert rules_of("deployer", "d1") == {("write", "P/rpc/deploy"), ("read", "P/replies/d1/+"),
+                                          ("read", "P/deploy/status/+"), ("read", "P/coordinator")}
+    coordinator = rules_of("coordinator", "c1")
+    assert {("write", "P/deploy/bundle/+"), ("read", "P/deploy/status/+"), ("read", "P/rpc/deploy")} <= coordinator
 
 
-def test_monitor_role_is_read_only() -> None:
-    assert {r.access for r in role_rules("monitor", "m1")} == {"read"}
+def test_monitor_role_reads_and_asks_read_only_queries_only() -> None:
+    rules = rules_of("monitor", "m1")
+    assert {topic for access, topic in rules if access != "read"} == {"P/rpc/query"}
+    assert ("read", "P/replies/m1/+") in rules
+
+
+def test_query_rights_follow_the_ops_each_role_may_ask() -> None:
+    """Read-only queries for producers, monitors, operators and the dashboard; the changing ops
+    (P/rpc/coordinator) for the operator and the dashboard (retry); deploy ops for the deployer only."""
+    writers = {role: {t for a, t in rules_of(role, "u1") if a in ("write", "readwrite") and "/rpc/" in t}
+               for role in ROLES}
+    assert writers == {"producer": {"P/rpc/query"}, "monitor": {"P/rpc/query"}, "worker": set(),
+                       "coordinator": set(), "deployer": {"P/rpc/deploy"},
+                       "operator": {"P/rpc/query", "P/rpc/coordinator"},
+                       "dashboard": {"P/rpc/query", "P/rpc/coordinator"}}
+    coordinator = rules_of("coordinator", "c1")
+    assert {("read", "P/rpc/query"), ("read", "P/rpc/coordinator"), ("write", "P/replies/+/+")} <= coordinator
+    for role in ("producer", "monitor", "operator", "deployer", "dashboard"):
+        assert ("read", "P/replies/u1/+") in rules_of(role, "u1"), role  # the user's own answers only
+        assert not any(t.startswith("P/replies/") and "u1" not in t for _, t in rules_of(role, "u1")), role
+
+
+def test_the_dashboard_role_is_a_producer_that_reads_the_live_view_and_may_retry() -> None:
+    producer, dashboard = rules_of("producer", "u1", queues=["q"]), rules_of("dashboard", "u1", queues=["q"])
+    assert dashboard - producer == {("read", "P/workers/+"), ("read", "P/tasks/+"), ("write", "P/rpc/coordinator")}
+    assert producer <= dashboard and ("write", "P/tasks/q") in dashboard and ("write", "P/tasks/+") not in dashboard
+    operator = rules_of("operator", "o1")
+    assert {t for a, t in operator if a == "write"} == {"P/rpc/coordinator", "P/rpc/query", "P/cancel/+"}
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x" * 129])
@@ -154,7 +183,7 @@ def test_ids_that_are_not_topic_safe_are_refused(bad: str) -> None:
 def test_unknown_role_refused() -> None:
     with pytest.raises(ConfigError, match="unknown role"):
         role_rules("admin", "x")
-    assert ROLES == ("producer", "worker", "coordinator", "monitor", "deployer")
+    assert ROLES == ("producer", "worker", "coordinator", "monitor", "deployer", "operator", "dashboard")
 
 
 def test_install_replaces_the_users_entries(tmp_path: Path) -> None:
@@ -232,12 +261,14 @@ def test_no_one_reads_another_producers_replies(
         assert t.replies("p1") not in intruder.topics()
 
 
-def test_monitor_cannot_publish_anything(secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
+def test_monitor_cannot_publish_anything_but_queries(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:
     t = Topics(prefix)
     spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
     connect(open_conns, spy.conn)
     monitor = connect(open_conns, Connection(settings_for(secured, "m1"), "m1"))
-    forbidden = [t.tasks("default"), t.status("x"), t.worker("m1"), t.errors, t.coordinator, t.dead("default")]
+    forbidden = [t.tasks("default"), t.status("x"), t.worker("m1"), t.errors, t.coordinator, t.dead("default"),
+                 t.rpc, t.rpc_deploy, t.cancel("x")]
     assert_denied(monitor, forbidden, spy, spy.conn, t.status("canary"))
 
 
@@ -247,7 +278,8 @@ def test_producer_cannot_impersonate_workers_or_coordinator(
     spy = Recorder(secured, "spy").subscribe(f"{prefix}/#")
     connect(open_conns, spy.conn)
     producer = connect(open_conns, Connection(settings_for(secured, "p1"), "p1"))
-    forbidden = [t.status("x"), t.worker("w1"), t.coordinator, t.inbox("w1"), t.control("w1"), t.dead("default")]
+    forbidden = [t.status("x"), t.worker("w1"), t.coordinator, t.inbox("w1"), t.control("w1"), t.dead("default"),
+                 t.rpc, t.rpc_deploy]  # the operator's and the deployer's ops
     assert_denied(producer, forbidden, spy, spy.conn, t.status("canary"))
 
 
@@ -320,8 +352,11 @@ def test_acl_cli_command(tmp_path: Path) -> None:
     assert printed.exit_code == 0, printed.output
     assert "w1:$7$" in printed.output and "user w1" in printed.output
     deployer = runner.invoke(cli, ["acl", "deployer", "d1", "--password", "s3cret-s3cret", "--prefix", "P"])
-    assert deployer.exit_code == 0 and "topic write P/rpc/coordinator" in deployer.output
-    assert "topic read P/replies/d1" in deployer.output and "deploy/bundle" not in deployer.output
+    assert deployer.exit_code == 0 and "topic write P/rpc/deploy\n" in deployer.output
+    assert "topic read P/replies/d1/+" in deployer.output and "deploy/bundle" not in deployer.output
+    assert "rpc/coordinator" not in deployer.output
+    listed = runner.invoke(cli, ["acl", "--help"])
+    assert all(role in listed.output for role in ROLES), listed.output
     pw, acl_path = tmp_path / "passwd", tmp_path / "acl"
     written = runner.invoke(cli, ["acl", "producer", "p1", "--password", "pw-pw-pw-pw",
                                   "--password-file", str(pw), "--acl-file", str(acl_path)])
@@ -364,8 +399,8 @@ def test_producer_and_coordinator_may_exchange_receipts_and_re_sends() -> None:
     t = Topics("P")
     producer = {(r.access, r.topic) for r in role_rules("producer", "p1", prefix="P", queues=["default"])}
     coordinator = {(r.access, r.topic) for r in role_rules("coordinator", "c1", prefix="P")}
-    assert {("write", t.record("default")), ("read", t.receipts("p1")), ("read", t.coordinator)} <= producer
-    assert {("read", t.all_record), ("write", "P/replies/+/receipts")} <= coordinator
+    assert {("write", t.record("default")), ("read", "P/replies/p1/+"), ("read", t.coordinator)} <= producer
+    assert {("read", t.all_record), ("write", "P/replies/+/+")} <= coordinator  # receipts; answers to users
     assert ("readwrite", t.coordinator) in coordinator  # several coordinators: the leader reads others' presence
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from .. import leases
 from ..errors import DecodeError, StoreError
-from ..protocol import codec
+from ..protocol import codec, rpc
 from ..protocol.states import (
     CANCELLED,
     DEFERRED,
@@ -112,7 +112,7 @@ class Handlers:
                 self.on_status(message)
             elif topic.startswith(topics.workers_root):
                 self.on_worker_state(message)
-            elif topic == topics.rpc:
+            elif rpc.is_rpc_topic(topics, topic):
                 self._queries.on_rpc(message)
             else:
                 self.on_extension(message)

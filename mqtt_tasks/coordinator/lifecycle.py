@@ -162,7 +162,8 @@ class Coordinator:
         windows = self._backlog.gate.recover(self._clock())
         log.info("coordinator %s: %d rate-limit window(s) in the store", self.client_id, windows)
         for topic in (self.topics.all_tasks, self.topics.all_record, self.topics.all_status, self.topics.all_workers,
-                      self.topics.rpc, self.topics.all_cancel, self.topics.workflows, self.topics.all_deploy_status):
+                      self.topics.rpc, self.topics.rpc_query, self.topics.rpc_deploy, self.topics.all_cancel,
+                      self.topics.workflows, self.topics.all_deploy_status):
             self._connection.subscribe(topic)
         if self.lease is not None:  # to say online again over a former leader's late Last Will
             self._connection.subscribe(self.topics.coordinator)

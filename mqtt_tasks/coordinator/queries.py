@@ -2,9 +2,11 @@
 
 Built on these facts:
 
-- A query is a JSON object on ``P/rpc/coordinator`` with an ``op`` (``status``, ``tasks``,
-  ``stats``, ``result``), a ``correlation`` and a reply topic (its ``reply_to``, else its MQTT 5
-  Response Topic). The answer goes to that topic with the correlation echoed (and the MQTT 5
+- A query is a JSON object on ``P/rpc/query`` (or, as every op, ``P/rpc/coordinator``) with an
+  ``op`` (``status``, ``tasks``, ``stats``, ``result``), a ``correlation`` and a reply topic (its
+  ``reply_to``, else its MQTT 5 Response Topic). An op on an rpc topic that does not take it (a
+  ``purge`` on ``P/rpc/query``) is answered ``ok: false`` naming the topic to use, never executed
+  (``protocol.rpc``). The answer goes to that topic with the correlation echoed (and the MQTT 5
   Correlation Data); the reply guard of ``protocol.events`` applies, as to every reply.
 - Answers are read from the live cache and the store on the loop's thread, like everything else:
   a query sees every record of the batches before it. They state no decision, so they are
@@ -14,7 +16,10 @@ Built on these facts:
   with its final event; otherwise it stays silent and the asker keeps waiting for the event.
 - An answer over the payload cap is replaced by a short refusal, never dropped.
 - The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
-  connection per call that subscribes to its own ``P/replies/{client}`` topic before asking.
+  connection per call that sends each op on the narrowest rpc topic that takes it, having
+  subscribed to its own reply topic first: ``P/replies/{username}/{unique}`` when the settings
+  carry a username (so a role's ACL can name it), else ``P/replies/{client}`` (``protocol.rpc``).
+  A request the broker refuses (an MQTT 5 PUBACK "Not authorized") fails at once.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from ..errors import (
     CoordinatorTimeoutError,
     DecodeError,
     MqttTasksError,
+    NotAuthorizedError,
     PayloadTooLargeError,
     StoreError,
     TaskNotFoundError,
 )
-from ..protocol import codec, events
+from ..protocol import codec, events, rpc
 from ..protocol.topics import Topics
 from ..transport import Connection, Message
 from . import routing
@@ -82,10 +88,14 @@ class Queries:
         if refusal is not None:
             raise DecodeError(f"query with an invalid reply_to: {refusal}", payload=message.payload,
                               topic=message.topic)
-        if request.get("op") == "result":
+        refused = rpc.refusal(self._topics, message.topic, request.get("op"))
+        if refused is not None:  # e.g. purge on the read-only topic: answered, never executed
+            answer: dict[str, Any] = {"ok": False, "error": refused}
+        elif request.get("op") == "result":
             self._result(str(request.get("id", "")), reply_to, message.correlation_data)
             return
-        answer = self.answer(request)
+        else:
+            answer = self.answer(request)
         answer["correlation"] = request.get("correlation")
         try:
             payload = codec.check_size(codec.encode(answer), self._max_payload, reply_to)
@@ -185,26 +195,28 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
 
 
 # -- the client side ---------------------------------------------------------------------------
-def _ask(settings: Settings, request: dict[str, Any], timeout: float, client_id: str | None = None) -> dict[str, Any]:
-    rpc = Topics(settings.prefix).rpc
-    answer = exchange(settings, rpc, lambda reply_to, correlation: {**request, "reply_to": reply_to,
-                                                                     "correlation": correlation},
-                      timeout, properties=True, client_id=client_id)
+def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    topic = rpc.topic_for(Topics(settings.prefix), str(request["op"]))
+    answer = exchange(settings, topic, lambda reply_to, correlation: {**request, "reply_to": reply_to,
+                                                                       "correlation": correlation},
+                      timeout, properties=True)
     if answer is None:
-        raise CoordinatorTimeoutError(f"no coordinator answered on {rpc} within {timeout}s")
+        raise CoordinatorTimeoutError(f"no coordinator answered on {topic} within {timeout}s")
     return answer
 
 
 def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[str, Any]], timeout: float, *,
-             kind: str = "q", properties: bool = False, client_id: str | None = None) -> dict[str, Any] | None:
+             kind: str = "q", properties: bool = False) -> dict[str, Any] | None:
     """Publish ``request(reply_topic, correlation)`` on ``topic`` from a short-lived client and wait
     for the answer that carries the correlation on its own reply topic: the answer, or None after
     ``timeout``. With ``properties``, the MQTT 5 Response Topic and Correlation Data say it too.
-    ``client_id``: a fixed one (a user whose ACL names its reply topic, e.g. the deployer role)."""
-    client_id = client_id or f"mqtt-tasks-{kind}-{uuid.uuid4().hex[:12]}"
-    reply_topic = Topics(settings.prefix).replies(client_id)
-    answers: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    conn = Connection(settings, client_id, on_message=answers.put)
+    The client id and reply topic: ``rpc.reply_address`` (under the user's subtree with a username).
+    ``NotAuthorizedError`` at once when the broker refuses the request (MQTT 5: its ACL)."""
+    client_id, reply_topic = rpc.reply_address(Topics(settings.prefix), settings.username, kind,
+                                               uuid.uuid4().hex[:12])
+    answers: queue.SimpleQueue[Message | str] = queue.SimpleQueue()
+    conn = Connection(settings, client_id, on_message=answers.put,
+                      on_rejected=lambda _mid, reason: answers.put(reason))
     conn.subscribe(reply_topic)
     conn.connect(timeout)
     correlation = uuid.uuid4().hex
@@ -212,17 +224,22 @@ def exchange(settings: Settings, topic: str, request: Callable[[str, str], dict[
         else {}
     try:
         conn.publish(topic, codec.encode(request(reply_topic, correlation)), **extra)
-        return _await_answer(answers, correlation, time.monotonic() + timeout)
+        return _await_answer(answers, correlation, time.monotonic() + timeout, topic, settings.username)
     finally:
         conn.close(1.0)
 
 
-def _await_answer(answers: queue.SimpleQueue[Message], correlation: str, deadline: float) -> dict[str, Any] | None:
+def _await_answer(answers: queue.SimpleQueue[Message | str], correlation: str, deadline: float, topic: str,
+                  user: str | None) -> dict[str, Any] | None:
     while (left := deadline - time.monotonic()) > 0:
         try:
             message = answers.get(timeout=left)
         except queue.Empty:
             break
+        if isinstance(message, str):  # the broker refused our one publish
+            who = f"user {user!r}" if user else "this client"
+            raise NotAuthorizedError(f"the broker refused the request on {topic} ({message}): the ACL of {who} "
+                                     "does not allow it (docs/security.md)")
         try:
             answer = codec.decode_json_object(message.payload, topic=message.topic)
         except DecodeError:

@@ -1,6 +1,6 @@
 """The operator's side of a rollout: sign and hand a bundle to the coordinator, ask, pause, roll back.
 
-Each call is one query on the coordinator's query topic (``deploy.*``, docs/deploy.md). Signing
+Each call is one ``deploy.*`` op on the coordinator's deploy topic ``P/rpc/deploy`` (docs/deploy.md). Signing
 happens here, on the operator's machine, with the private key; the coordinator only ever sees
 signed bundles.
 """
@@ -90,9 +90,10 @@ def rollout_id_for_rollback(rollout_id: str) -> str:
 
 
 def _ask(settings: Settings, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """A query from the user's own client id when the settings carry a username: with ACLs on, the
-    deployer role may read its replies on ``P/replies/{username}`` only (docs/security.md)."""
-    return queries._ask(settings, request, timeout, client_id=settings.username)
+    """A ``deploy.*`` op on ``P/rpc/deploy``, answered under ``P/replies/{username}/`` when the
+    settings carry a username: with ACLs on, that is all the deployer role may write and read
+    (``protocol.rpc``, docs/security.md)."""
+    return queries._ask(settings, request, timeout)
 
 
 def _rollout(answer: dict[str, Any], action: str) -> dict[str, Any]:

@@ -10,9 +10,12 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/inbox/{worker_id}      (extension) tasks the coordinator hands to one worker
     P/control/{worker_id}    (extension) commands to one worker, e.g. stop a stale attempt
     P/coordinator            (extension) retained coordinator presence
-    P/rpc/coordinator        (extension) queries to the coordinator
+    P/rpc/coordinator        (extension) every op to the coordinator; the operator's topic (protocol/rpc.py)
+    P/rpc/query              (extension) read-only queries to the coordinator (status, tasks, stats, ...)
+    P/rpc/deploy             (extension) the deploy.* ops to the coordinator (docs/deploy.md)
     P/record/{queue}         (extension) tasks for the coordinator alone: a producer's re-send
     P/replies/{client_id}    (extension) the default reply topic of a producer
+    P/replies/{username}/{unique}  (extension) the reply topic of a query from a user's short-lived client
     P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
     P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
     P/cancel/{task_id}       (extension) a request to cancel a task: the coordinator and every worker read it
@@ -65,8 +68,9 @@ class Topics:
     """All topics for one prefix. Cheap to build; attributes are plain strings."""
 
     __slots__ = ("prefix", "tasks_root", "status_root", "workers_root", "dead_root", "errors",
-                 "inbox_root", "control_root", "coordinator", "rpc", "replies_root", "probe_root", "record_root",
-                 "cancel_root", "workflows", "routed_root", "deploy_bundle_root", "deploy_status_root")
+                 "inbox_root", "control_root", "coordinator", "rpc", "rpc_query", "rpc_deploy", "replies_root",
+                 "probe_root", "record_root", "cancel_root", "workflows", "routed_root", "deploy_bundle_root",
+                 "deploy_status_root")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
@@ -79,6 +83,8 @@ class Topics:
         self.control_root = f"{prefix}/control/"
         self.coordinator = f"{prefix}/coordinator"
         self.rpc = f"{prefix}/rpc/coordinator"
+        self.rpc_query = f"{prefix}/rpc/query"
+        self.rpc_deploy = f"{prefix}/rpc/deploy"
         self.replies_root = f"{prefix}/replies/"
         self.probe_root = f"{prefix}/probe/"
         self.record_root = f"{prefix}/record/"

@@ -78,7 +78,11 @@ class Connection:
         on_disconnect: Callable[[str], None] | None = None,
         max_inflight: int = 1000,
         buffered_reads: bool = True,
+        on_rejected: Callable[[int, str], None] | None = None,
     ) -> None:
+        """``on_rejected(mid, reason)``: the broker refused a QoS 1 publish (an MQTT 5 PUBACK reason
+        code >= 0x80, e.g. "Not authorized" by its ACL); called on the network thread, only hand off.
+        Without it the refusal is logged as an error."""
         self.settings = settings
         self.client_id = client_id
         # buffered_reads: read plain TCP in 64 KiB chunks (paho_internals.BufferedSocket)
@@ -87,7 +91,7 @@ class Connection:
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._subscriptions = Subscriptions(client_id)
-        self._inflight = Inflight(client_id, manual_ack=manual_ack, on_message=on_message)
+        self._inflight = Inflight(client_id, manual_ack=manual_ack, on_message=on_message, on_rejected=on_rejected)
         self._connack = Connack()
         self._closed = False
         self.session_present = False  # the last CONNACK's flag: the broker still had our session

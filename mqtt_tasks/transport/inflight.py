@@ -39,8 +39,10 @@ class Inflight:
     connection); they run on the network thread and only record or hand off.
     """
 
-    def __init__(self, client_id: str, *, manual_ack: bool, on_message: Callable[[Message], None] | None) -> None:
+    def __init__(self, client_id: str, *, manual_ack: bool, on_message: Callable[[Message], None] | None,
+                 on_rejected: Callable[[int, str], None] | None = None) -> None:
         self._client_id = client_id
+        self._on_rejected = on_rejected
         self._manual_ack = manual_ack
         self._on_message_cb = on_message
         self._lock = threading.Lock()
@@ -72,7 +74,10 @@ class Inflight:
 
     def on_puback(self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         code = int(getattr(rc, "value", rc) or 0)
-        if code >= 0x80:
+        if code >= 0x80 and self._on_rejected is not None:
+            log.debug("%s: broker rejected publish mid %s: %s", self._client_id, mid, rc)
+            self._on_rejected(mid, str(rc))
+        elif code >= 0x80:
             log.error("%s: broker rejected publish mid %s: %s", self._client_id, mid, rc)
         with self._idle:
             if mid in self._outstanding:

@@ -75,7 +75,8 @@ class Monitor:
         self._finals: deque[tuple[float, str, bool]] = deque()  # (when, queue, ok) over RATE_WINDOW_S
         self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._conn = Connection(settings, f"mqtt-tasks-web-{uuid.uuid4().hex[:10]}", on_message=self._inbox.put)
+        owner = settings.username or "mqtt-tasks"  # a user's own client id prefix (protocol/rpc.py)
+        self._conn = Connection(settings, f"{owner}-web-{uuid.uuid4().hex[:10]}", on_message=self._inbox.put)
         for topic in (self.topics.all_workers, self.topics.all_status, self.topics.all_tasks):
             self._conn.subscribe(topic)
 
