@@ -41,7 +41,8 @@ FILTERS: tuple[dict[str, str], ...] = (
 )
 OLD_INDEXES = ("CREATE INDEX tasks_state_updated ON tasks (state, updated)",
                "CREATE INDEX tasks_updated ON tasks (updated)")
-NEW_INDEXES = ("tasks_updated_id", "tasks_state_updated_id", "tasks_queue_updated_id", "tasks_task_updated_id")
+NEW_INDEXES = ("tasks_updated_id", "tasks_state_updated_id", "tasks_queue_updated_id", "tasks_task_updated_id",
+               "tasks_queue_state_updated_id")
 
 
 def _record(i: int, updated: float) -> TaskRecord:

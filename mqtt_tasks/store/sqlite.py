@@ -64,7 +64,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
                        "CREATE INDEX tasks_updated_id ON tasks (updated, id); "
                        "CREATE INDEX tasks_state_updated_id ON tasks (state, updated, id); "
                        "CREATE INDEX tasks_queue_updated_id ON tasks (queue, updated, id); "
-                       "CREATE INDEX tasks_task_updated_id ON tasks (task, updated, id)"),
+                       "CREATE INDEX tasks_task_updated_id ON tasks (task, updated, id); "
+                       "CREATE INDEX tasks_queue_state_updated_id ON tasks (queue, state, updated, id)"),
 )
 """(name, SQL) in order; a name is never reused or edited once released. A migration may be several
 statements separated by ``;`` (one transaction); ``{data_task}`` is the store's SQL for the task name
