@@ -30,14 +30,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mqtt_tasks.store import SQLiteStore, TaskRecord  # noqa: E402
-from mqtt_tasks.store.listing import key  # noqa: E402
+from mqtt_tasks.store.listing import TaskFilter, key  # noqa: E402
 from mqtt_tasks.store.opening import open_store  # noqa: E402
+from mqtt_tasks.store.sqlite import list_where  # noqa: E402
 
 QUEUES = ("emails", "images", "reports", "billing", "default")
 BATCH = 1000
 FILTERS: tuple[dict[str, str], ...] = (
     {}, {"state": "dead"}, {"queue": "emails"}, {"task": "job7"}, {"state": "dead", "queue": "emails"},
-    {"state": "started", "queue": "emails", "task": "job3"},
+    {"queue": "emails", "task": "job5"}, {"state": "dead", "queue": "emails", "task": "job0"},
 )
 OLD_INDEXES = ("CREATE INDEX tasks_state_updated ON tasks (state, updated)",
                "CREATE INDEX tasks_updated ON tasks (updated)")
@@ -69,8 +70,17 @@ def median_ms(work: Callable[[], Any], rounds: int = 20) -> float:
     return statistics.median(times)
 
 
+def plan(store: SQLiteStore, where: dict[str, str]) -> str:
+    """The index the database reads a page from (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN)."""
+    clause, params = list_where(TaskFilter(**where))
+    sql = f"SELECT data FROM tasks{clause} ORDER BY updated DESC, id DESC LIMIT ?"
+    explain = "EXPLAIN" if "://" in store.path else "EXPLAIN QUERY PLAN"
+    rows = store._query(f"{explain} {sql}", (*params, 101))  # noqa: SLF001
+    return " ".join(next((w for w in str(row[-1]).split() if w.startswith("tasks_")), "") for row in rows).strip()
+
+
 def pages(store: SQLiteStore) -> None:
-    print(f"{'filter':45} {'first':>8} {'middle':>8} {'last':>8}  ms per page of 100")
+    print(f"{'filter':45} {'first':>8} {'middle':>8} {'last':>8}  ms per page of 100, index")
     for where in FILTERS:
         every = store.list_tasks(limit=10**9, **where) if where else None
         middle = key(every[len(every) // 2]) if every else (1_700_000_500.0, "task-0500000")
@@ -78,7 +88,7 @@ def pages(store: SQLiteStore) -> None:
         first_ms = median_ms(lambda w=where: store.list_tasks(limit=101, **w))  # type: ignore[misc]
         mid_ms = median_ms(lambda w=where, b=middle: store.list_tasks(limit=101, before=b, **w))  # type: ignore[misc]
         last_ms = median_ms(lambda w=where, b=last: store.list_tasks(limit=101, before=b, **w))  # type: ignore[misc]
-        print(f"{str(where or 'none'):45} {first_ms:8.2f} {mid_ms:8.2f} {last_ms:8.2f}")
+        print(f"{str(where or 'none'):45} {first_ms:8.2f} {mid_ms:8.2f} {last_ms:8.2f}  {plan(store, where)}")
 
 
 def commits(store: SQLiteStore, rows: int, label: str) -> None:
@@ -116,7 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--pages-of", metavar="PATH", help="only time the pages of an SQLite file built before")
     args = parser.parse_args()
+    if args.pages_of:
+        with SQLiteStore(args.pages_of) as store:
+            pages(store)
+        return
     with location(args.postgres) as where:
         store = open_store(where)
         assert isinstance(store, SQLiteStore)

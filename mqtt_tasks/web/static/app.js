@@ -83,9 +83,11 @@ async function refresh() {
 
 // The task list pages server-side: "older" asks for the page after this one's last task (the
 // answer's "next"); "newer" goes back to the cursor it came from. A filter change starts again.
-const pager = {before: null, next: null, back: []};
+// An answer to an older request (a poll in flight when the page was turned) is dropped.
+const pager = {before: null, next: null, back: [], asked: 0};
 
 async function refreshTasks() {
+  const asked = ++pager.asked;
   const params = new URLSearchParams({limit: $("f-limit").value});
   for (const [name, field] of [["state", "f-state"], ["queue", "f-queue"], ["task", "f-task"], ["q", "f-id"]]) {
     if ($(field).value.trim()) params.set(name, $(field).value.trim());
@@ -93,7 +95,11 @@ async function refreshTasks() {
   if (pager.before) params.set("before", pager.before);
   let answer;
   try { answer = await api("api/tasks?" + params); }
-  catch (error) { $("p-error").textContent = error.message; $("tasks").innerHTML = ""; return; }
+  catch (error) {
+    if (asked === pager.asked) { $("p-error").textContent = error.message; $("tasks").innerHTML = ""; }
+    return;
+  }
+  if (asked !== pager.asked) return;
   $("p-error").textContent = "";
   pager.next = answer.next;
   $("p-older").disabled = !pager.next;
