@@ -39,7 +39,7 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 QUERY_FIELDS = ("state", "queue", "task", "limit", "before")
 """The ``tasks`` query's own request fields (docs/protocol.md, "Task list")."""
-ANSWER_FIELDS = ("ok", "tasks", "next", "store_error", "error")
+ANSWER_FIELDS = ("ok", "tasks", "next", "store_error", "error", "invalid")
 """The fields of its answer besides ``correlation`` (docs/protocol.md, "Task list")."""
 _BAD_CURSOR = "before: not a cursor from a previous answer's 'next'"
 
