@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import math
 from collections.abc import Iterable
@@ -77,7 +78,7 @@ def key(record: TaskRecord) -> Key:
 
 def select(records: Iterable[TaskRecord], where: TaskFilter, limit: int) -> list[TaskRecord]:
     """The first ``limit`` records that match, in list order (for stores that keep them in memory)."""
-    return sorted((r for r in records if where.matches(r)), key=key, reverse=True)[:limit]
+    return heapq.nlargest(limit, (r for r in records if where.matches(r)), key=key)
 
 
 def encode_cursor(record: TaskRecord) -> str:
