@@ -15,8 +15,9 @@ Built on these facts:
 - An answer over the payload cap is replaced by a short refusal, never dropped; a ``tasks`` page
   is cut short to fit instead, its ``next`` continuing after the last summary it holds.
 - ``tasks`` pages with a keyset cursor (``store.listing``): filters by state, queue and task name
-  that the store answers from an index, and ``next``, the cursor of the following page.
-- The client side (``query_status``, ``query_tasks``, ``query_task_page``, ``query_stats``) is one short-lived
+  that the store answers from an index, and ``next``, the cursor of the following page
+  (``query_task_page`` asks for one).
+- The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
   connection per call that subscribes to its own ``P/replies/{client}`` topic before asking.
 """
 
