@@ -121,10 +121,11 @@ FILTERS = ((None, None), ("mail", None), (None, "list.resize"), ("media", "list.
 
 def test_the_api_pages_each_filter_through_every_record_once(recorded: Any) -> None:
     pytest.importorskip("starlette")
+    from mqtt_tasks.web import WebOptions
     from tests.web_helpers import client, dashboard_server
 
     settings, facts = recorded
-    with dashboard_server(settings) as base, client(base) as http:
+    with dashboard_server(settings, WebOptions(query_timeout=10.0)) as base, client(base) as http:  # loaded CI
         for queue, task in FILTERS:
             where = {k: v for k, v in (("queue", queue), ("task", task), ("state", "succeeded")) if v}
             pages = _api_pages(http, 23, **where)
