@@ -738,30 +738,62 @@ SCHEMA_KINDS = ("task", "status", "worker", "error", "presence", "receipt", "can
 TASK_COLUMNS = ("id", "task", "queue", "state", "attempt", "worker", "updated")
 
 
+def _cursor_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .store.listing import decode_cursor  # not at import: a worker's start-up needs no store
+
+    try:
+        if value is not None:
+            decode_cursor(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("before: ")) from None
+    return value
+
+
+def _task_pages(settings: Settings, limit: int, timeout: float, **where: str | None) -> tuple[list[Any], str | None]:
+    """Up to ``limit`` task summaries, from as many pages as that takes; and the next page's cursor."""
+    from .coordinator import query_task_page
+    from .store.listing import MAX_LIMIT
+
+    records: list[Any] = []
+    while True:
+        answer = query_task_page(settings, where["state"], min(limit - len(records), MAX_LIMIT), timeout,
+                                 queue=where["queue"], task=where["task"], before=where["before"])
+        records.extend(answer["tasks"])
+        where["before"] = answer["next"]
+        if answer["next"] is None or len(records) >= limit:
+            return records, answer["next"]
+
+
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
 @broker_options
 @click.option("--state", type=click.Choice(RECORD_STATES), help="Only tasks in this state.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--queue", callback=_name_callback("queue"), help="Only tasks of this queue.")
+@click.option("--task", "task_name", metavar="NAME", help="Only tasks of this task name.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="Tasks to list (over 1,000: asked for in pages of 1,000).")
+@click.option("--before", metavar="CURSOR", callback=_cursor_callback,
+              help="List the tasks after this cursor: the one printed under the previous list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as a JSON array.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
-def tasks(broker: str | None, prefix: str | None, state: str | None, limit: int, as_json: bool,
-          timeout: float) -> None:
-    """List the tasks the coordinator knows, most recently updated first."""
-    from .coordinator import query_tasks
-
+def tasks(broker: str | None, prefix: str | None, state: str | None, queue: str | None, task_name: str | None,
+          limit: int, before: str | None, as_json: bool, timeout: float) -> None:
+    """List the tasks the coordinator knows, most recently updated first, filtered by state, queue
+    and task name. When there are more, the command for the next page is printed on stderr."""
     settings = Settings.from_env(broker, prefix=prefix)
-    records = query_tasks(settings, state=state, limit=limit, timeout=timeout)
+    records, cursor = _task_pages(settings, limit, timeout, state=state, queue=queue, task=task_name, before=before)
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
-        return
-    now = time.time()
-    rows: list[tuple[str, ...]] = [
-        (str(r["id"]), str(r.get("task") or ""), str(r.get("queue") or ""), str(r["state"]),
-         str(r.get("attempt") or ""),
-         str(r.get("worker") or ""), _age(float(r.get("updated") or now), now))
-        for r in records
-    ]
-    print_table(f"tasks on {settings.display_url}", TASK_COLUMNS, rows)
+    else:
+        now = time.time()
+        rows: list[tuple[str, ...]] = [
+            (str(r["id"]), str(r.get("task") or ""), str(r.get("queue") or ""), str(r["state"]),
+             str(r.get("attempt") or ""),
+             str(r.get("worker") or ""), _age(float(r.get("updated") or now), now))
+            for r in records
+        ]
+        print_table(f"tasks on {settings.display_url}", TASK_COLUMNS, rows)
+    if cursor is not None:
+        click.echo(f"more: add --before {cursor}", err=True)
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})

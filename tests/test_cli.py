@@ -412,6 +412,14 @@ def test_tasks_refuses_an_unknown_state() -> None:
     assert "'dead'" in line  # it lists the states there are
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--before", "not-a-cursor"], "not a cursor"), (["--before", ""], "not a cursor"),
+    (["--queue", "a b"], "invalid queue"), (["--limit", "0"], "--limit"),
+])
+def test_tasks_refuses_a_bad_filter_or_cursor_before_asking(args: list[str], says: str) -> None:
+    assert says in assert_one_line_error(run("tasks", *args, "--broker", "mqtt://127.0.0.1:1"), RET_USAGE)
+
+
 def test_submit_wait_on_a_queue_nobody_serves_says_so(running_worker: Worker, broker_url: str, prefix: str) -> None:
     result = run("submit", "add", "1", "2", "--wait", "--timeout", "1", "--queue", "nobody",
                  "--broker", broker_url, "--prefix", prefix)

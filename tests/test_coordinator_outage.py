@@ -165,8 +165,17 @@ def test_queries_are_answered_from_memory_while_the_store_cannot_commit(harness:
     assert harness.ask("status", id="q1")["task"]["state"] == "started"
     tasks = harness.ask("tasks")
     assert [t["id"] for t in tasks["tasks"]] == ["q1"] and "cannot commit" in tasks["store_error"]
+    harness.task("q2")
+    harness.task("q3")
+    wait_until(lambda: len(harness.ask("tasks")["tasks"]) == 3, 5, message="q2 and q3 were not recorded")
+    first = harness.ask("tasks", task="add", limit=2)  # the live tasks page like the store's
+    rest = harness.ask("tasks", task="add", limit=2, before=first["next"])
+    assert sorted(t["id"] for t in first["tasks"] + rest["tasks"]) == ["q1", "q2", "q3"] and rest["next"] is None
+    assert harness.ask("tasks", queue="other")["tasks"] == []
+    assert harness.ask("tasks", before="nope") == {"ok": False, "invalid": True, "correlation": "c",
+                                                   "error": "before: not a cursor from a previous answer's 'next'"}
     stats = harness.ask("stats")
-    assert stats["live"] == 1 and "counts" not in stats and "cannot commit" in stats["store_error"]
+    assert stats["live"] == 3 and "counts" not in stats and "cannot commit" in stats["store_error"]
 
 
 def test_a_coordinator_stopped_during_an_outage_leaves_its_messages_to_the_broker(

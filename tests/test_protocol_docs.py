@@ -89,3 +89,19 @@ def test_the_rpc_topics_and_the_ops_each_takes_are_documented() -> None:
     assert [op for op in READ_ONLY_OPS if f"`{op}`" not in row] == []
     section = text.split("\n## The rpc topics\n", 1)[1].split("\n## ", 1)[0]
     assert all(f"`{op}`" in section for op in READ_ONLY_OPS)
+
+
+def test_the_task_list_query_is_documented_field_by_field() -> None:
+    """docs/protocol.md "Task list": its request table names the fields the query reads, its answer
+    table the fields of the answer, and the summary's fields are ``record_summary``'s."""
+    from mqtt_tasks.coordinator import record_summary
+    from mqtt_tasks.store import TaskRecord
+    from mqtt_tasks.store.listing import ANSWER_FIELDS, QUERY_FIELDS
+
+    body = DOC.read_text().split("\n## Task list\n", 1)[1].split("\n## ", 1)[0]
+    tables = [[line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| `")]
+              for block in re.findall(r"(?:^\|.*\n)+", body, re.M)]
+    request, answer = ({re.findall(r"`([a-z_]+)`", row[0])[0] for row in table} for table in tables)
+    assert request == set(QUERY_FIELDS) and answer == set(ANSWER_FIELDS)
+    (tasks_row,) = [row for row in tables[1] if row[0].strip() == "`tasks`"]
+    assert set(re.findall(r"`([a-z_]+)`", tasks_row[2])) == set(record_summary(TaskRecord("x")))

@@ -145,3 +145,48 @@ def test_dashboard_mounted_in_a_users_app_with_a_token(page: Any, mosquitto: Mos
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_the_task_list_filters_by_queue_and_task_name_and_pages_older(page: Any, mosquitto: MosquittoProcess,
+                                                                       prefix: str) -> None:
+    """24 delayed tasks (they stay put while the page is read) over 2 queues and 3 task names: the
+    queue filter shows only its queue, 10 to a page; "older" shows the rest, "newer" goes back; the
+    task-name filter narrows it further. Every expected id is on exactly one page."""
+    expect = sync_api.expect
+    with coordinator(mosquitto.url, prefix), dashboard_server(settings(mosquitto.url, prefix)) as base, \
+            client(base) as http:
+        ids = {}
+        for i in range(24):
+            task_id = f"page-{i:02d}"
+            body = {"task": ("a.send", "b.resize", "c.report")[i % 3], "queue": ("q1", "q2")[i % 2], "delay": 600,
+                    "id": task_id}
+            assert http.post("/api/tasks", json=body).status_code == 201
+            ids[task_id] = (body["task"], body["queue"])
+        wait_until(lambda: len(http.get("/api/tasks", params={"state": "scheduled"}).json()["tasks"]) == 24,
+                   timeout=15, interval=0.2, message="the coordinator did not record the delayed tasks")
+        page.goto(base)
+        expect(page.get_by_test_id("coordinator")).to_have_text("coordinator online")
+        page.get_by_test_id("f-limit").select_option("10")
+        page.get_by_test_id("f-queue").fill("q2")
+        rows = page.locator('[data-testid="tasks"] tbody tr')
+        expect(rows).to_have_count(10)
+        first = _shown(page)
+        page.get_by_test_id("older").click()
+        expect(page.get_by_test_id("page")).to_have_text("page 2")
+        expect(rows).to_have_count(2)
+        second = _shown(page)
+        expect(page.get_by_test_id("older")).to_be_disabled()
+        assert sorted(first + second) == sorted(i for i, (_, q) in ids.items() if q == "q2")
+        assert not set(first) & set(second)
+        page.get_by_test_id("newer").click()
+        expect(page.get_by_test_id("page")).to_have_text("page 1")
+        expect(rows.first).to_have_attribute("data-task", first[0])
+        page.get_by_test_id("f-task").fill("b.resize")  # a filter change starts from the newest again
+        expect(rows).to_have_count(4)
+        assert sorted(_shown(page)) == sorted(i for i, (n, q) in ids.items() if (n, q) == ("b.resize", "q2"))
+        expect(page.get_by_test_id("older")).to_be_disabled()
+
+
+def _shown(page: Any) -> list[str]:
+    return [str(x) for x in page.locator('[data-testid="tasks"] tbody tr').evaluate_all(
+        "rows => rows.map(r => r.dataset.task)")]

@@ -14,7 +14,7 @@ Its parts, one module each (read them in this order):
   at its limit, the windows kept in the store (the policy: ``mqtt_tasks.ratelimits``).
 - ``effects``: the policy's effects as topics and payloads, published after the commit.
 - ``queries``: the answers on the query topic, and ``query_status`` / ``query_tasks`` /
-  ``query_stats`` that ask them.
+  ``query_task_page`` / ``query_stats`` that ask them.
 - ``admin``: the operator's ops on the query topic, ``retry`` and ``purge``, and ``retry_task`` /
   ``purge_queue`` that ask for them.
 - ``cancels``: cancel requests on ``P/cancel/{id}``, and ``request_cancel`` that makes one.
@@ -43,7 +43,7 @@ from .cancels import request_cancel
 from .effects import SOURCE, final_event
 from .lifecycle import Coordinator, run_coordinator
 from .loop import FORCED_TICK_S, ConnectionLike
-from .queries import query_stats, query_status, query_tasks, record_summary, record_view
+from .queries import query_stats, query_status, query_task_page, query_tasks, record_summary, record_view
 from .standby import HighAvailability, run_high_availability
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "purge_queue",
     "query_stats",
     "query_status",
+    "query_task_page",
     "query_tasks",
     "record_summary",
     "record_view",

@@ -14,7 +14,11 @@ Built on these facts:
   from memory and the store's reads as usual; ``tasks`` lists only the live tasks, and ``stats``
   has no ``counts``, each with a ``store_error`` saying why. ``result`` answers only a finished task,
   with its final event; otherwise it stays silent and the asker keeps waiting for the event.
-- An answer over the payload cap is replaced by a short refusal, never dropped.
+- An answer over the payload cap is replaced by a short refusal, never dropped; a ``tasks`` page
+  is cut short to fit instead, its ``next`` continuing after the last summary it holds.
+- ``tasks`` pages with a keyset cursor (``store.listing``): filters by state, queue and task name
+  that the store answers from an index, and ``next``, the cursor of the following page
+  (``query_task_page`` asks for one).
 - The client side (``query_status``, ``query_tasks``, ``query_stats``) is one short-lived
   connection per call that sends each op on the narrowest rpc topic that takes it, having
   subscribed to its own reply topic first: ``P/replies/{username}/{unique}`` when the settings
@@ -30,6 +34,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    ConfigError,
     CoordinatorTimeoutError,
     DecodeError,
     MqttTasksError,
@@ -40,6 +45,7 @@ from ..errors import (
 )
 from ..protocol import codec, events, rpc
 from ..protocol.topics import Topics
+from ..store import listing
 from ..transport import Connection, Message
 from . import routing
 from .effects import final_event
@@ -119,9 +125,7 @@ class Queries:
                 return {"ok": True, "task": workflow_view(workflow)}
             return {"ok": False, "error": f"no record of task {request.get('id')!r}"}
         if op == "tasks":
-            state = request.get("state")
-            limit = max(1, min(int(request.get("limit") or 100), 1000))
-            return self._tasks(state if isinstance(state, str) else None, limit)
+            return self._tasks(request)
         if op == "stats":
             try:
                 counts: dict[str, Any] = {"counts": self._records.store.counts()}
@@ -150,16 +154,32 @@ class Queries:
         reason = routing.waiting_reason(record, self._fleet.live(self._clock()))
         return {**view, "waiting": reason} if reason else view
 
-    def _tasks(self, state: str | None, limit: int) -> dict[str, Any]:
-        """From the store; while it cannot commit, the live tasks from memory, saying so."""
+    def _tasks(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One page from the store, and the cursor of the next (``listing``); while the store cannot
+        commit, a page of the live tasks from memory, saying so. A bad field: ``invalid``, and why."""
         try:
-            records = self._records.store.list_tasks(state, limit)  # commits first: sees this batch too
+            query = listing.parse_query(request)
+        except ValueError as exc:
+            return {"ok": False, "invalid": True, "error": str(exc)}
+        where, extra = query.filter, {}
+        try:  # one more than the page: is there a next one?
+            records = self._records.store.list_tasks(where.state, query.limit + 1, queue=where.queue, task=where.task,
+                                                     before=where.before)  # commits first: sees this batch too
         except StoreError as exc:
-            live = sorted((r for r in self._records.live.values() if state in (None, r.state)),
-                          key=lambda r: r.updated, reverse=True)[:limit]
-            return {"ok": True, "tasks": [record_summary(r) for r in live],
-                    "store_error": f"{exc}: only the live tasks, from memory"}
-        return {"ok": True, "tasks": [record_summary(r) for r in records]}
+            records = listing.select(self._records.live.values(), where, query.limit + 1)
+            extra = {"store_error": f"{exc}: only the live tasks, from memory"}
+        summaries, cursor = self._fit(*listing.page(records, query.limit))
+        return {"ok": True, "tasks": summaries, "next": cursor, **extra}
+
+    def _fit(self, shown: list[TaskRecord], cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """The page's summaries, cut short to fit the payload cap (1,000 summaries are about 280 KB,
+        over the default 256 KiB), with ``next`` continuing right after the last one kept."""
+        summaries = [record_summary(r) for r in shown]
+        budget = self._max_payload - min(1024, self._max_payload // 4)  # for next, correlation, store_error
+        while len(summaries) > 1 and (size := len(codec.encode({"tasks": summaries}))) > budget:
+            keep = max(1, min(len(summaries) - 1, len(summaries) * budget // size))
+            summaries, cursor = summaries[:keep], listing.encode_cursor(shown[keep - 1])
+        return summaries, cursor
 
     def snapshot(self) -> dict[str, Any]:
         """The counters, live and backlog sizes, and the view of the workers (no store access): the
@@ -258,14 +278,26 @@ def query_status(settings: Settings, task_id: str, timeout: float = 5.0) -> dict
     return task
 
 
-def query_tasks(settings: Settings, state: str | None = None, limit: int = 100,
-                timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Task summaries, most recently updated first, optionally of one state."""
-    answer = _ask(settings, {"op": "tasks", "state": state, "limit": limit}, timeout)
-    if not answer.get("ok"):
-        raise MqttTasksError(str(answer.get("error")))
-    tasks: list[dict[str, Any]] = answer["tasks"]
+def query_tasks(settings: Settings, state: str | None = None, limit: int = 100, timeout: float = 5.0, *,
+                queue: str | None = None, task: str | None = None, before: str | None = None) -> list[dict[str, Any]]:
+    """Task summaries, most recently updated first, of the given state, queue and task name if given:
+    one page (``query_task_page``) of at most 1,000."""
+    tasks: list[dict[str, Any]] = query_task_page(settings, state, limit, timeout, queue=queue, task=task,
+                                                  before=before)["tasks"]
     return tasks
+
+
+def query_task_page(settings: Settings, state: str | None = None, limit: int = 100, timeout: float = 5.0, *,
+                    queue: str | None = None, task: str | None = None,
+                    before: str | None = None) -> dict[str, Any]:
+    """``{"tasks": [summaries], "next": cursor or None}``: up to ``limit`` (at most 1,000) task
+    summaries, most recently updated first, filtered as given, after the cursor ``before`` (the
+    ``next`` of the previous page). A bad value raises ``ConfigError`` with the coordinator's reason."""
+    request = {"op": "tasks", "state": state, "queue": queue, "task": task, "limit": limit, "before": before}
+    answer = _ask(settings, {k: v for k, v in request.items() if v is not None}, timeout)
+    if not answer.get("ok"):
+        raise (ConfigError if answer.get("invalid") else MqttTasksError)(str(answer.get("error")))
+    return {"tasks": answer["tasks"], "next": answer.get("next")}
 
 
 def query_stats(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ..protocol.states import (  # noqa: F401 - re-exported for the store's user
     SUCCEEDED,
     TERMINAL_STATES,
 )
+from .listing import Key
 from .schedules import ScheduleRecord
 from .workflows import WorkflowRecord
 
@@ -139,8 +140,11 @@ class Store(abc.ABC):
         """Every record that is not terminal, oldest first (recovery after a restart)."""
 
     @abc.abstractmethod
-    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Records, most recently updated first, optionally of one state."""
+    def list_tasks(self, state: str | None = None, limit: int = 100, *, queue: str | None = None,
+                   task: str | None = None, before: Key | None = None) -> list[TaskRecord]:
+        """Up to ``limit`` records, most recently updated first (ties: greater id first), of the given
+        state, queue and task name if given, and after ``before`` (updated, id) if given: one page
+        of ``listing``'s keyset order (docs/coordinator.md, "Task list")."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .base import Store, TaskRecord
+from .listing import Key, TaskFilter, select
 from .schedules import ScheduleRecord
 from .workflows import WorkflowRecord
 
@@ -119,11 +120,11 @@ class MemoryStore(Store):
         self.commit()
         return sorted((copy.deepcopy(r) for r in self._live.values()), key=lambda r: r.created)
 
-    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+    def list_tasks(self, state: str | None = None, limit: int = 100, *, queue: str | None = None,
+                   task: str | None = None, before: Key | None = None) -> list[TaskRecord]:
         self.commit()
-        records = [r for r in (*self._live.values(), *self._finished.values()) if state is None or r.state == state]
-        records.sort(key=lambda r: r.updated, reverse=True)
-        return [copy.deepcopy(r) for r in records[:limit]]
+        where = TaskFilter(state, queue, task, before)
+        return [copy.deepcopy(r) for r in select((*self._live.values(), *self._finished.values()), where, limit)]
 
     def counts(self) -> dict[str, int]:
         self.commit()

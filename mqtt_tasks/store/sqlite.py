@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import StoreError
 from .base import LIVE_STATES, Store, TaskRecord
+from .listing import Key, TaskFilter
 from .schedules import ScheduleRecord
 from .workflows import WorkflowRecord
 
@@ -46,9 +47,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     created REAL NOT NULL,
     data    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_state_updated ON tasks (state, updated);
-CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
 """
+# The ``task`` column and the indexes of the task list come with migration 0004 (a file from before
+# it has ``tasks_state_updated (state, updated)`` and ``tasks_updated (updated)``, which it replaces).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001-schedules", "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data TEXT NOT NULL)"),
     ("0002-workflows", "CREATE TABLE IF NOT EXISTS workflows (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
@@ -58,10 +59,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0002-rate-windows", "CREATE TABLE IF NOT EXISTS rate_windows (bucket TEXT PRIMARY KEY, data TEXT NOT NULL)"),
     ("0003-rollouts", "CREATE TABLE IF NOT EXISTS rollouts (id TEXT PRIMARY KEY, created REAL NOT NULL, "
                       "data TEXT NOT NULL)"),
+    ("0004-task-list", "ALTER TABLE tasks ADD COLUMN task TEXT; UPDATE tasks SET task = {data_task}; "
+                       "DROP INDEX IF EXISTS tasks_state_updated; DROP INDEX IF EXISTS tasks_updated; "
+                       "CREATE INDEX tasks_updated_id ON tasks (updated, id); "
+                       "CREATE INDEX tasks_state_updated_id ON tasks (state, updated, id); "
+                       "CREATE INDEX tasks_queue_updated_id ON tasks (queue, updated, id); "
+                       "CREATE INDEX tasks_task_updated_id ON tasks (task, updated, id); "
+                       "CREATE INDEX tasks_queue_state_updated_id ON tasks (queue, state, updated, id)"),
 )
-"""(name, SQL) in order; a name is never reused or edited once released."""
-_UPSERT = ("INSERT INTO tasks (id, state, queue, updated, created, data) VALUES (?, ?, ?, ?, ?, ?) "
-           "ON CONFLICT(id) DO UPDATE SET state=excluded.state, queue=excluded.queue, "
+"""(name, SQL) in order; a name is never reused or edited once released. A migration may be several
+statements separated by ``;`` (one transaction); ``{data_task}`` is the store's SQL for the task name
+in a row's JSON ``data`` (``SQLiteStore.DATA_TASK``)."""
+TASK_COLUMNS = "id, state, queue, task, updated, created, data"
+"""The columns of a row of ``tasks``, in the order of ``_row``'s tuple."""
+_UPSERT = (f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT(id) DO UPDATE SET state=excluded.state, queue=excluded.queue, task=excluded.task, "
            "updated=excluded.updated, data=excluded.data")
 WAL_CHECKPOINT_PAGES = 256
 """Checkpoint the WAL when it passes this many pages (1 MiB with 4 KiB pages; SQLite's default is
@@ -74,6 +86,8 @@ _LIVE = ",".join(f"'{s}'" for s in sorted(LIVE_STATES))
 class SQLiteStore(Store):
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     """SQL for the database's clock, in seconds since the epoch (leadership leases run on it)."""
+    DATA_TASK = "json_extract(data, '$.task')"
+    """SQL for the task name in a row's JSON ``data`` (migration 0004 fills the ``task`` column with it)."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -93,7 +107,7 @@ class SQLiteStore(Store):
         try:
             db = self._connect(path, synchronous)
             db.executescript(_SCHEMA)
-            _migrate(db)
+            _migrate(db, self.DATA_TASK)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
@@ -265,12 +279,11 @@ class SQLiteStore(Store):
         rows = self._query(f"SELECT data FROM tasks WHERE state IN ({_LIVE}) ORDER BY created")
         return [TaskRecord.from_dict(json.loads(r[0])) for r in rows]
 
-    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+    def list_tasks(self, state: str | None = None, limit: int = 100, *, queue: str | None = None,
+                   task: str | None = None, before: Key | None = None) -> list[TaskRecord]:
         self.commit()
-        if state is None:
-            rows = self._query("SELECT data FROM tasks ORDER BY updated DESC LIMIT ?", (limit,))
-        else:
-            rows = self._query("SELECT data FROM tasks WHERE state = ? ORDER BY updated DESC LIMIT ?", (state, limit))
+        where, params = list_where(TaskFilter(state, queue, task, before))
+        rows = self._query(f"SELECT data FROM tasks{where} ORDER BY updated DESC, id DESC LIMIT ?", (*params, limit))
         return [TaskRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def counts(self) -> dict[str, int]:
@@ -357,15 +370,29 @@ def _why_not(path: str) -> str:
     if not os.access(parent if not os.path.exists(path) else path, os.W_OK):
         return " (not writable)"
     return ""
-def _migrate(db: sqlite3.Connection) -> None:
+def _migrate(db: sqlite3.Connection, data_task: str) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY)")
     applied = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
     for name, sql in MIGRATIONS:
         if name not in applied:
             db.execute("BEGIN")
-            db.execute(sql)
+            for statement in sql.replace("{data_task}", data_task).split(";"):
+                db.execute(statement)
             db.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
             db.execute("COMMIT")
+
+
+def list_where(where: TaskFilter) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (empty, or with its leading space) and parameters of a page of the task list.
+    Each filter is an equality on an indexed column that leads an index ending ``(updated, id)``, and
+    the cursor a row-value range on those two, so a page is an index range read backwards from the
+    cursor, ``LIMIT`` rows long (tests/test_store.py checks SQLite's plan)."""
+    terms = [f"{column} = ?" for column in ("state", "queue", "task") if getattr(where, column) is not None]
+    params: list[Any] = [value for value in (where.state, where.queue, where.task) if value is not None]
+    if where.before is not None:
+        terms.append("(updated, id) < (?, ?)")
+        params.extend(where.before)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
 
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -373,4 +400,4 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 def _row(record: TaskRecord) -> tuple[Any, ...]:
     data = _DUMPS(record.to_stored())
-    return (record.id, record.state, record.queue, record.updated, record.created, data)
+    return (record.id, record.state, record.queue, record.task, record.updated, record.created, data)

@@ -42,8 +42,8 @@ from ..errors import (
     TaskNotFoundError,
     TransportError,
 )
-from ..protocol.states import RECORD_STATES
 from ..protocol.topics import is_valid_id
+from ..store.listing import DEFAULT_LIMIT, MAX_LIMIT, parse_query
 from .submission import parse_submission, wait_seconds
 
 if TYPE_CHECKING:
@@ -139,22 +139,28 @@ async def get_task(request: Request) -> Response:
 
 
 async def list_tasks(request: Request) -> Response:
-    from ..coordinator import query_tasks
+    """One page of the coordinator's task list, filtered there; ``next`` is the ``before`` of the
+    following page. ``q`` (id contains) filters the page here: a page may come back short."""
+    from ..coordinator import query_task_page
 
     state, params = web_state(request), request.query_params
-    wanted = params.get("state") or None
-    if wanted is not None and wanted not in RECORD_STATES:
-        raise HTTPError(400, f"state: one of {', '.join(RECORD_STATES)}, got {wanted!r}")
+    wanted: dict[str, Any] = {name: params.get(name) or None for name in ("state", "queue", "task", "before")}
     try:
-        limit = int(params.get("limit") or 100)
+        wanted["limit"] = int(params.get("limit") or DEFAULT_LIMIT)
     except ValueError:
-        raise HTTPError(400, f"limit: an integer 1-1000, got {params.get('limit')!r}") from None
-    if not 1 <= limit <= 1000:
-        raise HTTPError(400, f"limit: an integer 1-1000, got {limit}")
-    tasks = await blocking(query_tasks, state.settings, wanted, limit, state.options.query_timeout)
-    queue, search = params.get("queue"), params.get("q")
-    tasks = [t for t in tasks if (not queue or t.get("queue") == queue) and (not search or search in str(t["id"]))]
-    return JSONResponse({"tasks": tasks})
+        raise HTTPError(400, f"limit: an integer 1-{MAX_LIMIT}, got {params.get('limit')!r}") from None
+    if not 1 <= wanted["limit"] <= MAX_LIMIT:
+        raise HTTPError(400, f"limit: an integer 1-{MAX_LIMIT}, got {wanted['limit']}")
+    try:
+        parse_query(wanted)  # the coordinator checks them too; a bad one need not travel
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+    answer = await blocking(query_task_page, state.settings, wanted["state"], wanted["limit"],
+                            state.options.query_timeout, queue=wanted["queue"], task=wanted["task"],
+                            before=wanted["before"])
+    search = params.get("q")
+    tasks = [t for t in answer["tasks"] if not search or search in str(t["id"])]
+    return JSONResponse({"tasks": tasks, "next": answer["next"]})
 
 
 async def cancel_task(request: Request) -> Response:

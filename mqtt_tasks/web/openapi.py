@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol.states import RECORD_STATES
+
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _ERRORS = {"400": _ERROR, "401": _ERROR, "503": _ERROR}
 _ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string",
@@ -16,9 +18,10 @@ _JSON = {"application/json": {"schema": {"type": "object"}}}
 
 
 def _op(summary: str, ok: str, *, params: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
-        body: dict[str, Any] | None = None) -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "parameters": params or [],
-                                 "responses": {ok: {"description": "ok", "content": _JSON}, **_ERRORS, **(extra or {})}}
+        body: dict[str, Any] | None = None, ok_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = {"application/json": {"schema": ok_schema}} if ok_schema else _JSON
+    responses = {ok: {"description": "ok", "content": content}, **_ERRORS, **(extra or {})}
+    operation: dict[str, Any] = {"summary": summary, "parameters": params or [], "responses": responses}
     if body is not None:
         operation["requestBody"] = body
     return operation
@@ -40,8 +43,18 @@ SUBMISSION = {
 }
 
 
+TASK_PAGE = {
+    "type": "object", "required": ["tasks", "next"],
+    "properties": {
+        "tasks": {"type": "array", "items": {"type": "object"}, "description": "task summaries, newest first"},
+        "next": {"type": ["string", "null"], "description": "pass as ?before= for the next page; null on the last"},
+    },
+}
+
+
 def openapi_document(version: str) -> dict[str, Any]:
-    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                         "default": 100}}
     wait = {"name": "wait", "in": "query", "schema": {"type": "number"},
             "description": "wait up to this many seconds for the final status event"}
     return {
@@ -63,10 +76,17 @@ def openapi_document(version: str) -> dict[str, Any]:
                                    "202": {"description": "not ended within the wait", "content": _JSON}},
                             body={"required": True, "content": {"application/json": {
                                 "schema": {"$ref": "#/components/schemas/Submission"}}}}),
-                "get": _op("List the coordinator's tasks, most recently updated first", "200", params=[
-                    {"name": "state", "in": "query", "schema": {"type": "string"}}, limit,
-                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                    {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "id contains"}]),
+                "get": _op("A page of the coordinator's tasks, most recently updated first", "200",
+                           params=[{"name": "state", "in": "query",
+                                    "schema": {"type": "string", "enum": list(RECORD_STATES)}}, limit,
+                                   {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                                   {"name": "task", "in": "query", "schema": {"type": "string"},
+                                    "description": "the task name"},
+                                   {"name": "before", "in": "query", "schema": {"type": "string"},
+                                    "description": "the next of the previous page: the page after it"},
+                                   {"name": "q", "in": "query", "schema": {"type": "string"},
+                                    "description": "id contains (filters the page on the web server)"}],
+                           ok_schema=TASK_PAGE),
             },
             "/api/tasks/{task_id}": {"get": _op("A task's record: state, attempts, history, result", "200",
                                                 params=[_ID], extra={"404": _ERROR})},

@@ -81,15 +81,38 @@ async function refresh() {
   }
 }
 
+// The task list pages server-side: "older" asks for the page after this one's last task (the
+// answer's "next"); "newer" goes back to the cursor it came from. A filter change starts again.
+// An answer to an older request (a poll in flight when the page was turned) is dropped.
+const pager = {before: null, next: null, back: [], asked: 0};
+
 async function refreshTasks() {
-  const params = new URLSearchParams({limit: "100"});
-  if ($("f-state").value) params.set("state", $("f-state").value);
-  if ($("f-queue").value) params.set("queue", $("f-queue").value);
-  if ($("f-id").value) params.set("q", $("f-id").value);
-  const {tasks} = await api("api/tasks?" + params);
-  $("tasks").innerHTML = tasks.map(t => `<tr data-task="${esc(t.id)}"><td class="id">${esc(t.id)}</td><td>${esc(t.task)}</td>
+  const asked = ++pager.asked;
+  const params = new URLSearchParams({limit: $("f-limit").value});
+  for (const [name, field] of [["state", "f-state"], ["queue", "f-queue"], ["task", "f-task"], ["q", "f-id"]]) {
+    if ($(field).value.trim()) params.set(name, $(field).value.trim());
+  }
+  if (pager.before) params.set("before", pager.before);
+  let answer;
+  try { answer = await api("api/tasks?" + params); }
+  catch (error) {
+    if (asked === pager.asked) { $("p-error").textContent = error.message; $("tasks").innerHTML = ""; }
+    return;
+  }
+  if (asked !== pager.asked) return;
+  $("p-error").textContent = "";
+  pager.next = answer.next;
+  $("p-older").disabled = !pager.next;
+  $("p-newer").disabled = $("p-newest").disabled = pager.back.length === 0;
+  $("p-page").textContent = "page " + (pager.back.length + 1);
+  $("tasks").innerHTML = answer.tasks.map(t => `<tr data-task="${esc(t.id)}"><td class="id">${esc(t.id)}</td><td>${esc(t.task)}</td>
     <td>${esc(t.queue)}</td><td class="state-${esc(t.state)}" data-testid="state">${esc(t.state)}</td><td>${esc(t.attempt)}</td>
     <td>${esc(t.worker)}</td><td>${age(t.updated)}</td><td>${actions(t)}</td></tr>`).join("");
+}
+
+function turnPage(before, back) {
+  pager.before = before; pager.back = back;
+  refreshTasks().catch(() => {});
 }
 
 function actions(t) {
@@ -151,7 +174,10 @@ $("submit").addEventListener("submit", async event => {
 });
 
 for (const s of STATES) $("f-state").insertAdjacentHTML("beforeend", `<option>${s}</option>`);
-$("filter").addEventListener("input", () => refreshTasks().catch(() => {}));
+$("filter").addEventListener("input", () => turnPage(null, []));
+$("p-older").addEventListener("click", () => turnPage(pager.next, pager.back.concat([pager.before])));
+$("p-newer").addEventListener("click", () => turnPage(pager.back[pager.back.length - 1], pager.back.slice(0, -1)));
+$("p-newest").addEventListener("click", () => turnPage(null, []));
 $("filter").addEventListener("submit", event => event.preventDefault());
 connect();
 refresh();
