@@ -106,10 +106,6 @@ class Workflow:
         if app is None:
             raise ConfigError("no app to submit the workflow with: pass app=, or build it from registered tasks")
         message = self.to_message(workflow_id, app.reply_topic)
-        if app.settings.signing_key is not None:
-            from . import signing
-
-            message = signing.sign(message, app.settings.signing_key)
         return app.send_tracked(app.topics.workflows, message, f"{self.kind}:{self.steps[0].action.task}")
 
 

@@ -286,6 +286,46 @@ def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tm
     assert [k for k, _a, _p in lines["k4.1"]].count("start") == 2  # the killed run, and the one that ended
 
 
+def test_a_workflow_sent_before_any_coordinator_existed_runs_once_one_starts(mosquitto: Any, prefix: str,
+                                                                             tmp_path: Path) -> None:
+    """No coordinator has ever had a session on this prefix, so the broker drops the workflow
+    message; the producer keeps it (a plain task is released once no coordinator shows up, the
+    workflow is not) and re-sends it when a coordinator comes online: it runs, each step once. The
+    same message published again later gets a receipt again and runs nothing again."""
+    ledger = str(tmp_path / "ledger")
+    workers = [spawn_flow_worker(mosquitto.url, prefix, "w1", ledger)]
+    app = make_flow_app(mosquitto.url, prefix, receipts=True)
+    receipts: list[dict[str, Any]] = []
+    listener = Connection(settings(mosquitto.url, prefix), f"receipts-{prefix}",
+                          on_message=lambda m: receipts.append(json.loads(m.payload)))
+    listener.subscribe(f"{prefix}/replies/again/receipts")
+    listener.connect()
+    coordinator: subprocess.Popen[str] | None = None
+    try:
+        add, total = app.registry["add"], app.registry["total"]
+        handle = chain(add.s(1, 1), add.s(10)).submit(workflow_id="early1")
+        chord_handle = chord(group(add.s(i, i) for i in range(3)), total.s()).submit(workflow_id="early2")
+        app.send("add", (5, 5), task_id="plain1")  # kept too until the producer decides no coordinator exists
+        wait_for(lambda: app.unconfirmed == 2, 30, "the plain task to be released, the workflows kept")
+        assert not any(k.startswith("early") for k in runs(ledger))
+        coordinator = spawn_coordinator(mosquitto.url, prefix, str(tmp_path / "c.db"))
+        assert handle.result(RESULT_S) == 12 and chord_handle.result(RESULT_S) == 6
+        wait_for(lambda: app.unconfirmed == 0, 30, "the coordinator's receipts")
+        again = chain(add.s(1, 1), add.s(10)).to_message("early1")
+        again["receipt_to"] = f"{prefix}/replies/again/receipts"
+        _Redelivery(app.connection(), prefix).publish(again)
+        wait_for(lambda: any("early1" in r.get("ids", []) for r in receipts), 30, "the receipt of the re-send")
+        assert query_status(settings(mosquitto.url, prefix), "early1")["state"] == "succeeded"
+    finally:
+        app.close()
+        listener.close()
+        for proc in [*workers, *([coordinator] if coordinator else [])]:
+            proc.terminate()
+            proc.wait(10)
+    ends = {k: n for k, n in count(ledger, "end").items() if k.startswith("early")}
+    assert ends == {"early1.0": 1, "early1.1": 1, **{f"early2.{i}": 1 for i in range(3)}, "early2.callback": 1}
+
+
 def test_with_signing_on_only_a_signed_workflow_runs(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
     """The coordinator signs the steps it publishes, so it must not sign the steps of a workflow
     anyone could publish: an unsigned one is reported on P/errors, a signed one runs."""

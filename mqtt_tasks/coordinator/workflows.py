@@ -6,7 +6,11 @@ Built on these facts (docs/workflows.md):
   by ``protocol.messages.Workflow``; a bad one is reported on ``P/errors`` (``Handlers``) and the
   next message is processed. With signing on, the coordinator signs the steps it publishes, so it
   takes only a workflow signed with the same key (``sig``, as a task's). A workflow id already
-  recorded is a redelivery: nothing happens.
+  recorded is a redelivery or a producer's re-send: nothing happens but its receipt.
+- A workflow with a ``receipt_to`` (``TaskApp`` asks while it keeps the workflow, receipts.py)
+  gets its id into a receipt there after the commit that recorded it, or when it was recorded
+  already (``Effects.receipt``): the producer re-sends it to ``P/workflows`` until then, so a
+  workflow published before any coordinator had a session at the broker is not lost.
 - The workflow record (``Store.put_workflow``) and the task records of the steps it submits are
   put in the store in the same batch, and the loop commits before it acknowledges the message and
   before it publishes the steps on ``P/tasks/{queue}``. A coordinator killed before the commit gets
@@ -93,12 +97,15 @@ class Workflows:
                                   task_id=model.id) from None
         if self.get(model.id) is not None:
             log.info("coordinator: workflow %s is recorded already", model.id)
-            return
-        now = self._clock()
-        workflow = flow.new_workflow(model.model_dump(exclude_none=True), now)
-        self._stats["workflows"] = self._stats.get("workflows", 0) + 1
-        log.info("coordinator: workflow %s (%s of %d steps) recorded", workflow.id, workflow.kind, len(workflow.steps))
-        self._apply(workflow, flow.begin(workflow, now))
+        else:
+            now = self._clock()
+            workflow = flow.new_workflow(model.model_dump(exclude_none=True), now)
+            self._stats["workflows"] = self._stats.get("workflows", 0) + 1
+            log.info("coordinator: workflow %s (%s of %d steps) recorded", workflow.id, workflow.kind,
+                     len(workflow.steps))
+            self._apply(workflow, flow.begin(workflow, now))
+        if model.receipt_to:  # goes out after the commit that recorded it (or an earlier one did)
+            self._effects.receipt(model.receipt_to, model.id)
 
     def get(self, workflow_id: str) -> WorkflowRecord | None:
         workflow = self.live.get(workflow_id)

@@ -55,6 +55,13 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
+def plain_topic(value: str | None, name: str) -> str | None:
+    """A reply or receipt topic: a plain topic name (no wildcards, not ``$...``)."""
+    if value is not None and ("+" in value or "#" in value or value.startswith("$")):
+        raise ValueError(f"{name} must be a plain topic name (no wildcards, not $...)")
+    return value
+
+
 class Task(_Message):
     """A task as published on ``P/tasks/{queue}``."""
 
@@ -137,9 +144,7 @@ class Task(_Message):
     @field_validator("reply_to", "receipt_to")
     @classmethod
     def _reply_to_is_a_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
-            raise ValueError(f"{info.field_name} must be a plain topic name (no wildcards, not $...)")
-        return value
+        return plain_topic(value, str(info.field_name))
 
 
 class ErrorInfo(_Message):
@@ -344,13 +349,14 @@ class Workflow(_Message):
     reply_to: str | None = Field(default=None, min_length=1, max_length=512,
                                  description="topic that receives the workflow's final status event")
     correlation: str | None = Field(default=None, max_length=1024, description="echoed in the workflow's events")
+    receipt_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                   description="topic that receives the coordinator's receipt (its id in a "
+                                               "Receipt) once it recorded the workflow, or found it recorded")
 
-    @field_validator("reply_to")
+    @field_validator("reply_to", "receipt_to")
     @classmethod
-    def _reply_to_is_a_topic(cls, value: str | None) -> str | None:
-        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
-            raise ValueError("reply_to must be a plain topic name (no wildcards, not $...)")
-        return value
+    def _reply_to_is_a_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return plain_topic(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _shape(self) -> Workflow:
