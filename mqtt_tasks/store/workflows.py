@@ -1,16 +1,19 @@
 """The record the coordinator keeps for every workflow (chain, group, chord, saga), beside its tasks.
 
 A workflow's steps are ordinary tasks with deterministic ids (``{workflow}.{index}``, a saga's
-compensations ``{workflow}.{index}.undo``, a chord's callback ``{workflow}.callback``). The
-workflow record says which steps exist, which were submitted and how each ended; it is written in
-the same commit as the task records of the steps it submits, so a coordinator killed at any point
-never submits a step twice and never forgets one (docs/workflows.md). The policy that moves it is
+compensations ``{workflow}.{index}.undo``, a chord's callback ``{workflow}.callback``). A step may
+itself be a chain, group or chord (``kind``), with steps of its own, one path segment further down
+(``{workflow}.1.0``, ``{workflow}.1.callback``): one record holds the whole tree. The workflow
+record says which steps exist, which were submitted and how each ended; it is written in the same
+commit as the task records of the steps it submits, so a coordinator killed at any point never
+submits a step twice and never forgets one (docs/workflows.md). The policy that moves it is
 ``mqtt_tasks.flow`` (pure).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +22,15 @@ from ..protocol.states import PENDING, RUNNING, WORKFLOW_TERMINAL_STATES
 
 @dataclass
 class WorkflowStep:
-    """One step: the signature it runs (``sig``: task, args, kwargs, queue and options) and its outcome."""
+    """One step: the signature it runs (``sig``: task, args, kwargs, queue and options) and its
+    outcome; or, with a ``kind``, a nested chain, group or chord with its own ``steps`` (and a
+    chord's ``callback``), whose outcome is the nested workflow's."""
 
     id: str
     sig: dict[str, Any]
+    kind: str | None = None         # None: a task; chain, group, chord: a nested workflow
+    steps: list[WorkflowStep] = field(default_factory=list)
+    callback: WorkflowStep | None = None
     state: str = PENDING            # pending, then the task's states, or skipped
     result: Any = None
     error: dict[str, Any] | None = None
@@ -37,7 +45,20 @@ class WorkflowStep:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkflowStep:
-        return cls(**{k: v for k, v in data.items() if k in _STEP_FIELDS})
+        known = {k: v for k, v in data.items() if k in _STEP_FIELDS}
+        known["steps"] = [WorkflowStep.from_dict(s) for s in known.get("steps") or []]
+        callback = known.get("callback")
+        known["callback"] = WorkflowStep.from_dict(callback) if callback else None
+        return cls(**known)
+
+    def walk(self) -> Iterator[WorkflowStep]:
+        """This step, then every step nested in it (depth first, a chord's callback after its members)."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def children(self) -> list[WorkflowStep]:
+        return self.steps + ([self.callback] if self.callback is not None else [])
 
 
 @dataclass
@@ -62,8 +83,14 @@ class WorkflowRecord:
     def terminal(self) -> bool:
         return self.state in WORKFLOW_TERMINAL_STATES
 
-    def all_steps(self) -> list[WorkflowStep]:
+    def children(self) -> list[WorkflowStep]:
+        """The top-level steps, and a chord's callback last."""
         return self.steps + ([self.callback] if self.callback is not None else [])
+
+    def walk(self) -> Iterator[WorkflowStep]:
+        """Every step, nested ones too, depth first."""
+        for child in self.children():
+            yield from child.walk()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
