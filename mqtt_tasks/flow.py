@@ -23,9 +23,17 @@ The shapes (docs/workflows.md):
   The saga ends ``compensated`` when every compensation succeeded, ``dead`` (naming what could
   not be undone) when one did not; the other compensations still run.
 
-A cancel request ends a chain, group or chord ``cancelled`` (its running steps are cancelled, the
-rest ``skipped``) and rolls a saga back: its running step counts as failed (``cancelled``) and the
-compensations run. A saga already compensating, or a finished workflow, cannot be cancelled.
+- **nesting**: a step of a chain, group or chord may be a chain, group or chord (not a saga;
+  a saga's steps are tasks). It starts with what a task in its place would get (its first tasks
+  get it), its result is its own (a chain's last, a group's list, a chord's callback's), and when
+  it ends without success its parent takes it as a failed step. Step ids are paths
+  (``{wf}.1.0``, ``{wf}.1.callback``): a task's end finds its step by its id, and moves each
+  enclosing workflow that it ends in turn, up to the workflow itself (``_climb``).
+
+A cancel request ends a chain, group or chord ``cancelled`` (its running tasks and nested
+workflows are cancelled, the rest ``skipped``) and rolls a saga back: its running step counts as
+failed (``cancelled``) and the compensations run. A saga already compensating, or a finished
+workflow, cannot be cancelled.
 
 A step's outcome is taken once: a second final event for it changes nothing, so redelivered and
 duplicate results never advance a workflow twice.

@@ -344,6 +344,19 @@ def test_bad_nested_workflows_do_not_decode(message: dict[str, Any], why: str) -
         codec.decode(Workflow, codec.encode(message))
 
 
+def test_the_nested_example_in_the_protocol_docs_decodes() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    example = re.search(r"-m '(\{\"id\":\"album-3\".*?)'\n", doc, re.S)
+    assert example is not None
+    wf, effects = build(json.loads(example.group(1)))
+    assert submits(effects) == [("album-3.0", ["album-3"])] and wf.steps[1].kind == "group"
+    ok(wf, "album-3.0", ["p1"])
+    assert submits(ok(wf, "album-3.1.0.0", "r")) == [("album-3.1.0.1", ["r"])]
+
+
 def test_every_step_id_fits_a_task_id_within_the_caps() -> None:
     """The longest path: a callback or an index below 1,000 at each level of nesting."""
     from mqtt_tasks.protocol.messages import MAX_WORKFLOW_DEPTH, MAX_WORKFLOW_STEPS

@@ -101,6 +101,37 @@ def test_a_group_and_a_chord(broker_url: str, prefix: str, tmp_path: Path) -> No
     assert ends["h1.callback"] == 1 and all(ends[f"g1.{i}"] == 1 for i in range(8))
 
 
+def test_nested_workflows(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    """Celery's canvas shapes: a group inside a chain (the next step gets the list of its results),
+    parallel chains (each chain's last result), a chord of chains; a failure deep inside fails the
+    enclosing workflows and nothing after it runs. Each task once, by the ledger."""
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger) as app:
+        add, mul, total, fail = (app.registry[n] for n in ("add", "mul", "total", "fail"))
+        in_chain = chain(add.s(1, 1), group(add.s(10), add.s(20)), total.s()).submit(workflow_id="n1")
+        parallel = group(chain(add.s(1, 1), add.s(1)), chain(add.s(2, 2), mul.s(10))).submit(workflow_id="n2")
+        of_chains = chord([chain(add.s(1, 2), add.s(3)), chain(add.s(0, 1), mul.s(5))], total.s()).submit(
+            workflow_id="n3")
+        broken = chain(add.s(1, 1), group(chain(add.s(1), fail.si("deep")), add.s(5)), add.s(1)).submit(
+            workflow_id="n4")
+        assert in_chain.result(RESULT_S) == (2 + 10) + (2 + 20)
+        assert parallel.result(RESULT_S) == [3, 40]
+        assert of_chains.result(RESULT_S) == 6 + 5
+        with pytest.raises(TaskDeadError, match="step 1.0.1 \\(fail\\) dead: RuntimeError: deep failed"):
+            broken.result(RESULT_S)
+        steps = in_chain.status().steps or []
+        assert [s["id"] for s in steps] == ["n1.0", "n1.1", "n1.2"] and steps[1]["kind"] == "group"
+        assert [(s["id"], s["result"]) for s in steps[1]["steps"]] == [("n1.1.0", 12), ("n1.1.1", 22)]
+        view = query_status(settings(broker_url, prefix), "n4")
+        assert view["state"] == "dead" and [s["state"] for s in view["steps"]] == ["succeeded", "dead", "skipped"]
+        assert [s["state"] for s in view["steps"][1]["steps"][0]["steps"]] == ["succeeded", "dead"]
+    ends = count(ledger, "end")
+    assert {k: n for k, n in ends.items() if k.startswith("n")} == {
+        "n1.0": 1, "n1.1.0": 1, "n1.1.1": 1, "n1.2": 1, "n2.0.0": 1, "n2.0.1": 1, "n2.1.0": 1, "n2.1.1": 1,
+        "n3.0.0": 1, "n3.0.1": 1, "n3.1.0": 1, "n3.1.1": 1, "n3.callback": 1, "n4.0": 1, "n4.1.0.0": 1, "n4.1.1": 1}
+    assert count(ledger, "start")["n4.1.0.1"] == 1 and "n4.2" not in runs(ledger)
+
+
 def test_a_saga_compensates_in_reverse_with_retries(broker_url: str, prefix: str, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
     events: list[str] = []
@@ -178,13 +209,16 @@ class _Redelivery:
 def test_cli_status_of_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
     with cluster(mosquitto.url, prefix, str(tmp_path / "ledger")) as app:
         add = app.registry["add"]
-        chain(add.s(1, 1), add.s(1)).submit(workflow_id="cli1").result(RESULT_S)
+        assert chain(add.s(1, 1), group(add.s(1), add.s(2))).submit(workflow_id="cli1").result(RESULT_S) == [3, 4]
         env = {**os.environ, "PYTHONPATH": ROOT}
         out = subprocess.run([sys.executable, "-m", "mqtt_tasks", "status", "cli1", "--broker", mosquitto.url,
                               "--prefix", prefix], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         shown = json.loads(out.stdout)
         assert shown["state"] == "succeeded" and [s["id"] for s in shown["steps"]] == ["cli1.0", "cli1.1"]
+        nested = shown["steps"][1]  # a nested workflow in place: its kind, state and its own steps
+        assert (nested["kind"], nested["state"]) == ("group", "succeeded")
+        assert [(s["id"], s["result"]) for s in nested["steps"]] == [("cli1.1.0", 3), ("cli1.1.1", 4)]
 
 
 # -- faults: real processes on Mosquitto -------------------------------------------------------
@@ -268,6 +302,21 @@ def test_coordinator_killed_in_the_middle_of_a_sagas_compensation(mosquitto: Any
             handle.result(RESULT_S)
         app.close()
     assert count(ledger, "end") == {"k3.0": 1, "k3.1": 1, "k3.1.undo": 1, "k3.0.undo": 1}
+
+
+def test_coordinator_killed_in_the_middle_of_a_nested_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        add, total = app.registry["add"], app.registry["total"]
+        members = (chain(add.s(i, seconds=0.3), add.s(1, seconds=0.3)) for i in range(4))
+        handle = chain(add.s(0, 1, seconds=0.2), group(*members), total.s()).submit(workflow_id="k5")
+        kill_coordinator_when(procs, lambda: sum(n for k, n in count(ledger, "end").items() if k.startswith("k5.1."))
+                              >= 3, "3 nested steps to end", mosquitto.url, prefix, tmp_path)
+        assert handle.result(RESULT_S) == sum(2 + i for i in range(4))
+        app.close()
+    leaves = {"k5.0": 1, **{f"k5.1.{i}.{j}": 1 for i in range(4) for j in range(2)}, "k5.2": 1}
+    assert count(ledger, "end") == leaves  # each task once: nothing ran twice
 
 
 def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
