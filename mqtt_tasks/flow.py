@@ -174,7 +174,7 @@ def on_step_final(workflow: WorkflowRecord, task_id: str, state: str, result: An
         return None
     if workflow.kind == "saga":
         return _on_saga_final(workflow, task_id, state, result, error, reason, now)
-    path = _locate(workflow, task_id)
+    path = locate(workflow, task_id)
     if path is None or path[-1].kind is not None or path[-1].state != RUNNING:
         return None
     _take(path[-1], state, result, error, reason)
@@ -182,8 +182,9 @@ def on_step_final(workflow: WorkflowRecord, task_id: str, state: str, result: An
     return _climb(workflow, path, now)
 
 
-def _locate(workflow: WorkflowRecord, task_id: str) -> list[WorkflowStep] | None:
-    """The steps from the top down to the one with ``task_id`` (its id is its path), or None."""
+def locate(workflow: WorkflowRecord, task_id: str) -> list[WorkflowStep] | None:
+    """The steps from the top down to the one with ``task_id`` (its id is its path), or None: not a
+    step of this workflow."""
     if not task_id.startswith(workflow.id + "."):
         return None
     path: list[WorkflowStep] = []
@@ -350,19 +351,38 @@ def cancel(workflow: WorkflowRecord, reason: str, now: float) -> list[Effect] | 
     if workflow.terminal or workflow.state == COMPENSATING:
         return None
     why = f"cancelled: {reason}"
-    stops: list[Effect] = []
-    for step in workflow.walk():
-        if step.state == RUNNING:
-            step.state = CANCELLED
-            step.reason = why
-            if step.kind is None:
-                stops.append(Stop(step.id, reason))
+    stops = _cancel_running(workflow, reason)
     workflow.updated = now
     if workflow.kind == "saga":
         running = next((i for i, s in enumerate(workflow.steps) if s.state == CANCELLED), 0)
         return stops + _after_saga_step(workflow, running, now)
     _skip_pending(workflow)
     return stops + _finish(workflow, CANCELLED, why, now)
+
+
+def cancel_nested(workflow: WorkflowRecord, step_id: str, reason: str, now: float) -> list[Effect] | None:
+    """A cancel request for a running nested workflow (``step_id`` is its path, ``{wf}.1``): its
+    running tasks are cancelled, the rest skipped, and it ends ``cancelled``, which its parent takes
+    as a failed step. None: no such nested workflow is running."""
+    path = locate(workflow, step_id) if not workflow.terminal else None
+    if path is None or path[-1].kind is None or path[-1].state != RUNNING:
+        return None
+    stops = _cancel_running(path[-1], reason)
+    _skip_pending(path[-1])
+    workflow.updated = now
+    return stops + _climb(workflow, path, now)
+
+
+def _cancel_running(node: Node, reason: str) -> list[Effect]:
+    """Every running step in ``node`` (itself too) ends ``cancelled``; a task's is stopped."""
+    stops: list[Effect] = []
+    for step in node.walk():
+        if step.state == RUNNING:
+            step.state = CANCELLED
+            step.reason = f"cancelled: {reason}"
+            if step.kind is None:
+                stops.append(Stop(step.id, reason))
+    return stops
 
 
 def _skip_pending(node: Node) -> None:

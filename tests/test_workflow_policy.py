@@ -303,6 +303,22 @@ def test_cancelling_a_nested_workflow_stops_what_runs_and_skips_what_has_not() -
     assert ok(wf, "w.1.0.0", 3) is None
 
 
+def test_cancelling_one_nested_workflow_fails_its_parent_as_a_failed_step() -> None:
+    wf, _ = build(chain(Sig("a"), group(chain(Sig("b"), Sig("c")), Sig("d")), Sig("e")).to_message("w"))
+    assert flow.cancel_nested(wf, "w.1", "not yet", 1.0) is None  # pending: nothing to cancel
+    ok(wf, "w.0", 1)
+    ok(wf, "w.1.1", 2)
+    assert flow.cancel_nested(wf, "w.1.1", "x", 1.0) is None  # a task, and ended: not a running nested workflow
+    effects = flow.cancel_nested(wf, "w.1.0", "changed plans", 2.0)
+    assert effects is not None and [e.task_id for e in effects if isinstance(e, flow.Stop)] == ["w.1.0.0"]
+    assert finals(effects) == ["dead"]  # the group failed (its other member had ended), so the chain
+    assert {s.id: s.state for s in wf.walk()} == {
+        "w.0": "succeeded", "w.1": "dead", "w.1.0": "cancelled", "w.1.0.0": "cancelled", "w.1.0.1": "skipped",
+        "w.1.1": "succeeded", "w.2": "skipped"}
+    assert "step 1.0 (chain) cancelled: changed plans" in (wf.reason or "")
+    assert flow.cancel_nested(wf, "w.1.0", "again", 3.0) is None
+
+
 def test_a_nested_record_survives_the_store_and_goes_on() -> None:
     wf, _ = build(group(chain(Sig("a"), Sig("b")), Sig("c")).to_message("g"))
     ok(wf, "g.0.0", 1)

@@ -462,7 +462,16 @@ def test_cancelling_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> N
             sg.result(RESULT_S)
         with pytest.raises(MqttTasksError, match="it is compensated"):
             request_cancel(settings(mosquitto.url, prefix), "x2")
+        nested = chain(add.s(1, 1), group(add.s(1, seconds=2.0), add.s(2, seconds=2.0)), add.s(1)).submit(
+            workflow_id="x3")
+        wait_for(lambda: "x3.1.0" in runs(ledger) and "x3.1.1" in runs(ledger), 20, "the nested group to start")
+        answer = request_cancel(settings(mosquitto.url, prefix), "x3.1", "only the group")
+        assert answer["ok"] and answer["state"] == "cancelled"
+        with pytest.raises(TaskDeadError, match="step 1 \\(group\\) cancelled: only the group"):
+            nested.result(RESULT_S)
+        assert [s["state"] for s in nested.status().steps or []] == ["succeeded", "cancelled", "skipped"]
     assert "x1.2" not in runs(ledger) and count(ledger, "end").get("x2.0.undo") == 1
+    assert "x3.2" not in runs(ledger) and not any(k.startswith("x3.1.") for k in count(ledger, "end"))
 
 
 def test_a_shell_client_submits_a_chain_with_mosquitto_pub(mosquitto: Any, prefix: str, tmp_path: Path) -> None:

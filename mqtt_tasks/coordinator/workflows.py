@@ -26,7 +26,8 @@ Built on these facts (docs/workflows.md):
   ``source: "coordinator"``.
 - A cancel request on ``P/cancel/{workflow id}`` (``CancelRequests`` asks here when no task has
   the id) cancels the running steps' tasks and ends the workflow ``cancelled``, or rolls a saga
-  back (``flow.cancel``).
+  back (``flow.cancel``). One for a nested workflow's id (``{wf}.1``) cancels that nested
+  workflow, which fails its parent as a failed step would (``flow.cancel_nested``).
 - Running workflows are kept in memory (``live``), read back from the store at start
   (``recover``): a step's end then needs no store read, which could fail during a store outage
   after the step's record had already changed (the workflow would miss that step for good).
@@ -143,7 +144,7 @@ class Workflows:
         workflow has that id (``CancelRequests`` asks here when no task has it)."""
         workflow = self.get(workflow_id)
         if workflow is None:
-            return None
+            return self._cancel_nested(workflow_id, reason)
         effects = flow.cancel(workflow, reason, self._clock())
         if effects is None:
             ok = workflow.state == CANCELLED
@@ -151,6 +152,23 @@ class Workflows:
         log.info("coordinator: workflow %s cancelled: %s", workflow_id, reason)
         self._apply(workflow, effects)
         return True, workflow.state, None
+
+    def _cancel_nested(self, step_id: str, reason: str) -> tuple[bool, str | None, str | None] | None:
+        """A cancel request for a nested workflow (``{wf}.1``): None when no workflow has that step."""
+        head = step_id
+        while "." in head:  # the workflow's own id may hold dots: try each prefix, longest first
+            head = head.rsplit(".", 1)[0]
+            workflow = self.get(head)
+            path = flow.locate(workflow, step_id) if workflow is not None else None
+            if workflow is None or path is None or path[-1].kind is None:
+                continue
+            effects = flow.cancel_nested(workflow, step_id, reason, self._clock())
+            if effects is None:
+                return False, path[-1].state, f"cannot cancel nested workflow {step_id!r}: it is {path[-1].state}"
+            log.info("coordinator: nested workflow %s cancelled: %s", step_id, reason)
+            self._apply(workflow, effects)
+            return True, CANCELLED, None
+        return None
 
     def _stop(self, effect: flow.Stop) -> None:
         record = self._records.get(effect.task_id)

@@ -193,7 +193,8 @@ class StatusEvent(_Message):
     workflow: str | None = Field(default=None, description="on a workflow's own events: its kind (chain, group, "
                                  "chord, saga)")
     steps: list[dict[str, Any]] | None = Field(default=None, description="on a workflow's own events: each step's "
-                                               "id, task, state, result or reason (and compensation)")
+                                               "id, task, state, result or reason (and compensation); a "
+                                               "nested workflow's id, kind, state, reason and its own steps")
     rate_limit: str | None = Field(default=None, description="on deferred (delayed): the rate limit of the "
                                    "worker's registration of a task that carried none; the coordinator adopts it")
     rate_key: str | None = Field(default=None, description="with rate_limit: the key the worker read from the "
