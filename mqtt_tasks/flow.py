@@ -22,7 +22,6 @@ The shapes (docs/workflows.md):
   own retries; a compensation gets its step's result prepended to its args (unless immutable).
   The saga ends ``compensated`` when every compensation succeeded, ``dead`` (naming what could
   not be undone) when one did not; the other compensations still run.
-
 - **nesting**: a step of a chain, group or chord may be a chain, group or chord (not a saga;
   a saga's steps are tasks). It starts with what a task in its place would get (its first tasks
   get it), its result is its own (a chain's last, a group's list, a chord's callback's), and when
@@ -33,7 +32,8 @@ The shapes (docs/workflows.md):
 A cancel request ends a chain, group or chord ``cancelled`` (its running tasks and nested
 workflows are cancelled, the rest ``skipped``) and rolls a saga back: its running step counts as
 failed (``cancelled``) and the compensations run. A saga already compensating, or a finished
-workflow, cannot be cancelled.
+workflow, cannot be cancelled. One for a running nested workflow (``cancel_nested``, by its path)
+cancels that one alone, a failed step for its parent.
 
 A step's outcome is taken once: a second final event for it changes nothing, so redelivered and
 duplicate results never advance a workflow twice.
