@@ -41,15 +41,11 @@ class WorkflowStep:
     undo_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _data(self, _STEP_VALUES)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkflowStep:
-        known = {k: v for k, v in data.items() if k in _STEP_FIELDS}
-        known["steps"] = [WorkflowStep.from_dict(s) for s in known.get("steps") or []]
-        callback = known.get("callback")
-        known["callback"] = WorkflowStep.from_dict(callback) if callback else None
-        return cls(**known)
+        return cls(**_known(data, _STEP_FIELDS))
 
     def walk(self) -> Iterator[WorkflowStep]:
         """This step, then every step nested in it (depth first, a chord's callback after its members)."""
@@ -93,17 +89,35 @@ class WorkflowRecord:
             yield from child.walk()
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return data
+        return _data(self, _VALUES)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkflowRecord:
-        known = {k: v for k, v in data.items() if k in _FIELDS}
-        known["steps"] = [WorkflowStep.from_dict(s) for s in known.get("steps") or []]
-        callback = known.get("callback")
-        known["callback"] = WorkflowStep.from_dict(callback) if callback else None
-        return cls(**known)
+        return cls(**_known(data, _FIELDS))
+
+
+def _data(node: WorkflowRecord | WorkflowStep, names: tuple[str, ...]) -> dict[str, Any]:
+    """JSON-ready data: the fields that are not None (``from_dict`` gives the rest their defaults)
+    and the steps' data. No copy of the values: the store encodes it at once. The whole record is
+    written at every commit that changes it, so this is on each step's path (``dataclasses.asdict``
+    deep-copies every value and took most of a chain step's coordinator time)."""
+    data = {name: value for name in names if (value := getattr(node, name)) is not None}
+    if node.steps:
+        data["steps"] = [step.to_dict() for step in node.steps]
+    if node.callback is not None:
+        data["callback"] = node.callback.to_dict()
+    return data
+
+
+def _known(data: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    known = {k: v for k, v in data.items() if k in names}
+    known["steps"] = [WorkflowStep.from_dict(s) for s in known.get("steps") or []]
+    callback = known.get("callback")
+    known["callback"] = WorkflowStep.from_dict(callback) if callback else None
+    return known
 
 
 _STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(WorkflowStep))
 _FIELDS = frozenset(f.name for f in dataclasses.fields(WorkflowRecord))
+_STEP_VALUES = tuple(f.name for f in dataclasses.fields(WorkflowStep) if f.name not in ("steps", "callback"))
+_VALUES = tuple(f.name for f in dataclasses.fields(WorkflowRecord) if f.name not in ("steps", "callback"))
