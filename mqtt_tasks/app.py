@@ -530,38 +530,41 @@ class TaskApp:
     def _publish(self, name: str, task_id: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
                  opts: TaskOptions, extra: dict[str, Any] | None,
                  user_properties: list[tuple[str, str]] | None) -> TaskHandle:
-        keeper = self._receipts if self._receipts is not None and self._receipts.keeping else None
+        keeping = self._receipts is not None and self._receipts.keeping
         body = task_body(task_id, name, args, kwargs, opts, self.reply_topic,
-                         self.receipt_topic if keeper is not None else None, extra)
-        if self.settings.signing_key is not None:
-            body = signing.sign(body, self.settings.signing_key)
-        payload = codec.encode(body)
-        conn = self.connection()
-        handle = TaskHandle(self, task_id, name, concurrent.futures.Future())
-        self._pending.add(handle)
-        if keeper is not None:  # kept before it is published: its receipt may come back at once
-            keeper.keep(task_id, self._record_topic(opts.queue), payload)
-        try:
-            # reply_to and the id in the body say what Response Topic and Correlation Data would;
-            # leaving the MQTT 5 properties off saves building them for every task.
-            conn.publish(self.topics.tasks(opts.queue), payload,
-                         expiry=int(opts.expires) + 1 if opts.expires else None, user_properties=user_properties)
-        except Exception:
-            self._pending.pop(task_id)
-            if keeper is not None:
-                keeper.forget(task_id)
-            raise
-        return handle
+                         self.receipt_topic if keeping else None, extra)
+        # reply_to and the id in the body say what Response Topic and Correlation Data would;
+        # leaving the MQTT 5 properties off saves building them for every task.
+        return self._tracked(name, self.topics.tasks(opts.queue), body, self._record_topic(opts.queue) if keeping
+                             else None, expiry=int(opts.expires) + 1 if opts.expires else None,
+                             user_properties=user_properties)
 
     def send_tracked(self, topic: str, message: dict[str, Any], name: str) -> TaskHandle:
-        """Publish ``message`` (a workflow: ``canvas.py``) on ``topic``; the handle waits for the final
-        event with the message's ``id`` on this app's reply topic."""
+        """Publish a workflow (``canvas.py``) on ``topic``; the handle waits for its final event. With receipts
+        on, it is kept (re-sent to ``topic``) until the coordinator recorded it, even with none known yet."""
+        keeping = self._receipts is not None
+        message = {**message, "receipt_to": self.receipt_topic} if keeping else message
+        return self._tracked(name, topic, message, topic if keeping else None, needs_coordinator=True)
+
+    def _tracked(self, name: str, topic: str, message: dict[str, Any], resend_to: str | None,
+                 needs_coordinator: bool = False, **publish: Any) -> TaskHandle:
+        """Sign (when signing is on) and publish ``message``; kept for a receipt (and re-sent to
+        ``resend_to``) unless that is None."""
+        if self.settings.signing_key is not None:
+            message = signing.sign(message, self.settings.signing_key)
+        payload = codec.encode(message)
+        conn = self.connection()
         handle = TaskHandle(self, message["id"], name, concurrent.futures.Future())
         self._pending.add(handle)
+        keeper = self._receipts if resend_to is not None else None
+        if keeper is not None and resend_to is not None:  # kept first: its receipt may come back at once
+            keeper.keep(handle.id, resend_to, payload, needs_coordinator=needs_coordinator)
         try:
-            self.connection().publish(topic, codec.encode(message))
+            conn.publish(topic, payload, **publish)
         except Exception:
             self._pending.pop(handle.id)
+            if keeper is not None:
+                keeper.forget(handle.id)
             raise
         return handle
 

@@ -29,6 +29,10 @@ thread, which only records what arrived.
   first time after this producer reconnected (tasks sent on an older connection); and any task
   without a receipt for ``timeout_s`` while the coordinator is online, with the timeout doubling,
   up to ``max_timeouts`` times, after which it is given up (logged).
+- A workflow (``P/workflows``, canvas.py) is kept the same way, with its id, but also while no
+  coordinator is known: only a coordinator runs a workflow, and one published before any
+  coordinator had a session at the broker was dropped by it. It is re-sent to ``P/workflows``
+  (only the coordinator reads it, and it takes a workflow id once) when a coordinator comes online.
 - Bounded: at most ``max_bytes`` of payloads; beyond it the oldest kept task is given up (logged
   once per episode) rather than blocking ``send``: a producer never waits on a coordinator.
 """
@@ -65,16 +69,18 @@ class ReceiptPolicy:
 
 
 class Kept:
-    """A task sent and not yet confirmed."""
+    """A task (or workflow) sent and not yet confirmed."""
 
-    __slots__ = ("topic", "payload", "sent_at", "generation", "timeouts")
+    __slots__ = ("topic", "payload", "sent_at", "generation", "timeouts", "needs_coordinator")
 
-    def __init__(self, topic: str, payload: bytes, sent_at: float, generation: int) -> None:
-        self.topic = topic          # where a re-send goes: P/record/{queue}
+    def __init__(self, topic: str, payload: bytes, sent_at: float, generation: int,
+                 needs_coordinator: bool = False) -> None:
+        self.topic = topic          # where a re-send goes: P/record/{queue}, or P/workflows
         self.payload = payload
         self.sent_at = sent_at      # monotonic; kept in order of it
         self.generation = generation
         self.timeouts = 0
+        self.needs_coordinator = needs_coordinator  # a workflow: kept even while no coordinator is known
 
 
 Resend = tuple[str, Kept]
@@ -91,12 +97,13 @@ class Unconfirmed:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def keep(self, task_id: str, topic: str, payload: bytes, now: float, generation: int) -> list[str]:
+    def keep(self, task_id: str, topic: str, payload: bytes, now: float, generation: int,
+             needs_coordinator: bool = False) -> list[str]:
         """Keep a sent task; returns the ids given up to stay within ``max_bytes`` (oldest first)."""
         old = self.entries.pop(task_id, None)
         if old is not None:
             self.bytes -= len(old.payload)
-        self.entries[task_id] = Kept(topic, payload, now, generation)
+        self.entries[task_id] = Kept(topic, payload, now, generation, needs_coordinator)
         self.bytes += len(payload)
         dropped = []
         while self.bytes > self.policy.max_bytes and len(self.entries) > 1:
@@ -116,10 +123,10 @@ class Unconfirmed:
         return done
 
     def release_all(self) -> int:
-        count = len(self.entries)
-        self.entries.clear()
-        self.bytes = 0
-        return count
+        """No coordinator on the prefix: forget the tasks (best effort, as without receipts), keep
+        the workflows (only a coordinator runs one: it gets them when it comes). How many went."""
+        released = [ident for ident, kept in self.entries.items() if not kept.needs_coordinator]
+        return self.confirm(released)
 
     def on_online(self, resumed: bool, generation: int, now: float) -> list[Resend]:
         """The coordinator came online: what to re-send now. Every kept task's timeout restarts."""
@@ -181,9 +188,12 @@ class ReceiptKeeper:
         return self.coordinator != NONE
 
     # -- from send (the caller's thread) --------------------------------------------------
-    def keep(self, task_id: str, topic: str, payload: bytes) -> None:
+    def keep(self, task_id: str, topic: str, payload: bytes, *, needs_coordinator: bool = False) -> None:
+        """Keep a task until its receipt; ``needs_coordinator`` (a workflow): even while no
+        coordinator is known on the prefix, until one comes online and records it."""
         with self._cond:
-            dropped = self.unconfirmed.keep(task_id, topic, payload, self._clock(), self._generation())
+            dropped = self.unconfirmed.keep(task_id, topic, payload, self._clock(), self._generation(),
+                                            needs_coordinator)
             if self._thread is None and not self._stopping:
                 self._start()
         if dropped:

@@ -32,8 +32,8 @@ def _write(ledger: str | None, kind: str) -> None:
             os.close(fd)
 
 
-def make_flow_app(url: str, prefix: str, ledger: str | None = None) -> TaskApp:
-    app = TaskApp(settings=Settings.from_url(url, prefix=prefix), receipts=False)
+def make_flow_app(url: str, prefix: str, ledger: str | None = None, receipts: bool = False) -> TaskApp:
+    app = TaskApp(settings=Settings.from_url(url, prefix=prefix), receipts=receipts)
 
     def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
         def body(*args: Any, seconds: float = 0.0, fail_until: int = 0, **kwargs: Any) -> Any:

@@ -58,6 +58,15 @@ def test_a_coordinator_back_with_its_session_gets_only_what_an_older_connection_
     assert [i for i, _ in kept.on_online(True, 2, 7.0)] == []
 
 
+def test_no_coordinator_releases_the_tasks_but_keeps_the_workflows() -> None:
+    kept = Unconfirmed(POLICY)
+    kept.keep("t", "P/record/q", b"1", 0.0, 1)
+    kept.keep("wf", "P/workflows", b"22", 0.0, 1, needs_coordinator=True)
+    assert kept.release_all() == 1
+    assert list(kept.entries) == ["wf"] and kept.bytes == 2
+    assert [i for i, _ in kept.on_online(False, 1, 3.0)] == ["wf"]  # the first coordinator gets it
+
+
 def test_no_receipt_within_the_timeout_re_sends_with_backoff_then_gives_up() -> None:
     kept = Unconfirmed(POLICY)
     kept.keep("a", "t", b"1", 0.0, 1)

@@ -217,6 +217,15 @@ def test_workflows_are_buffered_committed_and_listed(store: Store) -> None:
     assert [w.id for w in store.list_workflows("compensated")] == ["wf"]
     other = store.get_workflow("other")
     assert other is not None and other.callback is not None and other.callback.sig == {"task": "t"}
+    nested = WorkflowRecord(id="n", kind="chain", steps=[WorkflowStep(
+        id="n.0", sig={}, kind="chord", state="running",
+        steps=[WorkflowStep(id="n.0.0", sig={"task": "a"}, state="succeeded", result=[1])],
+        callback=WorkflowStep(id="n.0.callback", sig={"task": "t"}))])
+    store.put_workflow(nested)
+    store.commit()
+    got = store.get_workflow("n")
+    assert got is not None and got == nested and got.steps[0].steps[0].result == [1]
+    assert [s.id for s in got.walk()] == ["n.0", "n.0.0", "n.0.callback"]
 
 
 def test_sqlite_workflows_survive_reopen(tmp_path: Path) -> None:

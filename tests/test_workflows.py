@@ -101,6 +101,37 @@ def test_a_group_and_a_chord(broker_url: str, prefix: str, tmp_path: Path) -> No
     assert ends["h1.callback"] == 1 and all(ends[f"g1.{i}"] == 1 for i in range(8))
 
 
+def test_nested_workflows(broker_url: str, prefix: str, tmp_path: Path) -> None:
+    """Celery's canvas shapes: a group inside a chain (the next step gets the list of its results),
+    parallel chains (each chain's last result), a chord of chains; a failure deep inside fails the
+    enclosing workflows and nothing after it runs. Each task once, by the ledger."""
+    ledger = str(tmp_path / "ledger")
+    with cluster(broker_url, prefix, ledger) as app:
+        add, mul, total, fail = (app.registry[n] for n in ("add", "mul", "total", "fail"))
+        in_chain = chain(add.s(1, 1), group(add.s(10), add.s(20)), total.s()).submit(workflow_id="n1")
+        parallel = group(chain(add.s(1, 1), add.s(1)), chain(add.s(2, 2), mul.s(10))).submit(workflow_id="n2")
+        of_chains = chord([chain(add.s(1, 2), add.s(3)), chain(add.s(0, 1), mul.s(5))], total.s()).submit(
+            workflow_id="n3")
+        broken = chain(add.s(1, 1), group(chain(add.s(1), fail.si("deep")), add.s(5)), add.s(1)).submit(
+            workflow_id="n4")
+        assert in_chain.result(RESULT_S) == (2 + 10) + (2 + 20)
+        assert parallel.result(RESULT_S) == [3, 40]
+        assert of_chains.result(RESULT_S) == 6 + 5
+        with pytest.raises(TaskDeadError, match="step 1.0.1 \\(fail\\) dead: RuntimeError: deep failed"):
+            broken.result(RESULT_S)
+        steps = in_chain.status().steps or []
+        assert [s["id"] for s in steps] == ["n1.0", "n1.1", "n1.2"] and steps[1]["kind"] == "group"
+        assert [(s["id"], s["result"]) for s in steps[1]["steps"]] == [("n1.1.0", 12), ("n1.1.1", 22)]
+        view = query_status(settings(broker_url, prefix), "n4")
+        assert view["state"] == "dead" and [s["state"] for s in view["steps"]] == ["succeeded", "dead", "skipped"]
+        assert [s["state"] for s in view["steps"][1]["steps"][0]["steps"]] == ["succeeded", "dead"]
+    ends = count(ledger, "end")
+    assert {k: n for k, n in ends.items() if k.startswith("n")} == {
+        "n1.0": 1, "n1.1.0": 1, "n1.1.1": 1, "n1.2": 1, "n2.0.0": 1, "n2.0.1": 1, "n2.1.0": 1, "n2.1.1": 1,
+        "n3.0.0": 1, "n3.0.1": 1, "n3.1.0": 1, "n3.1.1": 1, "n3.callback": 1, "n4.0": 1, "n4.1.0.0": 1, "n4.1.1": 1}
+    assert count(ledger, "start")["n4.1.0.1"] == 1 and "n4.2" not in runs(ledger)
+
+
 def test_a_saga_compensates_in_reverse_with_retries(broker_url: str, prefix: str, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
     events: list[str] = []
@@ -178,13 +209,16 @@ class _Redelivery:
 def test_cli_status_of_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
     with cluster(mosquitto.url, prefix, str(tmp_path / "ledger")) as app:
         add = app.registry["add"]
-        chain(add.s(1, 1), add.s(1)).submit(workflow_id="cli1").result(RESULT_S)
+        assert chain(add.s(1, 1), group(add.s(1), add.s(2))).submit(workflow_id="cli1").result(RESULT_S) == [3, 4]
         env = {**os.environ, "PYTHONPATH": ROOT}
         out = subprocess.run([sys.executable, "-m", "mqtt_tasks", "status", "cli1", "--broker", mosquitto.url,
                               "--prefix", prefix], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         shown = json.loads(out.stdout)
         assert shown["state"] == "succeeded" and [s["id"] for s in shown["steps"]] == ["cli1.0", "cli1.1"]
+        nested = shown["steps"][1]  # a nested workflow in place: its kind, state and its own steps
+        assert (nested["kind"], nested["state"]) == ("group", "succeeded")
+        assert [(s["id"], s["result"]) for s in nested["steps"]] == [("cli1.1.0", 3), ("cli1.1.1", 4)]
 
 
 # -- faults: real processes on Mosquitto -------------------------------------------------------
@@ -270,6 +304,21 @@ def test_coordinator_killed_in_the_middle_of_a_sagas_compensation(mosquitto: Any
     assert count(ledger, "end") == {"k3.0": 1, "k3.1": 1, "k3.1.undo": 1, "k3.0.undo": 1}
 
 
+def test_coordinator_killed_in_the_middle_of_a_nested_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
+        app = make_flow_app(mosquitto.url, prefix)
+        add, total = app.registry["add"], app.registry["total"]
+        members = (chain(add.s(i, seconds=0.3), add.s(1, seconds=0.3)) for i in range(4))
+        handle = chain(add.s(0, 1, seconds=0.2), group(*members), total.s()).submit(workflow_id="k5")
+        kill_coordinator_when(procs, lambda: sum(n for k, n in count(ledger, "end").items() if k.startswith("k5.1."))
+                              >= 3, "3 nested steps to end", mosquitto.url, prefix, tmp_path)
+        assert handle.result(RESULT_S) == sum(2 + i for i in range(4))
+        app.close()
+    leaves = {"k5.0": 1, **{f"k5.1.{i}.{j}": 1 for i in range(4) for j in range(2)}, "k5.2": 1}
+    assert count(ledger, "end") == leaves  # each task once: nothing ran twice
+
+
 def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
     with processes(mosquitto.url, prefix, tmp_path, ledger) as procs:
@@ -284,6 +333,46 @@ def test_a_worker_killed_in_the_middle_of_a_step(mosquitto: Any, prefix: str, tm
     lines = runs(ledger)
     assert count(ledger, "end") == {"k4.0": 1, "k4.1": 1, "k4.2": 1}
     assert [k for k, _a, _p in lines["k4.1"]].count("start") == 2  # the killed run, and the one that ended
+
+
+def test_a_workflow_sent_before_any_coordinator_existed_runs_once_one_starts(mosquitto: Any, prefix: str,
+                                                                             tmp_path: Path) -> None:
+    """No coordinator has ever had a session on this prefix, so the broker drops the workflow
+    message; the producer keeps it (a plain task is released once no coordinator shows up, the
+    workflow is not) and re-sends it when a coordinator comes online: it runs, each step once. The
+    same message published again later gets a receipt again and runs nothing again."""
+    ledger = str(tmp_path / "ledger")
+    workers = [spawn_flow_worker(mosquitto.url, prefix, "w1", ledger)]
+    app = make_flow_app(mosquitto.url, prefix, receipts=True)
+    receipts: list[dict[str, Any]] = []
+    listener = Connection(settings(mosquitto.url, prefix), f"receipts-{prefix}",
+                          on_message=lambda m: receipts.append(json.loads(m.payload)))
+    listener.subscribe(f"{prefix}/replies/again/receipts")
+    listener.connect()
+    coordinator: subprocess.Popen[str] | None = None
+    try:
+        add, total = app.registry["add"], app.registry["total"]
+        handle = chain(add.s(1, 1), add.s(10)).submit(workflow_id="early1")
+        chord_handle = chord(group(add.s(i, i) for i in range(3)), total.s()).submit(workflow_id="early2")
+        app.send("add", (5, 5), task_id="plain1")  # kept too until the producer decides no coordinator exists
+        wait_for(lambda: app.unconfirmed == 2, 30, "the plain task to be released, the workflows kept")
+        assert not any(k.startswith("early") for k in runs(ledger))
+        coordinator = spawn_coordinator(mosquitto.url, prefix, str(tmp_path / "c.db"))
+        assert handle.result(RESULT_S) == 12 and chord_handle.result(RESULT_S) == 6
+        wait_for(lambda: app.unconfirmed == 0, 30, "the coordinator's receipts")
+        again = chain(add.s(1, 1), add.s(10)).to_message("early1")
+        again["receipt_to"] = f"{prefix}/replies/again/receipts"
+        _Redelivery(app.connection(), prefix).publish(again)
+        wait_for(lambda: any("early1" in r.get("ids", []) for r in receipts), 30, "the receipt of the re-send")
+        assert query_status(settings(mosquitto.url, prefix), "early1")["state"] == "succeeded"
+    finally:
+        app.close()
+        listener.close()
+        for proc in [*workers, *([coordinator] if coordinator else [])]:
+            proc.terminate()
+            proc.wait(10)
+    ends = {k: n for k, n in count(ledger, "end").items() if k.startswith("early")}
+    assert ends == {"early1.0": 1, "early1.1": 1, **{f"early2.{i}": 1 for i in range(3)}, "early2.callback": 1}
 
 
 def test_with_signing_on_only_a_signed_workflow_runs(mosquitto: Any, prefix: str, tmp_path: Path) -> None:
@@ -373,7 +462,16 @@ def test_cancelling_a_workflow(mosquitto: Any, prefix: str, tmp_path: Path) -> N
             sg.result(RESULT_S)
         with pytest.raises(MqttTasksError, match="it is compensated"):
             request_cancel(settings(mosquitto.url, prefix), "x2")
+        nested = chain(add.s(1, 1), group(add.s(1, seconds=2.0), add.s(2, seconds=2.0)), add.s(1)).submit(
+            workflow_id="x3")
+        wait_for(lambda: "x3.1.0" in runs(ledger) and "x3.1.1" in runs(ledger), 20, "the nested group to start")
+        answer = request_cancel(settings(mosquitto.url, prefix), "x3.1", "only the group")
+        assert answer["ok"] and answer["state"] == "cancelled"
+        with pytest.raises(TaskDeadError, match="step 1 \\(group\\) cancelled: only the group"):
+            nested.result(RESULT_S)
+        assert [s["state"] for s in nested.status().steps or []] == ["succeeded", "cancelled", "skipped"]
     assert "x1.2" not in runs(ledger) and count(ledger, "end").get("x2.0.undo") == 1
+    assert "x3.2" not in runs(ledger) and not any(k.startswith("x3.1.") for k in count(ledger, "end"))
 
 
 def test_a_shell_client_submits_a_chain_with_mosquitto_pub(mosquitto: Any, prefix: str, tmp_path: Path) -> None:

@@ -6,7 +6,11 @@ Built on these facts (docs/workflows.md):
   by ``protocol.messages.Workflow``; a bad one is reported on ``P/errors`` (``Handlers``) and the
   next message is processed. With signing on, the coordinator signs the steps it publishes, so it
   takes only a workflow signed with the same key (``sig``, as a task's). A workflow id already
-  recorded is a redelivery: nothing happens.
+  recorded is a redelivery or a producer's re-send: nothing happens but its receipt.
+- A workflow with a ``receipt_to`` (``TaskApp`` asks while it keeps the workflow, receipts.py)
+  gets its id into a receipt there after the commit that recorded it, or when it was recorded
+  already (``Effects.receipt``): the producer re-sends it to ``P/workflows`` until then, so a
+  workflow published before any coordinator had a session at the broker is not lost.
 - The workflow record (``Store.put_workflow``) and the task records of the steps it submits are
   put in the store in the same batch, and the loop commits before it acknowledges the message and
   before it publishes the steps on ``P/tasks/{queue}``. A coordinator killed before the commit gets
@@ -22,7 +26,8 @@ Built on these facts (docs/workflows.md):
   ``source: "coordinator"``.
 - A cancel request on ``P/cancel/{workflow id}`` (``CancelRequests`` asks here when no task has
   the id) cancels the running steps' tasks and ends the workflow ``cancelled``, or rolls a saga
-  back (``flow.cancel``).
+  back (``flow.cancel``). One for a nested workflow's id (``{wf}.1``) cancels that nested
+  workflow, which fails its parent as a failed step would (``flow.cancel_nested``).
 - Running workflows are kept in memory (``live``), read back from the store at start
   (``recover``): a step's end then needs no store read, which could fail during a store outage
   after the step's record had already changed (the workflow would miss that step for good).
@@ -93,12 +98,15 @@ class Workflows:
                                   task_id=model.id) from None
         if self.get(model.id) is not None:
             log.info("coordinator: workflow %s is recorded already", model.id)
-            return
-        now = self._clock()
-        workflow = flow.new_workflow(model.model_dump(exclude_none=True), now)
-        self._stats["workflows"] = self._stats.get("workflows", 0) + 1
-        log.info("coordinator: workflow %s (%s of %d steps) recorded", workflow.id, workflow.kind, len(workflow.steps))
-        self._apply(workflow, flow.begin(workflow, now))
+        else:
+            now = self._clock()
+            workflow = flow.new_workflow(model.model_dump(exclude_none=True), now)
+            self._stats["workflows"] = self._stats.get("workflows", 0) + 1
+            log.info("coordinator: workflow %s (%s of %d steps) recorded", workflow.id, workflow.kind,
+                     len(workflow.steps))
+            self._apply(workflow, flow.begin(workflow, now))
+        if model.receipt_to:  # goes out after the commit that recorded it (or an earlier one did)
+            self._effects.receipt(model.receipt_to, model.id)
 
     def get(self, workflow_id: str) -> WorkflowRecord | None:
         workflow = self.live.get(workflow_id)
@@ -136,7 +144,7 @@ class Workflows:
         workflow has that id (``CancelRequests`` asks here when no task has it)."""
         workflow = self.get(workflow_id)
         if workflow is None:
-            return None
+            return self._cancel_nested(workflow_id, reason)
         effects = flow.cancel(workflow, reason, self._clock())
         if effects is None:
             ok = workflow.state == CANCELLED
@@ -144,6 +152,23 @@ class Workflows:
         log.info("coordinator: workflow %s cancelled: %s", workflow_id, reason)
         self._apply(workflow, effects)
         return True, workflow.state, None
+
+    def _cancel_nested(self, step_id: str, reason: str) -> tuple[bool, str | None, str | None] | None:
+        """A cancel request for a nested workflow (``{wf}.1``): None when no workflow has that step."""
+        head = step_id
+        while "." in head:  # the workflow's own id may hold dots: try each prefix, longest first
+            head = head.rsplit(".", 1)[0]
+            workflow = self.get(head)
+            path = flow.locate(workflow, step_id) if workflow is not None else None
+            if workflow is None or path is None or path[-1].kind is None:
+                continue
+            effects = flow.cancel_nested(workflow, step_id, reason, self._clock())
+            if effects is None:
+                return False, path[-1].state, f"cannot cancel nested workflow {step_id!r}: it is {path[-1].state}"
+            log.info("coordinator: nested workflow %s cancelled: %s", step_id, reason)
+            self._apply(workflow, effects)
+            return True, CANCELLED, None
+        return None
 
     def _stop(self, effect: flow.Stop) -> None:
         record = self._records.get(effect.task_id)

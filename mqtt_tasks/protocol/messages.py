@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import labels, validate
 from .rates import RATE_KEY_MAX, RATE_LIMIT_PATTERN, rate_limit_problem
@@ -20,6 +29,7 @@ from .states import (  # noqa: F401 - re-exported: the states belong to the cont
     DUPLICATE,
     EXPIRED,
     FAILED,
+    NESTED_WORKFLOW_KINDS,
     PRIORITY_MAX,
     PRIORITY_MIN,
     PROGRESS,
@@ -41,11 +51,13 @@ if TYPE_CHECKING:
     WorkerStateName = str
     CoordinatorStateName = str
     WorkflowKind = str
+    NestedKind = str
 else:  # the vocabulary of states.py, as enums in the JSON Schema
     StatusState = Literal[STATUS_STATES]
     WorkerStateName = Literal[WORKER_STATES]
     CoordinatorStateName = Literal[COORDINATOR_STATES]
     WorkflowKind = Literal[WORKFLOW_KINDS]
+    NestedKind = Literal[NESTED_WORKFLOW_KINDS]
 
 
 Label = Annotated[str, Field(pattern=labels.LABEL_PATTERN)]
@@ -53,6 +65,13 @@ Label = Annotated[str, Field(pattern=labels.LABEL_PATTERN)]
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+def plain_topic(value: str | None, name: str) -> str | None:
+    """A reply or receipt topic: a plain topic name (no wildcards, not ``$...``)."""
+    if value is not None and ("+" in value or "#" in value or value.startswith("$")):
+        raise ValueError(f"{name} must be a plain topic name (no wildcards, not $...)")
+    return value
 
 
 class Task(_Message):
@@ -137,9 +156,7 @@ class Task(_Message):
     @field_validator("reply_to", "receipt_to")
     @classmethod
     def _reply_to_is_a_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
-            raise ValueError(f"{info.field_name} must be a plain topic name (no wildcards, not $...)")
-        return value
+        return plain_topic(value, str(info.field_name))
 
 
 class ErrorInfo(_Message):
@@ -176,7 +193,8 @@ class StatusEvent(_Message):
     workflow: str | None = Field(default=None, description="on a workflow's own events: its kind (chain, group, "
                                  "chord, saga)")
     steps: list[dict[str, Any]] | None = Field(default=None, description="on a workflow's own events: each step's "
-                                               "id, task, state, result or reason (and compensation)")
+                                               "id, task, state, result or reason (and compensation); a "
+                                               "nested workflow's id, kind, state, reason and its own steps")
     rate_limit: str | None = Field(default=None, description="on deferred (delayed): the rate limit of the "
                                    "worker's registration of a task that carried none; the coordinator adopts it")
     rate_key: str | None = Field(default=None, description="with rate_limit: the key the worker read from the "
@@ -316,6 +334,11 @@ class Schedule(_Message):
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
 """A workflow's id: 100 characters at most, leaving room for its steps' ids (``{id}.{index}.undo``)."""
 MAX_WORKFLOW_STEPS = 1000
+"""Tasks in a workflow's steps at most, counted down nested workflows (chords' callbacks aside)."""
+MAX_WORKFLOW_DEPTH = 4
+"""Workflows inside workflows at most: a chain of groups of chains of groups. With the id's 100
+characters and indexes below 1,000, a step's id (a task id) stays within 128 characters
+(tests/test_workflow_policy.py checks the sum)."""
 
 
 class Signature(_Message):
@@ -333,31 +356,81 @@ class Signature(_Message):
     compensate: Signature | None = Field(default=None, description="a saga step's compensation (saga only)")
 
 
+def _step_kind(value: Any) -> str:
+    """A step with a ``kind`` is a nested workflow, any other a task."""
+    has_kind = "kind" in value if isinstance(value, dict) else isinstance(value, NestedWorkflow)
+    return "workflow" if has_kind else "task"
+
+
+Step = Annotated[Annotated[Signature, Tag("task")] | Annotated["NestedWorkflow", Tag("workflow")],
+                 Discriminator(_step_kind)]
+
+
+class NestedWorkflow(_Message):
+    """A chain, group or chord as one step of a workflow (not a saga; docs/workflows.md, "Nesting")."""
+
+    kind: NestedKind = Field(description="chain, group or chord")
+    steps: list[Step] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
+                              description="its steps or members: tasks, or workflows nested further")
+    callback: Signature | None = Field(default=None, description="a chord's callback (chord only, required)")
+
+    @model_validator(mode="after")
+    def _shape(self) -> NestedWorkflow:
+        _check_shape(self.kind, self.steps, self.callback)
+        return self
+
+
+def _check_shape(kind: str, steps: list[Any], callback: Signature | None) -> None:
+    if (kind == "chord") != (callback is not None):
+        raise ValueError("a chord needs a callback, and only a chord has one")
+    signatures = [s for s in steps if isinstance(s, Signature)]
+    if kind == "saga" and len(signatures) < len(steps):
+        raise ValueError("a saga's steps are tasks: workflows do not nest inside a saga")
+    if kind != "saga" and any(s.compensate is not None for s in signatures):
+        raise ValueError("only a saga's steps have compensations")
+    if any(s.compensate is not None and s.compensate.compensate is not None for s in signatures):
+        raise ValueError("a compensation has no compensation of its own")
+
+
+def measure(steps: list[Any]) -> tuple[int, int]:
+    """(tasks in ``steps`` down the tree, chords' callbacks aside; levels of nesting below)."""
+    tasks, depth = 0, 0
+    for step in steps:
+        if isinstance(step, NestedWorkflow):
+            inner_tasks, inner_depth = measure(step.steps)
+            tasks, depth = tasks + inner_tasks, max(depth, inner_depth + 1)
+        else:
+            tasks += 1
+    return tasks, depth
+
+
 class Workflow(_Message):
     """A chain, group, chord or saga, published on ``P/workflows`` (docs/workflows.md)."""
 
     id: str = Field(pattern=WORKFLOW_ID_PATTERN, description="1-100 characters of A-Z a-z 0-9 _ . : -; unique")
     kind: WorkflowKind = Field(description="chain, group, chord or saga")
-    steps: list[Signature] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
-                                   description="the steps (chain, saga) or members (group, chord), in order")
+    steps: list[Step] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
+                              description="the steps (chain, saga) or members (group, chord), in order: tasks, "
+                                          "or (not in a saga) chains, groups and chords nested")
     callback: Signature | None = Field(default=None, description="a chord's callback (chord only, required)")
     reply_to: str | None = Field(default=None, min_length=1, max_length=512,
                                  description="topic that receives the workflow's final status event")
     correlation: str | None = Field(default=None, max_length=1024, description="echoed in the workflow's events")
+    receipt_to: str | None = Field(default=None, min_length=1, max_length=512,
+                                   description="topic that receives the coordinator's receipt (its id in a "
+                                               "Receipt) once it recorded the workflow, or found it recorded")
 
-    @field_validator("reply_to")
+    @field_validator("reply_to", "receipt_to")
     @classmethod
-    def _reply_to_is_a_topic(cls, value: str | None) -> str | None:
-        if value is not None and ("+" in value or "#" in value or value.startswith("$")):
-            raise ValueError("reply_to must be a plain topic name (no wildcards, not $...)")
-        return value
+    def _reply_to_is_a_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return plain_topic(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _shape(self) -> Workflow:
-        if (self.kind == "chord") != (self.callback is not None):
-            raise ValueError("a chord needs a callback, and only a chord has one")
-        if self.kind != "saga" and any(s.compensate is not None for s in self.steps):
-            raise ValueError("only a saga's steps have compensations")
-        if any(s.compensate is not None and s.compensate.compensate is not None for s in self.steps):
-            raise ValueError("a compensation has no compensation of its own")
+        _check_shape(self.kind, self.steps, self.callback)
+        tasks, depth = measure(self.steps)
+        if tasks > MAX_WORKFLOW_STEPS:
+            raise ValueError(f"{tasks} tasks in the steps: at most {MAX_WORKFLOW_STEPS}, counted down nested workflows")
+        if depth > MAX_WORKFLOW_DEPTH:
+            raise ValueError(f"workflows nested {depth} deep: at most {MAX_WORKFLOW_DEPTH}")
         return self

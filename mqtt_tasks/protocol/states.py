@@ -59,6 +59,8 @@ RUNNING = "running"
 PENDING = "pending"
 SKIPPED = "skipped"
 WORKFLOW_KINDS = ("chain", "group", "chord", "saga")
+NESTED_WORKFLOW_KINDS = ("chain", "group", "chord")
+"""What a step may be besides a task: a saga does not nest (docs/workflows.md)."""
 WORKFLOW_STATES = (RUNNING, COMPENSATING, SUCCEEDED, DEAD, COMPENSATED, CANCELLED)
 WORKFLOW_TERMINAL_STATES = frozenset({SUCCEEDED, DEAD, COMPENSATED, CANCELLED})
 
