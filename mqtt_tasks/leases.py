@@ -36,7 +36,7 @@ before it started (its worker died of something else while it waited its turn) i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .protocol.states import DEFAULT_MAX_ATTEMPTS, OFFLINE, ONLINE
@@ -521,6 +521,7 @@ class WorkerView:
     full_at: float | None = None  # when it last had no free slot (coordinator clock), from its heartbeat
     lost_at: float | None = None  # when it last went offline
     labels: frozenset[str] = frozenset()  # its capability labels (docs/routing.md)
+    code: Mapping[str, str] = field(default_factory=dict)  # module -> version it runs (deploys)
 
 
 def is_live(w: WorkerView, now: float, policy: LeasePolicy) -> bool:

@@ -23,7 +23,13 @@ coordinator part (``coordinator/deploys.py``) does the I/O. Rules:
   ``rate`` R workers per minute, a wave of n workers is followed by the next no sooner than
   60·n/R seconds after it started. Without a rate, as soon as the wave is done.
 - A worker that has not said ``applied`` or ``failed`` within ``timeout_s`` of its bundle being
-  sent counts as failed (``timed out``).
+  sent times out. One that never answered at all (still ``sent``: it was not there) is sent again
+  when the coordinator next hears it live, up to ``retries`` more sends (AWS IoT Jobs
+  ``jobExecutionsRetryConfig`` on TIMED_OUT): it waits as ``waiting`` (``attempts`` sends so far)
+  and ``join`` makes it ``pending`` again, in a snapshot rollout too. Its final outcome is what
+  counts (a late final answer to an earlier send included); a waiting retry is neither finished
+  nor failed, so it does not count toward the abort threshold. One that answered and then went
+  silent, or is out of retries, counts as failed (``timed out``).
 - Abort (AWS IoT Jobs ``abortConfig``, action CANCEL, failure type FAILED or TIMED_OUT): once at
   least ``min_executed`` workers have finished (applied or failed), if failed ≥ ``abort_pct`` % of
   the finished ones, the rollout is ``aborted``: no further wave starts. Workers of a wave already
@@ -33,6 +39,9 @@ coordinator part (``coordinator/deploys.py``) does the I/O. Rules:
 - ``completed``: every worker was sent the bundle and answered; failures are counted, not hidden.
   (A continuous rollout's ``waiting`` workers do not hold it up: they are counted apart.)
 - A worker's first final answer wins; a report for a step it has passed changes nothing.
+- A rollback (``rollback_of``) goes to the selector of the rollout it undoes: the live workers
+  that already run its version (heartbeat ``code``) are recorded ``applied`` and not sent it
+  (``skip_running``), and joiners get it like any continuous rollout's.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ UNSENT = frozenset({WAITING, PENDING})
 IN_FLIGHT = frozenset({SENT, DOWNLOADED, VERIFIED})
 FINISHED = frozenset({APPLIED, FAILED})
 DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_RETRIES = 3
 
 
 @dataclass
@@ -63,6 +73,7 @@ class WorkerStep:
     reason: str | None = None
     sent_at: float | None = None
     ended_at: float | None = None
+    attempts: int = 0                # how many times the bundle was sent to it
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Rollout:
     rollback_of: str | None = None
     rolled_back_by: str | None = None
     snapshot: bool = False           # targets fixed at the start; else workers heard later join
+    retries: int = DEFAULT_RETRIES   # sends again to a worker that timed out without any answer
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +112,7 @@ class Rollout:
         fields = {f.name for f in dataclasses.fields(cls)}
         body = {k: v for k, v in data.items() if k in fields}
         body.setdefault("snapshot", True)  # a record from before continuous rollouts: it was a snapshot
+        body.setdefault("retries", 0)  # a record from before retries: a timeout was final
         body["workers"] = {w: WorkerStep(**step) for w, step in data.get("workers", {}).items()}
         return cls(**body)
 
@@ -140,23 +153,40 @@ def current(rollouts: Iterable[Rollout]) -> dict[str, Rollout]:
 
 def join(rollout: Rollout, worker: str, labels: Iterable[str], running: Mapping[str, str], now: float) -> bool:
     """``worker`` (with ``labels``, running ``running``: module -> version) was heard live; True when it
-    joined the rollout (call it for the module's ``current`` rollout only)."""
-    if rollout.snapshot or rollout.state == ABORTED or rollout.rolled_back_by is not None:
+    joined the rollout, or a target that timed out without an answer is due again (call it for the
+    module's ``current`` rollout only)."""
+    if rollout.state == ABORTED or rollout.rolled_back_by is not None:
         return False
     known = rollout.workers.get(worker)
-    if known is not None and known.state != WAITING:
-        return False  # it was a target already: its first final answer stands
-    if known is None and not _selector(rollout.to).matches(worker, labels):
+    if known is not None:
+        if known.state != WAITING:
+            return False  # it was a target already: its first final answer stands
+    elif rollout.snapshot or not _selector(rollout.to).matches(worker, labels):
         return False
+    attempts = known.attempts if known is not None else 0
     if running.get(rollout.module) == rollout.version:
-        reason = f"already running {rollout.version} when heard: not sent"
-        rollout.workers[worker] = WorkerStep(APPLIED, reason=reason, ended_at=now)
+        rollout.workers[worker] = _already(rollout.version, now, attempts)
     else:
-        rollout.workers[worker] = WorkerStep(PENDING)
+        rollout.workers[worker] = WorkerStep(PENDING, attempts=attempts)
     if rollout.state in (COMPLETED, WAITING):
         rollout.state, rollout.reason = RUNNING, None  # ``step`` decides again: a wave, or done
     rollout.updated = now
     return True
+
+
+def skip_running(rollout: Rollout, running: Mapping[str, Mapping[str, str]], now: float) -> list[str]:
+    """The ``pending`` workers whose code (``running``: worker -> module -> version) is the rollout's
+    version already: recorded ``applied``, not sent (a rollback's start); their ids."""
+    skipped = [w for w, s in rollout.workers.items()
+               if s.state == PENDING and running.get(w, {}).get(rollout.module) == rollout.version]
+    for worker in skipped:
+        rollout.workers[worker] = _already(rollout.version, now, 0)
+    return skipped
+
+
+def _already(version: str, now: float, attempts: int) -> WorkerStep:
+    return WorkerStep(APPLIED, reason=f"already running {version} when heard: not sent", ended_at=now,
+                      attempts=attempts)
 
 
 def move(rollout: Rollout, after: str, now: float) -> str | None:
@@ -175,9 +205,15 @@ def move(rollout: Rollout, after: str, now: float) -> str | None:
 
 
 def on_report(rollout: Rollout, worker: str, state: str, reason: str | None, now: float) -> bool:
-    """Record a worker's answer; True when it changed the record."""
+    """Record a worker's answer; True when it changed the record. A worker waiting for a retry (it
+    timed out without an answer) takes only a final answer: that send reached it after all."""
     step = rollout.workers.get(worker)
-    if step is None or step.state in UNSENT or step.state in FINISHED or _ORDER.get(state, 0) <= _ORDER[step.state]:
+    if step is None or step.state in FINISHED:
+        return False
+    if step.state in UNSENT:
+        if not (step.attempts and state in FINISHED):
+            return False
+    elif _ORDER.get(state, 0) <= _ORDER[step.state]:
         return False
     step.state, step.reason = state, reason if state == FAILED else None
     if state in FINISHED:
@@ -198,14 +234,14 @@ def step(rollout: Rollout, now: float) -> list[str]:
         return []
     pending = [w for w, s in rollout.workers.items() if s.state == PENDING]
     if not pending:
-        reached = len(rollout.workers) - rollout.count(WAITING)
+        reached = sum(1 for s in rollout.workers.values() if s.state != WAITING or s.attempts)
         rollout.state, rollout.updated = COMPLETED if reached or rollout.snapshot else WAITING, now
         return []
     if now < rollout.next_wave_at:
         return []
     wave = pending[:rollout.wave_size]
     for worker in wave:
-        rollout.workers[worker] = WorkerStep(SENT, sent_at=now)
+        rollout.workers[worker] = WorkerStep(SENT, sent_at=now, attempts=rollout.workers[worker].attempts + 1)
     rollout.waves += 1
     rollout.next_wave_at = now + (60.0 * len(wave) / rollout.rate if rollout.rate else 0.0)
     rollout.updated = now
@@ -226,8 +262,15 @@ def next_due(rollout: Rollout) -> float | None:
 def _time_out(rollout: Rollout, now: float) -> None:
     for step_ in rollout.workers.values():
         if step_.state in IN_FLIGHT and step_.sent_at is not None and now - step_.sent_at >= rollout.timeout_s:
-            step_.reason = f"timed out: no final answer within {rollout.timeout_s:g} s (last: {step_.state})"
-            step_.state, step_.ended_at, rollout.updated = FAILED, now, now
+            sends, rollout.updated = max(step_.attempts, 1), now
+            if step_.state == SENT and sends <= rollout.retries:  # not a word from it: it was not there
+                step_.reason = (f"timed out: no answer within {rollout.timeout_s:g} s (send {sends} of at most "
+                                f"{rollout.retries + 1}): sent again when heard")
+                step_.state = WAITING
+            else:
+                step_.reason = f"timed out: no final answer within {rollout.timeout_s:g} s (last: {step_.state})" + \
+                    (f", after {sends} sends" if sends > 1 else "")
+                step_.state, step_.ended_at = FAILED, now
 
 
 def _abort_due(rollout: Rollout) -> bool:

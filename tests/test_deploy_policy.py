@@ -244,7 +244,7 @@ def test_a_joiner_goes_in_the_next_wave_after_the_targets_at_the_rate() -> None:
 
 
 def test_a_joiners_failure_and_timeout_count_toward_the_abort_threshold() -> None:
-    r = labelled(n=1, abort_pct=50.0, min_executed=2, timeout_s=10.0)
+    r = labelled(n=1, abort_pct=50.0, min_executed=2, timeout_s=10.0, retries=0)
     finish(r, 0.0)
     assert rollouts.step(r, 1.0) == [] and r.state == rollouts.COMPLETED
     rollouts.join(r, "w2", ["cam"], {}, 2.0)
@@ -309,3 +309,71 @@ def test_a_record_from_before_continuous_rollouts_stays_a_snapshot() -> None:
     del old["snapshot"]
     assert Rollout.from_dict(old).snapshot is True
     assert Rollout.from_dict(labelled().to_dict()).snapshot is False
+
+
+# -- retries of targets that timed out without an answer; rollbacks for joiners ----------------------
+
+
+def test_a_target_that_timed_out_without_a_word_is_sent_again_when_heard_and_its_final_outcome_counts() -> None:
+    r = rollout(2, wave_size=1, timeout_s=10.0, retries=1, abort_pct=50.0, min_executed=1)
+    assert rollouts.step(r, 0.0) == ["w1"] and r.workers["w1"].attempts == 1
+    # w1 never answers (it was offline): not failed, waiting to be heard; the next wave goes on
+    assert rollouts.step(r, 10.0) == ["w2"] and r.state == rollouts.RUNNING
+    w1 = r.workers["w1"]
+    assert w1.state == "waiting" and "sent again when heard" in (w1.reason or "") and "send 1 of at most 2" in w1.reason
+    answer(r, "w2", "applied", 11.0)
+    assert rollouts.step(r, 11.0) == [] and r.state == rollouts.COMPLETED  # the retry is counted apart
+    assert r.counts() == {"workers": 2, "waiting": 1, "pending": 0, "in_flight": 0, "applied": 1, "failed": 0}
+    assert answer(r, "w1", "downloaded", 12.0) is False  # only a final answer counts while it waits
+    assert rollouts.join(r, "w1", [], {}, 13.0) and r.state == rollouts.RUNNING  # heard: due again
+    assert rollouts.step(r, 13.0) == ["w1"] and r.workers["w1"].attempts == 2 and r.waves == 3
+    assert rollouts.step(r, 23.0) == [] and r.workers["w1"].state == "failed"  # out of retries: final
+    assert "after 2 sends" in (r.workers["w1"].reason or "")
+    assert r.state == rollouts.ABORTED and "1 of 2" in (r.reason or "")  # the final outcome counts
+    assert rollouts.join(r, "w1", [], {}, 24.0) is False
+
+
+def test_a_timed_out_target_that_answered_or_runs_the_version_or_answers_late_is_not_sent_again() -> None:
+    r = rollout(3, wave_size=3, timeout_s=10.0)
+    rollouts.step(r, 0.0)
+    answer(r, "w1", "downloaded")  # it was there: a timeout after a word is a failure, as before
+    rollouts.step(r, 10.0)
+    assert [r.workers[w].state for w in ("w1", "w2", "w3")] == ["failed", "waiting", "waiting"]
+    assert answer(r, "w2", "applied", 11.0) and r.workers["w2"].state == "applied"  # the first send arrived late
+    assert rollouts.join(r, "w3", [], {"m": "2"}, 12.0)  # it runs the version already: recorded, not sent
+    assert r.workers["w3"].state == "applied" and r.workers["w3"].attempts == 1
+    assert rollouts.step(r, 12.0) == [] and r.state == rollouts.COMPLETED and r.waves == 1
+    none = rollout(1, timeout_s=10.0, retries=0)
+    rollouts.step(none, 0.0)
+    rollouts.step(none, 10.0)
+    assert none.workers["w1"].state == "failed" and "after" not in (none.workers["w1"].reason or "")
+
+
+def test_a_snapshot_rollout_retries_its_own_targets_but_takes_no_joiner_and_it_all_survives_the_record() -> None:
+    r = labelled(n=1, snapshot=True, timeout_s=5.0)
+    rollouts.step(r, 0.0)
+    assert rollouts.step(r, 5.0) == [] and r.state == rollouts.COMPLETED
+    again = Rollout.from_dict(json.loads(json.dumps(r.to_dict())))  # a coordinator killed: the store's copy
+    assert again == r and again.workers["w1"].attempts == 1 and again.retries == 3
+    assert rollouts.join(again, "w2", ["cam"], {}, 6.0) is False
+    assert rollouts.join(again, "w1", ["cam"], {}, 6.0) and rollouts.step(again, 6.0) == ["w1"]
+    answer(again, "w1", "applied", 7.0)
+    assert rollouts.step(again, 7.0) == [] and again.state == rollouts.COMPLETED
+    old = r.to_dict()
+    del old["retries"]
+    assert Rollout.from_dict(old).retries == 0  # a record from before retries: its timeouts stay final
+
+
+def test_a_rollback_skips_the_workers_on_its_version_and_takes_joiners_of_the_selector() -> None:
+    back = labelled(n=3, wave_size=3)
+    back.version, back.serial, back.rollback_of = "1", 3, "bad"
+    running = {"w1": {"m": "1"}, "w2": {"m": "2"}, "w3": {}}
+    assert rollouts.skip_running(back, running, 0.0) == ["w1"]
+    assert back.workers["w1"].state == "applied" and "already running 1" in (back.workers["w1"].reason or "")
+    assert rollouts.step(back, 0.0) == ["w2", "w3"]
+    bad = labelled()
+    bad.id, bad.serial, bad.rolled_back_by = "bad", 2, back.id
+    assert rollouts.current([bad, back]) == {"m": back}
+    assert rollouts.join(bad, "w4", ["cam"], {}, 1.0) is False
+    assert rollouts.join(back, "w4", ["cam"], {"m": "2"}, 1.0) and back.workers["w4"].state == "pending"
+    assert rollouts.join(back, "w5", ["cam"], {"m": "1"}, 1.0) and back.workers["w5"].state == "applied"

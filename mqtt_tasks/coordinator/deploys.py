@@ -18,8 +18,12 @@ Built on these facts (docs/deploy.md; the policy is ``mqtt_tasks.rollouts``, pur
 - ``tick`` runs after every batch while online, and costs one comparison until the earliest wave
   or timeout is due.
 - Queries: ``deploy.start``, ``deploy.status`` (one, or all), ``deploy.pause``, ``deploy.resume``.
-  A rollback is a new rollout (signed by the operator over the previous version's code) that names
-  the one it undoes (``rollback_of``): that one is stopped (``aborted``) and marked rolled back.
+  A rollback is a new rollout (signed by the operator over the previous version's code, for the
+  selector of the one it undoes) that names the one it undoes (``rollback_of``): that one is
+  stopped (``aborted``) and marked rolled back; the live workers whose heartbeat ``code`` says they
+  run the previous version already are recorded ``applied``, not sent it.
+- A target that timed out without a word waits for a retry (``rollouts``): ``on_heard`` sends it
+  again, like a joiner, while the rollout is its module's current one.
 """
 
 from __future__ import annotations
@@ -98,17 +102,21 @@ class Rollouts:
         now, snapshot = self._clock(), request.get("snapshot", False)
         if not isinstance(snapshot, bool):
             raise ConfigError("snapshot must be true or false")
-        targets = rollouts.targets(m.to, ((w.worker, w.labels) for w in self._fleet.live(now)), snapshot)
+        live = self._fleet.live(now)
+        targets = rollouts.targets(m.to, ((w.worker, w.labels) for w in live), snapshot)
         previous = [r for r in self.by_id.values() if r.module == m.module and r.applied()]
         rollout = Rollout(id=m.rollout, module=m.module, version=m.version, serial=m.serial, to=m.to,
                           bundle=bundle.model_dump(exclude_none=True), workers=targets, snapshot=snapshot,
                           wave_size=_int(request, "wave_size", 1, 1), rate=_number(request, "rate"),
                           abort_pct=_number(request, "abort_pct"), min_executed=_int(request, "min_executed", 1, 1),
                           timeout_s=_number(request, "timeout") or rollouts.DEFAULT_TIMEOUT_S, created=now,
+                          retries=_int(request, "retries", rollouts.DEFAULT_RETRIES, 0),
                           updated=now, rollback_of=m.rollback_of,
                           previous=max(previous, key=lambda r: r.serial).id if previous else None)
         if rollout.abort_pct is not None and not 0 <= rollout.abort_pct <= 100:
             raise ConfigError("abort_pct must be between 0 and 100")
+        if rollout.rollback_of is not None:  # to the undone one's selector: who runs the old version is done
+            rollouts.skip_running(rollout, {w.worker: w.code for w in live}, now)
         return rollout
 
     def op_status(self, request: dict[str, Any]) -> dict[str, Any]:

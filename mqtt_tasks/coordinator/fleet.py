@@ -102,6 +102,7 @@ class Fleet:
             return view
         self._serve(view, tuple(state.queues))
         view.labels = frozenset(state.labels or ())
+        view.code = state.code or {}
         view.concurrency = state.concurrency
         view.heartbeat_s = state.heartbeat_s
         view.last_seen = 0.0 if retained else now  # a retained state may be old: not proof of life

@@ -72,22 +72,25 @@ def keygen(name: str) -> None:
 @click.option("--min-executed", type=click.IntRange(min=1), default=1, show_default=True,
               help="Finished workers needed before the abort threshold is judged.")
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
-              help="Seconds a worker has to apply it; then it counts as failed.")
+              help="Seconds a worker has to apply it; then it counts as failed (see --retries).")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Send it again this many times to a worker that timed out without any answer (it was "
+                   "offline), each when the coordinator next hears it.")
 @click.option("--snapshot", is_flag=True,
               help="Only the workers live now: a worker that matches --to later (back online, new, restarted "
                    "fresh) is left out [default: it gets the bundle when the coordinator hears it].")
 @broker_options
 @_timeout
 def push(path: str, version: str, to: str, key_path: str, module: str | None, wave_size: int, rate: float | None,
-         abort_pct: float | None, min_executed: int, worker_timeout: float, snapshot: bool, broker: str | None,
-         prefix: str | None, timeout: float) -> None:
+         abort_pct: float | None, min_executed: int, worker_timeout: float, retries: int, snapshot: bool,
+         broker: str | None, prefix: str | None, timeout: float) -> None:
     """Sign the module at PATH and start its rollout (also: mqtt-tasks deploy PATH ...)."""
     from . import client
 
     bundle = client.sign_module(path, version=version, to=to, private_key_path=key_path, module=module)
     rollout = client.start_rollout(Settings.from_env(broker, prefix=prefix), bundle, wave_size=wave_size, rate=rate,
                                    abort_pct=abort_pct, min_executed=min_executed, timeout_s=worker_timeout,
-                                   snapshot=snapshot, timeout=timeout)
+                                   retries=retries, snapshot=snapshot, timeout=timeout)
     click.echo(_started(rollout))
 
 
@@ -124,8 +127,9 @@ def status(rollout_id: str | None, as_json: bool, broker: str | None, prefix: st
     else:
         click.echo(f"rollout {found['id']}: {found['module']} {found['version']} to {found['to']}: {found['state']}"
                    + (f" ({found['reason']})" if found.get("reason") else "") + f"; {_counts(found)}")
-        steps: list[tuple[str, ...]] = [(w, s["state"], s.get("reason", "")) for w, s in found["workers"].items()]
-        print_table(f"rollout {found['id']}", ("worker", "state", "reason"), steps)
+        steps: list[tuple[str, ...]] = [(w, s["state"], str(s.get("attempts", 0)), s.get("reason", ""))
+                                        for w, s in found["workers"].items()]
+        print_table(f"rollout {found['id']}", ("worker", "state", "sends", "reason"), steps)
 
 
 def _simple(name: str, call: str, doc: str) -> None:
@@ -153,13 +157,19 @@ _simple("resume", "resume_rollout", "Go on with a paused ROLLOUT_ID.")
 @_timeout
 def rollback(rollout_id: str, key_path: str, wave_size: int, rate: float | None, broker: str | None,
              prefix: str | None, timeout: float) -> None:
-    """Stop ROLLOUT_ID and re-deploy the previous version to the workers that applied it (signed anew)."""
+    """Stop ROLLOUT_ID and re-deploy the previous version (signed anew) to ROLLOUT_ID's selector: the
+    workers not already on it, and those heard later."""
     from . import client
 
     rollout = client.rollback(Settings.from_env(broker, prefix=prefix), rollout_id, key_path, wave_size=wave_size,
                               rate=rate, timeout=timeout)
-    click.echo(f"rollout {rollout['id']}: {rollout['module']} {rollout['version']} back to "
-               f"{', '.join(rollout['workers'])} (rolls back {rollout_id}), {rollout['state']}")
+    steps = rollout["workers"]
+    already = [w for w, s in steps.items() if s["state"] == "applied"]
+    back = [w for w in steps if w not in already]
+    click.echo(f"rollout {rollout['id']}: {rollout['module']} {rollout['version']} back to {rollout['to']} "
+               f"(rolls back {rollout_id}): sent to {len(back)} worker(s)" + (f" ({', '.join(back)})" if back else "")
+               + (f", {len(already)} on it already ({', '.join(already)})" if already else "")
+               + f"; workers that match later get it when heard, {rollout['state']}")
 
 
 def _counts(rollout: dict[str, Any]) -> str:

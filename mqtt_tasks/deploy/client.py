@@ -40,11 +40,13 @@ def sign_module(path: str, *, version: str, to: str, private_key_path: str, modu
 
 def start_rollout(settings: Settings, bundle: dict[str, Any], *, wave_size: int = 1, rate: float | None = None,
                   abort_pct: float | None = None, min_executed: int = 1, timeout_s: float | None = None,
-                  snapshot: bool = False, timeout: float = 5.0) -> dict[str, Any]:
+                  retries: int | None = None, snapshot: bool = False, timeout: float = 5.0) -> dict[str, Any]:
     """Hand a signed bundle to the coordinator; the rollout as it started (its first wave is out).
-    Workers the selector matches that the coordinator hears later join it, unless ``snapshot``."""
+    Workers the selector matches that the coordinator hears later join it, unless ``snapshot``;
+    a worker that timed out without an answer is sent it again when heard, ``retries`` times
+    (the coordinator's default: 3)."""
     request = {"op": "deploy.start", "bundle": bundle, "wave_size": wave_size, "rate": rate, "abort_pct": abort_pct,
-               "min_executed": min_executed, "timeout": timeout_s, "snapshot": snapshot or None}
+               "min_executed": min_executed, "timeout": timeout_s, "retries": retries, "snapshot": snapshot or None}
     return _rollout(_ask(settings, {k: v for k, v in request.items() if v is not None}, timeout), "start")
 
 
@@ -67,11 +69,11 @@ def resume_rollout(settings: Settings, rollout_id: str, timeout: float = 5.0) ->
 
 def rollback(settings: Settings, rollout_id: str, private_key_path: str, *, wave_size: int = 1,
              rate: float | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    """Sign the previous version's code again (a new serial) for the workers that applied
-    ``rollout_id``, and start that rollout; the one undone stops."""
+    """Sign the previous version's code again (a new serial) for the selector of ``rollout_id``, and
+    start that rollout; the one undone stops. The coordinator sends it to the workers not already on
+    the previous version, and (a continuous rollout) to those it matches that it hears later."""
     undone = rollout_status(settings, rollout_id, timeout=timeout)
-    applied = sorted(w for w, step in undone["workers"].items() if step.get("state") == "applied")
-    if not applied:
+    if not any(step.get("state") == "applied" for step in undone["workers"].values()):
         raise MqttTasksError(f"rollout {rollout_id}: no worker applied it, so there is nothing to roll back")
     if not undone.get("previous"):
         raise MqttTasksError(f"rollout {rollout_id}: the coordinator has no earlier rollout of {undone['module']} "
@@ -80,7 +82,7 @@ def rollback(settings: Settings, rollout_id: str, private_key_path: str, *, wave
     manifest = old["manifest"]
     serial = max(int(time.time() * 1000), int(undone["serial"]) + 1)
     signed = bundles.make(old["source"], module=manifest["module"], version=manifest["version"],
-                          to="worker=" + ",".join(applied), rollout=rollout_id_for_rollback(rollout_id),
+                          to=undone["to"], rollout=rollout_id_for_rollback(rollout_id),
                           private_key=keys.load_private(private_key_path), rollback_of=rollout_id, serial=serial)
     return start_rollout(settings, signed, wave_size=wave_size, rate=rate, timeout=timeout)
 
