@@ -22,7 +22,7 @@ import time
 from mqtt_tasks import TaskApp, current_task
 
 VERSION = "{version}"
-if os.environ.get("DEPLOY_BREAK") == VERSION:  # this worker lacks what the version needs
+if VERSION in os.environ.get("DEPLOY_BREAK", "").split(","):  # this worker lacks what the version needs
     raise ImportError("no camera driver on this worker")
 
 app = TaskApp()

@@ -472,7 +472,7 @@ def test_workers_that_join_or_come_back_after_a_rollout_get_it_also_after_a_coor
     assert {("w3", "2"), ("w0", "2"), ("w1", "2")} <= ran and not {v for _, v in ran} - {"2"}
 
 
-def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners(
+def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners_the_rollback_is(
         mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     url = mosquitto.url
@@ -491,7 +491,7 @@ def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners(
         assert watch.reports(name) == []
     with coordinator(url, prefix), watching(url, prefix) as watch, \
             TaskApp(broker=url, prefix=prefix) as producer, ExitStack() as stack:
-        stack.enter_context(worker("w1", env={"DEPLOY_BREAK": "3"}))  # v3 fails to load on w1
+        stack.enter_context(worker("w1", env={"DEPLOY_BREAK": "3,4"}))  # v3 and v4 fail to load on w1
         wait_fleet(url, prefix, {"w1"})
         started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
                                            "label=cam", "--snapshot", "--key", key[0], "--broker", url, "--prefix",
@@ -507,16 +507,31 @@ def test_snapshot_aborted_and_rolled_back_rollouts_are_not_sent_to_joiners(
                                        abort_pct=50.0, min_executed=1)
         assert wait_rollout(url, prefix, aborted["id"], "aborted")["workers"]["w2"]["state"] == "pending"
         joins("w3", aborted["id"])
-        # rolled back: v4 reaches w1, w2 and w3; the rollback re-sends v2 to exactly them
+        # rolled back: v4 reaches w2 and w3 (w1 fails it and stays on v2); the rollback makes v2 the
+        # module's current version for label=cam: sent to w2 and w3, not to w1 (its heartbeat says 2)
         v4 = client.start_rollout(s, client.sign_module(module_file(tmp_path, "4"), version="4", to="label=cam",
                                                         private_key_path=key[0]), wave_size=3)
-        wait_rollout(url, prefix, v4["id"], "completed")
-        back = client.rollback(s, v4["id"], key[0], wave_size=3)
-        assert wait_rollout(url, prefix, back["id"], "completed")["counts"]["applied"] == 3
-        joins("w4", v4["id"], back["id"])
+        assert wait_rollout(url, prefix, v4["id"], "completed")["counts"]["applied"] == 2
+        rolled = CliRunner().invoke(cli, ["deploy", "rollback", v4["id"], "--key", key[0], "--wave-size", "3",
+                                          "--broker", url, "--prefix", prefix], prog_name="mqtt-tasks")
+        assert rolled.exit_code == 0, rolled.output
+        assert f"back to label=cam (rolls back {v4['id']}): sent to 2 worker(s) (w2, w3), 1 on it already (w1)" \
+            in rolled.stdout
+        back = rollout_id_of(rolled.stdout)
+        final = wait_rollout(url, prefix, back, "completed")
+        assert final["counts"]["applied"] == 3 and final["to"] == "label=cam" and final["rollback_of"] == v4["id"]
+        assert "already running 2" in final["workers"]["w1"]["reason"]
+        assert not [r for r in watch.reports("w1") if r.get("rollout") == back]  # never sent to w1
         assert run_on(producer, "w3", "rolled-back") == "2"
+        # a new device with the label, after the rollback: it gets the rolled-back-to version, not v4
+        stack.enter_context(worker("w4"))
+        wait_applied(url, prefix, back, "w4")
+        assert "w4" not in client.rollout_status(s, v4["id"])["workers"]
+        assert run_on(producer, "w4", "joined-after-rollback") == "2"
+        assert [r["version"] for r in watch.reports("w4") if r["state"] == "applied"] == ["2"]
     ran = {(w, v) for kind, _, w, v in deploy_tasks.ledger(ledger) if kind == "end"}
-    assert {("w2", "local"), ("w3", "local"), ("w4", "local"), ("w3", "2")} <= ran
+    assert {("w2", "local"), ("w3", "local"), ("w3", "2"), ("w4", "2")} <= ran
+    assert not {v for w, v in ran if w == "w4"} - {"2"}
 
 
 def test_a_continuous_rollout_with_no_live_match_waits_and_the_first_match_gets_it(
@@ -538,6 +553,60 @@ def test_a_continuous_rollout_with_no_live_match_waits_and_the_first_match_gets_
         with worker_process(url, prefix, "w2", key[1], tmp_path, monkeypatch, labels=cam("w2")):
             wait_applied(url, prefix, rollout_id, "w2")
             final = wait_rollout(url, prefix, rollout_id, "completed")
-            assert final["workers"]["w1"] == {"state": "waiting"} and final["counts"]["waiting"] == 1
+            assert final["workers"]["w1"] == {"state": "waiting", "attempts": 0} and final["counts"]["waiting"] == 1
             assert run_on(producer, "w2", "first-match") == "2"
     assert ("end", "first-match", "w2", "2") in deploy_tasks.ledger(ledger)
+
+
+# -- a target offline when its wave went out: sent again when it comes back ---------------------------------
+
+def test_a_target_stopped_before_its_wave_times_out_and_gets_it_when_back_also_after_a_coordinator_kill(
+        mosquitto: Any, prefix: str, tmp_path: Path, key: tuple[str, str], ledger: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url, db = mosquitto.url, str(tmp_path / "coordinator.db")
+    s, where = settings(url, prefix), ["--broker", url, "--prefix", prefix]
+    coord = spawn_coordinator(url, prefix, db)
+
+    def worker(name: str) -> Any:
+        return worker_process(url, prefix, name, key[1], tmp_path, monkeypatch, labels=cam(name))
+    try:
+        with watching(url, prefix) as watch, TaskApp(broker=url, prefix=prefix) as producer, ExitStack() as stack:
+            stack.enter_context(worker("w1"))
+            with worker("w2"):
+                wait_fleet(url, prefix, {"w1", "w2"})
+                started = CliRunner().invoke(cli, ["deploy", module_file(tmp_path, "2"), "--version", "2", "--to",
+                                                   "label=cam", "--snapshot", "--rate", "30", "--worker-timeout",
+                                                   "4", "--retries", "2", "--key", key[0], *where],
+                                             prog_name="mqtt-tasks")
+                assert started.exit_code == 0, started.output
+                assert "to 2 worker(s) (w1, w2)" in started.stdout
+                rollout_id = rollout_id_of(started.stdout)
+                assert client.pause_rollout(s, rollout_id)["waves"] == 1  # w1's wave is out, w2's is held
+            wait_offline(url, prefix, "w2")  # its process stopped after the start, before its wave
+            wait_applied(url, prefix, rollout_id, "w1")
+            client.resume_rollout(s, rollout_id)
+            # w2's send times out without a word from it: not failed, waiting to be sent again
+            final = wait_rollout(url, prefix, rollout_id, "completed")
+            assert final["workers"]["w2"]["state"] == "waiting" and final["workers"]["w2"]["attempts"] == 1
+            assert "sent again when heard" in final["workers"]["w2"]["reason"]
+            assert final["counts"]["failed"] == 0 and final["waves"] == 2
+            assert watch.reports("w2") == []  # it never had the bundle
+            # the coordinator killed: the retry is in its store; w2 comes back and gets it
+            coord.send_signal(signal.SIGKILL)
+            coord.wait(10)
+            coord = spawn_coordinator(url, prefix, db)
+            stack.enter_context(worker("w2"))
+            wait_applied(url, prefix, rollout_id, "w2")
+            assert run_on(producer, "w2", "came-back") == "2"
+            final = wait_rollout(url, prefix, rollout_id, "completed")
+            assert final["counts"] == {"workers": 2, "waiting": 0, "pending": 0, "in_flight": 0, "applied": 2,
+                                       "failed": 0}
+            assert [final["workers"][w]["attempts"] for w in ("w1", "w2")] == [1, 2] and final["waves"] == 3
+            assert watch.states("w2") == ["downloaded", "verified", "applied"]
+            shown = CliRunner().invoke(cli, ["deploy", "status", rollout_id, *where], prog_name="mqtt-tasks")
+            assert shown.exit_code == 0 and "sends" in shown.stdout
+            assert any(line.split()[:3] == ["w2", "applied", "2"] for line in shown.stdout.splitlines()), shown.stdout
+    finally:
+        coord.send_signal(signal.SIGTERM)
+        coord.wait(10)
+    assert ("end", "came-back", "w2", "2") in deploy_tasks.ledger(ledger)
