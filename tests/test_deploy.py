@@ -341,9 +341,7 @@ def test_pause_holds_the_waves_across_a_coordinator_kill_and_resume_finishes(
             paused = client.pause_rollout(s, started["id"])
             assert paused["state"] == "paused" and paused["waves"] == 1
             wait_applied(url, prefix, started["id"], "a")
-            coord.send_signal(signal.SIGKILL)
-            coord.wait(10)
-            coord = spawn_coordinator(url, prefix, db)
+            coord = killed_and_restarted(coord, url, prefix, db)
             again = client.rollout_status(s, started["id"])
             assert again["state"] == "paused" and again["workers"]["a"]["state"] == "applied"
             assert [again["workers"][n]["state"] for n in ("b", "c")] == ["pending", "pending"]
@@ -420,6 +418,13 @@ def run_on(producer: TaskApp, worker: str, ident: str) -> Any:
     return producer.send("which", [ident], extra={"requires": [f"at-{worker}"]}).result(TIMEOUT)
 
 
+def killed_and_restarted(coord: subprocess.Popen[str], url: str, prefix: str, db: str) -> subprocess.Popen[str]:
+    """``kill -9`` the coordinator process; a new one on the same store."""
+    coord.send_signal(signal.SIGKILL)
+    coord.wait(10)
+    return spawn_coordinator(url, prefix, db)
+
+
 def wait_offline(url: str, prefix: str, worker: str) -> None:
     wait_until(lambda: query_stats(settings(url, prefix))["workers"].get(worker, {}).get("state") == "offline",
                TIMEOUT, interval=0.1, message=f"the coordinator never saw {worker} go offline")
@@ -453,9 +458,7 @@ def test_workers_that_join_or_come_back_after_a_rollout_get_it_also_after_a_coor
             wait_applied(url, prefix, rollout_id, "w3")
             assert run_on(producer, "w3", "new-device") == "2"
             # the coordinator killed: the rollout is in its store, and a worker back afterwards gets it too
-            coord.send_signal(signal.SIGKILL)
-            coord.wait(10)
-            coord = spawn_coordinator(url, prefix, db)
+            coord = killed_and_restarted(coord, url, prefix, db)
             stack.enter_context(worker("w0"))
             wait_applied(url, prefix, rollout_id, "w0")
             assert run_on(producer, "w0", "came-back") == "2"
@@ -592,9 +595,7 @@ def test_a_target_stopped_before_its_wave_times_out_and_gets_it_when_back_also_a
             assert final["counts"]["failed"] == 0 and final["waves"] == 2
             assert watch.reports("w2") == []  # it never had the bundle
             # the coordinator killed: the retry is in its store; w2 comes back and gets it
-            coord.send_signal(signal.SIGKILL)
-            coord.wait(10)
-            coord = spawn_coordinator(url, prefix, db)
+            coord = killed_and_restarted(coord, url, prefix, db)
             stack.enter_context(worker("w2"))
             wait_applied(url, prefix, rollout_id, "w2")
             assert run_on(producer, "w2", "came-back") == "2"
