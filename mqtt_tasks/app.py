@@ -441,11 +441,8 @@ class TaskApp:
         self.default_queue = check_name("queue", default_queue)
         self.registry: dict[str, TaskDef[Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}  # declared with @app.periodic (schedules.py)
-        if client_id:
-            self.client_id, self.reply_topic = client_id, self.topics.replies(client_id)
-        else:
-            self.client_id, self.reply_topic = rpc.reply_address(self.topics, settings.username, "p",
-                                                                 uuid.uuid4().hex[:12])
+        self.client_id, self.reply_topic = rpc.producer_address(self.topics, settings.username, client_id,
+                                                                uuid.uuid4().hex[:12])
         self.receipt_topic = rpc.receipts_topic(self.reply_topic)
         self._receipts = ReceiptKeeper(self.client_id, receipt_policy or ReceiptPolicy(), self._publish_raw,
                                        self._generation) if receipts else None

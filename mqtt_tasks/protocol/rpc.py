@@ -64,6 +64,14 @@ def reply_address(topics: Topics, username: str | None, kind: str, token: str) -
     return client_id, topics.replies(client_id)
 
 
+def producer_address(topics: Topics, username: str | None, client_id: str | None, token: str) -> tuple[str, str]:
+    """``(client id, reply topic)`` of a producer (``TaskApp``): ``P/replies/{client_id}`` when it is
+    given one, else ``reply_address`` of kind ``p``."""
+    if client_id:
+        return client_id, topics.replies(client_id)
+    return reply_address(topics, username, "p", token)
+
+
 def receipts_topic(reply_topic: str) -> str:
     """Where the coordinator confirms the tasks of the producer that reads ``reply_topic`` (receipts.py)."""
     return reply_topic + "/receipts"
