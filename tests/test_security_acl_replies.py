@@ -89,6 +89,20 @@ def test_two_processes_of_one_producer_user_each_get_their_results_and_receipts(
     assert all([kind for kind, _ in ran[i]] == ["start", "end"] for i in ran), ran  # each ran once
 
 
+def test_a_worker_replies_into_a_users_subtree_but_cannot_forge_its_producers_receipts(
+        secured: MosquittoProcess, prefix: str, open_conns: list[Connection]) -> None:  # noqa: F811
+    t = Topics(prefix)
+    spy = Recorder(secured, "spy", client_id="spy-w").subscribe(f"{prefix}/replies/#")
+    connect(open_conns, spy.conn)
+    worker_conn = connect(open_conns, Connection(settings_for(secured, "w1"), "w1"))
+    reply = t.replies("p1") + "/p-abc"
+    worker_conn.publish(reply, b'{"id":"x","state":"succeeded"}')
+    assert worker_conn.flush(5)
+    wait_until(lambda: reply in spy.topics(), message="the worker's reply into p1's subtree never arrived")
+    assert_denied(worker_conn, [reply + "/receipts", t.replies("p1") + "/p-abc/x/y"], spy, spy.conn,
+                  t.replies("p1") + "/canary")
+
+
 def test_the_cli_submit_wait_as_a_producer_user_prints_the_result(
         secured: MosquittoProcess, prefix: str, tmp_path: Path) -> None:  # noqa: F811
     ledger = str(tmp_path / "ledger")
