@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from mqtt_tasks import TaskCancelled
 from mqtt_tasks.app import TaskApp
 from mqtt_tasks.config import Settings
 from mqtt_tasks.worker import Worker
@@ -42,8 +43,12 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
     def gated(ident: str) -> str:  # runs until the test opens its gate: cancellable (short sleeps)
         _log(log_path, "start", ident)
         deadline = time.monotonic() + 120.0
-        while not os.path.exists(gate(log_path, ident)) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        try:
+            while not os.path.exists(gate(log_path, ident)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except TaskCancelled:
+            _log(log_path, "cancelled", ident)
+            raise
         _log(log_path, "end", ident)
         return ident
 

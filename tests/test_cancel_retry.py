@@ -10,7 +10,6 @@ write, not from the coordinator's answers.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -77,33 +76,39 @@ def test_a_running_task_cancelled_then_retried_runs_to_success_once(
         app.send("gated", ["r1"], task_id="r1")
         wait_until(lambda: kinds(ledger, "r1") == ["start"], 30, message="r1 never started")
         assert "r1 cancelled" in run_cli("cancel", "r1", *broker)  # P/cancel/r1: both workers read it
-        wait_until(lambda: state(url, prefix, "r1") == "cancelled", 20)
+        wait_until(lambda: kinds(ledger, "r1") == ["start", "cancelled"], 20, message="its body was not stopped")
         Path(gate(ledger, "r1")).touch()  # the retry's body ends at once
         assert "will run again as attempt 2" in run_cli("retry", "r1", *broker)
         wait_until(lambda: state(url, prefix, "r1") == "succeeded", 30,
                    message=f"the retried task did not run: {record(url, prefix, 'r1')}")
         assert record(url, prefix, "r1")["attempt"] == 2
-    assert kinds(ledger, "r1") == ["start", "start", "end"]  # cancelled once, then ran once to its end
+    assert kinds(ledger, "r1") == ["start", "cancelled", "start", "end"]  # stopped once, then ran once to its end
 
 
 def test_a_waiting_task_cancelled_then_retried_runs_once(
         mosquitto: MosquittoProcess, prefix: str, tmp_path: Path) -> None:
-    """Cancelled before any worker had it (the coordinator held it, delayed): every worker remembers
-    the cancel by id; the operator's retry is a newer attempt and runs."""
+    """Cancelled while every slot of the fleet was taken, so that no worker ran it (it waited in
+    the coordinator's backlog or a worker's line); every worker remembers the cancel by id. The
+    operator's retry is a newer attempt and runs, once."""
     url, ledger = mosquitto.url, str(tmp_path / "ledger")
     broker = ["--broker", url, "--prefix", prefix]
-    Path(gate(ledger, "q1")).touch()
+    busy = [f"g{i}" for i in range(4)]  # two workers with two slots each
     with fleet(url, prefix, tmp_path / "c.db", ledger), TaskApp(settings=settings(url, prefix)) as app:
-        not_before = time.time() + 2.0
-        app.send("gated", ["q1"], task_id="q1", extra={"not_before": not_before})
+        for ident in busy:
+            app.send("gated", [ident], task_id=ident)
+        wait_until(lambda: all(kinds(ledger, i) == ["start"] for i in busy), 30, message="the fleet never filled")
+        app.send("gated", ["q1"], task_id="q1")
         wait_until(lambda: _known(url, prefix, "q1"), 20, message="the coordinator never recorded q1")
         assert "q1 cancelled" in run_cli("cancel", "q1", *broker)
-        wait_until(lambda: time.time() > not_before + 0.5, 10, interval=0.1)  # a retry now is not held again
-        assert kinds(ledger, "q1") == []
+        for ident in [*busy, "q1"]:
+            Path(gate(ledger, ident)).touch()
+        wait_until(lambda: all(state(url, prefix, i) == "succeeded" for i in busy), 30)
+        assert kinds(ledger, "q1") == [] and state(url, prefix, "q1") == "cancelled"
         assert "will run again as attempt 2" in run_cli("retry", "q1", *broker)
         wait_until(lambda: state(url, prefix, "q1") == "succeeded", 30,
                    message=f"the retried task did not run: {record(url, prefix, 'q1')}")
     assert kinds(ledger, "q1") == ["start", "end"]
+    assert all(kinds(ledger, i) == ["start", "end"] for i in busy)
 
 
 def test_the_dashboards_retry_of_a_cancelled_task_runs_it(
@@ -118,12 +123,13 @@ def test_the_dashboards_retry_of_a_cancelled_task_runs_it(
         wait_until(lambda: kinds(ledger, "d1") == ["start"], 30, message="d1 never started")
         cancelled = http.post("/api/tasks/d1/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+        wait_until(lambda: kinds(ledger, "d1") == ["start", "cancelled"], 20, message="its body was not stopped")
         Path(gate(ledger, "d1")).touch()
         retried = http.post("/api/tasks/d1/retry")
         assert retried.status_code == 200 and retried.json()["task"]["attempt"] == 2, retried.text
         wait_until(lambda: http.get("/api/tasks/d1").json()["state"] == "succeeded", 30,
                    message="the dashboard's retry did not run")
-    assert kinds(ledger, "d1") == ["start", "start", "end"]
+    assert kinds(ledger, "d1") == ["start", "cancelled", "start", "end"]
 
 
 def _known(url: str, prefix: str, task_id: str) -> bool:
