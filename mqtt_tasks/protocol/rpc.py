@@ -75,4 +75,3 @@ def producer_address(topics: Topics, username: str | None, client_id: str | None
 def receipts_topic(reply_topic: str) -> str:
     """Where the coordinator confirms the tasks of the producer that reads ``reply_topic`` (receipts.py)."""
     return reply_topic + "/receipts"
-

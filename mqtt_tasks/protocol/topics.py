@@ -121,6 +121,7 @@ class Topics:
 
     def probe(self, worker_id: str) -> str:
         return self.probe_root + worker_id
+
     def record(self, queue: str) -> str:
         return self.record_root + queue
 

@@ -98,7 +98,7 @@ class Cancels:
             self._reporter.finish(entry.task, entry.message, CANCELLED, {"reason": reason},
                                   final=not self._link.online)
             acks.append(entry.message)
-        if held is not None and held.run is not None and attempt in (None, held.task.attempt):
+        if held is not None and named in (None, held.task.attempt):
             self._interrupt(task_id, held, reason)
         return acks
 
