@@ -16,13 +16,14 @@ measured on Mosquitto 2.0.11 (tests/test_security_acl.py):
 - ``%c`` is the client id, which the client chooses: with credentials for worker ``w1`` a client
   could connect as ``w2`` and publish ``w2``'s heartbeat. The username is proven by the password.
 
-So a worker's ``--worker-id`` and a producer's ``client_id`` must equal their username (the reply
-topic ``P/replies/{client_id}`` is then readable by that producer only). A user's short-lived query
-clients read their answers under ``P/replies/{username}/`` (``protocol.rpc.reply_address``), and
-each role writes only the rpc topics of the ops it may ask (``protocol.rpc``): producers and
-monitors ``P/rpc/query``, the operator ``P/rpc/coordinator``, the deployer ``P/rpc/deploy``. Mosquitto checks a
-``$share/{group}/T`` subscription against ``T``, so a worker's read right on ``P/tasks/q`` covers
-its shared subscription.
+So a worker's ``--worker-id`` must equal its username. A user's producers (``TaskApp`` without a
+``client_id``) and short-lived query clients read their replies, receipts and answers under
+``P/replies/{username}/`` (``protocol.rpc.reply_address``), each from a client id of its own; a
+producer whose ``client_id`` is the username reads ``P/replies/{username}`` as before. Each role
+writes only the rpc topics of the ops it may ask (``protocol.rpc``): producers and monitors
+``P/rpc/query``, the operator ``P/rpc/coordinator``, the deployer ``P/rpc/deploy``. Mosquitto
+checks a ``$share/{group}/T`` subscription against ``T``, so a worker's read right on
+``P/tasks/q`` covers its shared subscription.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .protocol import rpc
 from .protocol.topics import DEFAULT_PREFIX, Topics, check_name
 
 ROLES = ("producer", "worker", "coordinator", "monitor", "deployer", "operator", "dashboard")
@@ -86,17 +88,19 @@ def role_rules(role: str, ident: str, *, prefix: str = DEFAULT_PREFIX,
 
 
 def _answers(ident: str, t: Topics) -> Rule:
-    """Where a user's short-lived clients read the coordinator's answers: ``P/replies/{id}/{unique}``
-    (``protocol.rpc.reply_address``); it covers the receipts topic ``P/replies/{id}/receipts`` too."""
+    """Where a user's clients read their replies and the coordinator's answers: ``P/replies/{id}/{unique}``
+    (``protocol.rpc.reply_address``); it covers the receipts topic ``P/replies/{id}/receipts`` of a
+    producer whose client id is the username too."""
     return Rule("read", t.replies(ident) + "/+")
 
 
 def _producer_rules(role: str, ident: str, t: Topics, queues: list[str] | None) -> list[Rule]:
-    """A producer; the dashboard is one (its ``TaskApp`` has the username as client id) that also
-    reads the live view (workers, every task) and may ask for a retry (``P/rpc/coordinator``)."""
+    """A producer; the dashboard is one that also reads the live view (workers, every task) and may
+    ask for a retry (``P/rpc/coordinator``)."""
     rules = [*(Rule("write", q) for q in _queue_topics(t, queues)),
-             Rule("read", t.replies(ident)),
-             _answers(ident, t),  # receipts and the answers to queries
+             Rule("read", t.replies(ident)),  # TaskApp(client_id=username), as in earlier releases
+             _answers(ident, t),  # its TaskApps' replies (P/replies/{id}/p-{random}), the answers to queries
+             Rule("read", rpc.receipts_topic(t.replies(ident) + "/+")),  # and those TaskApps' receipts
              Rule("read", t.coordinator),  # P/coordinator, receipts, P/record: keep tasks until it has them
              Rule("read", t.all_status),
              Rule("write", t.all_cancel),  # handle.cancel(): any task id (docs/scheduling.md)
@@ -130,7 +134,8 @@ def _worker_rules(ident: str, t: Topics, queues: list[str] | None) -> list[Rule]
             Rule("write", t.all_status),
             Rule("write", t.worker(ident)),
             Rule("write", t.errors),
-            Rule("write", t.replies_root + "+"),
+            Rule("write", t.replies_root + "+"),  # final events to a producer named by its client id
+            Rule("write", t.replies_root + "+/+"),  # ... and to a user's producer (docs/security.md: why)
             Rule("read", t.deploy_bundle(ident)),  # code bundles for it alone (docs/deploy.md)
             Rule("write", t.deploy_status(ident))]
 
@@ -152,6 +157,7 @@ def _coordinator_rules(t: Topics) -> list[Rule]:
             Rule("readwrite", t.coordinator),  # read: a group's leader answers a former leader's Will
             Rule("write", t.replies_root + "+"),  # final events, answers to clients of earlier releases
             Rule("write", t.replies_root + "+/+"),  # receipts; answers under a user's subtree (protocol/rpc.py)
+            Rule("write", t.replies_root + "+/+/+"),  # receipts to a user's producer (P/replies/{id}/p-{r}/receipts)
             Rule("write", t.deploy_bundle_root + "+"),  # the waves of a rollout
             Rule("read", t.all_deploy_status)]
 

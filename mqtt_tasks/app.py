@@ -4,8 +4,11 @@
 publishes a task and returns a ``TaskHandle`` at once; nothing waits on the network unless
 the caller asks for the result (``handle.result(timeout)`` or ``await handle``).
 
-Results come back on the producer's own reply topic ``P/replies/{client_id}`` (and, over
-MQTT 5, as a Response Topic with Correlation Data). The network thread only decodes the
+Results come back on the producer's own reply topic (and, over MQTT 5, as a Response Topic
+with Correlation Data): ``P/replies/{username}/p-{random}`` from the client id
+``{username}-p-{random}`` when the settings carry a username, so that a role's ACL can name it and
+two processes of one user never take over each other's session; else ``P/replies/{client_id}``
+(``protocol.rpc.reply_address``). The network thread only decodes the
 reply and resolves the waiting future.
 
 While a coordinator exists on the prefix, each task also asks for a receipt
@@ -43,7 +46,7 @@ from .errors import (
     TaskExpiredError,
     TaskFailedError,
 )
-from .protocol import codec, events
+from .protocol import codec, events, rpc
 from .protocol.labels import MAX_REQUIRED, check_labels
 from .protocol.rates import RATE_KEY_MAX, parse_rate_limit
 from .protocol.states import (
@@ -413,7 +416,9 @@ class TaskApp:
     the broker defaults to ``$MQTT_TASKS_BROKER``, then mqtt://127.0.0.1:1883.
     ``receipts``: keep each task sent until a coordinator confirms it recorded it, and re-send it
     to the coordinator when it may have been lost (``receipts.py``; on while a coordinator exists
-    on the prefix); ``receipt_policy``: how long and how much.
+    on the prefix); ``receipt_policy``: how long and how much. ``client_id``: the MQTT client id,
+    replies on ``P/replies/{client_id}``; by default a random one, under the user's own
+    ``P/replies/{username}/`` when the settings carry a username (docs/security.md).
     """
 
     def __init__(
@@ -436,9 +441,9 @@ class TaskApp:
         self.default_queue = check_name("queue", default_queue)
         self.registry: dict[str, TaskDef[Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}  # declared with @app.periodic (schedules.py)
-        self.client_id = client_id or f"mqtt-tasks-p-{uuid.uuid4().hex[:12]}"
-        self.reply_topic = self.topics.replies(self.client_id)
-        self.receipt_topic = self.topics.receipts(self.client_id)
+        self.client_id, self.reply_topic = rpc.producer_address(self.topics, settings.username, client_id,
+                                                                uuid.uuid4().hex[:12])
+        self.receipt_topic = rpc.receipts_topic(self.reply_topic)
         self._receipts = ReceiptKeeper(self.client_id, receipt_policy or ReceiptPolicy(), self._publish_raw,
                                        self._generation) if receipts else None
         self._record_topics: dict[str, str] = {}

@@ -796,6 +796,57 @@ def tasks(broker: str | None, prefix: str | None, state: str | None, queue: str 
         click.echo(f"more: add --before {cursor}", err=True)
 
 
+STATS_WORKER_COLUMNS = ("worker", "state", "free", "labels")
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@broker_options
+@click.option("--json", "as_json", is_flag=True, help="Print the coordinator's whole answer as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+def stats(broker: str | None, prefix: str | None, as_json: bool, timeout: float) -> None:
+    """Print the coordinator's counts: tasks by state, live, backlog, workers and their free slots."""
+    from .coordinator import query_stats
+
+    settings = Settings.from_env(broker, prefix=prefix)
+    answer = query_stats(settings, timeout=timeout)
+    if as_json:
+        shown = {k: v for k, v in answer.items() if k not in ("ok", "correlation")}  # the exchange's own
+        click.echo(json.dumps(shown, indent=2, sort_keys=True, default=str))
+        return
+    for line in stats_lines(answer, f"{settings.display_url} (prefix {settings.prefix})"):
+        click.echo(line)
+    workers = answer.get("workers") or {}
+    if workers:
+        print_table("workers", STATS_WORKER_COLUMNS, [
+            (name, str(w.get("state", "")), str(w.get("free", "")), ",".join(w.get("labels") or []))
+            for name, w in sorted(workers.items())])
+
+
+def stats_lines(answer: dict[str, Any], where: str) -> list[str]:
+    """The summary of a ``stats`` answer (coordinator/queries.py ``snapshot``), one fact a line."""
+    def listing(counts: dict[str, Any], order: tuple[str, ...] = (), *, named_first: bool = False) -> str:
+        keys = [k for k in order if counts.get(k)] + sorted(k for k in counts if k not in order and counts[k])
+        return ", ".join(f"{k} {counts[k]}" if named_first else f"{counts[k]} {k}" for k in keys) or "none"
+
+    store = answer.get("counts")
+    by_queue = answer.get("backlog_by_queue") or {}
+    workers_by_state = answer.get("workers_by_state") or {}
+    lines = [f"coordinator at {where}",
+             f"tasks:    {listing(store, RECORD_STATES)}" if isinstance(store, dict)
+             else f"tasks:    not counted: {answer.get('store_error') or 'no counts in the answer'}",
+             f"live:     {answer.get('live', 0)}",
+             f"backlog:  {answer.get('backlog', 0)}" + (f" ({listing(by_queue)})" if by_queue else "")
+             + f"; {answer.get('rate_limited', 0)} rate-limited",
+             f"workers:  {answer.get('workers_total', 0)}" + (f" ({listing(workers_by_state)})" if workers_by_state
+                                                               else "")
+             + f"; {answer.get('free_slots', 0)} free slot(s)",
+             f"counters: {listing(answer.get('stats') or {}, named_first=True)}"]
+    shown = len(answer.get("workers") or {})
+    if shown < int(answer.get("workers_total") or 0):
+        lines.append(f"(the first {shown} workers by name below; --json for the answer)")
+    return lines
+
+
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("task_id")
 @broker_options

@@ -7,7 +7,7 @@ Built on these facts (docs/broker-facts.md, docs/operations.md "What a broker cr
   message nobody is subscribed to is dropped with a PUBACK all the same. Only the coordinator's
   commit makes a task durable, and it cannot re-dispatch a task it never saw.
 - The coordinator confirms what it committed with one receipt per commit on each task's
-  ``receipt_to`` (``P/replies/{client_id}/receipts`` here), whether the task was new, a
+  ``receipt_to`` (its reply topic + ``/receipts`` here), whether the task was new, a
   redelivery or a re-send: a task with a receipt is the coordinator's to finish.
 - A re-send goes to ``P/record/{queue}``, which only the coordinator reads, never to the shared
   task topic: a worker that ran the first copy never sees the second, and the coordinator, which

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from mqtt_tasks import TaskCancelled
 from mqtt_tasks.app import TaskApp
 from mqtt_tasks.config import Settings
 from mqtt_tasks.worker import Worker
@@ -38,6 +39,19 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
         _log(log_path, "end", ident)
         return ident
 
+    @app.task(name="gated")
+    def gated(ident: str) -> str:  # runs until the test opens its gate: cancellable (short sleeps)
+        _log(log_path, "start", ident)
+        deadline = time.monotonic() + 120.0
+        try:
+            while not os.path.exists(gate(log_path, ident)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except TaskCancelled:
+            _log(log_path, "cancelled", ident)
+            raise
+        _log(log_path, "end", ident)
+        return ident
+
     @app.task(name="boom", max_attempts=2)
     def boom() -> None:
         raise RuntimeError("boom")
@@ -56,6 +70,11 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
         os._exit(17)  # kills its worker before it could announce `started`
 
     return app
+
+
+def gate(log_path: str | None, ident: str) -> str:
+    """The file whose existence lets the ``gated`` task ``ident`` end."""
+    return f"{log_path}.{ident}.open"
 
 
 def main() -> None:

@@ -242,6 +242,23 @@ def test_cancel_without_a_coordinator_reaches_the_worker_that_holds_it(broker_ur
         assert not seen.has("start", "nc2")
 
 
+def test_without_a_coordinator_a_cancel_by_id_keeps_refusing_the_task_a_newer_attempt_runs(
+        broker_url: str, prefix: str) -> None:
+    """A cancel covers the attempts it was made about (worker/cancel.py): by id alone, with nothing of
+    the task here, the producer's attempt 1, however often it comes; an attempt above it is a
+    coordinator's (an operator's retry) and runs."""
+    seen = Seen()
+    with a_worker(broker_url, prefix, seen) as w, producer(broker_url, prefix, seen) as app:
+        app.cancel("x1")
+        assert app.submit("sleepy", "canary", 0.01).result(10) == "canary"  # sent after it: the cancel is in
+        for _ in range(2):
+            cancelled_within(app.send("sleepy", ["x1", 0.01], task_id="x1"), 10)
+        assert not seen.has("start", "x1")
+        retried = {"id": "x1", "task": "sleepy", "args": ["x1", 0.01], "attempt": 2}
+        app.connection().publish(w.topics.tasks("default"), codec.encode(retried))
+        wait_until(lambda: seen.has("start", "x1"), 10, message="the newer attempt was refused")
+
+
 def test_cancel_cli_unknown_id_and_no_coordinator(broker_url: str, prefix: str) -> None:
     runner = CliRunner()
     with coordinator(broker_url, prefix):

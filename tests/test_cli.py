@@ -364,6 +364,54 @@ def test_status_without_a_coordinator(mosquitto: Any, prefix: str) -> None:
     assert "no coordinator answered" in assert_one_line_error(result, RET_CONNECT)
 
 
+def test_stats_from_the_coordinator_readable_and_json(mosquitto: Any, prefix: str) -> None:
+    from mqtt_tasks.coordinator import Coordinator
+
+    url = mosquitto.url
+    broker = ["--broker", url, "--prefix", prefix]
+    app = make_app(url, prefix)
+    with Coordinator(Settings.from_url(url, prefix=prefix)) as c, \
+            Worker(app, worker_id=f"w-{prefix}", concurrency=2, grace=5.0):
+        assert run("submit", "add", "1", "2", "--wait", *broker).stdout == "3\n"
+        held = run("submit", "add", "1", "2", "--delay", "600", *broker)  # the coordinator holds it: scheduled
+        assert held.exit_code == RET_OK, held.output
+        wait_until(lambda: c.live_count == 1 and f"w-{prefix}" in c.workers(), 10)
+        answer = wait_until(lambda: (a := json.loads(run("stats", "--json", *broker).stdout))["counts"].get(
+            "succeeded") and a)
+        assert answer["counts"] == {"succeeded": 1, "scheduled": 1} and answer["live"] == 1
+        assert answer["workers"][f"w-{prefix}"]["state"] == "online" and answer["workers_total"] == 1
+        assert "correlation" not in answer and "ok" not in answer
+        text = run("stats", *broker)
+        assert text.exit_code == RET_OK, text.output
+        lines = text.stdout.splitlines()
+        assert lines[1:4] == ["tasks:    1 succeeded, 1 scheduled", "live:     1", "backlog:  0; 0 rate-limited"]
+        assert lines[4] in ("workers:  1 (1 online); 2 free slot(s)", "workers:  1 (1 online); 1 free slot(s)")
+        assert any(ln.split()[:2] == [f"w-{prefix}", "online"] for ln in lines[6:]), text.stdout
+    app.close()
+    result = run("stats", *broker, "--timeout", "0.3")
+    assert "no coordinator answered" in assert_one_line_error(result, RET_CONNECT)
+
+
+def test_stats_lines_say_what_the_answer_holds() -> None:
+    from mqtt_tasks.cli import stats_lines
+
+    answer = {"counts": {"dead": 2, "backlog": 3, "queued": 1, "cancelled": 0}, "live": 4, "backlog": 3,
+              "backlog_by_queue": {"images": 1, "default": 2}, "rate_limited": 1, "workers_total": 1200,
+              "workers_by_state": {"online": 1100, "offline": 100}, "free_slots": 40,
+              "workers": {f"w{i}": {"state": "online", "free": 0, "labels": []} for i in range(1000)},
+              "stats": {"recorded": 9, "dead": 2, "retried": 0}}
+    assert stats_lines(answer, "mqtt://b (prefix P)") == [
+        "coordinator at mqtt://b (prefix P)",
+        "tasks:    1 queued, 3 backlog, 2 dead",
+        "live:     4",
+        "backlog:  3 (2 default, 1 images); 1 rate-limited",
+        "workers:  1200 (100 offline, 1100 online); 40 free slot(s)",
+        "counters: dead 2, recorded 9",
+        "(the first 1000 workers by name below; --json for the answer)"]
+    broken = stats_lines({"store_error": "disk I/O error", "live": 0}, "x")
+    assert broken[1] == "tasks:    not counted: disk I/O error" and broken[4] == "workers:  0; 0 free slot(s)"
+
+
 # -- what a new user typed (each one printed a traceback or misled) -----------------------------
 @pytest.mark.parametrize("args", [
     ["submit", "add", "1e400", "1"],

@@ -129,7 +129,7 @@ def test_worker_role_is_least_privilege() -> None:
     assert rules == {("readwrite", t.tasks("default")), ("read", t.inbox("w1")), ("read", t.control("w1")),
                      ("read", t.coordinator), ("readwrite", t.probe("w1")), ("write", "P/status/+"),
                      ("write", t.worker("w1")), ("write", t.errors), ("write", "P/replies/+"),
-                     ("read", "P/cancel/+"), ("readwrite", "P/routed/default/+"),
+                     ("write", "P/replies/+/+"), ("read", "P/cancel/+"), ("readwrite", "P/routed/default/+"),
                      ("read", "P/deploy/bundle/w1"), ("write", "P/deploy/status/w1")}
 
 

@@ -89,6 +89,10 @@ def test_producer_and_monitor_query_a_producer_cannot_purge_an_operator_can(
         assert listed.returncode == 0, listed.stderr
         assert {"a0", "b2"} <= {t["id"] for t in json.loads(listed.stdout)}
         assert query_stats(settings_for(secured, "m1", prefix=prefix), timeout=10)["backlog"] == 6
+        stats = cli_as(secured, "m1", prefix, "stats")  # the monitor's mqtt-tasks stats, readable and JSON
+        assert stats.returncode == 0 and "backlog:  6 (3 default, 3 other)" in stats.stdout, stats
+        stats_json = cli_as(secured, "m1", prefix, "stats", "--json")
+        assert stats_json.returncode == 0 and json.loads(stats_json.stdout)["counts"] == {"backlog": 6}, stats_json
 
         assert_producer_cannot_purge(secured, prefix)
         purged = cli_as(secured, "o1", prefix, "purge", "other")

@@ -15,9 +15,10 @@ never executed.
 Reply topics: a client whose settings carry a username asks from the client id
 ``{username}-{kind}-{random}`` and reads the answer on ``P/replies/{username}/{kind}-{random}``:
 under the user's own subtree, which its role's ACL names, and with a client id that never takes
-over the session of the user's long-lived client (named by the username alone, docs/security.md).
-Without a username, as before: client id ``mqtt-tasks-{kind}-{random}``, answers on
-``P/replies/{client id}``.
+over the session of another client of the same user. Without a username, as before: client id
+``mqtt-tasks-{kind}-{random}``, answers on ``P/replies/{client id}``. A producer (``TaskApp``
+without an explicit ``client_id``) is such a client of kind ``p``, long-lived, and reads the
+coordinator's receipts on its reply topic + ``/receipts`` (``receipts_topic``).
 """
 
 from __future__ import annotations
@@ -62,3 +63,15 @@ def reply_address(topics: Topics, username: str | None, kind: str, token: str) -
     client_id = f"mqtt-tasks-{kind}-{token}"
     return client_id, topics.replies(client_id)
 
+
+def producer_address(topics: Topics, username: str | None, client_id: str | None, token: str) -> tuple[str, str]:
+    """``(client id, reply topic)`` of a producer (``TaskApp``): ``P/replies/{client_id}`` when it is
+    given one, else ``reply_address`` of kind ``p``."""
+    if client_id:
+        return client_id, topics.replies(client_id)
+    return reply_address(topics, username, "p", token)
+
+
+def receipts_topic(reply_topic: str) -> str:
+    """Where the coordinator confirms the tasks of the producer that reads ``reply_topic`` (receipts.py)."""
+    return reply_topic + "/receipts"

@@ -14,10 +14,10 @@ Pure functions, no I/O. ``P`` is the prefix (default ``mqtt-tasks``)::
     P/rpc/query              (extension) read-only queries to the coordinator (status, tasks, stats, ...)
     P/rpc/deploy             (extension) the deploy.* ops to the coordinator (docs/deploy.md)
     P/record/{queue}         (extension) tasks for the coordinator alone: a producer's re-send
-    P/replies/{client_id}    (extension) the default reply topic of a producer
-    P/replies/{username}/{unique}  (extension) the reply topic of a query from a user's short-lived client
+    P/replies/{client_id}    (extension) the reply topic of a producer without a username, or with a client id
+    P/replies/{username}/{unique}  (extension) the reply topic of a user's producer or query client (protocol/rpc.py)
     P/probe/{worker_id}      (extension) a worker's start-up check that the broker routes $share
-    P/replies/{client_id}/receipts  (extension) the coordinator's receipts to that producer
+    P/replies/.../receipts   (extension) the coordinator's receipts to the producer of that reply topic
     P/cancel/{task_id}       (extension) a request to cancel a task: the coordinator and every worker read it
     P/workflows              (extension) chains, groups, chords and sagas for the coordinator (docs/workflows.md)
     P/routed/{queue}/{labels}  (extension) a task that requires labels, without a coordinator: workers
@@ -121,8 +121,6 @@ class Topics:
 
     def probe(self, worker_id: str) -> str:
         return self.probe_root + worker_id
-    def receipts(self, client_id: str) -> str:
-        return self.replies_root + client_id + "/receipts"
 
     def record(self, queue: str) -> str:
         return self.record_root + queue

@@ -9,10 +9,10 @@ Built on these facts:
   (``coordinator.queries``, ``admin``, ``cancels``, ``schedules``): one short-lived connection a
   call, so they work with any store and need nothing but the broker.
 - Tasks are published by one ``TaskApp`` (the producer's receipts included, so a task the broker
-  dropped before the coordinator recorded it is sent again). With a username in the settings its
-  client id is the username, and the queries' short-lived clients answer under
-  ``P/replies/{username}/``, so the ``dashboard`` role of ``mqtt-tasks acl`` fits it (one dashboard
-  server per username: a second would take over the first's producer session).
+  dropped before the coordinator recorded it is sent again). With a username in the settings it
+  and the queries' short-lived clients read their replies under ``P/replies/{username}/``, each
+  from a client id of its own (``protocol.rpc.reply_address``), so the ``dashboard`` role of
+  ``mqtt-tasks acl`` fits it, and several dashboard servers may share one username.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class WebState:
     def producer(self) -> TaskApp:
         with self._lock:
             if self._producer is None:
-                self._producer = TaskApp(settings=self.settings, client_id=self.settings.username)
+                self._producer = TaskApp(settings=self.settings)
             return self._producer
 
     def workers(self) -> list[dict[str, Any]]:

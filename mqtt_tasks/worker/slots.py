@@ -119,11 +119,12 @@ class Slots:
         self.qos0 = self.expiring = 0
         return line
 
-    def take_id(self, task_id: str) -> list[Waiting]:
-        """Remove and return the waiting tasks of this id (a cancel); one scan of the line."""
-        found = [w for w in self.line if w.task.id == task_id]
+    def take_id(self, task_id: str, up_to: int | None = None) -> list[Waiting]:
+        """Remove and return the waiting tasks of this id (a cancel), of attempts up to ``up_to`` when
+        given; one scan of the line."""
+        found = [w for w in self.line if w.task.id == task_id and (up_to is None or w.task.attempt <= up_to)]
         if found:
-            self._keep(w for w in self.line if w.task.id != task_id)
+            self._keep(w for w in self.line if not any(w is f for f in found))
         return found
 
     def take_expired(self, wall: float) -> list[Waiting]:
