@@ -686,22 +686,30 @@ def coordinator_command(broker: str | None, prefix: str | None, db: str, ha: boo
     configure_logging(log_level)
     settings = Settings.from_env(broker, prefix=prefix)
     ha = is_postgres(db) if ha is None else ha
-    ready = threading.Event()
+    ready, failed = threading.Event(), threading.Event()
     shown = db.split("@")[-1] if is_postgres(db) else db  # no password in the output
 
     def announce() -> None:
-        if ready.wait():
+        ready.wait()
+        if not failed.is_set():
             role = " (high availability: standing by until it leads)" if ha else ""
             click.echo(f"mqtt-tasks coordinator ready on {settings.display_url}, prefix {settings.prefix}, "
                        f"db {shown}{role}")
             sys.stdout.flush()
 
-    threading.Thread(target=announce, name="mqtt-tasks-cli-ready", daemon=True).start()
-    with SignalLatch() as latch:
-        if ha:
-            run_high_availability(settings, db, stop_event=latch.event, ready=ready, name=name, ttl=lease_ttl)
-        else:
-            run_coordinator(settings, db, stop_event=latch.event, ready=ready)
+    announcer = threading.Thread(target=announce, name="mqtt-tasks-cli-ready", daemon=True)
+    announcer.start()
+    try:
+        with SignalLatch() as latch:
+            if ha:
+                run_high_availability(settings, db, stop_event=latch.event, ready=ready, name=name, ttl=lease_ttl)
+            else:
+                run_coordinator(settings, db, stop_event=latch.event, ready=ready)
+    finally:  # a coordinator that never got ready (a bad --db) must not leave the announcer waiting for good
+        if not ready.is_set():
+            failed.set()
+            ready.set()
+        announcer.join()
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})

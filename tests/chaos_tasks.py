@@ -7,16 +7,38 @@ executions across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from mqtt_tasks import TaskCancelled
 from mqtt_tasks.app import TaskApp
 from mqtt_tasks.config import Settings
 from mqtt_tasks.worker import Worker
+
+
+class Bodies:
+    """The ``work`` bodies of one app that run now, and the event that ends their wait early."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.changed = threading.Condition()
+        self.count = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self.changed:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.count -= 1
+                self.changed.notify_all()
 
 
 def _log(path: str | None, kind: str, ident: str) -> None:
@@ -29,15 +51,21 @@ def _log(path: str | None, kind: str, ident: str) -> None:
 
 
 def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
+    """The tasks below on a TaskApp. ``release_bodies(app)`` ends every ``work`` body still waiting out
+    its ``seconds``: an in-process worker that was aborted or stopped past its grace leaves its task
+    threads running (Python cannot stop them), and a test must not leave them to later tests."""
     app = TaskApp(settings=Settings.from_url(url, prefix=prefix))
+    bodies = Bodies()
+    app.bodies = bodies  # type: ignore[attr-defined]
 
     @app.task(name="work")
     def work(ident: str, seconds: float = 0.0) -> str:
-        _log(log_path, "start", ident)
-        if seconds:
-            time.sleep(seconds)
-        _log(log_path, "end", ident)
-        return ident
+        with bodies.running():
+            _log(log_path, "start", ident)
+            if seconds:
+                bodies.released.wait(seconds)
+            _log(log_path, "end", ident)
+            return ident
 
     @app.task(name="gated")
     def gated(ident: str) -> str:  # runs until the test opens its gate: cancellable (short sleeps)
@@ -75,6 +103,15 @@ def make_app(url: str, prefix: str, log_path: str | None = None) -> TaskApp:
 def gate(log_path: str | None, ident: str) -> str:
     """The file whose existence lets the ``gated`` task ``ident`` end."""
     return f"{log_path}.{ident}.open"
+
+
+def release_bodies(app: TaskApp, timeout: float = 10.0) -> None:
+    """End the ``work`` bodies of ``app`` that still wait out their ``seconds`` (see ``make_app``),
+    and wait until none runs."""
+    bodies: Bodies = app.bodies  # type: ignore[attr-defined]
+    bodies.released.set()
+    with bodies.changed:
+        assert bodies.changed.wait_for(lambda: bodies.count == 0, timeout), f"{bodies.count} task bodies still run"
 
 
 def main() -> None:

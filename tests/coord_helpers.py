@@ -13,7 +13,7 @@ from typing import Any
 from mqtt_tasks.config import Settings
 from mqtt_tasks.coordinator import Coordinator
 from mqtt_tasks.worker import Worker
-from tests.chaos_tasks import make_app, test_policy
+from tests.chaos_tasks import make_app, release_bodies, test_policy
 
 HB = 0.5
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -36,13 +36,14 @@ def coordinator(url: str, prefix: str, store: object = None, **kw: object) -> It
 @contextmanager
 def worker(url: str, prefix: str, worker_id: str, concurrency: int = 2, log: str | None = None,
            **options: Any) -> Iterator[Worker]:
-    w = Worker(make_app(url, prefix, log), concurrency=concurrency, worker_id=worker_id, heartbeat_s=HB, grace=2.0,
-               **options)
+    app = make_app(url, prefix, log)
+    w = Worker(app, concurrency=concurrency, worker_id=worker_id, heartbeat_s=HB, grace=2.0, **options)
     w.start()
     try:
         yield w
     finally:
         w.stop(grace=2.0)
+        release_bodies(app)  # bodies of an aborted worker, or handed back past the grace, end here too
 
 
 def spawn(fn: str, *args: str) -> subprocess.Popen[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,9 +65,15 @@ def test_a_dead_worker_s_task_runs_again_elsewhere(mosquitto, prefix: str, tmp_p
         wait_until(lambda: query_status(settings(url, prefix), h.id)["state"] == "started", 10)
         w1.abort()  # the process "dies": no DISCONNECT, so the broker sends the Last Will
         with worker(url, prefix, "w2", log=log):
-            wait_until(lambda: query_status(settings(url, prefix), h.id)["attempt"] == 2, 10)
-            status = query_status(settings(url, prefix), h.id)
-            assert (status["failures"], status["losses"], status["worker"]) == (0, 1, "w2")  # a suspect
+            # attempt 2 exists from the Last Will on, in the backlog; it is w2's once w2's heartbeat
+            # offered a slot (its first beat may come after start() returns): wait for it to run there
+            def runs_on_w2() -> dict[str, Any] | None:
+                status = query_status(settings(url, prefix), h.id)
+                return status if (status["attempt"], status["state"], status["worker"]) == (2, "started", "w2") \
+                    else None
+
+            status = wait_until(runs_on_w2, 10, message="attempt 2 never ran on w2")
+            assert (status["failures"], status["losses"]) == (0, 1)  # a suspect
             assert status["history"][1]["reason"] == ("worker w1 went offline while running it; a suspect now, "
                                                       "it runs again with others next")
 

@@ -12,6 +12,7 @@ import json
 import queue
 import uuid
 from pathlib import Path
+from typing import Any
 
 from mqtt_tasks import leases
 from mqtt_tasks.app import TaskApp
@@ -139,10 +140,16 @@ def test_a_coordinator_back_with_its_session_confirms_the_tasks_queued_for_it(mo
         try:
             ids = [app.submit("work", f"t{i}").id for i in range(300)]  # queued for the coordinator only
             assert app.flush(10) and app.unconfirmed == 300
+            receipts: list[dict[str, Any]] = []
+
+            def all_seen() -> bool:  # the producer has them all: this listener may still lag behind it
+                receipts.extend(json.loads(m.payload) for m in drain(got))
+                return {i for r in receipts for i in r["ids"]} >= set(ids)
+
             with coordinator(mosquitto.url, prefix):
                 assert app.wait_recorded(15), f"{app.unconfirmed} tasks never confirmed"
-                wait_until(lambda: not got.empty(), 5)
-            receipts = [json.loads(m.payload) for m in drain(got)]
+                wait_until(all_seen, 15, message="the listener never saw every receipt")
+            receipts += [json.loads(m.payload) for m in drain(got)]
         finally:
             conn.close()
     confirmed = [i for r in receipts for i in r["ids"]]

@@ -4,6 +4,7 @@ the task's own fields on MQTT 3.1.1, which is what amqtt speaks)."""
 
 from __future__ import annotations
 
+import json
 import queue
 import uuid
 from collections.abc import Iterator
@@ -137,6 +138,39 @@ def test_a_redispatched_attempt_joins_the_same_trace(spans: Any, mosquitto: Mosq
     for run in runs:
         assert run.context.trace_id == send.context.trace_id
         assert run.status.status_code == trace.StatusCode.ERROR and "nope" in (run.status.description or "")
+
+
+def test_a_coordinator_without_the_key_dispatches_a_signed_task_as_it_was_signed(spans: Any) -> None:
+    """Where tracing records, the dispatch replaces the task's context with its own span's; a signed
+    task it cannot sign again keeps the producer's, else every worker with the key refuses it."""
+    from opentelemetry import propagate
+
+    from mqtt_tasks import Settings, leases, signing
+    from mqtt_tasks.coordinator.backlog import Backlog
+    from mqtt_tasks.coordinator.effects import Effects
+    from mqtt_tasks.coordinator.fleet import Fleet
+    from mqtt_tasks.protocol.topics import Topics
+    from mqtt_tasks.store.base import TaskRecord
+
+    key = "k" * 32
+    context: dict[str, str] = {}
+    with trace.get_tracer("test").start_as_current_span("request"):
+        propagate.inject(context)
+    assert tracing.recording() and context, "nothing recorded: the test would prove nothing"
+    task = {"id": "t1", "task": "work", "args": [1], **context}
+    policy, stats = leases.LeasePolicy(), dict.fromkeys(("cancels", "dead", "expired", "retried"), 0)
+    for coordinator_key, body in ((None, signing.sign(task, key)), (key, signing.sign(task, key)), (None, task)):
+        coordinator_settings = Settings.from_url("mqtt://127.0.0.1:1", prefix="P", signing_key=coordinator_key)
+        effects = Effects(coordinator_settings, Topics("P"), "c", Backlog(policy, Fleet(policy), stats), lambda: 1.0,
+                          stats)
+        effects.dispatch(TaskRecord(id="t1", task="work", queue="q", attempt=2, body=body), "w1")
+        (_, payload, _), = effects.take()
+        sent = json.loads(payload)
+        assert sent["attempt"] == 2
+        if "sig" in body:
+            signing.verify(sent, key)  # what a worker with the key does first
+        moved = sent["traceparent"] != context["traceparent"]
+        assert moved == (coordinator_key is not None or "sig" not in body), (coordinator_key, body)
 
 
 def test_the_context_travels_in_the_body_and_properties_are_preferred() -> None:

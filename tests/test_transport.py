@@ -21,7 +21,7 @@ from mqtt_tasks.transport import Connection, Message, Will, paho_internals
 from mqtt_tasks.transport.inflight import Inflight
 from mqtt_tasks.transport.paho_internals import BufferedSocket, TunedClient
 from tests.brokers import MosquittoProcess, free_port, wait_until
-from tests.faults.proxy import relay
+from tests.faults.proxy import JOIN_S, relay, stop_listening
 from tests.tasks_fixture import DEADLINE, Listener
 
 
@@ -461,7 +461,8 @@ class ClosesOnMqtt5:
         self.mqtt5_attempts = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._serve, name="closes-on-mqtt5", daemon=True).start()
+        self._threads = [threading.Thread(target=self._serve, name="closes-on-mqtt5", daemon=True)]
+        self._threads[0].start()
 
     def _serve(self) -> None:
         import socket
@@ -480,10 +481,14 @@ class ClosesOnMqtt5:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             upstream.sendall(first)
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=relay, args=(src, dst), daemon=True).start()
+                self._threads.append(threading.Thread(target=relay, args=(src, dst), name="relay", daemon=True))
+                self._threads[-1].start()
 
     def close(self) -> None:
-        self._listener.close()
+        """Stop accepting and join the threads (the relays end with the client's connection)."""
+        stop_listening(self._listener)
+        for thread in list(self._threads):
+            thread.join(JOIN_S)
 
 
 def test_auto_falls_back_to_mqtt311_when_the_broker_closes_on_an_mqtt5_connect(mosquitto: MosquittoProcess) -> None:

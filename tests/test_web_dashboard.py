@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,17 +119,25 @@ def _fill_the_plots(http: Any) -> None:
 def test_dashboard_mounted_in_a_users_app_with_a_token(page: Any, mosquitto: MosquittoProcess, prefix: str) -> None:
     """Mounted under /ops of a user's Starlette app, behind a token: the page still finds its API."""
     import threading
+    from contextlib import asynccontextmanager
 
     import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Mount, Route
 
+    from mqtt_tasks.web import close_app
     from tests.brokers import free_port
 
     dashboard = create_app(settings(mosquitto.url, prefix), WebOptions(token="t0ken", query_timeout=2.0))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:  # as docs/dashboard.md shows
+        yield
+        close_app(dashboard)
+
     app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("the user's own app")),
-                            Mount("/ops", app=dashboard)])
+                            Mount("/ops", app=dashboard)], lifespan=lifespan)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1))

@@ -20,7 +20,10 @@ Built on these facts:
   message per task); a receipt goes out after the commit like every effect, so a producer that has
   it can forget the task. The reply guard applies to receipt topics too.
 - With signing on, a task the coordinator dispatches to an inbox is signed again: its ``attempt``
-  and ``queue`` changed.
+  and ``queue`` changed. A coordinator without the key must not change a signed field: where
+  tracing records, the dispatch's own trace context would replace the task's signed
+  ``traceparent``, and every worker with the key would refuse the task, each time it is sent
+  (``test_tracing.py``). Such a task keeps the producer's context.
 - The coordinator's clock is the fleet's (docs/coordinator.md, "Where time is judged"): a presence
   published live (not retained) is a reading of it for the workers (worker/fleet_clock.py), so its
   ``ts`` is read when the outbox is taken, after the commit, to leave as fresh as it can.
@@ -201,8 +204,9 @@ class Effects:
         body.update(attempt=record.attempt, queue=record.queue)
         if alone:
             body["alone"] = True
-        body.update(tracing.dispatch_context(body, worker))  # a span of its own where tracing records
         key = getattr(self._settings, "signing_key", None)
+        if key is not None or "sig" not in body:  # a signed task it cannot sign again keeps its signed context
+            body.update(tracing.dispatch_context(body, worker))  # a span of its own where tracing records
         if key is not None:
             from .. import signing
 

@@ -2,7 +2,8 @@
 
 Nothing in the core imports this package: ``mqtt-worker`` on a device never loads Starlette,
 uvicorn or prometheus-client. ``mqtt-tasks dashboard`` runs it (``run_dashboard``); a user's own
-ASGI app mounts it (``create_app``). docs/dashboard.md describes the page, the API and the metrics.
+ASGI app mounts it (``create_app``, and ``close_app`` when that app shuts down). docs/dashboard.md
+describes the page, the API and the metrics.
 
 | module | job |
 |---|---|
@@ -22,7 +23,7 @@ prometheus-client only (extra ``metrics``).
 
 from __future__ import annotations
 
-from .server import create_app, run_dashboard
+from .server import close_app, create_app, run_dashboard
 from .state import WebOptions
 
-__all__ = ["WebOptions", "create_app", "run_dashboard"]
+__all__ = ["WebOptions", "close_app", "create_app", "run_dashboard"]

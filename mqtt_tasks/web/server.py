@@ -70,6 +70,15 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> Any:
     return TokenAuth(app, options.token) if options.token else app
 
 
+def close_app(app: Any) -> None:
+    """Close what an app of ``create_app`` holds (its MQTT connections, the monitor's thread).
+    Served on its own, its lifespan does it; mounted in another ASGI app it gets no lifespan events,
+    so the host app calls this when it shuts down (docs/dashboard.md)."""
+    inner = app.app if isinstance(app, TokenAuth) else app
+    state: WebState = inner.state.web
+    state.close()
+
+
 async def page(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 

@@ -203,9 +203,11 @@ class Worker:
         self._spawn("mqtt-worker-heartbeat", self._heartbeat.run)
         if self._outbox is not None:
             self._spawn("mqtt-worker-outbox", self._outbox.run)
-            connect_until_up(self._conn, self._outbox, self._stopped, self.worker_id)
-        else:
-            self._conn.connect()
+        try:
+            connect(self._conn, self._outbox, self._stopped, self.worker_id)
+        except BaseException:
+            self._halt()  # a start that failed (no broker) leaves no thread behind
+            raise
         self._started = True
         if self._deploys is not None:
             self._deploys.announce()
@@ -241,8 +243,6 @@ class Worker:
         if self._running.wait_idle(grace):
             self._hand_back_running(grace)
         self._halt()
-        for thread in self._threads:
-            thread.join(5.0)
         if self._outbox is not None and not self._outbox.drain(OUTBOX_DRAIN_S):
             log.warning("worker %s: %d message(s) stay in the outbox %s for the next start", self.worker_id,
                         self._outbox.pending(), self._outbox.path)
@@ -297,6 +297,8 @@ class Worker:
         if self._deploys is not None:
             self._deploys.stop()
         self._executor.shutdown(wait=False)
+        for thread in [t for t in self._threads if t is not threading.current_thread()]:
+            thread.join(5.0)  # the worker's own threads, not task threads (see stale_runs)
 
     def run(self) -> None:
         """Start and block until ``stop`` is called from another thread (a signal handler must not call
@@ -359,6 +361,14 @@ class Worker:
             state = DRAINING if self._dispatch.draining else ONLINE
         return WorkerSnapshot(self.worker_id, state, self._link.online, self.concurrency, free=slots.offered(),
                               waiting=len(slots.line), held=self._running.attempts(), stats=self._counters.read())
+
+
+def connect(conn: Connection, outbox: Outbox | None, stopped: threading.Event, worker_id: str) -> None:
+    """Connect once; with an outbox, keep trying until the broker answers (``connect_until_up``)."""
+    if outbox is None:
+        conn.connect()
+    else:
+        connect_until_up(conn, outbox, stopped, worker_id)
 
 
 def default_worker_id() -> str:

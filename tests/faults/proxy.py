@@ -30,7 +30,8 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._pumps = 0  # relaying threads still running: two per connection
-        threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True)]
+        self._threads[0].start()
 
     @property
     def url(self) -> str:
@@ -49,12 +50,16 @@ class TcpProxy:
         self._open.set()
 
     def close(self) -> None:
+        """Close every socket and join every thread of the proxy: none outlives the test."""
         self._closed.set()
         self._open.set()
-        self._listener.close()
+        stop_listening(self._listener)
         with self._lock:
             for sock in self._sockets:
                 sock.close()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(JOIN_S)
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -66,8 +71,11 @@ class TcpProxy:
             with self._lock:
                 self._sockets += [client, upstream]
                 self._pumps += 2
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump", daemon=True).start()
+                pumps = [threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump", daemon=True)
+                         for src, dst in ((client, upstream), (upstream, client))]
+                self._threads += pumps
+            for pump in pumps:
+                pump.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         rng = random.Random()
@@ -92,6 +100,18 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
             with self._lock:
                 self._pumps -= 1
+
+
+JOIN_S = 5.0
+"""How long ``close`` waits for each thread (a pump sees the close within its 0.2 s select)."""
+
+
+def stop_listening(listener: socket.socket) -> None:
+    """Close a listening socket so that a thread blocked in its ``accept()`` returns: on Linux a
+    plain ``close()`` from another thread leaves ``accept()`` blocked for good; ``shutdown`` wakes it."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def relay(src: socket.socket, dst: socket.socket) -> None:
