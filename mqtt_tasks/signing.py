@@ -7,6 +7,9 @@ What is signed (``canonical``): the task's JSON object *as received*, minus
 
 - ``sig`` itself;
 - ``attempt``: the coordinator sets it when it re-dispatches, so a retried task still verifies;
+- ``alone``: the coordinator sets it on a suspect it dispatches again to run with nothing else
+  (poison isolation), with or without the key; replaying a signed task with it only makes the
+  task run alone, which replaying it at all already allows;
 - ``queue``: filled in from the topic by workers and the coordinator;
 - fields whose value is ``null``, and ``args`` / ``kwargs`` when empty (``[]`` / ``{}``): a task
   re-encoded by a worker (hand-back) or the coordinator gains these defaults, and they mean the
@@ -34,7 +37,7 @@ from .errors import SignatureError  # noqa: F401 - raised here, defined with the
 from .protocol.validate import Invalid, load_object
 
 SIG_FIELD = "sig"
-UNSIGNED_FIELDS = frozenset({SIG_FIELD, "attempt", "queue"})
+UNSIGNED_FIELDS = frozenset({SIG_FIELD, "attempt", "queue", "alone"})
 _EMPTY_DEFAULTS: dict[str, Any] = {"args": [], "kwargs": {}}
 _MAX_EXACT = 2**53
 

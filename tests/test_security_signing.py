@@ -24,6 +24,8 @@ def test_redispatch_fields_are_not_signed_so_a_retried_task_still_verifies() -> 
     # What the coordinator or a handing-back worker sends: attempt and queue set, defaults filled
     # in, the timeout re-encoded as a float.
     verify({**signed, "attempt": 3, "queue": "default", "kwargs": {}, "timeout": 5.0, "reply_to": None}, KEY)
+    # A suspect dispatched again to run alone, by a coordinator with or without the key.
+    verify({**signed, "attempt": 3, "alone": True}, KEY)
 
 
 @pytest.mark.parametrize("change", [
@@ -109,8 +111,12 @@ def test_signed_tasks_run_unsigned_and_tampered_are_reported(mosquitto: Mosquitt
                                                                                         "queue": "default"}
             raw.publish(topics.tasks("default"), json.dumps(redispatched).encode())
             wait_until(lambda: (4, 4) in ran, message="the re-dispatched signed task did not run")
+            # So does a suspect a keyless coordinator marks to run alone (the field is not signed).
+            suspect = sign({"id": "suspect-1", "task": "add", "args": [6, 6]}, KEY) | {"attempt": 3, "alone": True}
+            raw.publish(topics.tasks("default"), json.dumps(suspect).encode())
+            wait_until(lambda: (6, 6) in ran, message="the signed suspect marked alone did not run")
             assert add.submit(5, 5).result(timeout=10) == 10  # and the worker still takes good tasks
-        assert (1, 1) not in ran and (100, 200) not in ran and len(ran) == 3
+        assert (1, 1) not in ran and (100, 200) not in ran and len(ran) == 4
     finally:
         raw.close(1.0)
         errors.conn.close(1.0)
