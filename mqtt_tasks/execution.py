@@ -42,8 +42,28 @@ class Outcome:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Outcome:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(False, None, type(exc).__name__, str(exc), tb, cancelled=isinstance(exc, TaskCancelled))
+        """Never raises: a failure is reported whatever the exception does when described."""
+        return cls(False, None, type(exc).__name__, _describe(exc), _traceback_text(exc),
+                   cancelled=isinstance(exc, TaskCancelled))
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as failure:  # noqa: BLE001 - a task's exception whose __str__ raises
+        return f"<{type(exc).__name__}: str() failed with {type(failure).__name__}>"
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """The formatted traceback; without 3.11's caret lines when formatting itself fails: it parses
+    each line's source, which can raise (CPython 3.11.7 shares the AST constructor's recursion
+    depth across threads, python/cpython#106905; an exception whose ``__str__`` raises)."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001 - the frames are still worth reporting
+        frames = "".join(f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {(f.line or "").strip()}\n'
+                         for f in traceback.extract_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {_describe(exc)}\n"
 
 
 class Run:

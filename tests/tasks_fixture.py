@@ -81,6 +81,13 @@ def make_app(url: str, prefix: str, **kwargs: Any) -> TaskApp:
     return app
 
 
+class Unprintable(Exception):
+    """An exception that cannot even be described: its ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
 def _register_plain(app: TaskApp) -> None:
     @app.task
     def add(a: int, b: int) -> int:
@@ -97,6 +104,10 @@ def _register_plain(app: TaskApp) -> None:
     @app.task
     def boom(message: str) -> None:
         raise ValueError(message)
+
+    @app.task
+    def unprintable() -> None:
+        raise Unprintable()
 
     @app.task
     async def async_add(a: int, b: int) -> int:

@@ -186,6 +186,31 @@ def test_task_past_its_timeout_fails_and_the_worker_goes_on(h: Harness, name: st
     h.probe.wait_for(lambda p: p.running == 0, what="the timed-out body has really stopped")
 
 
+def test_an_exception_that_cannot_be_described_still_fails_the_task_and_frees_the_slot(h: Harness) -> None:
+    h.worker(concurrency=1)
+    with pytest.raises(TaskFailedError) as info:
+        h.app.registry["unprintable"].submit().result(DEADLINE)
+    assert info.value.error_type == "Unprintable" and "str() failed with RuntimeError" in str(info.value)
+    assert h.app.registry["add"].submit(1, 2).result(DEADLINE) == 3  # the only slot is free again
+
+
+def test_a_traceback_that_cannot_be_formatted_is_reported_from_its_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11.7's AST race (python/cpython#106905) makes ``format_exception`` raise now and then."""
+    from mqtt_tasks import execution
+
+    def broken(*_a: Any, **_k: Any) -> list[str]:
+        raise SystemError("AST constructor recursion depth mismatch (before=1, after=2)")
+
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        monkeypatch.setattr(execution.traceback, "format_exception", broken)
+        outcome = execution.Outcome.from_exception(exc)
+    assert (outcome.ok, outcome.error_type, outcome.error_message) == (False, "KeyError", "'missing'")
+    assert outcome.traceback is not None and "in test_a_traceback_that_cannot_be_formatted" in outcome.traceback
+    assert outcome.traceback.endswith("KeyError: 'missing'\n")
+
+
 def test_concurrency_bound(h: Harness) -> None:
     h.worker(concurrency=2)
     handles = [h.app.registry["tracked"].submit(f"k{i}", 0.05) for i in range(12)]
