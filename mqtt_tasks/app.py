@@ -575,9 +575,7 @@ class TaskApp:
 
     def _record_topic(self, queue: str) -> str:
         topic = self._record_topics.get(queue)
-        if topic is None:
-            topic = self._record_topics[queue] = self.topics.record(queue)
-        return topic
+        return topic if topic is not None else self._record_topics.setdefault(queue, self.topics.record(queue))
 
     def submit(self, name: str, *args: Any, **kwargs: Any) -> TaskHandle:
         """``app.submit("add", 2, 3)``: submit by name, with positional and keyword arguments."""
