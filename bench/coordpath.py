@@ -5,12 +5,13 @@
 A real ``Coordinator`` (handlers, records, timers, backlog, effects, the loop's batch step) around
 a real ``SQLiteStore`` in a temporary directory, with a connection that goes nowhere (publishes
 and acks are counted and dropped). It is fed the messages a no-op task brings, as the loop takes
-them off its queue: the task on ``P/tasks/default`` (with a ``reply_to`` and a ``receipt_to``, as
-``TaskApp.send`` builds it), then the worker's ``started`` and ``succeeded`` on ``P/status/{id}``,
-each in the next batch (``--spread 3``: three commits per task, the most a no-op task costs) or
-both in one (``--spread 2``). Each batch is one ``Loop._process``: prefetch, decide, commit, ack,
-publish. Payloads are encoded before the clock starts; the figure is ``time.process_time()`` of
-the batches, divided by the tasks, the median of ``--rounds`` (each round a fresh store).
+them off its queue: the task on ``P/tasks/default`` (with a ``reply_to``, a ``receipt_to`` and a
+random 32-hex-digit id, as ``TaskApp.send`` builds it), then the worker's ``started`` and
+``succeeded`` on ``P/status/{id}``, each in the next batch (``--spread 3``: three commits per task,
+the most a no-op task costs) or both in one (``--spread 2``). Each batch is one
+``Loop._process``: prefetch, decide, commit, ack, publish. Payloads are encoded before the clock
+starts; the figure is ``time.process_time()`` of the batches, divided by the tasks, the median of
+``--rounds`` (each round a fresh store).
 
 Wall clock and even CPU time swing with the machine's load (other sessions' tests: ±30 %), so:
 
@@ -18,8 +19,9 @@ Wall clock and even CPU time swing with the machine's load (other sessions' test
   tree, in a child process), alternating A, B, A, B, ...; a load that comes and goes lands on
   both. Prints each tree's median and minimum.
 - ``--instructions``: count the instructions of the same work under callgrind (deterministic, the
-  machine's load does not enter): one child with ``N`` tasks, one with none, the difference per
-  task. Slow (about 1 s per 100 tasks and tree): use a small ``--tasks``.
+  machine's load does not enter): one child with ``N`` tasks, one that builds the same messages
+  and decides none (``--dry``), the difference per task. Slow (about a minute per 1,000 tasks and
+  tree): use a small ``--tasks``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -72,19 +75,21 @@ def messages(n: int, spread: int) -> list[list[Any]]:
 
     topics, opts, now = Topics(PREFIX), TaskOptions(), time.time()
     mid = iter(range(1, 1 << 30))
+    rng = random.Random(n)  # ids as TaskApp makes them (uuid4 hex): spread over the primary key's index
+    ids = [f"{rng.getrandbits(128):032x}" for _ in range(n)]
 
     def msg(topic: str, obj: dict[str, Any]) -> Any:
         return (MSG, Message(topic, codec.encode(obj), 1, False, next(mid), 1))
 
     def task(i: int) -> Any:
-        body = task_body(f"t{i:08d}", "noop", [], {}, opts, topics.replies("bench-p"),
+        body = task_body(ids[i], "noop", [], {}, opts, topics.replies("bench-p"),
                          topics.receipts("bench-p"), None)
         return msg(topics.tasks("default"), body)
 
     def status(i: int, state: str) -> Any:
         extra = {"result": None} if state == "succeeded" else {}
-        event = events.status_event(f"t{i:08d}", state, 1, now, worker=WORKER, task="noop", queue="default", **extra)
-        return msg(topics.status(f"t{i:08d}"), event)
+        event = events.status_event(ids[i], state, 1, now, worker=WORKER, task="noop", queue="default", **extra)
+        return msg(topics.status(ids[i]), event)
 
     groups = [range(start, min(start + BATCH[0], n)) for start in range(0, n, BATCH[0])]
     batches: list[list[Any]] = []
@@ -101,8 +106,9 @@ def messages(n: int, spread: int) -> list[list[Any]]:
 BATCH = [100]  # tasks per group: set by main (module-level so ``messages`` stays a plain function)
 
 
-def one_round(n: int, spread: int) -> dict[str, float]:
-    """Feed ``n`` tasks through a fresh coordinator and store; CPU and wall time of the batches."""
+def one_round(n: int, spread: int, dry: bool = False) -> dict[str, float]:
+    """Feed ``n`` tasks through a fresh coordinator and store; CPU and wall time of the batches.
+    ``dry``: everything but the batches (callgrind's baseline)."""
     from mqtt_tasks.config import Settings
     from mqtt_tasks.coordinator import Coordinator
     from mqtt_tasks.coordinator.loop import CONNECTED
@@ -116,12 +122,12 @@ def one_round(n: int, spread: int) -> dict[str, float]:
         loop = coordinator._loop  # noqa: SLF001 - the bench drives the loop's batch step itself
         loop._process([(CONNECTED, True)])  # noqa: SLF001
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        for batch in batches:
+        for batch in [] if dry else batches:
             loop._process(batch)  # noqa: SLF001
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         counts = store.counts()
         store.close()
-    if counts.get("succeeded") != n or conn.acked != 3 * n:
+    if not dry and (counts.get("succeeded") != n or conn.acked != 3 * n):
         raise RuntimeError(f"the path lost work: {counts}, {conn.acked} acks for {n} tasks")
     return {"cpu_us": cpu / n * 1e6, "wall_us": wall / n * 1e6, "published": conn.published / n}
 
@@ -135,26 +141,20 @@ def in_tree(tree: str, argv: list[str]) -> dict[str, Any]:
 
 
 def instructions(tree: str, argv: list[str]) -> float:
-    """Instructions per task under callgrind: a run of N tasks less a run of one batch's (imports,
-    set-up and first calls), divided by the difference."""
-    def count(tasks: int) -> int:
+    """Instructions per task under callgrind: a run of N tasks less a dry run (imports, set-up,
+    the messages built, no batch decided), divided by N."""
+    def count(dry: list[str]) -> int:
         env = {**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"}
         with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
-            run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-                                  sys.executable, str(SCRIPT), "--json", "--rounds", "1", *argv,
-                                  "--tasks", str(tasks)], env=env, cwd=tree, check=True, capture_output=True,
-                                 text=True)
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
+                       str(SCRIPT), "--json", "--rounds", "1", *argv, *dry]
+            run = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True)
         found = re.search(r"Collected : (\d+)", run.stderr)
         if found is None:
             raise RuntimeError(f"no instruction count from callgrind: {run.stderr[-500:]}")
         return int(found.group(1))
 
-    n, base = _arg(argv, "--tasks", 10_000), _arg(argv, "--batch", 100)
-    return (count(n) - count(base)) / (n - base)
-
-
-def _arg(argv: list[str], name: str, default: int) -> int:
-    return int(argv[argv.index(name) + 1]) if name in argv else default
+    return (count([]) - count(["--dry"])) / int(argv[argv.index("--tasks") + 1])
 
 
 def compare(trees: list[str], argv: list[str], rounds: int, count: bool) -> None:
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", nargs="+", help="compare these source trees, alternated")
     parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     BATCH[0] = args.batch
     shared = ["--tasks", str(args.tasks), "--batch", str(args.batch), "--spread", str(args.spread)]
     if args.trees:
         compare(args.trees, shared, args.rounds, args.instructions)
         return 0
-    runs = [one_round(args.tasks, args.spread) for _ in range(args.rounds)]
+    runs = [one_round(args.tasks, args.spread, args.dry) for _ in range(args.rounds)]
     result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     if args.json:
         print(json.dumps(result))
