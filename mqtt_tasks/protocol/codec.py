@@ -5,8 +5,10 @@ JSON only: nothing in a payload can name a Python object, import a module or rea
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DecodeError, EncodeError, PayloadTooLargeError
@@ -80,25 +82,22 @@ def decode_task_data(payload: bytes, *, topic: str = "", queue: str | None = Non
 
 def decode_task(payload: bytes, *, topic: str = "", queue: str | None = None,
                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> Task:
-    from .messages import Task
-
-    task = decode(Task, payload, topic=topic, max_payload=max_payload)
+    model: type[Task] = _messages().Task
+    task = decode(model, payload, topic=topic, max_payload=max_payload)
     if task.queue is None and queue is not None:
         task.queue = queue
     return task
 
 
 def decode_status(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> StatusEvent:
-    from .messages import StatusEvent
-
-    return decode(StatusEvent, payload, topic=topic, max_payload=max_payload)
+    model: type[StatusEvent] = _messages().StatusEvent
+    return decode(model, payload, topic=topic, max_payload=max_payload)
 
 
 def decode_worker_state(payload: bytes, *, topic: str = "",
                         max_payload: int = DEFAULT_MAX_PAYLOAD) -> WorkerState:
-    from .messages import WorkerState
-
-    return decode(WorkerState, payload, topic=topic, max_payload=max_payload)
+    model: type[WorkerState] = _messages().WorkerState
+    return decode(model, payload, topic=topic, max_payload=max_payload)
 
 
 def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[str, Any]:
@@ -108,6 +107,16 @@ def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DE
         return validate.load_object(payload)
     except validate.Invalid as exc:
         raise DecodeError(str(exc), payload=payload, topic=topic) from None
+
+
+@functools.cache
+def _messages() -> ModuleType:
+    """The pydantic models, imported on first use (a worker never needs them) and then kept: a
+    relative import in a function costs a failed attribute lookup with its formatted
+    AttributeError on every call (importlib's ``_initializing`` check), about 2 us a message."""
+    from . import messages
+
+    return messages
 
 
 def guess_id(payload: bytes) -> str | None:
