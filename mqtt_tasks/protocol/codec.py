@@ -5,8 +5,10 @@ JSON only: nothing in a payload can name a Python object, import a module or rea
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DecodeError, EncodeError, PayloadTooLargeError
@@ -55,11 +57,13 @@ def check_incoming(payload: bytes, max_payload: int, topic: str = "") -> None:
 def decode(model: type[M], payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> M:
     """Decode and validate one message; raise ``DecodeError`` with a one-line reason."""
     check_incoming(payload, max_payload, topic)
-    from pydantic import ValidationError
-
     try:
         return model.model_validate_json(payload)
-    except ValidationError as exc:
+    except ValueError as exc:  # pydantic's ValidationError is one; imported here, not per message (~2 us)
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
         raise DecodeError(_describe(exc), payload=payload, topic=topic, task_id=guess_id(payload)) from exc
 
 
@@ -78,25 +82,22 @@ def decode_task_data(payload: bytes, *, topic: str = "", queue: str | None = Non
 
 def decode_task(payload: bytes, *, topic: str = "", queue: str | None = None,
                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> Task:
-    from .messages import Task
-
-    task = decode(Task, payload, topic=topic, max_payload=max_payload)
+    model: type[Task] = _messages().Task
+    task = decode(model, payload, topic=topic, max_payload=max_payload)
     if task.queue is None and queue is not None:
         task.queue = queue
     return task
 
 
 def decode_status(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> StatusEvent:
-    from .messages import StatusEvent
-
-    return decode(StatusEvent, payload, topic=topic, max_payload=max_payload)
+    model: type[StatusEvent] = _messages().StatusEvent
+    return decode(model, payload, topic=topic, max_payload=max_payload)
 
 
 def decode_worker_state(payload: bytes, *, topic: str = "",
                         max_payload: int = DEFAULT_MAX_PAYLOAD) -> WorkerState:
-    from .messages import WorkerState
-
-    return decode(WorkerState, payload, topic=topic, max_payload=max_payload)
+    model: type[WorkerState] = _messages().WorkerState
+    return decode(model, payload, topic=topic, max_payload=max_payload)
 
 
 def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[str, Any]:
@@ -106,6 +107,16 @@ def decode_json_object(payload: bytes, *, topic: str = "", max_payload: int = DE
         return validate.load_object(payload)
     except validate.Invalid as exc:
         raise DecodeError(str(exc), payload=payload, topic=topic) from None
+
+
+@functools.cache
+def _messages() -> ModuleType:
+    """The pydantic models, imported on first use (a worker never needs them) and then kept: a
+    relative import in a function costs a failed attribute lookup with its formatted
+    AttributeError on every call (importlib's ``_initializing`` check), about 2 us a message."""
+    from . import messages
+
+    return messages
 
 
 def guess_id(payload: bytes) -> str | None:

@@ -99,9 +99,11 @@ class TaskRecord:
     def to_stored(self) -> dict[str, Any]:
         """``to_dict`` less the fields that are None by default and None now: ``from_dict`` restores
         them as they were, and a store's rows stay small as fields are added (a store on a small
-        disk has its WAL to fit beside them: tests/test_coordinator_outage.py)."""
+        disk has its WAL to fit beside them: tests/test_coordinator_outage.py). Read from ``__dict__``:
+        once per record and commit, and half the time of ``getattr``."""
+        values = self.__dict__
         return {name: value for name in _FIELDS
-                if (value := getattr(self, name)) is not None or name not in _NONE_BY_DEFAULT}
+                if (value := values[name]) is not None or name not in _NONE_BY_DEFAULT}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
