@@ -70,6 +70,7 @@ def messages(n: int, spread: int) -> list[list[Any]]:
     from mqtt_tasks.app import TaskOptions, task_body
     from mqtt_tasks.coordinator.loop import MSG
     from mqtt_tasks.protocol import codec, events
+    from mqtt_tasks.protocol.rpc import receipts_topic
     from mqtt_tasks.protocol.topics import Topics
     from mqtt_tasks.transport import Message
 
@@ -83,7 +84,7 @@ def messages(n: int, spread: int) -> list[list[Any]]:
 
     def task(i: int) -> Any:
         body = task_body(ids[i], "noop", [], {}, opts, topics.replies("bench-p"),
-                         topics.receipts("bench-p"), None)
+                         receipts_topic(topics.replies("bench-p")), None)
         return msg(topics.tasks("default"), body)
 
     def status(i: int, state: str) -> Any:
