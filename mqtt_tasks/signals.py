@@ -47,13 +47,12 @@ class SignalLatch:
     ``on_hurry``: the second SIGINT does).
 
     A context manager for the main thread: it installs the handlers, the wakeup pipe and the relay
-    thread on entry and restores the previous ones on exit. ``event`` (a new one unless given; a
-    caller may share it with other wake-ups and tell them apart by ``signame``) is set by the relay
-    thread, after ``signame``, never by a handler, so waiting on it from the main thread is safe
-    (see the module docstring)."""
+    thread on entry and restores the previous ones on exit. ``event`` is set by the relay thread,
+    after ``signame``, never by a handler, so waiting on it from the main thread is safe (see the
+    module docstring); its owner may also set it to wake itself, and tell the two apart by ``signame``."""
 
-    def __init__(self, on_hurry: Callable[[], None] | None = None, event: threading.Event | None = None) -> None:
-        self.event = threading.Event() if event is None else event
+    def __init__(self, on_hurry: Callable[[], None] | None = None) -> None:
+        self.event = threading.Event()
         self.signame = ""
         self.on_hurry = on_hurry
         self._hurried = False
