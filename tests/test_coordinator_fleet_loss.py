@@ -109,3 +109,27 @@ def test_stats_of_a_fleet_of_10000_fits_the_payload_cap(tmp_path: Path) -> None:
         assert len(answer["workers"]) == 1000 and "w00000" in answer["workers"] and "w09999" not in answer["workers"]
     finally:
         coordinator.stop()
+
+
+def test_the_queued_index_follows_the_records(tmp_path: Path) -> None:
+    """``Records.queued_in``, which a Last Will asks instead of a pass over every live record, holds
+    exactly the live queued records of the queues asked for."""
+    conn = Recorder()
+    coordinator = Coordinator(Settings.from_url("mqtt://127.0.0.1:1", prefix=PREFIX),
+                              SQLiteStore(str(tmp_path / "tasks.db")), connection=conn)  # type: ignore[arg-type]
+    coordinator.start()
+    coordinator.connected(True)
+    records = coordinator._records
+    try:
+        for mid, (topic, body) in enumerate([
+                (TOPICS.tasks("default"), {"id": "a", "task": "noop"}),
+                (TOPICS.tasks("default"), {"id": "b", "task": "noop"}),
+                (TOPICS.tasks("other"), {"id": "c", "task": "noop"}),
+                (TOPICS.status("a"), {"id": "a", "state": "started", "attempt": 1, "worker": "w", "ts": time.time()}),
+        ], start=1):
+            coordinator.receive(Message(topic, json.dumps(body).encode(), 1, False, mid, 0))
+        wait_until(lambda: len(conn.acked) == 4, 30, message="the messages were not all handled")
+        assert [r.id for r in records.queued_in(["default"])] == ["b"]
+        assert sorted(r.id for r in records.queued_in(["default", "other", "none"])) == ["b", "c"]
+    finally:
+        coordinator.stop()
