@@ -56,7 +56,7 @@ def test_a_slow_worker_does_not_hold_back_the_batch(mosquitto, prefix: str) -> N
     print(f"\nmakespan {makespan:.2f}s (ideal {ideal:.2f}s, not asserted); slow ran {len(by_slow)} of {n}, "
           f"{len(slow_after)} after the fast worker's last")
     assert len(by_slow) <= n // 4, f"the slow worker ran {len(by_slow)} of {n}: handed out round-robin"
-    assert len(slow_after) <= 3 * conc + 4, f"{len(slow_after)} tasks ended on the slow worker after the fast one's last"
+    assert len(slow_after) <= 3 * conc + 4, f"{len(slow_after)} ended on the slow worker after the fast one's last"
 
 
 def test_tasks_behind_a_long_task_go_to_a_worker_that_is_free(mosquitto, prefix: str) -> None:  # type: ignore[no-untyped-def]
