@@ -7,6 +7,7 @@ a code (``exit_code_for``); click usage errors keep click's exit 2.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import importlib
 import json
@@ -17,13 +18,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from . import __version__
 from .acl import ROLES
-from .app import TaskApp, TaskOptions, check_rate_limit, scheduling_fields
+from .app import TaskApp, TaskHandle, TaskOptions, check_rate_limit, scheduling_fields
 from .config import DEFAULT_DEFER_AFTER, DEFAULT_STARTED_AFTER, ENV_BROKER, Settings
 from .errors import (
     ConfigError,
@@ -39,6 +40,7 @@ from .protocol import codec
 from .protocol.labels import MAX_LABELS, MAX_REQUIRED, check_labels
 from .protocol.states import ONLINE, PRIORITY_MAX, PRIORITY_MIN, RECORD_STATES, TASK_NAME_PATTERN
 from .protocol.topics import DEFAULT_GROUP, DEFAULT_QUEUE, Topics, check_name
+from .signals import SignalLatch
 from .transport import Connection, Message
 
 if TYPE_CHECKING:
@@ -462,22 +464,74 @@ def submit(task: str, args: tuple[str, ...], kwargs_json: str | None, queue: str
     settings = Settings.from_env(broker, prefix=prefix)
     if extra and "not_before" in extra:
         timeout += max(0.0, extra["not_before"] - time.time())
-    with TaskApp(settings=settings) as app:
-        handle = app.send(task, positional, kwargs, options=TaskOptions(queue=queue), extra=extra)
-        if not wait:
-            if not app.flush(timeout):
-                raise CLIError(f"the broker did not acknowledge task {handle.id} within {timeout}s", RET_CONNECT)
-            click.echo(handle.id)
-            return
+    with SignalLatch() as latch:  # Ctrl-C: one line, whatever the main thread waits on; another: out at once
+        app = TaskApp(settings=settings)
+        connecting = _until_interrupted(app.connect, latch)
+        if not connecting.done():  # the connecting thread holds the app: no close, the exit ends it
+            raise CLIError(f"interrupted while connecting to {settings.display_url}; the task was not published",
+                           RET_INTERRUPTED)
         try:
-            result = handle.result(timeout)
-        except KeyboardInterrupt:
-            raise CLIError(f"interrupted; task {handle.id} was submitted and may still run "
-                           f"(mqtt-tasks status {handle.id})", RET_INTERRUPTED) from None
-        except ResultTimeoutError:
-            raise CLIError(f"no result for task {handle.id} within {timeout}s: "
-                           f"{_why_no_result(settings, queue)}", RET_TIMEOUT) from None
-    click.echo(json.dumps(result))
+            connecting.result()
+            if latch.signame:
+                raise CLIError("interrupted; the task was not published", RET_INTERRUPTED)
+            handle = app.send(task, positional, kwargs, options=TaskOptions(queue=queue), extra=extra)
+            out = _await_result(app, handle, timeout, latch, settings, queue) if wait \
+                else _await_ack(app, handle, timeout, latch)
+        finally:
+            app.close()
+    click.echo(out)
+
+
+T = TypeVar("T")
+
+
+def _until_interrupted(fn: Callable[[], T], latch: SignalLatch) -> concurrent.futures.Future[T]:
+    """Run ``fn`` (bounded by its own timeout) on a helper thread until it returns or Ctrl-C comes.
+
+    The main thread waits only on ``latch.event``, which the latch's relay sets the moment a signal
+    arrives (signals.py): a signal that lands just before a wait blocks would otherwise be noticed
+    only when that wait ends (``submit --wait`` once sat out its 30 s timeout). Returns ``fn``'s
+    future, not done when interrupted."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    wake = latch.event
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the main thread, which raises it
+            future.set_exception(exc)
+        wake.set()
+
+    threading.Thread(target=run, name="mqtt-tasks-submit", daemon=True).start()
+    while not future.done() and not latch.signame:  # signame is set before the relay sets wake
+        wake.wait()
+        wake.clear()
+    return future
+
+
+def _await_ack(app: TaskApp, handle: TaskHandle, timeout: float, latch: SignalLatch) -> str:
+    acked = _until_interrupted(lambda: app.flush(timeout), latch)
+    if not acked.done():
+        raise CLIError(f"interrupted before the broker acknowledged task {handle.id}; it may or may not have "
+                       f"been published (mqtt-tasks status {handle.id})", RET_INTERRUPTED)
+    if not acked.result():
+        raise CLIError(f"the broker did not acknowledge task {handle.id} within {timeout}s", RET_CONNECT)
+    return handle.id
+
+
+def _await_result(app: TaskApp, handle: TaskHandle, timeout: float, latch: SignalLatch, settings: Settings,
+                  queue: str) -> str:
+    """The result as JSON; a failed task raises its error (``exit_code_for``)."""
+    waited = _until_interrupted(lambda: handle.result(timeout), latch)
+    if not waited.done():
+        raise CLIError(f"interrupted; task {handle.id} was submitted and may still run "
+                       f"(mqtt-tasks status {handle.id})", RET_INTERRUPTED)
+    try:
+        return json.dumps(waited.result())
+    except ResultTimeoutError:
+        hint = _until_interrupted(lambda: _why_no_result(settings, queue), latch)
+        raise CLIError(f"no result for task {handle.id} within {timeout}s: "
+                       f"{hint.result() if hint.done() else 'interrupted'}", RET_TIMEOUT) from None
 
 
 def parse_when(text: str) -> float:
@@ -680,7 +734,6 @@ def coordinator_command(broker: str | None, prefix: str | None, db: str, ha: boo
     """Run the coordinator (leases, retries, backlog, dead letters) until SIGTERM or Ctrl-C."""
     from .coordinator import run_coordinator
     from .coordinator.standby import run_high_availability
-    from .signals import SignalLatch
     from .store.opening import is_postgres
 
     configure_logging(log_level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -490,6 +491,23 @@ def test_ctrl_c_during_submit_wait_prints_the_task_id(mosquitto: Any, prefix: st
     assert code == RET_INTERRUPTED
     assert stderr.strip() == (f"Error: interrupted; task {task_id} was submitted and may still run "
                               f"(mqtt-tasks status {task_id})")
+
+
+def test_ctrl_c_while_the_broker_does_not_answer_says_the_task_was_not_published(prefix: str) -> None:
+    """A broker that accepts the TCP connection and never sends CONNACK: submit waits for it (up to its
+    connect timeout, 10 s); Ctrl-C ends it at once and says nothing was sent."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(15)
+        url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
+        proc = Proc([sys.executable, "-m", "mqtt_tasks", "submit", "add", "1", "2", "--wait",
+                     "--broker", url, "--prefix", prefix])
+        client, _ = silent.accept()  # it is waiting for the CONNACK now
+        with client:
+            code, stderr = proc.stop(signal.SIGINT, timeout=8.0)  # well before the connect timeout
+    assert code == RET_INTERRUPTED
+    assert stderr.strip() == f"Error: interrupted while connecting to {url}; the task was not published"
 
 
 def test_the_command_line_overrides_the_app_and_the_app_overrides_the_environment(

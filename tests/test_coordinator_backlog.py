@@ -30,6 +30,11 @@ def test_a_burst_of_3000_at_one_worker_all_succeed_despite_max_queued_messages(m
 
 @pytest.mark.slow
 def test_a_slow_worker_does_not_hold_back_the_batch(mosquitto, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Two workers, one ten times slower: the tasks go where slots come free, not round-robin as the
+    broker's shared subscription hands them out. Counted, not timed (the makespan against a limit
+    failed on a loaded machine): round-robin would give the slow worker half of the batch (150) and
+    leave it finishing ~120 of them after the fast one ran out of work; by slot it gets about its
+    speed's share (~27 of 300) and finishes at most what it is running when the fast one is done."""
     url = mosquitto.url
     fast_s, slow_s, conc, n = 0.04, 0.4, 2, 300
     ideal = n / (conc / fast_s + conc / slow_s)
@@ -42,12 +47,16 @@ def test_a_slow_worker_does_not_hold_back_the_batch(mosquitto, prefix: str) -> N
             tdef.fn = lambda ident, seconds=0.0, _f=original, _p=pause: _f(ident, _p)  # type: ignore[misc]
         start = time.monotonic()
         handles = [app.submit("work", f"m{i}") for i in range(n)]
-        for h in handles:
-            h.result(60)
+        events = [h.status(120) for h in handles]
         makespan = time.monotonic() - start
-    print(f"\nmakespan {makespan:.2f}s, ideal {ideal:.2f}s, ratio {makespan / ideal:.2f}; "
-          f"fast ran {fast.stats['succeeded']}, slow ran {slow.stats['succeeded']}")
-    assert makespan <= 1.3 * ideal
+    assert [(e.state, e.result) for e in events] == [("succeeded", f"m{i}") for i in range(n)]
+    by_slow = [e for e in events if e.worker == "slow"]
+    fast_done = max(e.ts for e in events if e.worker == "fast")
+    slow_after = [e.id for e in by_slow if e.ts > fast_done]  # the batch waiting on the slow worker
+    print(f"\nmakespan {makespan:.2f}s (ideal {ideal:.2f}s, not asserted); slow ran {len(by_slow)} of {n}, "
+          f"{len(slow_after)} after the fast worker's last")
+    assert len(by_slow) <= n // 4, f"the slow worker ran {len(by_slow)} of {n}: handed out round-robin"
+    assert len(slow_after) <= 3 * conc + 4, f"{len(slow_after)} ended on the slow worker after the fast one's last"
 
 
 def test_tasks_behind_a_long_task_go_to_a_worker_that_is_free(mosquitto, prefix: str) -> None:  # type: ignore[no-untyped-def]

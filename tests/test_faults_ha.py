@@ -297,6 +297,9 @@ def test_a_clean_stop_hands_over_at_once_and_the_leader_outlasts_a_stray_will(cl
     took = (presences.first_online("c2", stopped_at) or 0) - stopped_at
     print(f"c2 leads {took:.1f} s after c1 was stopped")
     assert took < 2.0  # released, not run out
+    presences.catch_up()  # a Last Will of c1's would be here by now
+    said = [p["state"] for t, p in presences.events() if t >= stopped_at and p.get("name") == "c1"]
+    assert said == ["offline"], f"c1 after its clean stop: {said} (a second offline is its Last Will)"
     cluster.submit(20, 0.05)
     verdict = settle_group(cluster, c2)
     assert verdict.outcomes == {"succeeded": 40}

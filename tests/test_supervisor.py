@@ -56,6 +56,7 @@ with SignalLatch(on_hurry=hurried.set) as latch:
     os.kill(os.getpid(), signal.SIGINT)
     say(f"hurried={hurried.wait(5)}")
     os.kill(os.getpid(), signal.SIGINT)
+    threading.Event().wait(30)  # the relay thread exits the process, whatever the main thread waits on
     say("still running")
 """
 

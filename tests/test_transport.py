@@ -508,3 +508,57 @@ def test_auto_falls_back_to_mqtt311_when_the_broker_closes_on_an_mqtt5_connect(m
             conn.close()
     finally:
         front.close()
+
+
+def test_a_clean_close_under_a_stream_of_messages_sends_no_last_will(mosquitto: MosquittoProcess) -> None:
+    """paho closes its socket right after writing DISCONNECT; with messages still unread the kernel
+    resets the connection, and Mosquitto, reading the reset before the DISCONNECT, published the
+    Last Will of a clean stop (an HA leader's clean stop then looked like a crash to the others):
+    4 of 20 closes before the fix. Here 20 clients close while a stream flows towards them."""
+    settings = Settings.from_url(mosquitto.url)
+    wills: list[Message] = []
+    sentinel, stop = threading.Event(), threading.Event()
+
+    def on_watch(message: Message) -> None:
+        if message.topic == "will-watch/sentinel":
+            sentinel.set()
+        else:
+            wills.append(message)
+
+    def stream() -> None:
+        while not stop.is_set():
+            for _ in range(50):
+                flooder.publish("will-flood", b"x" * 200, qos=1)
+            if flooder.outstanding > 2000:  # paho's message ids would run out
+                flooder.flush(DEADLINE)
+            time.sleep(0.001)  # the stream's pace, not a synchronisation
+
+    watcher = Connection(settings, "will-watcher", on_message=on_watch)
+    watcher.subscribe("will-watch/#")
+    flooder = Connection(settings, "will-flooder")
+    watcher.connect()
+    flooder.connect()
+    streaming = threading.Thread(target=stream, name="test-will-stream", daemon=True)
+    streaming.start()
+    try:
+        for i in range(20):
+            received: list[Message] = []
+            victim = Connection(settings, f"will-victim-{i}", on_message=received.append,
+                                will=Will(f"will-watch/victim-{i}", b"offline"))
+            victim.subscribe("will-flood")
+            victim.connect()
+            wait_until(lambda r=received: len(r) >= 1000, DEADLINE, message="the stream never reached the client")
+            victim.close()
+            line = wait_until(lambda n=f"will-victim-{i} ": [x for x in mosquitto.log_text().splitlines()
+                                                             if n in x and ("disconnected" in x or "closed" in x)],
+                              DEADLINE)
+            assert "disconnected" in line[0], line  # not "closed its connection": the DISCONNECT was read
+        sentinel.clear()
+        watcher.publish("will-watch/sentinel", b"")  # behind any Will the broker sent
+        assert sentinel.wait(DEADLINE)
+        assert wills == []
+    finally:
+        stop.set()
+        streaming.join(DEADLINE)
+        flooder.close()
+        watcher.close()

@@ -283,6 +283,6 @@ class Handlers:
         for record in lost:
             self._records.save(record, leases.on_worker_lost(record, worker, now, self._policy))
         queues = self._fleet.views[worker].queues
-        for record in self._records.live.values():  # taken unannounced? looked at within a heartbeat
+        for record in self._records.queued_in(queues):  # taken unannounced? looked at within a heartbeat
             if leases.may_have_taken(record, queues, now):
                 self._records.check_soon(record)

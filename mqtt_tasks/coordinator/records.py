@@ -17,10 +17,11 @@ Built on these facts (``store.base``):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import leases
-from ..protocol.states import BACKLOG, DISPATCHED, STARTED
+from ..protocol.states import BACKLOG, DISPATCHED, QUEUED, STARTED
 from . import routing
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Records:
         self.live: dict[str, TaskRecord] = {}
         self._held: dict[str, set[str]] = {}  # worker -> ids of the live records last saved with it
         self._holder: dict[str, str] = {}  # id -> that worker
+        self._queued: dict[str, set[str]] = {}  # queue -> ids of the live records last saved queued on it
+        self._queue_of: dict[str, str] = {}  # id -> that queue
         self._policy = policy
         self._timers = timers
         self._backlog = backlog
@@ -128,19 +131,31 @@ class Records:
         return sorted((r for r in held if r is not None and r.worker == worker and r.state in (STARTED, DISPATCHED)),
                       key=lambda r: r.created)
 
+    def queued_in(self, queues: Iterable[str]) -> list[TaskRecord]:
+        """The live queued records of ``queues``: O(those), not O(live) (a worker's Last Will asks,
+        and a fleet lost at once sends thousands of them)."""
+        found = (self.live.get(i) for q in set(queues) for i in self._queued.get(q, ()))
+        return [r for r in found if r is not None and r.state == QUEUED]
+
     def _index(self, record: TaskRecord) -> None:
-        """Keep ``held_by``'s index in step with a saved record (a terminal one leaves it)."""
-        worker = None if record.terminal else record.worker
-        old = self._holder.get(record.id)
-        if old == worker:
-            return
-        if old is not None:
-            ids = self._held[old]
-            ids.discard(record.id)
-            if not ids:
-                del self._held[old]
-        if worker is None:
-            del self._holder[record.id]
-        else:
-            self._held.setdefault(worker, set()).add(record.id)
-            self._holder[record.id] = worker
+        """Keep the indexes in step with a saved record: by worker (``held_by``) and, while it is
+        queued, by queue (``queued_in``); a terminal one leaves both."""
+        _move(self._held, self._holder, record.id, None if record.terminal else record.worker)
+        _move(self._queued, self._queue_of, record.id, record.queue if record.state == QUEUED else None)
+
+
+def _move(index: dict[str, set[str]], key_of: dict[str, str], ident: str, key: str | None) -> None:
+    """File ``ident`` under ``key`` in ``index`` (None: under none), out of where it was."""
+    old = key_of.get(ident)
+    if old == key:
+        return
+    if old is not None:
+        ids = index[old]
+        ids.discard(ident)
+        if not ids:
+            del index[old]
+    if key is None:
+        del key_of[ident]
+    else:
+        index.setdefault(key, set()).add(ident)
+        key_of[ident] = key

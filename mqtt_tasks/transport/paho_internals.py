@@ -25,30 +25,38 @@ Facts this module is built on (docs/broker-facts.md and paho's source):
   Maximum is known only once connected: ``set_send_window`` writes the attribute behind it.
 - Nagle's algorithm costs ~40 ms a round trip and paho never sets TCP_NODELAY; its WebSocket
   wrapper keeps the real socket in ``_socket`` (``set_nodelay``).
+- paho closes its socket right after writing DISCONNECT. With bytes still unread in the receive
+  queue (a coordinator's steady stream of heartbeats and status events) the kernel then resets the
+  connection instead of closing it, and Mosquitto, reading the reset before the DISCONNECT behind
+  it, publishes the Last Will of a clean stop ("closed its connection" in its log, not
+  "disconnected"): 4 of 20 clean closes under a stream of messages. ``_sock_close`` half-closes and
+  reads until the broker closes its side, which it does once it has handled the DISCONNECT.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
-_CLIENT_METHODS = ("_create_socket", "_packet_read", "_loop_rc_handle", "_handle_publish", "_send_puback",
-                   "_handle_pubackcomp", "_do_on_publish", "_packet_queue", "_easy_log")
-_CLIENT_ATTRIBUTES = ("_out_packet", "_sock", "_in_packet", "_protocol", "_in_callback_mutex", "_manual_ack",
+_CLIENT_METHODS = ("_create_socket", "_sock_close", "_packet_read", "_loop_rc_handle", "_handle_publish",
+                   "_send_puback", "_handle_pubackcomp", "_do_on_publish", "_packet_queue", "_easy_log")
+_CLIENT_ATTRIBUTES = ("_out_packet", "_sock", "_state", "_in_packet", "_protocol", "_in_callback_mutex", "_manual_ack",
                       "_out_message_mutex", "_out_messages", "_thread", "_sockpairW", "_max_inflight_messages",
                       "suppress_exceptions")
 CHECKED_VERSIONS = "2.1.0 and 2.2.0"
@@ -74,6 +82,8 @@ _PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 # -- reading many packets per wake-up -------------------------------------------------------------
 READ_CHUNK = 65536
+DISCONNECT_DRAIN_S = 1.0
+"""After a DISCONNECT, how long ``_sock_close`` waits at most for the broker to close its side."""
 READ_BUDGET = 256
 """Packets one ``loop_read`` handles at most before paho's loop gets to write (acks) again."""
 
@@ -170,6 +180,13 @@ class TunedClient(paho.Client):
             return
         self._packet_queue(_PUBACK, b"".join(_PUBACK_PACKET.pack(_PUBACK, 2, mid) for mid in mids), 0, 0)
 
+    def _sock_close(self) -> None:
+        """After our DISCONNECT, close without a reset: see the module docstring."""
+        sock = self._sock
+        if sock is not None and self._state == _ConnectionState.MQTT_CS_DISCONNECTING:
+            drain_until_closed(sock, DISCONNECT_DRAIN_S)
+        super()._sock_close()
+
     # -- reads ------------------------------------------------------------------------------------
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
@@ -254,6 +271,24 @@ class TunedClient(paho.Client):
             self._holding.on = False
             if self._out_packet and self._thread is not None and threading.get_ident() != self._thread.ident:
                 self._wake()
+
+
+def drain_until_closed(sock: Any, timeout: float) -> None:
+    """Half-close ``sock`` (a FIN behind what was sent) and read and drop what arrives until the peer
+    closes its side or ``timeout`` passes, so that closing it then does not reset the connection."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([sock], [], [], left)[0]:
+                return
+            try:
+                if not sock.recv(READ_CHUNK):
+                    return  # the broker closed: it read everything before our FIN
+            except (BlockingIOError, InterruptedError):
+                continue
+    except (OSError, ValueError) as exc:  # already reset or closed: nothing left to save
+        log.debug("closing after DISCONNECT: %s", exc)
 
 
 def decode_publish(command: int, packet: bytearray,
