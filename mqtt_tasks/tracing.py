@@ -24,6 +24,7 @@ here is a no-op and nothing of it is imported. Built on these facts:
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -173,14 +174,22 @@ class Attempts:
         if is_async:
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                with trace.use_span(span, end_on_exit=False, record_exception=True, set_status_on_exception=False):
-                    return await fn(*args, **kwargs)
+                with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                    try:
+                        return await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        _record(span, exc)
+                        raise
             return run_async
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with trace.use_span(span, end_on_exit=False, record_exception=True, set_status_on_exception=False):
-                return fn(*args, **kwargs)
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                try:
+                    return fn(*args, **kwargs)
+                except BaseException as exc:
+                    _record(span, exc)
+                    raise
         return run
 
     def properties(self, task: Mapping[str, Any]) -> UserProperties | None:
@@ -207,6 +216,16 @@ class Attempts:
 
     def __len__(self) -> int:
         return len(self._spans)
+
+
+
+def _record(span: Any, exc: BaseException) -> None:
+    """The task's exception on its span; an exception that cannot be described (its ``__str__``
+    raises) must still reach the worker's report as itself, not as the recorder's error."""
+    try:
+        span.record_exception(exc)
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).debug("could not record %s on the span", type(exc).__name__, exc_info=True)
 
 
 def _key(task: Mapping[str, Any]) -> tuple[str, int]:
