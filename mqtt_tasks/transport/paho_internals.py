@@ -183,7 +183,8 @@ class TunedClient(paho.Client):
     def _sock_close(self) -> None:
         """After our DISCONNECT, close without a reset: see the module docstring."""
         sock = self._sock
-        if sock is not None and self._state == _ConnectionState.MQTT_CS_DISCONNECTING:
+        # paho's WebSocket wrapper has no shutdown(): its own close stays as paho made it
+        if sock is not None and self._state == _ConnectionState.MQTT_CS_DISCONNECTING and hasattr(sock, "shutdown"):
             drain_until_closed(sock, DISCONNECT_DRAIN_S)
         super()._sock_close()
 
