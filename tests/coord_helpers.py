@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mqtt_tasks import TaskApp
 from mqtt_tasks.config import Settings
 from mqtt_tasks.coordinator import Coordinator
 from mqtt_tasks.worker import Worker
@@ -44,6 +45,21 @@ def worker(url: str, prefix: str, worker_id: str, concurrency: int = 2, log: str
     finally:
         w.stop(grace=2.0)
         release_bodies(app)  # bodies of an aborted worker, or handed back past the grace, end here too
+
+
+@contextmanager
+def registry_worker(url: str, prefix: str, worker_id: str, registry: dict[str, Any],
+                    **options: Any) -> Iterator[Worker]:
+    """A worker in this process running the tasks of ``registry`` (another test module's app)."""
+    app = TaskApp(broker=url, prefix=prefix)
+    app.registry.update(registry)
+    w = Worker(app, worker_id=worker_id, grace=2.0, **options)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop(grace=2.0)
+        app.close()
 
 
 def spawn(fn: str, *args: str) -> subprocess.Popen[str]:

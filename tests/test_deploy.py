@@ -13,7 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from mqtt_tasks.deploy import client, keys
 from mqtt_tasks.transport import Connection, Message
 from tests import deploy_tasks
 from tests.brokers import wait_until
-from tests.coord_helpers import HB, coordinator, settings, spawn_coordinator
+from tests.coord_helpers import HB, coordinator, registry_worker, settings, spawn_coordinator
 from tests.test_cli import Proc, assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,18 +311,10 @@ def test_a_running_task_finishes_on_the_old_code_the_next_runs_the_new_a_restart
 
 # -- pause, resume, and a coordinator killed in between ---------------------------------------------------
 
-@contextmanager
-def in_process_worker(url: str, prefix: str, worker_id: str, public_key: str, tmp_path: Path) -> Iterator[Worker]:
-    app = TaskApp(broker=url, prefix=prefix)
-    app.registry.update(deploy_tasks.app.registry)
-    worker = Worker(app, worker_id=worker_id, heartbeat_s=HB, concurrency=1, grace=2.0,
-                    deploy=(public_key, str(tmp_path / f"deploy-{worker_id}")))
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop(grace=2.0)
-        app.close()
+def in_process_worker(url: str, prefix: str, worker_id: str, public_key: str,
+                      tmp_path: Path) -> AbstractContextManager[Worker]:
+    return registry_worker(url, prefix, worker_id, deploy_tasks.app.registry, heartbeat_s=HB, concurrency=1,
+                           deploy=(public_key, str(tmp_path / f"deploy-{worker_id}")))
 
 
 def test_pause_holds_the_waves_across_a_coordinator_kill_and_resume_finishes(

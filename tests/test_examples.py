@@ -131,14 +131,13 @@ def test_the_deploy_example_from_the_cli(mosquitto: MosquittoProcess, tmp_path: 
             assert proc.stdout is not None and "ready" in proc.stdout.readline()
         assert _coordinator_online(mosquitto.url)
         assert run("submit", "text.shout", "hi", "--wait").stdout.strip() == '"HI"'
-        deadline = time.monotonic() + 20
         # continuous (the default): a worker the coordinator has not heard from yet gets it when it is heard
         started = run("deploy", "examples/deploy/text_tasks.py", "--version", "2", "--to", "all", "--key",
                       key + ".key")
         assert started.returncode == 0, started.stderr
         rollout = started.stdout.split()[1].rstrip(":")
-        while "completed" not in run("deploy", "status", rollout).stdout and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "completed" in run("deploy", "status", rollout).stdout, 20,
+                   message="the example's rollout never completed")
         assert "1/1 applied" in run("deploy", "status", rollout).stdout
         assert run("submit", "text.shout", "hi", "--wait").stdout.strip() == '"HI!"'
     finally:

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from mqtt_tasks.store.base import TaskRecord
 from mqtt_tasks.worker.intake import UNMATCHED, judge
 from tests import routing_tasks
 from tests.brokers import wait_until
-from tests.coord_helpers import HB, coordinator, settings
+from tests.coord_helpers import HB, coordinator, registry_worker, settings
 from tests.test_cli import Proc, assert_one_line_error
 from tests.test_request_response import PlainClient
 
@@ -147,17 +147,9 @@ def worker_process(url: str, prefix: str, worker_id: str, *worker_labels: str,
         assert code == 0, stderr
 
 
-@contextmanager
-def in_process_worker(url: str, prefix: str, worker_id: str, *worker_labels: str) -> Iterator[Worker]:
-    app = TaskApp(broker=url, prefix=prefix)
-    app.registry.update(routing_tasks.app.registry)
-    worker = Worker(app, worker_id=worker_id, labels=worker_labels, heartbeat_s=HB, concurrency=2, grace=2.0)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop(grace=2.0)
-        app.close()
+def in_process_worker(url: str, prefix: str, worker_id: str, *worker_labels: str) -> AbstractContextManager[Worker]:
+    return registry_worker(url, prefix, worker_id, routing_tasks.app.registry, labels=worker_labels, heartbeat_s=HB,
+                           concurrency=2)
 
 
 def send(app: TaskApp, ident: str, *required: str, queue: str = "default") -> Any:
