@@ -69,29 +69,27 @@ def _read(path: str, kind: str) -> bytes:
 
 def load_private(path: str) -> Any:
     """An Ed25519 private key from a PEM file; ``ConfigError`` naming the file otherwise."""
-    serialization = _serialization()
-    from cryptography.exceptions import UnsupportedAlgorithm
-
-    try:
-        key = serialization.load_pem_private_key(_read(path, "private"), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, _ed25519().Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 private key")
-    return key
+    return _load_pem(path, "private")
 
 
 def load_public(path: str) -> Any:
     """An Ed25519 public key from a PEM file; ``ConfigError`` naming the file otherwise."""
-    serialization = _serialization()
+    return _load_pem(path, "public")
+
+
+def _load_pem(path: str, kind: str) -> Any:
+    serialization, ed25519 = _serialization(), _ed25519()
     from cryptography.exceptions import UnsupportedAlgorithm
 
+    private, raw = kind == "private", _read(path, kind)
     try:
-        key = serialization.load_pem_public_key(_read(path, "public"))
+        key = serialization.load_pem_private_key(raw, password=None) if private \
+            else serialization.load_pem_public_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path} is not a PEM public key ({exc})") from None
-    if not isinstance(key, _ed25519().Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
+        what = "an unencrypted PEM private key" if private else "a PEM public key"
+        raise ConfigError(f"{path} is not {what} ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 {kind} key")
     return key
 
 
